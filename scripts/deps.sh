@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs every Debian package carseg's build, tests, benchmarks and fixture tools need.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+pkgs=(
+  build-essential pkg-config
+  libjpeg62-turbo-dev   # JPEG decoding, the same libjpeg-turbo Pillow uses (bit-identical pixels)
+  libpng-dev zlib1g-dev # PNG read/write; zlib also inflates the gzipped BPE vocabulary
+  libcurl4-openssl-dev  # model downloads (https, redirects, resume)
+  libssl-dev            # sha256 of downloaded checkpoints (OpenSSL EVP)
+  libopenblas-dev       # sgemm for the transformer layers
+  libtiff-dev           # 16-bit TIFF labels of ADE-847 / Pascal-Context-459
+  libopenmpi-dev openmpi-bin  # `make MPI=1` cluster evaluation
+  python3 python3-numpy python3-torch python3-opencv python3-pil python3-scipy  # fixture/bench tools
+  clang libclang-rt-14-dev  # `make fuzz` (libFuzzer)
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then echo "deps: all ${#pkgs[@]} packages present"; exit 0; fi
+echo "deps: installing ${missing[*]}"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,47 @@
+/* weights.h — model files: every tensor of a CLIP checkpoint, by canonical name, as float32.
+ *
+ * Formats (detected from the bytes, not the file name):
+ *   - safetensors (F32/F16/BF16), OpenAI/open_clip names or Hugging Face CLIPModel names;
+ *   - TorchScript archives as OpenAI's clip.load downloads them (zip, data.pkl + data/N storages);
+ *   - torch.save(state_dict) zip files (open_clip style).
+ * Canonical names are OpenAI's (`visual.transformer.resblocks.0.attn.in_proj_weight`, ...);
+ * Hugging Face names are mapped (q/k/v concatenated, projections transposed) so the CLIP module
+ * sees one layout. Every tensor is converted to float32 once at load; the weights are immutable
+ * afterwards. Every offset and length in a file is checked; errors name the file and the tensor.
+ */
+#ifndef CARSEG_WEIGHTS_H
+#define CARSEG_WEIGHTS_H
+
+#include <stdint.h>
+#include "carseg.h"
+
+typedef enum { WDT_F32 = 0, WDT_F16, WDT_BF16 } wdtype;
+typedef enum { WF_SAFETENSORS = 0, WF_TORCHSCRIPT, WF_TORCH_STATE } wformat;
+
+typedef struct {
+    char *name;          /* canonical (OpenAI) name */
+    int ndim;
+    int64_t shape[4];
+    size_t count;        /* number of elements */
+    wdtype src_dtype;    /* dtype stored in the file */
+    float *data;         /* float32, owned by the wfile */
+} wtensor;
+
+typedef struct {
+    char *path;
+    wformat format;
+    int hf_names;        /* 1 if the file used Hugging Face names */
+    int n;
+    wtensor *t;
+} wfile;
+
+/* Opens and fully converts a model file. On error *out is NULL and carseg_last_error() says
+ * "PATH: what (tensor NAME)". */
+carseg_status wfile_open(const char *path, wfile **out);
+void wfile_close(wfile *f);
+/* Tensor by canonical name, or NULL. */
+const wtensor *wfile_get(const wfile *f, const char *name);
+const char *wformat_name(wformat f);
+const char *wdtype_name(wdtype d);
+
+#endif

@@ -1,0 +1,104 @@
+/* check.h — the test harness: tests register themselves, run_tests runs them in file order.
+ *
+ *   TEST(tokenizer_basic) { CHECK(x == 1); CHECK_NEAR(a, b, 1e-6); }
+ *
+ * Each test file just defines TESTs; a constructor registers them (no central list to edit).
+ * `build/run_tests [SUBSTRING...]` runs the tests whose name contains one of the substrings.
+ * The last line is "N passed, N failed, N skipped". A test that needs ../shared and cannot find
+ * it calls SKIP("why") — the summary says so; it never passes silently.
+ */
+#ifndef CARSEG_CHECK_H
+#define CARSEG_CHECK_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*test_fn)(void);
+void test_register(const char *name, const char *file, test_fn fn);
+
+extern int test_failed_checks;   /* failures inside the current test */
+extern int test_skipped;         /* set by SKIP */
+
+#define TEST(name)                                                                    \
+    static void test_##name(void);                                                    \
+    __attribute__((constructor)) static void test_reg_##name(void) {                  \
+        test_register(#name, __FILE__, test_##name);                                  \
+    }                                                                                 \
+    static void test_##name(void)
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            test_failed_checks++;                                                     \
+            fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                          \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            test_failed_checks++;                                                     \
+            fprintf(stderr, "  %s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                             \
+            fputc('\n', stderr);                                                      \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_NEAR(a, b, tol)                                                         \
+    do {                                                                              \
+        double a_ = (a), b_ = (b);                                                    \
+        if (!(fabs(a_ - b_) <= (tol))) {                                              \
+            test_failed_checks++;                                                     \
+            fprintf(stderr, "  %s:%d: CHECK_NEAR failed: %s = %.9g, %s = %.9g (tol %g)\n", \
+                    __FILE__, __LINE__, #a, a_, #b, b_, (double)(tol));               \
+        }                                                                             \
+    } while (0)
+
+/* Status check for library calls: prints carseg_last_error() on failure. */
+#define CHECK_OK(expr)                                                                \
+    do {                                                                              \
+        carseg_status st_ = (expr);                                                   \
+        if (st_ != CARSEG_OK) {                                                       \
+            test_failed_checks++;                                                     \
+            fprintf(stderr, "  %s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,      \
+                    carseg_last_error());                                             \
+        }                                                                             \
+    } while (0)
+
+/* Stop the current test (after a failed precondition). */
+#define REQUIRE(cond)                                                                 \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            test_failed_checks++;                                                     \
+            fprintf(stderr, "  %s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
+            return;                                                                   \
+        }                                                                             \
+    } while (0)
+
+#define SKIP(...)                                                                     \
+    do {                                                                              \
+        test_skipped = 1;                                                             \
+        fprintf(stderr, "  skipped: ");                                               \
+        fprintf(stderr, __VA_ARGS__);                                                 \
+        fputc('\n', stderr);                                                          \
+        return;                                                                       \
+    } while (0)
+
+/* Compares two float arrays: max |a-b| <= rtol * max|ref| (+atol). Prints the worst index. */
+int check_close_f32(const char *what, const float *got, const float *ref, size_t n, double rtol,
+                    double atol, const char *file, int line);
+#define CHECK_CLOSE(what, got, ref, n, rtol, atol) \
+    check_close_f32(what, got, ref, n, rtol, atol, __FILE__, __LINE__)
+
+/* Path of a file under the shared folder (../shared, or $CARSEG_SHARED). Returns a static
+ * buffer (rotating among 8), or NULL when the shared folder is missing (the test should SKIP). */
+const char *shared_path(const char *rel);
+/* A fresh empty temporary directory for the current test (removed at exit unless KEEP_TMP=1). */
+const char *test_tmpdir(void);
+
+/* Uniform random in [-1, 1) from a simple deterministic generator. */
+float test_randf(unsigned *state);
+
+#endif

@@ -1,0 +1,80 @@
+/* test_util.c — .npy and JSON readers/writers, atomic writes. */
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "util.h"
+
+TEST(util_npy_roundtrip) {
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/a.npy", dir);
+    float v[6] = {1, -2, 3.5f, 0, 1e-7f, 42};
+    int64_t shape[2] = {2, 3};
+    CHECK_OK(npy_write(path, NPY_F32, v, 2, shape));
+    npy_array a;
+    CHECK_OK(npy_read(path, &a));
+    CHECK(a.ndim == 2 && a.shape[0] == 2 && a.shape[1] == 3 && a.dtype == NPY_F32);
+    CHECK(a.count == 6 && memcmp(a.data, v, sizeof v) == 0);
+    npy_free(&a);
+    int64_t s1[1] = {6};
+    CHECK_OK(npy_write(path, NPY_F32, v, 1, s1));
+    CHECK_OK(npy_read(path, &a));
+    CHECK(a.ndim == 1 && a.shape[0] == 6);
+    npy_free(&a);
+}
+
+TEST(util_npy_hostile) {
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/bad.npy", dir);
+    float v[4] = {1, 2, 3, 4};
+    int64_t shape[1] = {4};
+    CHECK_OK(npy_write(path, NPY_F32, v, 1, shape));
+    uint8_t *buf;
+    size_t len;
+    CHECK_OK(read_file(path, &buf, &len));
+    /* every truncation must be rejected, never crash */
+    for (size_t cut = 0; cut < len; cut++) {
+        CHECK_OK(write_file_atomic(path, buf, cut));
+        npy_array a;
+        CHECK(npy_read(path, &a) == CARSEG_EFORMAT);
+        CHECK(strstr(carseg_last_error(), "bad.npy") != NULL);
+    }
+    free(buf);
+}
+
+TEST(util_json) {
+    const char *t = "{\"a\": [1, 2.5, -3e2], \"b\": \"x\\u00e9\\n\", \"c\": {\"d\": true, \"e\": null}}";
+    char err[128];
+    json *j = json_parse(t, strlen(t), err, sizeof err);
+    REQUIRE(j);
+    CHECK(json_get(j, "a")->len == 3);
+    CHECK_NEAR(json_at(json_get(j, "a"), 2)->num, -300, 0);
+    CHECK(strcmp(json_str(j, "b", ""), "x\xc3\xa9\n") == 0);
+    CHECK(json_num(json_get(j, "c"), "d", 0) == 1);
+    json_free(j);
+    const char *bad[] = {"{", "[1,]", "{\"a\" 1}", "\"abc", "[1] x", "", "{\"a\":[1,{\"b\":}]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        json *b = json_parse(bad[i], strlen(bad[i]), err, sizeof err);
+        CHECK_MSG(b == NULL, "accepted %s", bad[i]);
+        CHECK(err[0] != 0);
+        json_free(b);
+    }
+}
+
+TEST(util_atomic_abort_leaves_nothing) {
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    CHECK_OK(write_file_atomic(path, "old", 3));
+    atomic_file af;
+    CHECK_OK(atomic_open(&af, path));
+    fputs("half-written", af.f);
+    atomic_abort(&af);
+    uint8_t *buf;
+    size_t len;
+    CHECK_OK(read_file(path, &buf, &len));
+    CHECK(len == 3 && memcmp(buf, "old", 3) == 0);
+    free(buf);
+}

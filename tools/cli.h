@@ -1,0 +1,25 @@
+/* cli.h — the `carseg` command's subcommand registry and shared option helpers.
+ * Each tools/cmd_*.c registers its subcommands with CLI_COMMAND; cli.c dispatches. */
+#ifndef CARSEG_CLI_H
+#define CARSEG_CLI_H
+
+#include "carseg.h"
+
+typedef int (*cli_fn)(int argc, char **argv);   /* argv[0] is the subcommand name */
+void cli_register(const char *name, const char *summary, cli_fn fn);
+
+#define CLI_COMMAND(name, summary, fn) \
+    __attribute__((constructor)) static void cli_reg_##fn(void) { cli_register(name, summary, fn); }
+
+/* Prints "carseg: error: <msg>" to stderr; returns exit code 1. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "carseg: error: <carseg_last_error()>"; returns exit code 1. */
+int cli_fail_status(carseg_status st);
+
+/* Option parsing helpers: `--name VALUE` or `--name=VALUE`. Returns the value and advances *i,
+ * or NULL when argv[*i] is not that option. A missing value is reported and exits(2). */
+const char *cli_opt(int argc, char **argv, int *i, const char *name);
+int cli_flag(char **argv, int i, const char *name);
+double cli_num(const char *opt, const char *v);   /* strict number parse; exits(2) on junk */
+
+#endif
