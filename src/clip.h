@@ -1,0 +1,76 @@
+/* clip.h — the CLIP engine: text tower, image tower, and the internals Grad-CAM needs.
+ * Mirrors OpenAI clip/model.py (VisionTransformer, Transformer, encode_text, encode_image).
+ * Architecture is read off the tensors (widths, layers, heads = width/64, patch, context,
+ * vocabulary, embedding size). Computation in float32. The model is immutable after load
+ * and may be shared between threads.
+ */
+#ifndef CARSEG_CLIP_H
+#define CARSEG_CLIP_H
+
+#include <stdint.h>
+#include "carseg.h"
+#include "weights.h"
+
+typedef struct {
+    /* vision */
+    int v_width, v_layers, v_heads, v_patch, v_grid;  /* v_grid = image_resolution / patch */
+    int v_mlp;                                        /* 4*width */
+    /* text */
+    int t_width, t_layers, t_heads, t_ctx, t_vocab;
+    int embed;                                        /* joint embedding size E */
+    float logit_scale;                                /* exp(logit_scale) as stored */
+} clip_config;
+
+/* One residual attention block, pointers into the wfile (shapes as in OpenAI's state dict). */
+typedef struct {
+    const float *ln1_w, *ln1_b;        /* (C) */
+    const float *in_w, *in_b;          /* (3C, C), (3C) */
+    const float *out_w, *out_b;        /* (C, C), (C) */
+    const float *ln2_w, *ln2_b;        /* (C) */
+    const float *fc_w, *fc_b;          /* (4C, C), (4C) */
+    const float *proj_w, *proj_b;      /* (C, 4C), (C) */
+} clip_block;
+
+typedef struct clip_model {
+    clip_config cfg;
+    wfile *wf;                         /* owns the tensors */
+    /* vision */
+    const float *conv1;                /* (C, 3, P, P) */
+    const float *class_emb;            /* (C) */
+    const float *v_pos;                /* (1 + grid*grid, C) */
+    const float *ln_pre_w, *ln_pre_b, *ln_post_w, *ln_post_b;
+    const float *v_proj;               /* (C, E) */
+    clip_block *v_blocks;              /* v_layers */
+    /* text */
+    const float *tok_emb;              /* (vocab, Ct) */
+    const float *t_pos;                /* (ctx, Ct) */
+    const float *ln_final_w, *ln_final_b;
+    const float *t_proj;               /* (Ct, E) */
+    clip_block *t_blocks;              /* t_layers */
+} clip_model;
+
+/* Loads any supported model file (see weights.h). */
+carseg_status clip_load(const char *path, clip_model **out);
+void clip_free(clip_model *m);
+
+/* Text features, unnormalised: tokens (n, ctx) as from tok_tokenize -> out (n, E). */
+carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n, float *out);
+
+/* Image features, unnormalised. x: (3, H, W) normalised pixels, H and W multiples of the patch.
+ * n_blocks: how many transformer blocks to run (0 = all; CaR's classifier uses layers-1, Q2).
+ * ln_post on CLS, then @ proj. out: (E). */
+carseg_status clip_encode_image(const clip_model *m, const float *x, int H, int W, int n_blocks,
+                                float *out);
+
+/* Positional embedding for a gh x gw grid: the patch part bilinearly resized (align_corners=False)
+ * when the grid differs, CLS row first, rounded through fp16 when round_fp16 (Q16).
+ * out: (1 + gh*gw, C). */
+void clip_pos_embed(const clip_model *m, int gh, int gw, int round_fp16, float *out);
+
+/* The image trunk: patch embedding + pos (clip_pos_embed, rounded as the reference: Q16) +
+ * ln_pre + the first n_blocks blocks. tokens_out: (1 + gh*gw, C). attn_out: if not NULL,
+ * (n_blocks, L, L) head-averaged attention probabilities of each block, L = 1 + gh*gw. */
+carseg_status clip_image_trunk(const clip_model *m, const float *x, int H, int W, int n_blocks,
+                               float *tokens_out, float *attn_out);
+
+#endif
