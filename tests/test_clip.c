@@ -1,0 +1,272 @@
+/* test_clip.c — the CLIP engine against the upstream fixtures (OpenAI clip/model.py and CaR's
+ * clip_wrapper.py run on tiny random-weight CLIPs): text features, the CaR trunk (positional
+ * embedding, tokens after L-1 blocks, head-averaged attentions), classifier embeddings. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "clip.h"
+#include "nn.h"
+#include "util.h"
+
+#define RTOL 1e-4
+
+static clip_model *load_fixture_model(const char *rel) {
+    const char *p = shared_path(rel);
+    if (!p || !file_exists(p)) return NULL;
+    clip_model *m = NULL;
+    carseg_status st = clip_load(p, &m);
+    if (st != CARSEG_OK) fprintf(stderr, "  clip_load: %s\n", carseg_last_error());
+    return m;
+}
+
+/* rows of a JSON array of token lists, zero-padded to ctx */
+static int32_t *tokens_from_json(const json *arr, int ctx, int *n) {
+    *n = (int)arr->len;
+    int32_t *t = calloc((size_t)*n * ctx, sizeof(int32_t));
+    for (int i = 0; i < *n; i++) {
+        const json *row = json_at(arr, i);
+        for (size_t j = 0; j < row->len && j < (size_t)ctx; j++)
+            t[(size_t)i * ctx + j] = (int32_t)json_at(row, j)->num;
+    }
+    return t;
+}
+
+static float *floats_from_json(const json *arr, size_t *n) {
+    size_t rows = arr->len, cols = json_at(arr, 0)->type == JSON_ARR ? json_at(arr, 0)->len : 1;
+    float *v = malloc(sizeof(float) * rows * cols);
+    for (size_t i = 0; i < rows; i++) {
+        const json *r = json_at(arr, i);
+        if (r->type == JSON_ARR)
+            for (size_t j = 0; j < cols; j++) v[i * cols + j] = (float)json_at(r, j)->num;
+        else v[i] = (float)r->num;
+    }
+    *n = rows * cols;
+    return v;
+}
+
+TEST(clip_config_from_tensors) {
+    clip_model *m = load_fixture_model("fixtures/clip_sg/model_f16.safetensors");
+    if (!m) SKIP("fixtures/clip_sg missing");
+    const clip_config *c = &m->cfg;
+    CHECK(c->v_width == 128 && c->v_layers == 2 && c->v_heads == 2 && c->v_patch == 16);
+    CHECK(c->v_grid == 14 && c->v_mlp == 512);
+    CHECK(c->t_width == 64 && c->t_layers == 2 && c->t_heads == 1 && c->t_ctx == 77);
+    CHECK(c->t_vocab == 49408 && c->embed == 32);
+    CHECK_NEAR(c->logit_scale, 14.29852294921875, 1e-4);
+    clip_free(m);
+}
+
+TEST(clip_text_features_parity) {
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    clip_model *m = load_fixture_model("fixtures/clip_sg/model_f16.safetensors");
+    if (!m || !ej) SKIP("fixtures/clip_sg missing");
+    json *j = json_parse_file(ej);
+    REQUIRE(j);
+    int n;
+    int32_t *tok = tokens_from_json(json_get(j, "tokens"), m->cfg.t_ctx, &n);
+    size_t nref;
+    float *ref = floats_from_json(json_get(j, "text_features"), &nref);
+    REQUIRE(nref == (size_t)n * m->cfg.embed);
+    float *got = malloc(sizeof(float) * nref);
+    CHECK_OK(clip_encode_text(m, tok, n, got));
+    CHECK_CLOSE("text_features", got, ref, nref, RTOL, 0);
+    /* one prompt at a time gives the same as the batch (batching by EOT length) */
+    float one[64];
+    for (int i = 0; i < n; i++) {
+        CHECK_OK(clip_encode_text(m, tok + (size_t)i * m->cfg.t_ctx, 1, one));
+        CHECK_CLOSE("text_features single", one, ref + (size_t)i * m->cfg.embed, m->cfg.embed,
+                    RTOL, 0);
+    }
+    free(tok), free(ref), free(got);
+    json_free(j);
+    clip_free(m);
+}
+
+/* normalised text features of the strings in `texts` (looked up in tokens.json) vs ref rows */
+static void check_text_emb(const clip_model *m, const json *tokmap, const char **texts, int n,
+                           const float *ref, const char *what) {
+    int ctx = m->cfg.t_ctx, E = m->cfg.embed;
+    int32_t *tok = calloc((size_t)n * ctx, sizeof(int32_t));
+    for (int i = 0; i < n; i++) {
+        const json *row = json_get(tokmap, texts[i]);
+        if (!row) {
+            CHECK_MSG(row != NULL, "no tokens for '%s'", texts[i]);
+            free(tok);
+            return;
+        }
+        for (size_t k = 0; k < row->len && k < (size_t)ctx; k++)
+            tok[(size_t)i * ctx + k] = (int32_t)json_at(row, k)->num;
+    }
+    float *got = malloc(sizeof(float) * n * E);
+    CHECK_OK(clip_encode_text(m, tok, n, got));
+    nn_l2norm(got, n, E);
+    CHECK_CLOSE(what, got, ref, (size_t)n * E, RTOL, 0);
+    free(got), free(tok);
+}
+
+/* npy_read_f32 for 2-D arrays that may be stored in Fortran order (some fixtures are: np.save of
+ * a transposed view); util's reader accepts C order only, so rewrite the header and transpose. */
+static carseg_status read_f32_any_order(const char *path, float **out, int *nd, int64_t sh[8]) {
+    uint8_t *buf;
+    size_t len;
+    TRY(read_file(path, &buf, &len));
+    char *f = len > 10 ? strstr((char *)buf + 10, "'fortran_order': True") : NULL;
+    if (!f) {
+        free(buf);
+        return npy_read_f32(path, out, nd, sh);
+    }
+    char *nl = memchr(f, '\n', len - (size_t)(f - (char *)buf));
+    if (!nl || nl[-1] != ' ') { free(buf); return set_err(CARSEG_EFORMAT, "%s: odd header", path); }
+    memmove(f + 22, f + 21, (size_t)(nl - 1 - (f + 21)));   /* "True" -> "False", one pad less */
+    memcpy(f + 17, "False", 5);
+    char tmp[700];
+    snprintf(tmp, sizeof tmp, "%s/fortran.npy", test_tmpdir());
+    carseg_status st = write_file_atomic(tmp, buf, len);
+    free(buf);
+    TRY(st);
+    float *a;
+    TRY(npy_read_f32(tmp, &a, nd, sh));
+    if (*nd != 2) { free(a); return set_err(CARSEG_EFORMAT, "%s: not 2-D", path); }
+    /* the data was column-major (r, c): element (i, j) at j * rows + i */
+    int64_t r = sh[0], c = sh[1];
+    float *t = malloc(sizeof(float) * r * c);
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t j = 0; j < c; j++) t[i * c + j] = a[j * r + i];
+    free(a);
+    *out = t;
+    return CARSEG_OK;
+}
+
+static const char *CASES[] = {"chelsea_voc", "coffee300_voc", "astronaut_cocolike"};
+
+TEST(clip_car_text_embeddings) {
+    clip_model *sg = load_fixture_model("fixtures/clip_sg/model_f16.safetensors");
+    clip_model *sc = load_fixture_model("fixtures/models/sc_f16.safetensors");
+    if (!sg || !sc) { clip_free(sg); clip_free(sc); SKIP("fixture models missing"); }
+    int done = 0;
+    for (int c = 0; c < 3; c++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, "fixtures/car/%s/tokens.json", CASES[c]);
+        const char *tp = shared_path(rel);
+        if (!tp || !file_exists(tp)) continue;
+        json *tokmap = json_parse_file(tp);
+        REQUIRE(tokmap);
+        /* the classifier model: astronaut_cocolike uses sg for both */
+        const clip_model *cls = strcmp(CASES[c], "astronaut_cocolike") == 0 ? sg : sc;
+        for (int it = 1; it <= 3; it++) {
+            char d[256], p[300];
+            snprintf(d, sizeof d, "fixtures/car/%s/iter%02d", CASES[c], it);
+            snprintf(p, sizeof p, "%s/gen_text_fg.json", d);
+            const char *gp = shared_path(p);
+            if (!gp || !file_exists(gp)) continue;
+            json *g = json_parse_file(gp);
+            const json *names = json_get(g, "classnames");
+            int n = (int)names->len;
+            const char **tx = malloc(sizeof(char *) * n);
+            for (int i = 0; i < n; i++) tx[i] = json_at(names, i)->str;
+            snprintf(p, sizeof p, "%s/gen_text_emb_fg.npy", d);
+            float *ref = NULL;
+            int nd;
+            int64_t sh[8];
+            CHECK_OK(read_f32_any_order(shared_path(p), &ref, &nd, sh));
+            REQUIRE(ref && sh[0] == n);
+            check_text_emb(sg, tokmap, tx, n, ref, "gen_text_emb_fg");
+            free(ref), free(tx);
+            json_free(g);
+            /* classifier text: (templates, n, E) */
+            snprintf(p, sizeof p, "%s/cls_text.json", d);
+            json *ct = json_parse_file(shared_path(p));
+            snprintf(p, sizeof p, "%s/cls_text_emb.npy", d);
+            CHECK_OK(npy_read_f32(shared_path(p), &ref, &nd, sh));
+            REQUIRE(ct && nd == 3 && sh[0] == (int64_t)ct->len);
+            for (size_t t = 0; t < ct->len; t++) {
+                const json *row = json_at(ct, t);
+                const char **tt = malloc(sizeof(char *) * row->len);
+                for (size_t i = 0; i < row->len; i++) tt[i] = json_at(row, i)->str;
+                check_text_emb(cls, tokmap, tt, (int)row->len, ref + t * sh[1] * sh[2],
+                               "cls_text_emb");
+                free(tt);
+            }
+            free(ref);
+            json_free(ct);
+            done++;
+        }
+        json_free(tokmap);
+    }
+    CHECK(done >= 3);
+    clip_free(sg);
+    clip_free(sc);
+}
+
+TEST(clip_car_trunk_parity) {
+    clip_model *m = load_fixture_model("fixtures/clip_sg/model_f16.safetensors");
+    if (!m) SKIP("fixtures/clip_sg missing");
+    int done = 0;
+    for (int c = 0; c < 3; c++) {
+        char p[300];
+        float *x, *ref;
+        int nd;
+        int64_t sh[8], xs[8];
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_input.npy", CASES[c]);
+        const char *ip = shared_path(p);
+        if (!ip || !file_exists(ip)) continue;
+        CHECK_OK(npy_read_f32(ip, &x, &nd, xs));
+        int H = (int)xs[nd - 2], W = (int)xs[nd - 1];
+        int P = m->cfg.v_patch, gh = H / P, gw = W / P, L = 1 + gh * gw, C = m->cfg.v_width;
+        int nb = m->cfg.v_layers;
+        /* positional embedding, resized and rounded through fp16 */
+        float *pos = malloc(sizeof(float) * L * C);
+        clip_pos_embed(m, gh, gw, 1, pos);
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_pos_embed_resized.npy", CASES[c]);
+        CHECK_OK(npy_read_f32(shared_path(p), &ref, &nd, sh));
+        REQUIRE(sh[0] == L && sh[1] == C);
+        int exact = memcmp(pos, ref, sizeof(float) * L * C) == 0;
+        CHECK_MSG(exact, "%s: positional embedding not bit-exact", CASES[c]);
+        CHECK_CLOSE("gen_pos_embed_resized", pos, ref, (size_t)L * C, RTOL, 0);
+        free(ref);
+        /* all blocks: tokens after block L-2 come from a run of L-1 blocks */
+        float *tok = malloc(sizeof(float) * L * C), *att = malloc(sizeof(float) * nb * L * L);
+        CHECK_OK(clip_image_trunk(m, x, H, W, nb - 1, tok, att));
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_trunk_out.npy", CASES[c]);
+        CHECK_OK(npy_read_f32(shared_path(p), &ref, &nd, sh));
+        CHECK_CLOSE("gen_trunk_out", tok, ref, (size_t)L * C, RTOL, 0);
+        free(ref);
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_trunk_attn.npy", CASES[c]);
+        const char *ap = shared_path(p);
+        if (file_exists(ap)) {
+            CHECK_OK(npy_read_f32(ap, &ref, &nd, sh));
+            CHECK_CLOSE("gen_trunk_attn", att, ref, (size_t)(nb - 1) * L * L, RTOL, 0);
+            free(ref);
+        }
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_last_attn.npy", CASES[c]);
+        ap = shared_path(p);
+        if (file_exists(ap)) {
+            CHECK_OK(clip_image_trunk(m, x, H, W, nb, tok, att));
+            CHECK_OK(npy_read_f32(ap, &ref, &nd, sh));
+            CHECK_CLOSE("gen_last_attn", att + (size_t)(nb - 1) * L * L, ref, (size_t)L * L, RTOL, 0);
+            free(ref);
+        }
+        free(pos), free(tok), free(att), free(x);
+        done++;
+    }
+    CHECK(done == 3);
+    clip_free(m);
+}
+
+TEST(clip_bad_input) {
+    clip_config c = {.v_width = 64, .v_layers = 1, .v_patch = 8, .v_grid = 2, .t_width = 64,
+                     .t_layers = 1, .t_ctx = 8, .t_vocab = 100, .embed = 16};
+    clip_model *m;
+    CHECK_OK(clip_init_random(&c, 7, &m));
+    float x[3 * 16 * 16] = {0}, out[16];
+    CHECK(clip_encode_image(m, x, 15, 16, 0, out) == CARSEG_EINVAL);
+    int32_t tok[8] = {1, 2, 300};
+    CHECK(clip_encode_text(m, tok, 1, out) == CARSEG_EINVAL);
+    CHECK(strstr(carseg_last_error(), "vocabulary") != NULL);
+    tok[2] = 99;
+    CHECK_OK(clip_encode_text(m, tok, 1, out));
+    CHECK_OK(clip_encode_image(m, x, 16, 24, 0, out));   /* non-square, resized positions */
+    clip_free(m);
+}
