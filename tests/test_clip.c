@@ -270,3 +270,112 @@ TEST(clip_bad_input) {
     CHECK_OK(clip_encode_image(m, x, 16, 24, 0, out));   /* non-square, resized positions */
     clip_free(m);
 }
+
+// ---------------------------------------------------------------------------------------------
+// cases from scripts/gen_clip_fixtures.py (tiny model committed under tests/data/clip; full
+// ViT-B/16 / ViT-L/14 shapes generated on demand with CARSEG_HEAVY=B16,L14)
+
+static float *load_npy_f32(const char *dir, const char *name, int *nd, int64_t sh[8]) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    float *v = NULL;
+    if (npy_read_f32(p, &v, nd, sh) != CARSEG_OK) {
+        fprintf(stderr, "  %s\n", carseg_last_error());
+        return NULL;
+    }
+    return v;
+}
+
+/* Runs every case of dir/manifest.json; returns the number of cases checked. */
+static int run_manifest(const char *dir) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/manifest.json", dir);
+    json *man = json_parse_file(p);
+    if (!man) { CHECK_MSG(0, "%s", carseg_last_error()); return 0; }
+    snprintf(p, sizeof p, "%s/model_f16.safetensors", dir);
+    clip_model *m = NULL;
+    CHECK_OK(clip_load(p, &m));
+    if (!m) { json_free(man); return 0; }
+    CHECK_NEAR(m->cfg.logit_scale, json_num(man, "logit_scale_exp", 0), 1e-4);
+    const json *cases = json_get(man, "cases");
+    int E = m->cfg.embed, C = m->cfg.v_width, done = 0;
+    for (size_t i = 0; cases && i < cases->len; i++) {
+        const json *c = json_at(cases, i);
+        const char *kind = json_str(c, "kind", "");
+        int nd, nd2;
+        int64_t sh[8], sh2[8];
+        float *ref = load_npy_f32(dir, json_str(c, "expected", ""), &nd, sh);
+        if (!(ref)) { CHECK(ref); continue; }
+        char what[160];
+        if (strcmp(kind, "text") == 0) {
+            char tp[1200];
+            snprintf(tp, sizeof tp, "%s/%s", dir, json_str(c, "tokens", ""));
+            npy_array t;
+            CHECK_OK(npy_read(tp, &t));
+            if (!(t.dtype == NPY_I32 && t.ndim == 2 && t.shape[1] == m->cfg.t_ctx)) { CHECK(t.dtype == NPY_I32 && t.ndim == 2 && t.shape[1] == m->cfg.t_ctx); continue; }
+            float *got = malloc(sizeof(float) * t.shape[0] * E);
+            CHECK_OK(clip_encode_text(m, t.data, (int)t.shape[0], got));
+            snprintf(what, sizeof what, "%s text", json_str(man, "shape", ""));
+            CHECK_CLOSE(what, got, ref, (size_t)t.shape[0] * E, RTOL, 0);
+            free(got);
+            npy_free(&t);
+        } else {
+            float *x = load_npy_f32(dir, json_str(c, "input", ""), &nd2, sh2);
+            if (!(x)) { CHECK(x); continue; }
+            int H = (int)json_num(c, "H", 0), W = (int)json_num(c, "W", 0);
+            int nb = (int)json_num(c, "n_blocks", 0), P = m->cfg.v_patch;
+            int L = 1 + (H / P) * (W / P);
+            if (strcmp(kind, "image") == 0) {
+                float *got = malloc(sizeof(float) * E);
+                CHECK_OK(clip_encode_image(m, x, H, W, nb, got));
+                snprintf(what, sizeof what, "%s image %dx%d %d blocks", json_str(man, "shape", ""),
+                         W, H, nb);
+                CHECK_CLOSE(what, got, ref, (size_t)E, RTOL, 0);
+                free(got);
+            } else {
+                float *tok = malloc(sizeof(float) * L * C), *att = malloc(sizeof(float) * nb * L * L);
+                CHECK_OK(clip_image_trunk(m, x, H, W, nb, tok, att));
+                snprintf(what, sizeof what, "%s trunk %dx%d", json_str(man, "shape", ""), W, H);
+                CHECK_CLOSE(what, tok, ref, (size_t)L * C, RTOL, 0);
+                float *ra = load_npy_f32(dir, json_str(c, "attn", ""), &nd2, sh2);
+                if (ra) CHECK_CLOSE("trunk attention", att, ra, (size_t)nb * L * L, RTOL, 0);
+                free(ra);
+                float *rp = load_npy_f32(dir, json_str(c, "pos", ""), &nd2, sh2);
+                clip_pos_embed(m, H / P, W / P, 1, tok);
+                if (rp) CHECK_MSG(memcmp(tok, rp, sizeof(float) * L * C) == 0,
+                                  "positional embedding %dx%d not bit-exact", W, H);
+                free(rp), free(tok), free(att);
+            }
+            free(x);
+        }
+        free(ref);
+        done++;
+    }
+    clip_free(m);
+    json_free(man);
+    return done;
+}
+
+TEST(clip_generated_cases) {
+    if (!file_exists("tests/data/clip/manifest.json")) SKIP("tests/data/clip missing (run from the repo root)");
+    CHECK(run_manifest("tests/data/clip") >= 10);
+}
+
+/* Full-size shapes with random weights: CARSEG_HEAVY=B16 (and/or L14) generates them with
+ * /usr/bin/python3 scripts/gen_clip_fixtures.py into the test's temp dir (~300 MB / ~850 MB). */
+TEST(clip_full_size_parity) {
+    const char *h = getenv("CARSEG_HEAVY");
+    if (!h || !*h) SKIP("set CARSEG_HEAVY=B16,L14 to check full-size random ViT-B/16 / ViT-L/14");
+    if (system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0)
+        SKIP("/usr/bin/python3 has no torch");
+    const char *names[2][2] = {{"B16", "ViT-B/16"}, {"L14", "ViT-L/14"}};
+    for (int k = 0; k < 2; k++) {
+        if (!strstr(h, names[k][0])) continue;
+        char dir[800], cmd[2000];
+        snprintf(dir, sizeof dir, "%s/%s", test_tmpdir(), names[k][0]);
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/gen_clip_fixtures.py %s --shape %s", dir,
+                 names[k][1]);
+        REQUIRE(system(cmd) == 0);
+        CHECK(run_manifest(dir) >= 4);
+    }
+}
