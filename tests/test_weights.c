@@ -1,0 +1,185 @@
+/* test_weights.c — model file loaders: safetensors (OpenAI and Hugging Face names), TorchScript
+ * archives, torch.save zips; every tensor compared across formats; hostile (truncated, corrupted)
+ * files must fail cleanly with "PATH: what" messages. */
+#include "check.h"
+
+#include <stdint.h>
+
+#include "clip.h"
+#include "util.h"
+#include "weights.h"
+
+static int same_tensors(const wfile *a, const wfile *b) {
+    int bad = 0;
+    for (int i = 0; i < a->n; i++) {
+        const wtensor *x = &a->t[i], *y = wfile_get(b, x->name);
+        if (!y) { fprintf(stderr, "  %s: missing in %s\n", x->name, b->path); bad++; continue; }
+        int same = x->ndim == y->ndim && x->count == y->count;
+        for (int d = 0; same && d < x->ndim; d++) same = x->shape[d] == y->shape[d];
+        if (!same) { fprintf(stderr, "  %s: shape differs\n", x->name); bad++; continue; }
+        if (memcmp(x->data, y->data, x->count * sizeof(float)) != 0) {
+            fprintf(stderr, "  %s: values differ\n", x->name);
+            bad++;
+        }
+    }
+    if (a->n != b->n) { fprintf(stderr, "  %d vs %d tensors\n", a->n, b->n); bad++; }
+    return bad;
+}
+
+TEST(weights_f16_conversion) {
+    CHECK(f16_to_f32(0x3c00) == 1.0f);
+    CHECK(f16_to_f32(0xc000) == -2.0f);
+    CHECK(f16_to_f32(0x7bff) == 65504.0f);
+    CHECK(f16_to_f32(0x0001) == ldexpf(1.0f, -24));   /* smallest subnormal */
+    CHECK(f16_to_f32(0x03ff) == ldexpf(1023.0f, -24));
+    CHECK(f16_to_f32(0x0400) == ldexpf(1.0f, -14));   /* smallest normal */
+    CHECK(isinf(f16_to_f32(0x7c00)) && f16_to_f32(0x7c00) > 0);
+    CHECK(isinf(f16_to_f32(0xfc00)) && f16_to_f32(0xfc00) < 0);
+    CHECK(isnan(f16_to_f32(0x7e00)));
+    CHECK(signbit(f16_to_f32(0x8000)) && f16_to_f32(0x8000) == 0.0f);
+    uint8_t bf[2] = {0x80, 0x3f}, f16[2] = {0x00, 0x3c}, f32[4] = {0, 0, 0x80, 0x3f};
+    float o;
+    wdt_to_f32(WDT_BF16, bf, 1, &o); CHECK(o == 1.0f);
+    wdt_to_f32(WDT_F16, f16, 1, &o); CHECK(o == 1.0f);
+    wdt_to_f32(WDT_F32, f32, 1, &o); CHECK(o == 1.0f);
+}
+
+TEST(weights_safetensors_hf_matches_openai) {
+    const char *pa = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *pb = shared_path("fixtures/clip_sg/model_hf.safetensors");
+    if (!pa) SKIP("shared fixtures missing");
+    wfile *a = NULL, *b = NULL;
+    CHECK_OK(wfile_open(pa, &a));
+    CHECK_OK(wfile_open(pb, &b));
+    REQUIRE(a && b);
+    CHECK(a->format == WF_SAFETENSORS && b->format == WF_SAFETENSORS);
+    CHECK(!a->hf_names && b->hf_names);
+    CHECK(a->n == 62);
+    CHECK(same_tensors(a, b) == 0);
+    const wtensor *t = wfile_get(b, "visual.transformer.resblocks.1.attn.in_proj_weight");
+    REQUIRE(t);
+    CHECK(t->ndim == 2 && t->shape[0] == 384 && t->shape[1] == 128 && t->src_dtype == WDT_F16);
+    t = wfile_get(b, "visual.proj");
+    REQUIRE(t);
+    CHECK(t->ndim == 2 && t->shape[0] == 128 && t->shape[1] == 32);
+    t = wfile_get(a, "logit_scale");
+    REQUIRE(t);
+    CHECK(t->ndim == 0 && t->count == 1);
+    wfile_close(a);
+    wfile_close(b);
+}
+
+TEST(weights_config_from_tensors) {
+    const char *p = shared_path("fixtures/clip_sg/model_hf.safetensors");
+    if (!p) SKIP("shared fixtures missing");
+    wfile *f = NULL;
+    CHECK_OK(wfile_open(p, &f));
+    REQUIRE(f);
+    clip_config c;
+    CHECK_OK(clip_config_from_weights(f, &c));
+    CHECK(c.v_width == 128 && c.v_layers == 2 && c.v_heads == 2 && c.v_patch == 16 && c.v_grid == 14);
+    CHECK(c.v_mlp == 512);
+    CHECK(c.t_width == 64 && c.t_layers == 2 && c.t_heads == 1 && c.t_ctx == 77 && c.t_vocab == 49408);
+    CHECK(c.embed == 32);
+    CHECK_NEAR(c.logit_scale, 14.29852294921875, 1e-4);
+    wfile_close(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// a small safetensors file built here, for the hostile-input tests
+
+static uint8_t *make_st(size_t *len) {
+    const char *hdr =
+        "{\"__metadata__\":{\"format\":\"pt\"},"
+        "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+        "\"b\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[24,32]},"
+        "\"c\":{\"dtype\":\"BF16\",\"shape\":[],\"data_offsets\":[32,34]},"
+        "\"ids\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[34,50]}}";
+    size_t n = strlen(hdr), dl = 50;
+    uint8_t *b = calloc(1, 8 + n + dl);
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)((uint64_t)n >> (8 * i));
+    memcpy(b + 8, hdr, n);
+    float a[6] = {1, -2, 3.5f, 0, 1e-3f, 7};
+    memcpy(b + 8 + n, a, 24);
+    uint16_t h[4] = {0x3c00, 0xc000, 0x3800, 0};
+    memcpy(b + 8 + n + 24, h, 8);
+    b[8 + n + 32] = 0x80; b[8 + n + 33] = 0x3f;   /* bf16 1.0 */
+    *len = 8 + n + dl;
+    return b;
+}
+
+TEST(weights_safetensors_small) {
+    size_t len;
+    uint8_t *b = make_st(&len);
+    wfile *f = NULL;
+    CHECK_OK(wfile_open_mem("small", b, len, &f));
+    REQUIRE(f);
+    CHECK(f->n == 3);   /* ids (I64) skipped */
+    const wtensor *a = wfile_get(f, "a"), *h = wfile_get(f, "b"), *c = wfile_get(f, "c");
+    REQUIRE(a && h && c);
+    CHECK(a->ndim == 2 && a->shape[1] == 3 && a->data[2] == 3.5f && a->data[4] == 1e-3f);
+    CHECK(h->src_dtype == WDT_F16 && h->data[1] == -2.0f && h->data[2] == 0.5f);
+    CHECK(c->ndim == 0 && c->src_dtype == WDT_BF16 && c->data[0] == 1.0f);
+    wfile_close(f);
+    free(b);
+}
+
+/* Truncations at every length and deterministic byte flips: must fail (or load) cleanly, with a
+ * message naming the file. */
+TEST(weights_safetensors_hostile) {
+    size_t len;
+    uint8_t *b = make_st(&len);
+    uint8_t *c = malloc(len);
+    for (size_t cut = 0; cut < len; cut++) {
+        wfile *f = NULL;
+        memcpy(c, b, cut);
+        carseg_status st = wfile_open_mem("cut", c, cut, &f);
+        CHECK_MSG(st != CARSEG_OK && !f, "cut at %zu loaded", cut);
+        CHECK_MSG(strncmp(carseg_last_error(), "cut: ", 5) == 0, "%s", carseg_last_error());
+    }
+    unsigned seed = 7;
+    for (int k = 0; k < 3000; k++) {
+        memcpy(c, b, len);
+        int nflip = 1 + k % 3;
+        for (int j = 0; j < nflip; j++) {
+            seed = seed * 1664525u + 1013904223u;
+            size_t pos = (seed >> 8) % len;
+            seed = seed * 1664525u + 1013904223u;
+            c[pos] ^= (uint8_t)(1u << ((seed >> 16) & 7));
+        }
+        wfile *f = NULL;
+        carseg_status st = wfile_open_mem("flip", c, len, &f);
+        if (st == CARSEG_OK) wfile_close(f);
+        else CHECK_MSG(strncmp(carseg_last_error(), "flip: ", 6) == 0, "%s", carseg_last_error());
+    }
+    free(c);
+    free(b);
+}
+
+TEST(weights_open_errors) {
+    wfile *f = NULL;
+    CHECK(wfile_open("/nonexistent/model.safetensors", &f) == CARSEG_EIO && !f);
+    CHECK(strstr(carseg_last_error(), "/nonexistent/model.safetensors") != NULL);
+    CHECK(wfile_open_mem("junk", (const uint8_t *)"hello world", 11, &f) == CARSEG_EFORMAT);
+    const char *bad[] = {
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}",          /* span mismatch */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,400]}}",        /* past the end */
+        "{\"a\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}",          /* dtype */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}",         /* shape */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}",  /* ndim */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}",
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}",
+        "[1,2]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        size_t n = strlen(bad[i]);
+        uint8_t buf[512] = {0};
+        for (int k = 0; k < 8; k++) buf[k] = (uint8_t)((uint64_t)n >> (8 * k));
+        memcpy(buf + 8, bad[i], n);
+        carseg_status st = wfile_open_mem("bad.safetensors", buf, 8 + n + 16, &f);
+        CHECK_MSG(st == CARSEG_EFORMAT && !f, "case %zu", i);
+        CHECK_MSG(strstr(carseg_last_error(), "bad.safetensors: ") == carseg_last_error(), "%s",
+                  carseg_last_error());
+        if (i < 7) CHECK_MSG(strstr(carseg_last_error(), "(tensor a)") != NULL, "%s", carseg_last_error());
+    }
+}
