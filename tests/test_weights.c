@@ -183,3 +183,22 @@ TEST(weights_open_errors) {
         if (i < 7) CHECK_MSG(strstr(carseg_last_error(), "(tensor a)") != NULL, "%s", carseg_last_error());
     }
 }
+
+TEST(weights_torchscript_and_state_match_safetensors) {
+    const char *ps = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *pj = shared_path("fixtures/clip_sg/model_jit.pt");
+    const char *pt = shared_path("fixtures/clip_sg/model_state.pt");
+    if (!ps) SKIP("shared fixtures missing");
+    wfile *s = NULL, *j = NULL, *t = NULL;
+    CHECK_OK(wfile_open(ps, &s));
+    CHECK_OK(wfile_open(pj, &j));
+    CHECK_OK(wfile_open(pt, &t));
+    REQUIRE(s && j && t);
+    CHECK(j->format == WF_TORCHSCRIPT && t->format == WF_TORCH_STATE);
+    CHECK(same_tensors(s, j) == 0);
+    CHECK(same_tensors(s, t) == 0);
+    CHECK(wfile_get(j, "visual.conv1.weight")->src_dtype == WDT_F16);
+    wfile_close(s);
+    wfile_close(j);
+    wfile_close(t);
+}
