@@ -202,3 +202,106 @@ TEST(weights_torchscript_and_state_match_safetensors) {
     wfile_close(j);
     wfile_close(t);
 }
+
+// ---------------------------------------------------------------------------------------------
+// every format written by scripts/gen_model_files.py, against its .npy dump
+
+#include <dirent.h>
+
+static const char *gen_dir(void) {
+    static char dir[600];
+    static int state;   /* 0 not tried, 1 ok, 2 failed */
+    if (state == 0) {
+        state = 2;
+        if (!file_exists("/usr/bin/python3") || !file_exists("scripts/gen_model_files.py")) return NULL;
+        snprintf(dir, sizeof dir, "%s/gen", test_tmpdir());
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/gen_model_files.py %s 2>&1", dir);
+        FILE *p = popen(cmd, "r");
+        if (!p) return NULL;
+        char line[512];
+        while (fgets(line, sizeof line, p)) fprintf(stderr, "  gen: %s", line);
+        if (pclose(p) == 0) state = 1;
+    }
+    return state == 1 ? dir : NULL;
+}
+
+/* Every ref/<name>.npy equals the loaded tensor bit for bit; no other tensor is loaded. */
+static void check_against_refs(const char *dir, const char *refsub, const wfile *f) {
+    char rd[700];
+    snprintf(rd, sizeof rd, "%s/%s", dir, refsub);
+    DIR *d = opendir(rd);
+    REQUIRE(d);
+    struct dirent *e;
+    int nref = 0;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 5 || strcmp(e->d_name + l - 4, ".npy") != 0) continue;
+        char name[256], p[1000];
+        snprintf(name, sizeof name, "%.*s", (int)(l - 4), e->d_name);
+        snprintf(p, sizeof p, "%s/%s", rd, e->d_name);
+        nref++;
+        float *ref = NULL;
+        int nd = 0;
+        int64_t sh[8];
+        CHECK_OK(npy_read_f32(p, &ref, &nd, sh));
+        const wtensor *t = wfile_get(f, name);
+        CHECK_MSG(t != NULL, "%s: %s missing", f->path, name);
+        if (t && ref) {
+            int same = t->ndim == nd;
+            for (int k = 0; same && k < nd; k++) same = t->shape[k] == sh[k];
+            CHECK_MSG(same, "%s: %s shape differs", f->path, name);
+            if (same) CHECK_MSG(memcmp(t->data, ref, t->count * sizeof(float)) == 0, "%s: %s values differ", f->path, name);
+        }
+        free(ref);
+    }
+    closedir(d);
+    CHECK_MSG(f->n == nref, "%s: %d tensors loaded, %d references", f->path, f->n, nref);
+}
+
+TEST(weights_gen_every_format) {
+    const char *dir = gen_dir();
+    if (!dir) SKIP("/usr/bin/python3 with torch could not run scripts/gen_model_files.py");
+    static const struct { const char *file; wformat fmt; int hf; wdtype dt; } cases[] = {
+        {"jit_f16.pt", WF_TORCHSCRIPT, 0, WDT_F16},
+        {"state_f16.pt", WF_TORCH_STATE, 0, WDT_F16},
+        {"state_f32.pt", WF_TORCH_STATE, 0, WDT_F32},
+        {"state_bf16.pt", WF_TORCH_STATE, 0, WDT_BF16},
+        {"state_f16_zip64.pt", WF_TORCH_STATE, 0, WDT_F16},
+        {"st_f16.safetensors", WF_SAFETENSORS, 0, WDT_F16},
+        {"st_f32.safetensors", WF_SAFETENSORS, 0, WDT_F32},
+        {"st_bf16.safetensors", WF_SAFETENSORS, 0, WDT_BF16},
+        {"hf_f32.safetensors", WF_SAFETENSORS, 1, WDT_F32},
+        {"hf_bf16.safetensors", WF_SAFETENSORS, 1, WDT_BF16},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char p[800];
+        snprintf(p, sizeof p, "%s/%s", dir, cases[i].file);
+        wfile *f = NULL;
+        CHECK_OK(wfile_open(p, &f));
+        if (!f) continue;
+        CHECK_MSG(f->format == cases[i].fmt && f->hf_names == cases[i].hf, "%s", p);
+        const wtensor *t = wfile_get(f, "visual.transformer.resblocks.1.mlp.c_fc.weight");
+        CHECK_MSG(t && t->src_dtype == cases[i].dt, "%s: dtype", p);
+        check_against_refs(dir, "ref", f);
+        clip_config c;
+        CHECK_OK(clip_config_from_weights(f, &c));
+        CHECK(c.v_width == 128 && c.v_layers == 2 && c.v_heads == 2 && c.v_patch == 8 && c.v_grid == 4);
+        CHECK(c.t_width == 64 && c.t_layers == 1 && c.t_heads == 1 && c.t_ctx == 8 && c.t_vocab == 50);
+        CHECK(c.embed == 32 && c.v_mlp == 512);
+        CHECK_NEAR(c.logit_scale, expf(2.671875f), 1e-5);
+        wfile_close(f);
+    }
+}
+
+TEST(weights_gen_strided_views) {
+    const char *dir = gen_dir();
+    if (!dir) SKIP("/usr/bin/python3 with torch could not run scripts/gen_model_files.py");
+    char p[800];
+    snprintf(p, sizeof p, "%s/views.pt", dir);
+    wfile *f = NULL;
+    CHECK_OK(wfile_open(p, &f));
+    REQUIRE(f);
+    check_against_refs(dir, "views", f);
+    wfile_close(f);
+}
