@@ -20,6 +20,9 @@ Writes into OUTDIR:
   hf_f32.safetensors, hf_bf16.safetensors      Hugging Face CLIPModel names (q/k/v split, projections
                                                transposed, an int64 position_ids buffer)
   views.pt + views/<name>.npy   torch.save of non-contiguous views sharing one storage
+  views_parts/data.pkl, views_parts/0   the pickle and the storage inside views.pt (the hostile-input
+                           tests re-zip truncated pickles)
+  tiny_jit.pt + tiny/<name>.npy   a small traced module tree (fuzzing seed)
 """
 import json
 import os
@@ -274,6 +277,23 @@ def main():
     torch.save(views, os.path.join(out, "views.pt"))
     for k, v in views.items():
         np.save(os.path.join(out, "views", k + ".npy"), v.float().contiguous().numpy())
+    os.makedirs(os.path.join(out, "views_parts"), exist_ok=True)
+    z = zipfile.ZipFile(os.path.join(out, "views.pt"))
+    for n in z.namelist():
+        if n.endswith("/data.pkl") or n.endswith("/data/0"):
+            with open(os.path.join(out, "views_parts", n.split("/")[-1]), "wb") as f:
+                f.write(z.read(n))
+
+    os.makedirs(os.path.join(out, "tiny"), exist_ok=True)
+    tiny = nn.Sequential(OrderedDict([("fc", nn.Linear(3, 2)), ("ln", LayerNorm(2))]))
+    with torch.no_grad():
+        for p in tiny.parameters():
+            p.copy_(exact_f16_bf16(torch.randn_like(p)))
+    for k, v in tiny.state_dict().items():
+        np.save(os.path.join(out, "tiny", k + ".npy"), v.numpy())
+    t = torch.jit.trace(tiny, torch.randn(1, 3))
+    t.half()
+    torch.jit.save(t, os.path.join(out, "tiny_jit.pt"))
 
 
 if __name__ == "__main__":

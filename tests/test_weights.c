@@ -305,3 +305,142 @@ TEST(weights_gen_strided_views) {
     check_against_refs(dir, "views", f);
     wfile_close(f);
 }
+
+TEST(weights_gen_tiny_torchscript_tree) {
+    const char *dir = gen_dir();
+    if (!dir) SKIP("/usr/bin/python3 with torch could not run scripts/gen_model_files.py");
+    char p[800];
+    snprintf(p, sizeof p, "%s/tiny_jit.pt", dir);
+    wfile *f = NULL;
+    CHECK_OK(wfile_open(p, &f));
+    REQUIRE(f);
+    CHECK(f->format == WF_TORCHSCRIPT);
+    check_against_refs(dir, "tiny", f);
+    wfile_close(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// hostile PyTorch zips
+
+#include <zlib.h>
+
+static void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put32(uint8_t *p, uint32_t v) { put16(p, v & 0xffff); put16(p + 2, v >> 16); }
+
+/* A stored zip of n entries (as PyTorch writes them, without data descriptors). */
+static uint8_t *zip_build(int n, const char **names, const uint8_t **data, const size_t *lens, size_t *out_len) {
+    size_t cap = 22;
+    for (int i = 0; i < n; i++) cap += 30 + 46 + 2 * strlen(names[i]) + lens[i];
+    uint8_t *b = calloc(1, cap), *p = b;
+    uint32_t offs[16];
+    for (int i = 0; i < n; i++) {
+        size_t nl = strlen(names[i]);
+        offs[i] = (uint32_t)(p - b);
+        put32(p, 0x04034b50); put16(p + 4, 20);
+        put32(p + 14, (uint32_t)crc32(0, data[i], (uInt)lens[i]));
+        put32(p + 18, (uint32_t)lens[i]); put32(p + 22, (uint32_t)lens[i]);
+        put16(p + 26, (unsigned)nl);
+        memcpy(p + 30, names[i], nl);
+        if (lens[i]) memcpy(p + 30 + nl, data[i], lens[i]);
+        p += 30 + nl + lens[i];
+    }
+    uint8_t *cd = p;
+    for (int i = 0; i < n; i++) {
+        size_t nl = strlen(names[i]);
+        put32(p, 0x02014b50); put16(p + 4, 20); put16(p + 6, 20);
+        put32(p + 16, (uint32_t)crc32(0, data[i], (uInt)lens[i]));
+        put32(p + 20, (uint32_t)lens[i]); put32(p + 24, (uint32_t)lens[i]);
+        put16(p + 28, (unsigned)nl);
+        put32(p + 42, offs[i]);
+        memcpy(p + 46, names[i], nl);
+        p += 46 + nl;
+    }
+    put32(p, 0x06054b50); put16(p + 8, (unsigned)n); put16(p + 10, (unsigned)n);
+    put32(p + 12, (uint32_t)(p - cd)); put32(p + 16, (uint32_t)(cd - b));
+    p += 22;
+    *out_len = (size_t)(p - b);
+    return b;
+}
+
+static uint8_t *slurp(const char *dir, const char *rel, size_t *len) {
+    char p[800];
+    snprintf(p, sizeof p, "%s/%s", dir, rel);
+    uint8_t *b = NULL;
+    if (read_file(p, &b, len) != CARSEG_OK) return NULL;
+    return b;
+}
+
+/* Loads must fail cleanly with a message that starts with the file's name. */
+static int try_load(const char *name, const uint8_t *b, size_t len) {
+    wfile *f = NULL;
+    carseg_status st = wfile_open_mem(name, b, len, &f);
+    if (st == CARSEG_OK) { wfile_close(f); return 1; }
+    size_t nl = strlen(name);
+    CHECK_MSG(!f && strncmp(carseg_last_error(), name, nl) == 0 && carseg_last_error()[nl] == ':',
+              "%s", carseg_last_error());
+    return 0;
+}
+
+static void flips(const char *name, const uint8_t *b, size_t len, size_t lo, size_t hi, int n, unsigned seed) {
+    uint8_t *c = malloc(len);
+    for (int k = 0; k < n; k++) {
+        memcpy(c, b, len);
+        for (int j = 0; j < 1 + k % 4; j++) {
+            seed = seed * 1664525u + 1013904223u;
+            size_t pos = lo + (seed >> 4) % (hi - lo);
+            seed = seed * 1664525u + 1013904223u;
+            c[pos] ^= (uint8_t)(1u << ((seed >> 16) & 7));
+            if (k % 7 == 3) c[pos] = (uint8_t)(seed >> 24);   /* sometimes a random byte */
+        }
+        try_load(name, c, len);
+    }
+    free(c);
+}
+
+TEST(weights_torchzip_hostile) {
+    const char *dir = gen_dir();
+    if (!dir) SKIP("/usr/bin/python3 with torch could not run scripts/gen_model_files.py");
+    size_t vlen, plen, slen, tlen, jlen;
+    uint8_t *v = slurp(dir, "views.pt", &vlen), *pk = slurp(dir, "views_parts/data.pkl", &plen),
+            *sg = slurp(dir, "views_parts/0", &slen), *tj = slurp(dir, "tiny_jit.pt", &tlen),
+            *jj = slurp(dir, "jit_f16.pt", &jlen);
+    REQUIRE(v && pk && sg && tj && jj);
+    /* the whole file cut at every length */
+    for (size_t cut = 0; cut < vlen; cut++) CHECK_MSG(!try_load("cut.pt", v, cut), "cut %zu loaded", cut);
+    /* the pickle cut at every length, re-zipped with correct CRCs */
+    const char *names[2] = {"archive/data.pkl", "archive/data/0"};
+    int ok_full = 0;
+    for (size_t cut = 0; cut <= plen; cut++) {
+        const uint8_t *d[2] = {pk, sg};
+        size_t l[2] = {cut, slen}, zl;
+        uint8_t *z = zip_build(2, names, d, l, &zl);
+        int ok = try_load("pkl.pt", z, zl);
+        if (cut < plen) CHECK_MSG(!ok, "pickle cut at %zu loaded", cut);
+        else ok_full = ok;
+        free(z);
+    }
+    CHECK(ok_full);   /* the re-zipped archive itself is fine */
+    /* the storage cut at every length: names the tensor */
+    for (size_t cut = 0; cut < slen; cut++) {
+        const uint8_t *d[2] = {pk, sg};
+        size_t l[2] = {plen, cut}, zl;
+        uint8_t *z = zip_build(2, names, d, l, &zl);
+        CHECK_MSG(!try_load("stor.pt", z, zl), "storage cut at %zu loaded", cut);
+        CHECK_MSG(strstr(carseg_last_error(), "(tensor ") != NULL, "%s", carseg_last_error());
+        free(z);
+    }
+    /* a storage byte flipped: the CRC catches it */
+    uint8_t *c = malloc(jlen);
+    memcpy(c, jj, jlen);
+    c[jlen / 2] ^= 0x10;
+    CHECK(!try_load("crc.pt", c, jlen));
+    CHECK_MSG(strstr(carseg_last_error(), "CRC") != NULL, "%s", carseg_last_error());
+    free(c);
+    /* flips anywhere, checksums off so the parsers behind them see the damage */
+    tz_verify_crc = 0;
+    flips("flip.pt", v, vlen, 0, vlen, 3000, 1);
+    flips("flip.pt", tj, tlen, 0, tlen, 3000, 2);
+    flips("flip.pt", jj, jlen, jlen - 40000 < jlen ? jlen - 40000 : 0, jlen, 300, 3);   /* pickle, code, directory */
+    tz_verify_crc = 1;
+    free(v); free(pk); free(sg); free(tj); free(jj);
+}
