@@ -444,3 +444,51 @@ TEST(weights_torchzip_hostile) {
     tz_verify_crc = 1;
     free(v); free(pk); free(sg); free(tj); free(jj);
 }
+
+/* flips in the JSON headers of real-sized files (OpenAI and Hugging Face names), and cuts */
+TEST(weights_safetensors_hostile_gen) {
+    const char *dir = gen_dir();
+    if (!dir) SKIP("/usr/bin/python3 with torch could not run scripts/gen_model_files.py");
+    carseg_set_log_level(CARSEG_LOG_ERROR);   /* mangled HF names warn */
+    const char *files[] = {"hf_bf16.safetensors", "st_f16.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        uint8_t *b = slurp(dir, files[i], &len);
+        REQUIRE(b && len > 8);
+        size_t hl = (size_t)b[0] | (size_t)b[1] << 8 | (size_t)b[2] << 16;
+        REQUIRE(hl + 8 < len);
+        flips("hdr.safetensors", b, len, 0, 8 + hl, 400, 11u + (unsigned)i);
+        for (int k = 0; k < 64; k++) {
+            size_t cut = k < 32 ? (size_t)k * (8 + hl) / 32 : 8 + hl + (size_t)(k - 32) * (len - 8 - hl) / 32;
+            CHECK_MSG(!try_load("cut.safetensors", b, cut), "%s cut at %zu loaded", files[i], cut);
+        }
+        free(b);
+    }
+    carseg_set_log_level(CARSEG_LOG_WARN);
+}
+
+TEST(weights_cli_inspect) {
+    const char *bin = getenv("CARSEG_BIN");
+    const char *p = shared_path("fixtures/clip_sg/model_jit.pt");
+    if (!bin) SKIP("CARSEG_BIN not set (run through make test)");
+    if (!p) SKIP("shared fixtures missing");
+    char cmd[1200], out[16384] = {0};
+    snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1", bin, p);
+    FILE *f = popen(cmd, "r");
+    REQUIRE(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = 0;
+    CHECK(pclose(f) == 0);
+    CHECK(strstr(out, "format: torchscript") != NULL);
+    CHECK(strstr(out, "vision: width 128, layers 2, heads 2, patch 16, grid 14, resolution 224") != NULL);
+    CHECK(strstr(out, "text: width 64, layers 2, heads 1, context 77, vocab 49408") != NULL);
+    CHECK(strstr(out, "embed: 32") != NULL);
+    CHECK(strstr(out, "visual.transformer.resblocks.1.attn.in_proj_weight") != NULL);
+    snprintf(cmd, sizeof cmd, "%s inspect %s/fixtures/README.md 2>&1", bin, shared_path(""));
+    f = popen(cmd, "r");
+    REQUIRE(f);
+    n = fread(out, 1, sizeof out - 1, f);
+    out[n] = 0;
+    CHECK(pclose(f) != 0);
+    CHECK(strstr(out, "carseg: error: ") != NULL && strstr(out, "README.md: not a safetensors file") != NULL);
+}
