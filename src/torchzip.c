@@ -29,6 +29,7 @@ typedef struct {
     uint64_t csize, usize, lho;
     uint32_t crc;
     int method;
+    int verified;           /* CRC already checked */
 } zentry;
 
 typedef struct {
@@ -42,6 +43,16 @@ typedef struct {
 static uint32_t rd16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
 static uint32_t rd32(const uint8_t *p) { return rd16(p) | rd16(p + 2) << 16; }
 static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+
+static int zname_cmp(const char *a, size_t al, const char *b, size_t bl) {
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al > bl) - (al < bl);
+}
+
+static int zentry_cmp(const void *a, const void *b) {
+    const zentry *x = a, *y = b;
+    return zname_cmp(x->name, x->name_len, y->name, y->name_len);
+}
 
 static carseg_status zip_open(zarchive *z) {
     const uint8_t *b = z->buf;
@@ -102,18 +113,24 @@ static carseg_status zip_open(zarchive *z) {
         p += 46 + nl + xl + cl;
         z->n++;
     }
+    qsort(z->e, z->n, sizeof *z->e, zentry_cmp);
     return CARSEG_OK;
 }
 
-static const zentry *zip_find(const zarchive *z, const char *name) {
-    size_t nl = strlen(name);
-    for (size_t i = 0; i < z->n; i++)
-        if (z->e[i].name_len == nl && memcmp(z->e[i].name, name, nl) == 0) return &z->e[i];
+/* z->e is sorted by name after zip_open */
+static zentry *zip_find(const zarchive *z, const char *name) {
+    size_t nl = strlen(name), lo = 0, hi = z->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = zname_cmp(z->e[mid].name, z->e[mid].name_len, name, nl);
+        if (c == 0) return &z->e[mid];
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
     return NULL;
 }
 
 /* Data of a stored entry, bounds- and CRC-checked. what: for the message ("(tensor X)" etc.). */
-static carseg_status zip_data(const zarchive *z, const zentry *e, const uint8_t **data, const char *what) {
+static carseg_status zip_data(const zarchive *z, zentry *e, const uint8_t **data, const char *what) {
     if (e->method != 0)
         return set_err(CARSEG_EFORMAT, "%s: zip entry %.*s is compressed (method %d); PyTorch writes stored "
                        "entries only%s", z->path, (int)e->name_len, e->name, e->method, what);
@@ -130,15 +147,16 @@ static carseg_status zip_data(const zarchive *z, const zentry *e, const uint8_t 
     /* zlib's crc32 takes a uInt length: feed it in chunks */
     uLong crc = crc32(0L, Z_NULL, 0);
     const uint8_t *q = z->buf + start;
-    for (uint64_t left = tz_verify_crc ? e->csize : 0; left;) {
+    for (uint64_t left = tz_verify_crc && !e->verified ? e->csize : 0; left;) {
         uInt k = left > (1u << 30) ? (1u << 30) : (uInt)left;
         crc = crc32(crc, q, k);
         q += k;
         left -= k;
     }
-    if (tz_verify_crc && (uint32_t)crc != e->crc)
+    if (tz_verify_crc && !e->verified && (uint32_t)crc != e->crc)
         return set_err(CARSEG_EFORMAT, "%s: zip entry %.*s: CRC-32 mismatch (corrupted)%s", z->path,
                        (int)e->name_len, e->name, what);
+    e->verified = 1;
     *data = z->buf + start;
     return CARSEG_OK;
 }
@@ -246,12 +264,9 @@ static pval *dict_get(const pval *d, const char *key) {
     return NULL;
 }
 
-static int dict_set(pval *d, pval *k, pval *v) {
-    if (k->k == PV_STR)   /* replace an existing string key (dict semantics) */
-        for (size_t i = 0; i + 1 < d->n; i += 2)
-            if (d->it[i]->k == PV_STR && strcmp(d->it[i]->s, k->s) == 0) { d->it[i + 1] = v; return 1; }
-    return pv_push_item(d, k) && pv_push_item(d, v);
-}
+/* Appends (no search for an existing key: linear time on hostile input). The writers never repeat
+ * a key; a repeated tensor name is reported as a duplicate later. */
+static int dict_set(pval *d, pval *k, pval *v) { return pv_push_item(d, k) && pv_push_item(d, v); }
 
 #define PERR(...) return set_err(CARSEG_EFORMAT, __VA_ARGS__)
 
@@ -610,6 +625,7 @@ typedef struct {
     const char *prefix;
     wfile *f;
     uint64_t budget;        /* float elements we may still allocate (bounded by the file size) */
+    uint64_t visits;        /* walk steps left: shared sub-objects must not blow the walk up */
 } tctx;
 
 static carseg_status materialize(tctx *c, const pval *t, const char *name) {
@@ -619,7 +635,7 @@ static carseg_status materialize(tctx *c, const pval *t, const char *name) {
     size_t esz = wdt_size((wdtype)s->dt);
     char ename[512];
     snprintf(ename, sizeof ename, "%s/data/%s", c->prefix, s->s);
-    const zentry *e = zip_find(c->z, ename);
+    zentry *e = zip_find(c->z, ename);
     if (!e) return set_err(CARSEG_EFORMAT, "%s: storage %s missing from the archive (tensor %s)", P, ename, name);
     char what[300];
     snprintf(what, sizeof what, " (tensor %s)", name);
@@ -684,6 +700,8 @@ static carseg_status materialize(tctx *c, const pval *t, const char *name) {
 
 /* TorchScript: the module object tree; names are attribute paths. */
 static carseg_status walk(tctx *c, const pval *v, char *name, size_t nlen, size_t cap, int depth) {
+    if (!c->visits--)
+        return set_err(CARSEG_EFORMAT, "%s: module tree revisits shared objects too often (tensor %s)", c->z->path, name);
     if (v->k == PV_TENSOR) return materialize(c, v, name);
     if (v->k == PV_REDUCED && v->cls && v->cls->k == PV_GLOBAL && strncmp(v->cls->s, "torch._utils._rebuild", 21) == 0)
         return set_err(CARSEG_EFORMAT, "%s: unsupported tensor kind %s (tensor %s)", c->z->path, v->cls->s, name);
@@ -711,9 +729,9 @@ carseg_status tz_read(wfile *f, const uint8_t *buf, size_t len) {
     carseg_status st = zip_open(&z);
     if (st != CARSEG_OK) { free(z.e); return st; }
     /* <prefix>/data.pkl */
-    const zentry *pk = NULL;
+    zentry *pk = NULL;
     for (size_t i = 0; i < z.n && !pk; i++) {
-        const zentry *e = &z.e[i];
+        zentry *e = &z.e[i];
         const char *sl = memchr(e->name, '/', e->name_len);
         if (sl && e->name_len - (size_t)(sl - e->name) == 9 && memcmp(sl, "/data.pkl", 9) == 0 && sl > e->name)
             pk = e;
@@ -735,7 +753,7 @@ carseg_status tz_read(wfile *f, const uint8_t *buf, size_t len) {
     pval *root = NULL;
     st = unpickle(&u, &root);
     if (st == CARSEG_OK) {
-        tctx c = {&z, prefix, f, (uint64_t)len + 1024};
+        tctx c = {&z, prefix, f, (uint64_t)len + 1024, 4 * (uint64_t)u.narena + 1024};
         char name[1024] = {0};
         if (root->k == PV_OBJ) {
             f->format = WF_TORCHSCRIPT;

@@ -92,6 +92,8 @@ carseg_status wfile_add(wfile *f, char *name, int ndim, const int64_t *shape, wd
         cs_free(data);
         return st;
     }
+    free(f->order);   /* the name index is rebuilt by finish() */
+    f->order = NULL;
     if (f->n == f->cap) {
         int cap = f->cap ? f->cap * 2 : 64;
         wtensor *t = realloc(f->t, (size_t)cap * sizeof *t);
@@ -122,12 +124,39 @@ static void wfile_free_tensors(wtensor *t, int n) {
 void wfile_close(wfile *f) {
     if (!f) return;
     wfile_free_tensors(f->t, f->n);
+    free(f->order);
     free(f->path);
     free(f);
 }
 
+/* sorting an index array by tensor name (qsort has no context pointer: a thread-local one) */
+static _Thread_local const wtensor *g_sort_t;
+static int cmp_idx(const void *a, const void *b) {
+    return strcmp(g_sort_t[*(const int *)a].name, g_sort_t[*(const int *)b].name);
+}
+
+static int *name_index(const wtensor *t, int n) {
+    int *o = malloc((size_t)(n ? n : 1) * sizeof *o);
+    if (!o) return NULL;
+    for (int i = 0; i < n; i++) o[i] = i;
+    g_sort_t = t;
+    qsort(o, (size_t)n, sizeof *o, cmp_idx);
+    return o;
+}
+
+static const wtensor *index_find(const wtensor *t, const int *o, int n, const char *name) {
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(t[o[mid]].name, name);
+        if (c == 0) return &t[o[mid]];
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    return NULL;
+}
+
 const wtensor *wfile_get(const wfile *f, const char *name) {
     if (!f || !name) return NULL;
+    if (f->order) return index_find(f->t, f->order, f->n, name);
     for (int i = 0; i < f->n; i++)
         if (strcmp(f->t[i].name, name) == 0) return &f->t[i];
     return NULL;
@@ -138,10 +167,9 @@ const wtensor *wfile_get(const wfile *f, const char *name) {
 
 static int starts(const char *s, const char *pre) { return strncmp(s, pre, strlen(pre)) == 0; }
 
+static _Thread_local const int *g_raw_order;   /* name index of the raw tensors while map_hf runs */
 static const wtensor *raw_find(const wtensor *t, int n, const char *name) {
-    for (int i = 0; i < n; i++)
-        if (t[i].name && strcmp(t[i].name, name) == 0) return &t[i];
-    return NULL;
+    return index_find(t, g_raw_order, n, name);
 }
 
 static char *xstrcat3(const char *a, const char *b, const char *c) {
@@ -250,6 +278,9 @@ static const char *hf_layer(const char *name, char *lp, size_t lpn, char *cp, si
 static carseg_status map_hf(wfile *f) {
     wtensor *raw = f->t;
     int n = f->n;
+    int *order = name_index(raw, n);
+    if (!order) return set_err(CARSEG_ENOMEM, "%s: out of memory", f->path);
+    g_raw_order = order;
     f->t = NULL;
     f->n = f->cap = 0;
     carseg_status st = CARSEG_OK;
@@ -293,6 +324,8 @@ static carseg_status map_hf(wfile *f) {
         if (!done) cs_log(CARSEG_LOG_WARN, "%s: ignoring unknown Hugging Face CLIP tensor %s", f->path, nm);
     }
     wfile_free_tensors(raw, n);
+    free(order);
+    g_raw_order = NULL;
     return st;
 }
 
@@ -311,10 +344,12 @@ static carseg_status finish(wfile *f) {
             break;
         }
     if (f->hf_names) TRY(map_hf(f));
-    for (int i = 0; i < f->n; i++)
-        for (int j = i + 1; j < f->n; j++)
-            if (strcmp(f->t[i].name, f->t[j].name) == 0)
-                return set_err(CARSEG_EFORMAT, "%s: duplicate tensor name (tensor %s)", f->path, f->t[i].name);
+    f->order = name_index(f->t, f->n);
+    if (!f->order) return set_err(CARSEG_ENOMEM, "%s: out of memory", f->path);
+    for (int i = 0; i + 1 < f->n; i++)
+        if (strcmp(f->t[f->order[i]].name, f->t[f->order[i + 1]].name) == 0)
+            return set_err(CARSEG_EFORMAT, "%s: duplicate tensor name (tensor %s)", f->path,
+                           f->t[f->order[i]].name);
     if (f->n == 0) return set_err(CARSEG_EMODEL, "%s: no float tensors in the file", f->path);
     return CARSEG_OK;
 }

@@ -34,6 +34,7 @@ typedef struct {
     int n;
     wtensor *t;
     int cap;             /* allocated entries of t (internal) */
+    int *order;          /* indices of t sorted by name, for wfile_get (internal) */
 } wfile;
 
 /* Opens and fully converts a model file. On error *out is NULL and carseg_last_error() says

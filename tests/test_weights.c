@@ -492,3 +492,84 @@ TEST(weights_cli_inspect) {
     CHECK(pclose(f) != 0);
     CHECK(strstr(out, "carseg: error: ") != NULL && strstr(out, "README.md: not a safetensors file") != NULL);
 }
+
+/* Inputs whose cost could explode: many tensors, a module DAG that shares sub-objects. */
+TEST(weights_hostile_complexity) {
+    /* 50k zero-size tensors named like resblocks: linear-ish time everywhere */
+    int n = 50000;
+    size_t cap = (size_t)n * 160 + 64, hl = 0;
+    char *h = malloc(cap);
+    hl += (size_t)snprintf(h + hl, cap - hl, "{");
+    for (int i = 0; i < n; i++)
+        hl += (size_t)snprintf(h + hl, cap - hl, "%s\"visual.transformer.resblocks.%d.attn.in_proj_weight\":"
+                               "{\"dtype\":\"F16\",\"shape\":[0],\"data_offsets\":[0,0]}", i ? "," : "", i);
+    hl += (size_t)snprintf(h + hl, cap - hl, "}");
+    uint8_t *b = malloc(8 + hl);
+    for (int k = 0; k < 8; k++) b[k] = (uint8_t)((uint64_t)hl >> (8 * k));
+    memcpy(b + 8, h, hl);
+    double t0 = now_ms();
+    wfile *f = NULL;
+    CHECK_OK(wfile_open_mem("many.safetensors", b, 8 + hl, &f));
+    if (f) {
+        CHECK(f->n == n);
+        clip_config c;
+        CHECK(clip_config_from_weights(f, &c) != CARSEG_OK);
+        wfile_close(f);
+    }
+    CHECK_MSG(now_ms() - t0 < 20000, "took %.0f ms", now_ms() - t0);
+    free(b);
+    free(h);
+
+    /* pickle DAG: object i's state is {a: object i-1, b: object i-1}, 30 levels (2^30 paths) */
+    uint8_t pk[4096];
+    size_t p = 0;
+    pk[p++] = 0x80; pk[p++] = 2;
+    memcpy(pk + p, "c__torch__\nM\n", 13); p += 13;
+    pk[p++] = 'q'; pk[p++] = 0;
+    pk[p++] = 'h'; pk[p++] = 0; pk[p++] = ')'; pk[p++] = 0x81; pk[p++] = '}'; pk[p++] = 'b';
+    pk[p++] = 'q'; pk[p++] = 1;
+    for (int i = 1; i <= 30; i++) {
+        pk[p++] = 'h'; pk[p++] = 0; pk[p++] = ')'; pk[p++] = 0x81; pk[p++] = '}'; pk[p++] = '(';
+        pk[p++] = 'U'; pk[p++] = 1; pk[p++] = 'a'; pk[p++] = 'h'; pk[p++] = (uint8_t)i;
+        pk[p++] = 'U'; pk[p++] = 1; pk[p++] = 'b'; pk[p++] = 'h'; pk[p++] = (uint8_t)i;
+        pk[p++] = 'u'; pk[p++] = 'b'; pk[p++] = 'q'; pk[p++] = (uint8_t)(i + 1);
+    }
+    pk[p++] = '.';
+    const char *names[1] = {"archive/data.pkl"};
+    const uint8_t *d[1] = {pk};
+    size_t l[1] = {p}, zl;
+    uint8_t *z = zip_build(1, names, d, l, &zl);
+    t0 = now_ms();
+    CHECK(!try_load("dag.pt", z, zl));
+    CHECK_MSG(strstr(carseg_last_error(), "revisits") != NULL, "%s", carseg_last_error());
+    CHECK(now_ms() - t0 < 5000);
+    free(z);
+}
+
+static carseg_status open_hdr(const char *name, const char *hdr, size_t data_len, wfile **f) {
+    size_t n = strlen(hdr);
+    uint8_t *buf = calloc(1, 8 + n + data_len);
+    for (int k = 0; k < 8; k++) buf[k] = (uint8_t)((uint64_t)n >> (8 * k));
+    memcpy(buf + 8, hdr, n);
+    carseg_status st = wfile_open_mem(name, buf, 8 + n + data_len, f);
+    free(buf);
+    return st;
+}
+
+TEST(weights_name_errors) {
+    wfile *f = NULL;
+    CHECK(open_hdr("dup.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                   "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, &f) == CARSEG_EFORMAT);
+    CHECK_MSG(strstr(carseg_last_error(), "dup.safetensors: duplicate tensor name (tensor a)"), "%s", carseg_last_error());
+    /* HF attention without k_proj */
+    CHECK(open_hdr("hf.safetensors",
+                   "{\"vision_model.encoder.layers.0.self_attn.q_proj.weight\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]},"
+                   "\"vision_model.encoder.layers.0.self_attn.v_proj.weight\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]}}",
+                   4, &f) == CARSEG_EMODEL);
+    CHECK_MSG(strstr(carseg_last_error(), "hf.safetensors: ") == carseg_last_error() &&
+              strstr(carseg_last_error(), "k_proj"), "%s", carseg_last_error());
+    /* "module." prefixes are dropped */
+    CHECK_OK(open_hdr("m.safetensors", "{\"module.logit_scale\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}", 4, &f));
+    CHECK(f && wfile_get(f, "logit_scale"));
+    wfile_close(f);
+}
