@@ -54,58 +54,6 @@ static const float *get(loader *ld, const char *name, int ndim, int64_t d0, int6
     return t->data;
 }
 
-static int count_blocks(const wfile *wf, const char *prefix) {
-    char name[160];
-    int n = 0;
-    for (;;) {
-        snprintf(name, sizeof name, "%sresblocks.%d.attn.in_proj_weight", prefix, n);
-        if (!wfile_get(wf, name)) return n;
-        n++;
-    }
-}
-
-static int64_t dim_of(const wfile *wf, const char *name, int axis, int ndim) {
-    const wtensor *t = wfile_get(wf, name);
-    if (!t || t->ndim != ndim || axis >= t->ndim) return -1;
-    return t->shape[axis];
-}
-
-carseg_status clip_config_read(const wfile *wf, clip_config *c) {
-    memset(c, 0, sizeof *c);
-    const char *need[] = {"visual.conv1.weight", "visual.positional_embedding", "text_projection",
-                          "positional_embedding", "token_embedding.weight", "ln_final.weight"};
-    const int nd[] = {4, 2, 2, 2, 2, 1};
-    for (int i = 0; i < 6; i++)
-        if (dim_of(wf, need[i], 0, nd[i]) <= 0)
-            return set_err(CARSEG_EMODEL, "%s: not a CLIP ViT model: %s tensor %s", wf->path,
-                           wfile_get(wf, need[i]) ? "misshapen" : "missing", need[i]);
-    c->v_width = (int)dim_of(wf, "visual.conv1.weight", 0, 4);
-    c->v_patch = (int)dim_of(wf, "visual.conv1.weight", 3, 4);
-    int64_t npos = dim_of(wf, "visual.positional_embedding", 0, 2);
-    int g = (int)lround(sqrt((double)(npos - 1)));
-    if (g <= 0 || (int64_t)g * g + 1 != npos)
-        return set_err(CARSEG_EMODEL, "%s: %lld positions is not 1 + grid^2 (tensor %s)", wf->path,
-                       (long long)npos, "visual.positional_embedding");
-    c->v_grid = g;
-    c->v_layers = count_blocks(wf, "visual.transformer.");
-    c->v_heads = c->v_width / 64;
-    c->v_mlp = 4 * c->v_width;
-    c->t_width = (int)dim_of(wf, "ln_final.weight", 0, 1);
-    c->t_layers = count_blocks(wf, "transformer.");
-    c->t_heads = c->t_width / 64;
-    c->t_ctx = (int)dim_of(wf, "positional_embedding", 0, 2);
-    c->t_vocab = (int)dim_of(wf, "token_embedding.weight", 0, 2);
-    c->embed = (int)dim_of(wf, "text_projection", 1, 2);
-    if (c->v_layers <= 0 || c->t_layers <= 0 || c->v_heads <= 0 || c->t_heads <= 0 ||
-        c->v_patch <= 0 || c->embed <= 0)
-        return set_err(CARSEG_EMODEL, "%s: cannot read the CLIP architecture off the tensors "
-                       "(%d/%d layers, widths %d/%d)", wf->path, c->v_layers, c->t_layers,
-                       c->v_width, c->t_width);
-    const wtensor *ls = wfile_get(wf, "logit_scale");
-    c->logit_scale = ls && ls->count == 1 ? expf(ls->data[0]) : 100.0f;
-    return CARSEG_OK;
-}
-
 static void get_block(loader *ld, clip_block *b, const char *prefix, int i, int C, int M) {
     char n[200];
 #define G(field, suffix, nd, a, bb)                                         \
@@ -129,7 +77,7 @@ static void get_block(loader *ld, clip_block *b, const char *prefix, int i, int 
 carseg_status clip_from_wfile(const wfile *wf, clip_model **out) {
     *out = NULL;
     clip_config c;
-    TRY(clip_config_read(wf, &c));
+    TRY(clip_config_from_weights(wf, &c));   /* weights.c: architecture off the shapes */
     clip_model *m = calloc(1, sizeof *m);
     if (!m) return set_err(CARSEG_ENOMEM, "%s: out of memory", wf->path);
     m->cfg = c;

@@ -62,9 +62,6 @@ void clip_free(clip_model *m);
  * wf->path and the missing or misshapen tensor. */
 carseg_status clip_from_wfile(const wfile *wf, clip_model **out);
 
-/* Architecture read off the tensors (as OpenAI build_model does). */
-carseg_status clip_config_read(const wfile *wf, clip_config *cfg);
-
 /* A model of the given shapes with random weights (deterministic in seed; for benchmarks and
  * tests): Gaussian-like weights with std 0.02, LayerNorm weights 1 and biases 0, logit scale 100
  * unless cfg->logit_scale > 0. Fields v_mlp and *_heads are derived when 0. */

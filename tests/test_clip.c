@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "clip.h"
+#include "image.h"
 #include "nn.h"
 #include "util.h"
 
@@ -58,10 +59,11 @@ TEST(clip_config_from_tensors) {
     clip_free(m);
 }
 
-TEST(clip_text_features_parity) {
+/* text features of expected.json's tokens from model file `rel` */
+static void check_text_parity(const char *rel) {
     const char *ej = shared_path("fixtures/clip_sg/expected.json");
-    clip_model *m = load_fixture_model("fixtures/clip_sg/model_f16.safetensors");
-    if (!m || !ej) SKIP("fixtures/clip_sg missing");
+    clip_model *m = load_fixture_model(rel);
+    if (!m || !ej) { clip_free(m); SKIP("fixtures/clip_sg missing"); }
     json *j = json_parse_file(ej);
     REQUIRE(j);
     int n;
@@ -71,7 +73,9 @@ TEST(clip_text_features_parity) {
     REQUIRE(nref == (size_t)n * m->cfg.embed);
     float *got = malloc(sizeof(float) * nref);
     CHECK_OK(clip_encode_text(m, tok, n, got));
-    CHECK_CLOSE("text_features", got, ref, nref, RTOL, 0);
+    char what[300];
+    snprintf(what, sizeof what, "text_features (%s)", rel);
+    CHECK_CLOSE(what, got, ref, nref, RTOL, 0);
     /* one prompt at a time gives the same as the batch (batching by EOT length) */
     float one[64];
     for (int i = 0; i < n; i++) {
@@ -83,6 +87,63 @@ TEST(clip_text_features_parity) {
     json_free(j);
     clip_free(m);
 }
+
+TEST(clip_text_features_parity) { check_text_parity("fixtures/clip_sg/model_f16.safetensors"); }
+TEST(clip_text_parity_hf) { check_text_parity("fixtures/clip_sg/model_hf.safetensors"); }
+TEST(clip_text_parity_torchscript) { check_text_parity("fixtures/clip_sg/model_jit.pt"); }
+TEST(clip_text_parity_state_dict) { check_text_parity("fixtures/clip_sg/model_state.pt"); }
+
+/* image features (upstream _transform(224) + encode_image) and logits_per_image */
+static void check_image_parity(const char *rel) {
+    static const char *paths[] = {"data/photos/chelsea.png",
+                                  "data/voc_mini/VOCdevkit/VOC2012/JPEGImages/2011_000025.jpg",
+                                  "data/photos/camera.png"};
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    clip_model *m = load_fixture_model(rel);
+    if (!m || !ej) { clip_free(m); SKIP("fixtures/clip_sg missing"); }
+    json *j = json_parse_file(ej);
+    REQUIRE(j);
+    int E = m->cfg.embed, S = m->cfg.v_patch * m->cfg.v_grid;
+    size_t nref, nlog, nt;
+    float *ref = floats_from_json(json_get(j, "image_features"), &nref);
+    float *lref = floats_from_json(json_get(j, "logits_per_image"), &nlog);
+    float *tf = floats_from_json(json_get(j, "text_features"), &nt);
+    int ni = (int)(nref / E), ntx = (int)(nt / E);
+    REQUIRE(ni == 3 && nlog == (size_t)ni * ntx);
+    float *x = malloc(sizeof(float) * 3 * S * S), *got = malloc(sizeof(float) * nref);
+    for (int i = 0; i < ni; i++) {
+        image_u8 im;
+        const char *ip = shared_path(paths[i]);
+        REQUIRE(ip);
+        CHECK_OK(image_load_rgb(ip, &im));
+        CHECK_OK(clip_preprocess(&im, S, x));
+        double sum = 0;
+        for (int k = 0; k < 3 * S * S; k++) sum += x[k];
+        CHECK_NEAR(sum, json_at(json_get(j, "preprocessed_pixel_sha"), i)->num, 0.05);
+        CHECK_OK(clip_encode_image(m, x, S, S, 0, got + (size_t)i * E));
+        image_free(&im);
+    }
+    char what[300];
+    snprintf(what, sizeof what, "image_features (%s)", rel);
+    CHECK_CLOSE(what, got, ref, nref, RTOL, 0);
+    /* logits_per_image = logit_scale * normalised image @ normalised text^T */
+    nn_l2norm(got, ni, E);
+    nn_l2norm(tf, ntx, E);
+    float *lg = malloc(sizeof(float) * nlog);
+    for (int i = 0; i < ni; i++)
+        for (int t = 0; t < ntx; t++) {
+            double d = 0;
+            for (int k = 0; k < E; k++) d += (double)got[i * E + k] * tf[t * E + k];
+            lg[i * ntx + t] = (float)(m->cfg.logit_scale * d);
+        }
+    CHECK_CLOSE("logits_per_image", lg, lref, nlog, RTOL, 0);
+    free(x), free(got), free(ref), free(lref), free(tf), free(lg);
+    json_free(j);
+    clip_free(m);
+}
+
+TEST(clip_image_features_parity) { check_image_parity("fixtures/clip_sg/model_f16.safetensors"); }
+TEST(clip_image_parity_torchscript) { check_image_parity("fixtures/clip_sg/model_jit.pt"); }
 
 /* normalised text features of the strings in `texts` (looked up in tokens.json) vs ref rows */
 static void check_text_emb(const clip_model *m, const json *tokmap, const char **texts, int n,
@@ -378,4 +439,165 @@ TEST(clip_full_size_parity) {
         REQUIRE(system(cmd) == 0);
         CHECK(run_manifest(dir) >= 4);
     }
+}
+
+/* CaR's classifier: prompted images -> clip_preprocess(224) -> L-1 blocks -> normalised
+ * (cls_image_emb rows 0.. of the stored prompted images) */
+TEST(clip_car_classifier_image_emb) {
+    clip_model *sg = load_fixture_model("fixtures/clip_sg/model_f16.safetensors");
+    clip_model *sc = load_fixture_model("fixtures/models/sc_f16.safetensors");
+    if (!sg || !sc) { clip_free(sg); clip_free(sc); SKIP("fixture models missing"); }
+    int done = 0;
+    for (int c = 0; c < 3; c++) {
+        const clip_model *m = strcmp(CASES[c], "astronaut_cocolike") == 0 ? sg : sc;
+        int E = m->cfg.embed, S = m->cfg.v_patch * m->cfg.v_grid;
+        float *x = malloc(sizeof(float) * 3 * S * S), feat[256];
+        for (int it = 1; it <= 3; it++) {
+            char rel[300];
+            snprintf(rel, sizeof rel, "fixtures/car/%s/iter%02d/cls_image_emb.npy", CASES[c], it);
+            const char *rp = shared_path(rel);
+            if (!rp || !file_exists(rp)) continue;
+            float *ref;
+            int nd;
+            int64_t sh[8];
+            CHECK_OK(npy_read_f32(rp, &ref, &nd, sh));
+            REQUIRE(nd == 2 && sh[1] == E);
+            for (int k = 0; k < sh[0]; k++) {
+                snprintf(rel, sizeof rel, "fixtures/car/%s/iter%02d/prompted_%02d.png", CASES[c], it, k);
+                const char *pp = shared_path(rel);
+                if (!file_exists(pp)) break;
+                image_u8 im;
+                CHECK_OK(image_load_rgb(pp, &im));
+                CHECK_OK(clip_preprocess(&im, S, x));
+                image_free(&im);
+                CHECK_OK(clip_encode_image(m, x, S, S, m->cfg.v_layers - 1, feat));
+                nn_l2norm(feat, 1, E);
+                CHECK_CLOSE(rel, feat, ref + (size_t)k * E, (size_t)E, RTOL, 0);
+                done++;
+            }
+            free(ref);
+        }
+        free(x);
+    }
+    CHECK(done >= 10);
+    clip_free(sg);
+    clip_free(sc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLI end to end: tokenizer + preprocessing + engine against the upstream expected.json
+
+static char *run_capture(const char *cmd) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (n + 4096 > cap) buf = realloc(buf, cap *= 2);
+        size_t k = fread(buf + n, 1, 4096, p);
+        if (k == 0) break;
+        n += k;
+    }
+    buf[n] = 0;
+    if (pclose(p) != 0) { free(buf); return NULL; }
+    return buf;
+}
+
+/* appends ' "s"' shell-quoted (single quotes) */
+static void shq(char *dst, size_t cap, const char *s) {
+    size_t n = strlen(dst);
+    if (n + 3 >= cap) return;
+    dst[n++] = ' ';
+    dst[n++] = '\'';
+    for (; *s && n + 6 < cap; s++) {
+        if (*s == '\'') { memcpy(dst + n, "'\\''", 4); n += 4; }
+        else dst[n++] = *s;
+    }
+    dst[n++] = '\'';
+    dst[n] = 0;
+}
+
+TEST(clip_cli_embed_classify) {
+    const char *bin = getenv("CARSEG_BIN");
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    const char *model = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *vocab = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    if (!bin || !ej || !file_exists(model) || !file_exists(vocab)) SKIP("CARSEG_BIN or fixtures missing");
+    json *j = json_parse_file(ej);
+    REQUIRE(j);
+    const json *texts = json_get(j, "texts");
+    static char cmd[16384];
+    snprintf(cmd, sizeof cmd, "%s embed --model", bin);
+    shq(cmd, sizeof cmd, model);
+    strcat(cmd, " --vocab");
+    shq(cmd, sizeof cmd, vocab);
+    for (size_t i = 0; i < texts->len; i++) {
+        strcat(cmd, " --text");
+        shq(cmd, sizeof cmd, json_at(texts, i)->str);
+    }
+    strcat(cmd, " --image");
+    shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
+    char *out = run_capture(cmd);
+    REQUIRE(out);
+    char err[128];
+    json *o = json_parse(out, strlen(out), err, sizeof err);
+    REQUIRE(o);
+    size_t n1, n2, n3, n4;
+    float *gt = floats_from_json(json_get(o, "text"), &n1), *rt = floats_from_json(json_get(j, "text_features"), &n2);
+    float *gi = floats_from_json(json_get(o, "image"), &n3), *ri = floats_from_json(json_get(j, "image_features"), &n4);
+    REQUIRE(n1 == n2 && n3 * 3 == n4);
+    CHECK_CLOSE("embed text", gt, rt, n1, RTOL, 0);
+    CHECK_CLOSE("embed image", gi, ri, n3, RTOL, 0);
+    free(gt), free(rt), free(gi), free(ri), free(out);
+    json_free(o);
+    /* classify with the identity template over the texts: p = softmax(logits_per_image[0]) */
+    int nc = (int)texts->len - 1;   /* the last text is "" */
+    snprintf(cmd, sizeof cmd, "%s classify --json --template '{}' --model", bin);
+    shq(cmd, sizeof cmd, model);
+    strcat(cmd, " --vocab");
+    shq(cmd, sizeof cmd, vocab);
+    shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
+    for (int i = 0; i < nc; i++) {
+        strcat(cmd, " --class");
+        shq(cmd, sizeof cmd, json_at(texts, i)->str);
+    }
+    out = run_capture(cmd);
+    REQUIRE(out);
+    o = json_parse(out, strlen(out), err, sizeof err);
+    REQUIRE(o && o->type == JSON_ARR && (int)o->len == nc);
+    const json *lg = json_at(json_get(j, "logits_per_image"), 0);
+    double mx = -1e30, sum = 0;
+    for (int i = 0; i < nc; i++) mx = fmax(mx, json_at(lg, i)->num);
+    for (int i = 0; i < nc; i++) sum += exp(json_at(lg, i)->num - mx);
+    double prev = 2, total = 0;
+    for (int k = 0; k < nc; k++) {
+        const json *e = json_at(o, k);
+        const char *name = json_str(e, "class", "");
+        double p = json_num(e, "p", -1);
+        int idx = -1;
+        for (int i = 0; i < nc; i++)
+            if (strcmp(json_at(texts, i)->str, name) == 0) idx = i;
+        REQUIRE(idx >= 0);
+        CHECK_NEAR(p, exp(json_at(lg, idx)->num - mx) / sum, 2e-5);
+        CHECK(p <= prev);
+        prev = p;
+        total += p;
+    }
+    CHECK_NEAR(total, 1.0, 1e-5);
+    free(out);
+    json_free(o);
+    /* the default: CaR's 15 templates, plain output, ranked */
+    snprintf(cmd, sizeof cmd, "%s classify --model", bin);
+    shq(cmd, sizeof cmd, model);
+    strcat(cmd, " --vocab");
+    shq(cmd, sizeof cmd, vocab);
+    shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
+    strcat(cmd, " --classes cat,dog,car --top 2");
+    out = run_capture(cmd);
+    REQUIRE(out);
+    int lines = 0;
+    for (char *s = out; *s; s++) lines += *s == '\n';
+    CHECK(lines == 2);
+    free(out);
+    json_free(j);
 }
