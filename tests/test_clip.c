@@ -321,7 +321,7 @@ TEST(clip_bad_input) {
                      .t_layers = 1, .t_ctx = 8, .t_vocab = 100, .embed = 16};
     clip_model *m;
     CHECK_OK(clip_init_random(&c, 7, &m));
-    float x[3 * 16 * 16] = {0}, out[16];
+    float x[3 * 16 * 24] = {0}, out[16];
     CHECK(clip_encode_image(m, x, 15, 16, 0, out) == CARSEG_EINVAL);
     int32_t tok[8] = {1, 2, 300};
     CHECK(clip_encode_text(m, tok, 1, out) == CARSEG_EINVAL);
