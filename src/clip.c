@@ -260,17 +260,6 @@ static void scratch_free(scratch *s) {
     cs_free(s->ln); cs_free(s->qkv); cs_free(s->att); cs_free(s->hid); cs_free(s->probs);
 }
 
-/* x (B*L, C) += src (B*L, C) + bias (C) */
-static void residual_add(float *x, const float *src, const float *bias, size_t BL, int C) {
-#pragma omp parallel for schedule(static) if (BL * C > 65536)
-    for (size_t i = 0; i < BL; i++) {
-        float *xi = x + i * C;
-        const float *si = src + i * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) xi[c] += si[c] + bias[c];
-    }
-}
-
 /* One ResidualAttentionBlock on x (B, L, C) in place. avg: (B, L, L) head-averaged attention
  * or NULL. */
 static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int L, int C, int M,
@@ -279,13 +268,10 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
     nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
     nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
-    nn_linear(s->ln, s->att, bk->out_w, NULL, (int)BL, C, C);
-    residual_add(x, s->ln, bk->out_b, BL, C);
+    nn_linear_ex(x, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE);
     nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);
-    nn_linear(s->hid, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M);
-    nn_quickgelu(s->hid, BL * M);
-    nn_linear(s->ln, s->hid, bk->proj_w, NULL, (int)BL, M, C);
-    residual_add(x, s->ln, bk->proj_b, BL, C);
+    nn_linear_ex(s->hid, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M, NN_GELU);
+    nn_linear_ex(x, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -47,25 +47,26 @@ static int nn_threads(void) {
 #endif
 }
 
+/* Column (or row) blocks of the product for nt threads: multiples of 16 so the kernels stay
+ * aligned. Returns the block length; *split_n says which dimension is split. */
+static int gemm_chunk(int M, int N, int K, int *nt, int *split_n) {
+    if (*nt > 1 && 2.0 * M * N * K < 4e6) *nt = 1;   /* too small to split */
+    *split_n = N >= M;
+    int len = *split_n ? N : M;
+    int chunk = (len + *nt - 1) / *nt;
+    chunk = (chunk + 15) & ~15;
+    return chunk < len ? chunk : len;
+}
+
 void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
     nn_init();
     if (M <= 0 || N <= 0) return;
-    int nt = nn_threads();
-    double flops = 2.0 * M * N * K;
-    if (nt > 1 && flops < 4e6) nt = 1;  /* too small to split */
+    int nt = nn_threads(), split_n;
     enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
-    if (nt <= 1) {
-        cblas_sgemm(CblasRowMajor, TA, TB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    /* split the longer of M, N into nt blocks (multiples of 16 so the kernels stay aligned) */
-    int split_n = N >= M;
-    int len = split_n ? N : M;
-    int chunk = (len + nt - 1) / nt;
-    chunk = (chunk + 15) & ~15;
+    int chunk = gemm_chunk(M, N, K, &nt, &split_n), len = split_n ? N : M;
     int nblk = (len + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nblk > 1)
     for (int t = 0; t < nblk; t++) {
         int s = t * chunk, e = s + chunk < len ? s + chunk : len;
         if (split_n) {
@@ -198,15 +199,48 @@ void nn_layernorm(float *out, const float *x, const float *w, const float *b, in
     for (int i = 0; i < N; i++) layernorm_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C);
 }
 
-void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {
-    nn_sgemm(0, 1, N, OC, IC, 1.0f, x, IC, w, IC, 0.0f, out, OC);
-    if (!b) return;
-#pragma omp parallel for schedule(static) if ((size_t)N * OC > 65536)
-    for (int i = 0; i < N; i++) {
-        float *o = out + (size_t)i * OC;
+NN_HOT static void bias_gelu_block(float *restrict o, int ldo, const float *restrict b, int rows,
+                                   int cols, int gelu) {
+    for (int i = 0; i < rows; i++) {
+        float *r = o + (size_t)i * ldo;
+        if (b) {
 #pragma omp simd
-        for (int j = 0; j < OC; j++) o[j] += b[j];
+            for (int j = 0; j < cols; j++) r[j] += b[j];
+        }
+        if (gelu) {
+#pragma omp simd
+            for (int j = 0; j < cols; j++) r[j] = r[j] / (1.0f + expf_fast(-1.702f * r[j]));
+        }
     }
+}
+
+void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
+                  int flags) {
+    nn_init();
+    if (N <= 0 || OC <= 0) return;
+    int nt = nn_threads(), split_n;
+    int chunk = gemm_chunk(N, OC, IC, &nt, &split_n), len = split_n ? OC : N;
+    int nblk = (len + chunk - 1) / chunk;
+    float beta = (flags & NN_ACCUMULATE) ? 1.0f : 0.0f;
+    int gelu = (flags & NN_GELU) != 0;
+    /* one parallel region: each thread's block of the product, then its bias (+ GELU) */
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nblk > 1)
+    for (int t = 0; t < nblk; t++) {
+        int s = t * chunk, e = s + chunk < len ? s + chunk : len;
+        if (split_n) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, e - s, IC, 1.0f, x, IC,
+                        w + (size_t)s * IC, IC, beta, out + s, OC);
+            bias_gelu_block(out + s, OC, b ? b + s : NULL, N, e - s, gelu);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, e - s, OC, IC, 1.0f,
+                        x + (size_t)s * IC, IC, w, IC, beta, out + (size_t)s * OC, OC);
+            bias_gelu_block(out + (size_t)s * OC, OC, b, e - s, OC, gelu);
+        }
+    }
+}
+
+void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {
+    nn_linear_ex(out, x, w, b, N, IC, OC, 0);
 }
 
 void nn_linear_naive(float *out, const float *x, const float *w, const float *b, int N, int IC,
@@ -225,23 +259,30 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
     int hd = C / NH;
     float scale = 1.0f / sqrtf((float)hd);
     int C3 = 3 * C;
-    /* one (batch, head) pair per iteration: S = q k^T (sgemm), fused mask + softmax, P v (sgemm) */
-#pragma omp parallel for schedule(dynamic, 1) if (B * NH > 1)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        const float *q = qkv + (size_t)b * L * C3 + h * hd;
-        const float *k = q + C, *v = q + 2 * C;
-        float *P = probs + (size_t)bh * L * L;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, hd, scale, q, C3, k, C3, 0.0f,
-                    P, L);
-        for (int i = 0; i < L; i++) {
-            float *row = P + (size_t)i * L;
+    /* work items: (batch, head, block of query rows). Per block: S = q k^T (sgemm, only the
+     * columns a causal row can see), fused mask + softmax, out = P v (sgemm). The block of P
+     * stays in cache between the three steps. */
+    int RB = 64;
+    while (RB > 16 && (size_t)RB * L * sizeof(float) > (256u << 10)) RB /= 2;
+    int nrb = (L + RB - 1) / RB;
+#pragma omp parallel for schedule(dynamic, 1) if (B * NH * nrb > 1)
+    for (int it = 0; it < B * NH * nrb; it++) {
+        int bh = it / nrb, r0 = (it % nrb) * RB, r1 = r0 + RB < L ? r0 + RB : L;
+        int b = bh / NH, h = bh % NH, ncol = causal ? r1 : L;
+        const float *q = qkv + ((size_t)b * L + r0) * C3 + h * hd;
+        const float *k = qkv + (size_t)b * L * C3 + C + h * hd;
+        const float *v = k + C;
+        float *P = probs + ((size_t)bh * L + r0) * L;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, ncol, hd, scale, q, C3, k,
+                    C3, 0.0f, P, L);
+        for (int i = r0; i < r1; i++) {
+            float *row = P + (size_t)(i - r0) * L;
             int n = causal ? i + 1 : L;
             softmax_row(row, n);
             if (n < L) memset(row + n, 0, sizeof(float) * (L - n));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, hd, L, 1.0f, P, L, v, C3, 0.0f,
-                    out + (size_t)b * L * C + h * hd, C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, ncol, 1.0f, P, L, v,
+                    C3, 0.0f, out + ((size_t)b * L + r0) * C + h * hd, C);
     }
     if (!avg) return;
     float fnh = (float)NH;

@@ -27,6 +27,12 @@ void nn_layernorm(float *out, const float *x, const float *w, const float *b, in
 
 /* out (N, OC) = x (N, IC) @ w (OC, IC)^T + b (OC); b may be NULL. (torch.nn.Linear) */
 void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC);
+/* nn_linear with fused epilogues, in one parallel region:
+ *   NN_ACCUMULATE: out += x @ w^T + b (the residual connection; out holds the residual)
+ *   NN_GELU:       out = QuickGELU(x @ w^T + b) */
+enum { NN_ACCUMULATE = 1, NN_GELU = 2 };
+void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
+                  int flags);
 /* The naive triple loop twin of nn_linear, for tests. */
 void nn_linear_naive(float *out, const float *x, const float *w, const float *b, int N, int IC,
                      int OC);

@@ -166,3 +166,26 @@ TEST(nn_attention_matches_naive) {
         free(qkv), free(o1), free(o2), free(a1), free(a2), free(probs);
     }
 }
+
+TEST(nn_linear_fused_epilogues) {
+    unsigned s = 5;
+    int shapes[][3] = {{97, 256, 700}, {300, 40, 24}, {2, 9, 5}};
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        int N = shapes[k][0], IC = shapes[k][1], OC = shapes[k][2];
+        float *x = rand_buf((size_t)N * IC, &s, 1), *w = rand_buf((size_t)OC * IC, &s, 0.1f);
+        float *b = rand_buf(OC, &s, 1), *res = rand_buf((size_t)N * OC, &s, 1);
+        float *o1 = malloc(sizeof(float) * N * OC), *o2 = malloc(sizeof(float) * N * OC);
+        /* residual: o1 = res + x w^T + b */
+        memcpy(o1, res, sizeof(float) * N * OC);
+        nn_linear_ex(o1, x, w, b, N, IC, OC, NN_ACCUMULATE);
+        nn_linear_naive(o2, x, w, b, N, IC, OC);
+        for (int i = 0; i < N * OC; i++) o2[i] += res[i];
+        CHECK_CLOSE("linear accumulate", o1, o2, (size_t)N * OC, 1e-5, 0);
+        /* GELU epilogue */
+        nn_linear_ex(o1, x, w, b, N, IC, OC, NN_GELU);
+        nn_linear_naive(o2, x, w, b, N, IC, OC);
+        for (int i = 0; i < N * OC; i++) o2[i] = (float)(o2[i] / (1 + exp(-1.702 * o2[i])));
+        CHECK_CLOSE("linear gelu", o1, o2, (size_t)N * OC, 1e-5, 0);
+        free(x), free(w), free(b), free(res), free(o1), free(o2);
+    }
+}
