@@ -16,7 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "image.h"
+#include "models.h"
 #include "nn.h"
+#include "tokenizer.h"
 #include "util.h"
 
 // ---------------------------------------------------------------------------------------------
@@ -522,4 +525,53 @@ carseg_status clip_load(const char *path, clip_model **out) {
     (*out)->owner = wf;
     (*out)->release = release_wfile;
     return CARSEG_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// public API (carseg.h)
+
+carseg_status carseg_clip_load(const char *name_or_path, carseg_clip **out) {
+    if (!out || !name_or_path) return set_err(CARSEG_EINVAL, "carseg_clip_load: NULL argument");
+    *out = NULL;
+    char *path = NULL;
+    TRY(models_resolve(name_or_path, &path));
+    carseg_status st = clip_load(path, out);
+    free(path);
+    return st;
+}
+
+void carseg_clip_free(carseg_clip *m) { clip_free(m); }
+int carseg_clip_embed_dim(const carseg_clip *m) { return m->cfg.embed; }
+int carseg_clip_image_size(const carseg_clip *m) { return m->cfg.v_patch * m->cfg.v_grid; }
+float carseg_clip_logit_scale(const carseg_clip *m) { return m->cfg.logit_scale; }
+
+carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokenizer *tok,
+                                       const char *const *texts, int n, float *out) {
+    if (!m || !tok || (n > 0 && (!texts || !out)) || n < 0)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_texts: invalid argument");
+    int ctx = m->cfg.t_ctx;
+    int32_t *ids = calloc((size_t)n * ctx + 1, sizeof(int32_t));
+    if (!ids) return set_err(CARSEG_ENOMEM, "carseg_clip_encode_texts: out of memory");
+    for (int i = 0; i < n; i++)
+        if (tok_tokenize(tok, texts[i], ids + (size_t)i * ctx, ctx) < 0) {
+            free(ids);
+            return set_err(CARSEG_EINVAL, "carseg_clip_encode_texts: cannot tokenize text %d", i);
+        }
+    carseg_status st = clip_encode_text(m, ids, n, out);
+    free(ids);
+    return st;
+}
+
+carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
+                                           int n_blocks, float *out) {
+    if (!m || !rgb || !out || w <= 0 || h <= 0)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_image_rgb: invalid argument");
+    int S = carseg_clip_image_size(m);
+    image_u8 im = {.w = w, .h = h, .c = 3, .px = (uint8_t *)rgb};
+    float *x = cs_malloc(sizeof(float) * 3 * S * S);
+    if (!x) return set_err(CARSEG_ENOMEM, "carseg_clip_encode_image_rgb: out of memory");
+    carseg_status st = clip_preprocess(&im, S, x);
+    if (st == CARSEG_OK) st = clip_encode_image(m, x, S, S, n_blocks, out);
+    cs_free(x);
+    return st;
 }

@@ -601,3 +601,39 @@ TEST(clip_cli_embed_classify) {
     free(out);
     json_free(j);
 }
+
+TEST(clip_public_api) {
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    const char *model = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *vocab = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    if (!ej || !file_exists(model) || !file_exists(vocab)) SKIP("fixtures missing");
+    carseg_clip *m;
+    carseg_tokenizer *tok;
+    CHECK_OK(carseg_clip_load(model, &m));
+    CHECK_OK(carseg_tokenizer_open(vocab, &tok));
+    REQUIRE(m && tok);
+    CHECK(carseg_clip_embed_dim(m) == 32 && carseg_clip_image_size(m) == 224);
+    CHECK_NEAR(carseg_clip_logit_scale(m), 14.29852294921875, 1e-4);
+    json *j = json_parse_file(ej);
+    REQUIRE(j);
+    const json *texts = json_get(j, "texts");
+    const char **tx = malloc(sizeof(char *) * texts->len);
+    for (size_t i = 0; i < texts->len; i++) tx[i] = json_at(texts, i)->str;
+    size_t n;
+    float *ref = floats_from_json(json_get(j, "text_features"), &n);
+    float *got = malloc(sizeof(float) * n);
+    CHECK_OK(carseg_clip_encode_texts(m, tok, tx, (int)texts->len, got));
+    CHECK_CLOSE("carseg_clip_encode_texts", got, ref, n, RTOL, 0);
+    free(ref);
+    ref = floats_from_json(json_get(j, "image_features"), &n);
+    image_u8 im;
+    CHECK_OK(image_load_rgb(shared_path("data/photos/chelsea.png"), &im));
+    CHECK_OK(carseg_clip_encode_image_rgb(m, im.px, im.w, im.h, 0, got));
+    CHECK_CLOSE("carseg_clip_encode_image_rgb", got, ref, 32, RTOL, 0);
+    CHECK(carseg_clip_encode_image_rgb(m, im.px, 0, im.h, 0, got) == CARSEG_EINVAL);
+    image_free(&im);
+    free(ref), free(got), free(tx);
+    json_free(j);
+    carseg_tokenizer_close(tok);
+    carseg_clip_free(m);
+}
