@@ -321,6 +321,11 @@ static carseg_status offline_hint(carseg_status st, const entry *e, const char *
                    e->info.name, why, url, path, e->info.name);
 }
 
+static int is_regular(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
 static carseg_status download(const entry *e, const char *path) {
     char *url = entry_url(e);
     char *dir = NULL;
@@ -345,7 +350,8 @@ static carseg_status download(const entry *e, const char *path) {
         close(fd); free(part); free(url);
         return st;
     }
-    if (file_exists(path)) {   /* another process finished while we were starting */
+    if (is_regular(path)) {   /* another process finished while we were starting */
+        unlink(part);
         close(fd); free(part); free(url);
         return CARSEG_OK;
     }
@@ -422,11 +428,6 @@ out:
 
 // ---------------------------------------------------------------------------------------------
 // resolve
-
-static int is_regular(const char *p) {
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
-}
 
 static carseg_status get_entry_file(const entry *e, int allow, char **path_out) {
     char *path;

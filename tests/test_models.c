@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -264,6 +265,46 @@ TEST(models_unreachable) {
     /* the vocabulary the same way */
     CHECK(models_resolve_vocab(NULL, &p) == CARSEG_ENET && !p);
     CHECK(strstr(carseg_last_error(), "bpe_simple_vocab_16e6.txt.gz") != NULL);
+    env_end();
+}
+
+TEST(models_concurrent_download) {
+    const char *cache = env_begin();
+    carseg_models_set_progress(NULL, NULL);
+    char src[1024], url[1100], hex[65], part[1100], *p = NULL;
+    snprintf(src, sizeof src, "%s/blob-lock.bin", test_tmpdir());
+    uint8_t *blob = make_blob(src, 1000, 12);
+    REQUIRE(blob);
+    sha256_hex(blob, 1000, hex);
+    snprintf(url, sizeof url, "file://%s", src);
+    CHECK_OK(models_register("test-blob-lock", url, hex, "clip"));
+    /* another process holds the part file's lock: fail at once, say so, touch nothing */
+    CHECK_OK(mkdir_p(cache));
+    snprintf(part, sizeof part, "%s/blob-lock.bin.part", cache);
+    int pp[2];
+    REQUIRE(pipe(pp) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fd = open(part, O_RDWR | O_CREAT, 0644);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0) _exit(1);
+        if (write(pp[1], "L", 1) != 1) _exit(1);   /* tell the parent: locked */
+        sleep(30);   /* killed below */
+        _exit(0);
+    }
+    close(pp[1]);
+    char c = 0;
+    CHECK(read(pp[0], &c, 1) == 1 && c == 'L');
+    close(pp[0]);
+    CHECK(models_resolve("test-blob-lock", &p) == CARSEG_EIO && !p);
+    CHECK_MSG(strstr(carseg_last_error(), "another carseg is downloading"), "%s", carseg_last_error());
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    /* lock released: the download goes through; the stale part file is reused and renamed */
+    CHECK_OK(models_resolve("test-blob-lock", &p));
+    CHECK(p && count_files(cache) == 1);
+    free(p);
+    free(blob);
     env_end();
 }
 
