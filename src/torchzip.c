@@ -742,6 +742,15 @@ carseg_status tz_read(wfile *f, const uint8_t *buf, size_t len) {
     if (pl >= sizeof prefix) { free(z.e); return set_err(CARSEG_EFORMAT, "%s: archive prefix too long", f->path); }
     memcpy(prefix, pk->name, pl);
     prefix[pl] = 0;
+    /* torch >= 2.1 records the byte order of the storages; the storages are read little-endian */
+    char bo_name[300];
+    snprintf(bo_name, sizeof bo_name, "%s/byteorder", prefix);
+    zentry *bo = zip_find(&z, bo_name);
+    const uint8_t *bod;
+    if (bo && zip_data(&z, bo, &bod, "") == CARSEG_OK && bo->usize >= 3 && memcmp(bod, "big", 3) == 0) {
+        free(z.e);
+        return set_err(CARSEG_EFORMAT, "%s: big-endian storages (byteorder \"big\") are not supported", f->path);
+    }
     const uint8_t *pkl;
     st = zip_data(&z, pk, &pkl, "");
     if (st != CARSEG_OK) { free(z.e); return st; }
