@@ -179,7 +179,7 @@ struct pval {
     size_t n, cap;
     pval *cls, *state;      /* OBJ: class and BUILD state; REDUCED: callable and args */
     /* STORAGE */
-    int dt;                 /* wdtype, or -1: a non-float storage (not a weight) */
+    int dt;                 /* wdtype; -1: integer storage (not a weight); -2: unsupported */
     const char *dtname;
     uint64_t numel;
     /* TENSOR */
@@ -292,7 +292,11 @@ static carseg_status persistent_load(unpickler *u, pval *pid, pval **out) {
     if (strcmp(cls, "torch.FloatStorage") == 0) s->dt = WDT_F32;
     else if (strcmp(cls, "torch.HalfStorage") == 0) s->dt = WDT_F16;
     else if (strcmp(cls, "torch.BFloat16Storage") == 0) s->dt = WDT_BF16;
-    else s->dt = -1;
+    else if (strcmp(cls, "torch.LongStorage") == 0 || strcmp(cls, "torch.IntStorage") == 0 ||
+             strcmp(cls, "torch.ShortStorage") == 0 || strcmp(cls, "torch.CharStorage") == 0 ||
+             strcmp(cls, "torch.ByteStorage") == 0 || strcmp(cls, "torch.BoolStorage") == 0)
+        s->dt = -1;   /* integer buffers (input_resolution, position_ids): not weights */
+    else s->dt = -2;  /* float64, complex, quantized...: skipped with a warning */
     s->s = cs_strdup(pid->it[2]->s);
     if (!s->s) return set_err(CARSEG_ENOMEM, "%s: out of memory", u->path);
     s->numel = (uint64_t)pid->it[4]->i;
@@ -631,7 +635,12 @@ typedef struct {
 static carseg_status materialize(tctx *c, const pval *t, const char *name) {
     const char *P = c->z->path;
     const pval *s = t->storage;
-    if (s->dt < 0) return CARSEG_OK;   /* integer / bool storage: not a weight (e.g. input_resolution) */
+    if (s->dt == -1) return CARSEG_OK;   /* integer / bool storage: not a weight (e.g. input_resolution) */
+    if (s->dt < 0) {   /* skipped with a warning: if CLIP needs it, clip_load names it as missing */
+        cs_log(CARSEG_LOG_WARN, "%s: skipping tensor %s: unsupported storage type %s (need float32, float16 "
+               "or bfloat16)", P, name, s->dtname);
+        return CARSEG_OK;
+    }
     size_t esz = wdt_size((wdtype)s->dt);
     char ename[512];
     snprintf(ename, sizeof ename, "%s/data/%s", c->prefix, s->s);
