@@ -459,15 +459,33 @@ done:
 // ---------------------------------------------------------------------------------------------
 // public loaders
 
+carseg_status image_decode_rgb(const char *name, const uint8_t *d, size_t n, image_u8 *out) {
+    memset(out, 0, sizeof *out);
+    if (is_jpeg(d, n)) return load_jpeg(name, d, n, out, 1);
+    if (is_png(d, n)) return load_png(name, d, n, PNG_WANT_RGB, out, NULL, NULL, NULL);
+    return set_err(CARSEG_EFORMAT, "%s: not a JPEG or PNG file", name);
+}
+
+carseg_status image_decode_indexed(const char *name, const uint8_t *d, size_t n, image_u8 *out) {
+    memset(out, 0, sizeof *out);
+    if (is_png(d, n)) return load_png(name, d, n, PNG_WANT_INDEX, out, NULL, NULL, NULL);
+    return set_err(CARSEG_EFORMAT, "%s: not a PNG file (label maps must be lossless)", name);
+}
+
+carseg_status image_decode_labels16(const char *name, const uint8_t *d, size_t n, int *w, int *h,
+                                    uint16_t **out) {
+    *out = NULL;
+    if (is_png(d, n)) return load_png(name, d, n, PNG_WANT_U16, NULL, w, h, out);
+    if (is_tiff(d, n)) return load_tiff_u16(name, d, n, w, h, out);
+    return set_err(CARSEG_EFORMAT, "%s: not a PNG or TIFF label file", name);
+}
+
 carseg_status image_load_rgb(const char *path, image_u8 *out) {
     uint8_t *d;
     size_t n;
     memset(out, 0, sizeof *out);
     TRY(read_file(path, &d, &n));
-    carseg_status st;
-    if (is_jpeg(d, n)) st = load_jpeg(path, d, n, out, 1);
-    else if (is_png(d, n)) st = load_png(path, d, n, PNG_WANT_RGB, out, NULL, NULL, NULL);
-    else st = set_err(CARSEG_EFORMAT, "%s: not a JPEG or PNG file", path);
+    carseg_status st = image_decode_rgb(path, d, n, out);
     free(d);
     return st;
 }
@@ -477,9 +495,7 @@ carseg_status image_load_indexed(const char *path, image_u8 *out) {
     size_t n;
     memset(out, 0, sizeof *out);
     TRY(read_file(path, &d, &n));
-    carseg_status st;
-    if (is_png(d, n)) st = load_png(path, d, n, PNG_WANT_INDEX, out, NULL, NULL, NULL);
-    else st = set_err(CARSEG_EFORMAT, "%s: not a PNG file (label maps must be lossless)", path);
+    carseg_status st = image_decode_indexed(path, d, n, out);
     free(d);
     return st;
 }
@@ -489,10 +505,7 @@ carseg_status image_load_labels16(const char *path, int *w, int *h, uint16_t **o
     size_t n;
     *out = NULL;
     TRY(read_file(path, &d, &n));
-    carseg_status st;
-    if (is_png(d, n)) st = load_png(path, d, n, PNG_WANT_U16, NULL, w, h, out);
-    else if (is_tiff(d, n)) st = load_tiff_u16(path, d, n, w, h, out);
-    else st = set_err(CARSEG_EFORMAT, "%s: not a PNG or TIFF label file", path);
+    carseg_status st = image_decode_labels16(path, d, n, w, h, out);
     free(d);
     return st;
 }

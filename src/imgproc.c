@@ -117,16 +117,21 @@ void cv_bgr2gray_u8(uint8_t *dst, const uint8_t *src, int w, int h) {
 
 /* Linear taps per output coordinate as cv::resize computes them (float, half-pixel centres,
  * clamped at both ends): out[d] = in[i0[d]] * a0[d] + in[i1[d]] * a1[d]. */
-static void linear_taps(int dn, int sn, int *i0, int *i1, float *a0, float *a1) {
+/* clamp_weights: cv::resize clamps the horizontal taps at the borders (weight 1 on the edge
+ * pixel) but not the vertical ones: there only the row indices are clamped, the weights stay
+ * (1 - f, f), so an edge row comes out as v*(1-f) + v*f, which may differ from v by an ulp. */
+static void linear_taps(int dn, int sn, int clamp_weights, int *i0, int *i1, float *a0, float *a1) {
     double scale = 1.0 / ((double)dn / sn);
     for (int d = 0; d < dn; d++) {
         float f = (float)((d + 0.5) * scale - 0.5);
         int s = (int)floorf(f);
         f -= (float)s;
-        if (s < 0) f = 0, s = 0;
-        if (s >= sn - 1) f = 0, s = sn - 1;
-        i0[d] = s;
-        i1[d] = s + 1 < sn ? s + 1 : sn - 1;
+        if (clamp_weights) {
+            if (s < 0) f = 0, s = 0;
+            if (s >= sn - 1) f = 0, s = sn - 1;
+        }
+        i0[d] = s < 0 ? 0 : s > sn - 1 ? sn - 1 : s;
+        i1[d] = s + 1 < 0 ? 0 : s + 1 > sn - 1 ? sn - 1 : s + 1;
         a0[d] = 1.0f - f;
         a1[d] = f;
     }
@@ -139,19 +144,23 @@ void cv_resize_linear_f32(float *dst, int dw, int dh, const float *src, int sw, 
         return;
     }
     if (dw * 2 == sw && dh * 2 == sh) {
-        /* cv::resize turns an exact 2x downscale into INTER_AREA's fast path (same weights) */
+        /* cv::resize turns an exact 2x downscale into INTER_AREA's fast path (same weights,
+         * other rounding): 4-wide SIMD blocks add (a+b)+(c+d), the scalar tail ((a+b)+c)+d. */
         for (int y = 0; y < dh; y++) {
             const float *a = src + (size_t)(2 * y) * sw, *b = a + sw;
-            for (int x = 0; x < dw; x++)
-                dst[(size_t)y * dw + x] = (a[2 * x] + a[2 * x + 1] + b[2 * x] + b[2 * x + 1]) * 0.25f;
+            int x = 0;
+            for (; x < dw / 4 * 4; x++)
+                dst[(size_t)y * dw + x] = ((a[2 * x] + a[2 * x + 1]) + (b[2 * x] + b[2 * x + 1])) * 0.25f;
+            for (; x < dw; x++)
+                dst[(size_t)y * dw + x] = (((a[2 * x] + a[2 * x + 1]) + b[2 * x]) + b[2 * x + 1]) * 0.25f;
         }
         return;
     }
     int *xi = malloc(sizeof(int) * 2 * dw), *yi = malloc(sizeof(int) * 2 * dh);
     float *xa = malloc(sizeof(float) * 2 * dw), *ya = malloc(sizeof(float) * 2 * dh);
     CS_ASSERT(xi && yi && xa && ya);
-    linear_taps(dw, sw, xi, xi + dw, xa, xa + dw);
-    linear_taps(dh, sh, yi, yi + dh, ya, ya + dh);
+    linear_taps(dw, sw, 1, xi, xi + dw, xa, xa + dw);
+    linear_taps(dh, sh, 0, yi, yi + dh, ya, ya + dh);
     #pragma omp parallel for schedule(static) if ((size_t)dw * dh > 65536)
     for (int y = 0; y < dh; y++) {
         const float *r0 = src + (size_t)yi[y] * sw, *r1 = src + (size_t)yi[dh + y] * sw;
