@@ -76,33 +76,46 @@ void cv_gaussian_blur_u8(uint8_t *dst, const uint8_t *src, int w, int h, int c, 
     CS_ASSERT(kk);
     gaussian_taps_q8(ksize, kk);
     const int r = ksize / 2;
-    int *xi = malloc(sizeof(int) * ((size_t)w + 2 * r)), *yi = malloc(sizeof(int) * ((size_t)h + 2 * r));
-    uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)w * h * c);   /* rows filtered, 8.8 */
-    CS_ASSERT(xi && yi && tmp);
-    for (int i = 0; i < w + 2 * r; i++) xi[i] = reflect101(i - r, w);
-    for (int i = 0; i < h + 2 * r; i++) yi[i] = reflect101(i - r, h);
-    #pragma omp parallel for schedule(static) if ((size_t)w * h > 65536)
-    for (int y = 0; y < h; y++) {
-        const uint8_t *s = src + (size_t)y * w * c;
-        uint16_t *o = tmp + (size_t)y * w * c;
-        for (int x = 0; x < w; x++)
-            for (int ch = 0; ch < c; ch++) {
-                uint32_t acc = 0;
-                for (int j = 0; j < ksize; j++) acc += (uint32_t)kk[j] * s[(size_t)xi[x + j] * c + ch];
-                o[(size_t)x * c + ch] = (uint16_t)acc;
-            }
-    }
     const size_t row = (size_t)w * c;
-    #pragma omp parallel for schedule(static) if ((size_t)w * h > 65536)
-    for (int y = 0; y < h; y++) {
-        uint8_t *o = dst + (size_t)y * row;
-        for (size_t i = 0; i < row; i++) {
-            uint32_t acc = 1u << 15;
-            for (int j = 0; j < ksize; j++) acc += (uint32_t)kk[j] * tmp[(size_t)yi[y + j] * row + i];
-            o[i] = (uint8_t)(acc >> 16);
+    int *yi = malloc(sizeof(int) * ((size_t)h + 2 * r));
+    uint16_t *tmp = malloc(sizeof(uint16_t) * row * h);   /* rows filtered, 8.8 fixed point */
+    CS_ASSERT(yi && tmp);
+    for (int i = 0; i < h + 2 * r; i++) yi[i] = reflect101(i - r, h);
+    #pragma omp parallel if (row * h > 65536)
+    {
+        /* one source row with its reflected border: (w + 2r) * c samples */
+        uint8_t *pad = malloc((size_t)(w + 2 * r) * c);
+        uint32_t *acc = malloc(sizeof(uint32_t) * row);
+        CS_ASSERT(pad && acc);
+        #pragma omp for schedule(static)
+        for (int y = 0; y < h; y++) {
+            const uint8_t *s = src + (size_t)y * row;
+            for (int i = 0; i < w + 2 * r; i++)
+                memcpy(pad + (size_t)i * c, s + (size_t)reflect101(i - r, w) * c, (size_t)c);
+            uint16_t *o = tmp + (size_t)y * row;
+            for (size_t i = 0; i < row; i++) acc[i] = 0;
+            for (int j = 0; j < ksize; j++) {
+                const uint32_t kj = (uint32_t)kk[j];
+                const uint8_t *q = pad + (size_t)j * c;
+                for (size_t i = 0; i < row; i++) acc[i] += kj * q[i];
+            }
+            for (size_t i = 0; i < row; i++) o[i] = (uint16_t)acc[i];   /* <= 255 * 256 */
         }
+        #pragma omp for schedule(static)
+        for (int y = 0; y < h; y++) {
+            for (size_t i = 0; i < row; i++) acc[i] = 1u << 15;
+            for (int j = 0; j < ksize; j++) {
+                const uint32_t kj = (uint32_t)kk[j];
+                const uint16_t *q = tmp + (size_t)yi[y + j] * row;
+                for (size_t i = 0; i < row; i++) acc[i] += kj * q[i];
+            }
+            uint8_t *o = dst + (size_t)y * row;
+            for (size_t i = 0; i < row; i++) o[i] = (uint8_t)(acc[i] >> 16);
+        }
+        free(pad);
+        free(acc);
     }
-    free(tmp), free(xi), free(yi);
+    free(tmp), free(yi);
     if (kk != k) free(kk);
 }
 
