@@ -277,6 +277,18 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     nn_linear_ex(x, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE);
 }
 
+carseg_status clip_block_forward(const clip_block *bk, float *x, int B, int L, int C, int M, int NH,
+                                 int causal, float *attn) {
+    if (B <= 0 || L <= 0 || C <= 0 || M <= 0 || NH <= 0 || C % NH)
+        return set_err(CARSEG_EINVAL, "clip_block_forward: invalid sizes B %d L %d C %d M %d NH %d",
+                       B, L, C, M, NH);
+    scratch s = {0};
+    carseg_status st = scratch_alloc(&s, B, L, C, M, NH);
+    if (st == CARSEG_OK) block_forward(bk, x, &s, B, L, C, M, NH, causal, attn);
+    scratch_free(&s);
+    return st;
+}
+
 // ---------------------------------------------------------------------------------------------
 // text tower
 
