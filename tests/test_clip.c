@@ -345,6 +345,10 @@ TEST(clip_bad_input) {
     CHECK(strstr(carseg_last_error(), "vocabulary") != NULL);
     tok[2] = 99;
     CHECK_OK(clip_encode_text(m, tok, 1, out));
+    int32_t zeros[2 * 8] = {0};   /* all padding: EOT = argmax = position 0, one-token sequences */
+    float out2[32];
+    CHECK_OK(clip_encode_text(m, zeros, 2, out2));
+    CHECK(memcmp(out2, out2 + 16, sizeof(float) * 16) == 0);
     CHECK_OK(clip_encode_image(m, x, 16, 24, 0, out));   /* non-square, resized positions */
     clip_free(m);
 }
