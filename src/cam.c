@@ -59,6 +59,7 @@ struct cam_image {
     float enorm;    /* ||e|| before normalisation */
     float *attn_last; /* (L, L) head-averaged attention of the last block */
     float *aff;     /* (Np, Np) refinement matrix */
+    float *Mb;      /* (E, C) or NULL: the backward of the E basis rows (see patch_grad_means) */
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ static int check_model(const clip_model *m) {
 void cam_image_free(cam_image *ci) {
     if (!ci) return;
     float *bufs[] = {ci->x_in, ci->a,    ci->qkv, ci->P,   ci->prow,      ci->o,  ci->xh2,
-                     ci->rs2,  ci->dgel, ci->xw, ci->xh3, ci->rs3, ci->en, ci->attn_last, ci->aff};
+                     ci->rs2,  ci->dgel, ci->xw, ci->xh3, ci->rs3, ci->en, ci->attn_last, ci->aff, ci->Mb};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cs_free(bufs[i]);
     free(ci);
 }
@@ -647,6 +648,33 @@ static carseg_status backward_full_row(const cam_image *ci, const float *u, floa
     return CARSEG_OK;
 }
 
+/* Rows U (n, E) -> Wc (n, C). The map is linear and text-independent, so with more rows than
+ * E (ADE-847 starts with ~800 queries) the backward of the E unit rows is computed once per
+ * image (Mb, E x C) and every later call is Wc = U @ Mb. */
+static carseg_status patch_grad_means(cam_image *ci, const float *U, int n, float *Wc) {
+    int E = ci->E, C = ci->C;
+    if (!ci->Mb && n > E) {
+        float *Id = falloc((size_t)E * E), *Mb = falloc((size_t)E * C);
+        if (!Id || !Mb) {
+            cs_free(Id), cs_free(Mb);
+            return set_err(CARSEG_ENOMEM, "cam: out of memory (%d x %d basis)", E, C);
+        }
+        memset(Id, 0, (size_t)E * E * sizeof(float));
+        for (int k = 0; k < E; k++) Id[(size_t)k * E + k] = 1.0f;
+        carseg_status st = backward_hoisted(ci, Id, E, Mb);
+        cs_free(Id);
+        if (st != CARSEG_OK) {
+            cs_free(Mb);
+            return st;
+        }
+        ci->Mb = Mb;
+    }
+    if (!ci->Mb) return backward_hoisted(ci, U, n, Wc);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, E, 1.0f, U, E, ci->Mb, C, 0.0f,
+                Wc, C);
+    return CARSEG_OK;
+}
+
 static float *normalised_rows(const float *fg, int n, const float *bg, int nb, int E) {
     float *T = falloc((size_t)(n + nb) * E);
     if (!T) return NULL;
@@ -831,7 +859,7 @@ carseg_status cam_proposals(cam_image *ci, const float *fg, int n, const float *
     for (int i = 0; i < n; i++) idx[i] = i;
     upstream(ci, T, K, s, idx, n, pr, U);
     if (probs_out) memcpy(probs_out, pr, (size_t)K * sizeof(float));
-    st = backward_hoisted(ci, U, n, Wc);
+    st = patch_grad_means(ci, U, n, Wc);
     if (st != CARSEG_OK) goto done;
     gradcam_grid(ci, Wc, n, grid);
     /* clipcam.py: a query whose Grad-CAM is all zero is redone without the background rows */
@@ -840,7 +868,7 @@ carseg_status cam_proposals(cam_image *ci, const float *fg, int n, const float *
         if (nb > 0 && maxf(grid + (size_t)i * Np, Np) == 0) redo[nr++] = i;
     if (nr > 0) {
         upstream(ci, T, n, s, redo, nr, pr, U);
-        st = backward_hoisted(ci, U, nr, Wc);
+        st = patch_grad_means(ci, U, nr, Wc);
         if (st != CARSEG_OK) goto done;
         float *g2 = falloc((size_t)nr * Np);
         if (!g2) {

@@ -401,6 +401,7 @@ TEST(cam_hoisted_equals_naive) {
     hoisted_vs_naive(2, 2, 17, 23, 3, 4, 9, 5);    /* a 17x23-px image: 2x2 grid */
     hoisted_vs_naive(6, 9, 90, 140, 5, 0, 3, 17);  /* no background rows, fewer than 8 maps */
     hoisted_vs_naive(13, 19, 200, 300, 7, 23, 11, 29);
+    hoisted_vs_naive(3, 4, 48, 64, 20, 5, 2, 41); /* more queries than E = 16: the basis path */
 }
 
 // ---------------------------------------------------------------------------------------------
