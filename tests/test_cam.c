@@ -529,9 +529,9 @@ static void fixture_iter(cam_image *ci, const char *cdir, int it, float lambda, 
     CHECK_OK(cam_proposals(ci, fg, n, bg, nb, &prm, masks, grid, probs));
     char what[700];
     snprintf(what, sizeof what, "%s probs", d);
-    CHECK_CLOSE(what, probs, pref, n + nb, 0, 1e-5);
+    CHECK_CLOSE(what, probs, pref, n + nb, 0, 1e-6);
     snprintf(what, sizeof what, "%s gradcam grid", d);
-    CHECK_CLOSE(what, grid, gref, (size_t)n * Np, 0, 1e-4);
+    CHECK_CLOSE(what, grid, gref, (size_t)n * Np, 0, 2e-5);
     /* boxes: the union of the reference's contour boxes, from our grid and from theirs */
     const json *boxes = json_get(st, "boxes");
     REQUIRE(boxes && (int)boxes->len == n);
