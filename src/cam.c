@@ -27,15 +27,15 @@
 #include "imgproc.h"
 #include "util.h"
 
-/* TEMPORARY (until the image and clip modules land on main): weak references, so that this
- * branch links alone; cam_prepare/cam_proposals report an error when they are missing. */
-#pragma weak clip_preprocess_exact
+/* TEMPORARY (until the clip module lands on main): a weak reference, so that this branch
+ * links alone; cam_prepare reports an error while it is missing. */
 #pragma weak clip_image_trunk
-#pragma weak cv_resize_linear_f32
 
 #define CAM_EPS 1e-15          /* cam.py _EPSILON */
 #define LN_EPS 1e-5f
 #define CLIP_CONTEXT_LENGTH 77 /* clip_wrapper.py _CONTEXT_LENGTH (a quirk, see cam_prepare) */
+/* parallel regions only pay off above this much work (and cost a lot on a busy machine) */
+#define OMP_MIN_WORK (1u << 18)
 #define AFF_LAST 8             /* clipcam.py: attention maps averaged for the affinity */
 
 struct cam_image {
@@ -71,7 +71,7 @@ static void linear(float *out, const float *in, const float *W, const float *b, 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, K, W, K, 0.0f, out,
                 N);
     if (b) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)M * N > OMP_MIN_WORK)
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) out[(size_t)i * N + j] += b[j];
     }
@@ -80,7 +80,7 @@ static void linear(float *out, const float *in, const float *W, const float *b, 
 /* LayerNorm over rows (eps 1e-5). xhat, rstd: optional saved statistics. */
 static void layernorm(float *out, float *xhat, float *rstd, const float *x, const float *w,
                       const float *b, int M, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)M * C > OMP_MIN_WORK)
     for (int i = 0; i < M; i++) {
         const float *xi = x + (size_t)i * C;
         double mu = 0, var = 0;
@@ -192,7 +192,7 @@ static carseg_status head_forward(cam_image *ci) {
         const float *q = ci->qkv + h * hd, *k = ci->qkv + C + h * hd, *v = ci->qkv + 2 * C + h * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, hd, scale, q, 3 * C, k, 3 * C,
                     0.0f, Ph, L);
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)L * L > OMP_MIN_WORK)
         for (int t = 0; t < L; t++) {
             float *row = Ph + (size_t)t * L;
             softmax_row(row, L);
@@ -204,7 +204,7 @@ static carseg_status head_forward(cam_image *ci) {
                     0.0f, ci->o + h * hd, C);
     }
     /* head-averaged attention (PyTorch MHA need_weights=True) */
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)L * L * nh > OMP_MIN_WORK)
     for (int t = 0; t < L; t++)
         for (int u = 0; u < L; u++) {
             float s = 0;
@@ -215,7 +215,7 @@ static carseg_status head_forward(cam_image *ci) {
     for (size_t i = 0; i < (size_t)L * C; i++) x2[i] = ci->x_in[i] + tmp[i];
     layernorm(tmp, ci->xh2, ci->rs2, x2, B->ln2_w, B->ln2_b, L, C);
     linear(hpre, tmp, B->fc_w, B->fc_b, L, C, F);
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)L * F > OMP_MIN_WORK)
     for (size_t i = 0; i < (size_t)L * F; i++) {
         float x = hpre[i], sg = 1.0f / (1.0f + expf(-1.702f * x));
         hpre[i] = x * sg;
@@ -258,11 +258,11 @@ void cam_affinity_refine(float *A, int n, float *scratch) {
         for (int j = 0; j < n; j++) s[j] = 0;
         for (int i = 0; i < n; i++)
             for (int j = 0; j < n; j++) s[j] += A[(size_t)i * n + j];
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)n * n > OMP_MIN_WORK)
         for (int i = 0; i < n; i++)
             for (int j = 0; j < n; j++) A[(size_t)i * n + j] /= (float)s[j];
         /* rows sum to 1 */
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)n * n > OMP_MIN_WORK)
         for (int i = 0; i < n; i++) {
             double r = 0;
             for (int j = 0; j < n; j++) r += A[(size_t)i * n + j];
@@ -282,7 +282,7 @@ static void build_affinity(cam_image *ci, const float *attn, int n_attn, float *
     int L = ci->L, Np = ci->Np;
     int total = n_attn + 1, first = total > AFF_LAST ? total - AFF_LAST : 0, cnt = total - first;
     float *A = ci->aff;
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)Np * Np * cnt > OMP_MIN_WORK)
     for (int i = 0; i < Np; i++)
         for (int j = 0; j < Np; j++) {
             float s = 0;
@@ -358,8 +358,7 @@ carseg_status cam_prepare(const clip_model *gen, const image_u8 *rgb, cam_image 
         return set_err(CARSEG_EINVAL, "cam: generator model incomplete");
     if (!rgb || !rgb->px || rgb->w <= 0 || rgb->h <= 0 || rgb->c != 3)
         return set_err(CARSEG_EINVAL, "cam: need an RGB image");
-    if (!clip_preprocess_exact || !clip_image_trunk)
-        return set_err(CARSEG_EINVAL, "cam: built without the image/clip modules");
+    if (!clip_image_trunk) return set_err(CARSEG_EINVAL, "cam: built without the clip module");
     int P = gen->cfg.v_patch;
     int gh = (rgb->h + P - 1) / P, gw = (rgb->w + P - 1) / P; /* ceil(H/16)*16 (scale 1.0) */
     if ((int64_t)gh * gw > 100000)
@@ -438,7 +437,7 @@ static void back_to_x3(const cam_image *ci, const float *U, int n, float *G3, fl
     /* D[r, t] = g~_r . xhat3_t */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, C, 1.0f, v, C, ci->xh3, C, 0.0f, D,
                 L);
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((size_t)n * L * C > OMP_MIN_WORK)
     for (int r = 0; r < n; r++)
         for (int t = 0; t < L; t++) {
             float *g = G3 + ((size_t)r * L + t) * C;
@@ -474,7 +473,7 @@ static void back_mlp_attnout(const cam_image *ci, const float *G3, int M, const 
     if (!AW)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, F, C, 1.0f, G3, C, B->proj_w, F,
                     0.0f, gg, F);
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)M * F > OMP_MIN_WORK)
     for (int i = 0; i < M; i++) {
         int t = i % L, r = i / L;
         const float *d = ci->dgel + (size_t)t * F;
@@ -493,7 +492,7 @@ static void back_mlp_attnout(const cam_image *ci, const float *G3, int M, const 
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, C, F, 1.0f, gg, F, B->fc_w, C, 0.0f,
                 go, C); /* go used as scratch: d/d ln_2 output */
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)M * C > OMP_MIN_WORK)
     for (int i = 0; i < M; i++) {
         int t = i % L;
         float *g = g2 + (size_t)i * C;
@@ -546,7 +545,7 @@ static carseg_status backward_hoisted(const cam_image *ci, const float *U, int n
             const float *q = ci->qkv + h * hd, *k = ci->qkv + C + h * hd, *v = ci->qkv + 2 * C + h * hd;
             const float *oh = ci->o + h * hd;
             /* Z[t, r*(d+1) + j] = m_t go[r,t,h*d+j];  Z[t, r*(d+1)+d] = m_t c[r,t] */
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)L * nr * hd > OMP_MIN_WORK)
             for (int t = 0; t < L; t++) {
                 float *z = Z + (size_t)t * zc;
                 for (int r = 0; r < nr; r++) {
@@ -566,7 +565,7 @@ static carseg_status backward_hoisted(const cam_image *ci, const float *U, int n
             }
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, nr * (hd + 1), L, 1.0f, Ph, L,
                         Z, zc, 0.0f, Y, zc);
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)nr * L * hd > OMP_MIN_WORK)
             for (int r = 0; r < nr; r++) {
                 double aq[512], ak[512], av[512];
                 CS_ASSERT(hd <= 512);
@@ -804,7 +803,6 @@ static float maxf(const float *x, int n) {
 static carseg_status refine(const cam_image *ci, const float *grid, int n, float lambda,
                             float *masks) {
     int Np = ci->Np;
-    if (!cv_resize_linear_f32) return set_err(CARSEG_EINVAL, "cam: built without imgproc");
     float *BC = falloc((size_t)Np * n), *R = falloc((size_t)Np * n), *r1 = falloc(Np);
     uint8_t *B = malloc((size_t)Np);
     if (!BC || !R || !r1 || !B) {

@@ -11,11 +11,6 @@
 #include "check.h"
 #include "util.h"
 
-/* TEMPORARY until the image module lands on main */
-#pragma weak cv_resize_linear_f32
-#define NEED_IMGPROC() \
-    do { if (!cv_resize_linear_f32) SKIP("image module (cv_resize_linear_f32) not merged yet"); } while (0)
-
 // ---------------------------------------------------------------------------------------------
 // a hand-built last block (no model file needed)
 
@@ -317,7 +312,6 @@ static void ref_forward(const toy_model *t, const double *a, const float *x_in, 
 }
 
 TEST(cam_backward_finite_differences) {
-    NEED_IMGPROC();
     int C = 64, heads = 1, E = 12, gh = 2, gw = 3, L = 1 + gh * gw, K = 5, n = 3;
     toy_model t;
     toy_random(&t, C, heads, E, 123);
@@ -397,7 +391,6 @@ static void hoisted_vs_naive(int gh, int gw, int H, int W, int n, int nb, int n_
 }
 
 TEST(cam_hoisted_equals_naive) {
-    NEED_IMGPROC();
     hoisted_vs_naive(2, 2, 17, 23, 3, 4, 9, 5);    /* a 17x23-px image: 2x2 grid */
     hoisted_vs_naive(6, 9, 90, 140, 5, 0, 3, 17);  /* no background rows, fewer than 8 maps */
     hoisted_vs_naive(13, 19, 200, 300, 7, 23, 11, 29);
@@ -408,7 +401,6 @@ TEST(cam_hoisted_equals_naive) {
 // PyTorch autograd + the reference post-processing (cv2)
 
 TEST(cam_matches_torch_autograd) {
-    NEED_IMGPROC();
     const char *dir = test_tmpdir();
     if (!run_script("grad", dir)) SKIP("/usr/bin/python3 with torch and cv2 not available");
     json *meta = json_parse_file(pjoin(dir, "meta.json"));
@@ -560,7 +552,6 @@ static void fixture_iter(cam_image *ci, const char *cdir, int it, float lambda, 
  * nor trunk involved): checks the last block, affinity, Grad-CAM, boxes, refinement. */
 void cam_fixture_case_from_trunk(const clip_model *m, const char *name);
 void cam_fixture_case_from_trunk(const clip_model *m, const char *name) {
-    NEED_IMGPROC();
     char rel[300], cdir[600], p[700];
     snprintf(rel, sizeof rel, "fixtures/car/%s", name);
     const char *sp = shared_path(rel);
