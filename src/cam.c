@@ -27,10 +27,6 @@
 #include "imgproc.h"
 #include "util.h"
 
-/* TEMPORARY (until the clip module lands on main): a weak reference, so that this branch
- * links alone; cam_prepare reports an error while it is missing. */
-#pragma weak clip_image_trunk
-
 #define CAM_EPS 1e-15          /* cam.py _EPSILON */
 #define LN_EPS 1e-5f
 #define CLIP_CONTEXT_LENGTH 77 /* clip_wrapper.py _CONTEXT_LENGTH (a quirk, see cam_prepare) */
@@ -358,7 +354,6 @@ carseg_status cam_prepare(const clip_model *gen, const image_u8 *rgb, cam_image 
         return set_err(CARSEG_EINVAL, "cam: generator model incomplete");
     if (!rgb || !rgb->px || rgb->w <= 0 || rgb->h <= 0 || rgb->c != 3)
         return set_err(CARSEG_EINVAL, "cam: need an RGB image");
-    if (!clip_image_trunk) return set_err(CARSEG_EINVAL, "cam: built without the clip module");
     int P = gen->cfg.v_patch;
     int gh = (rgb->h + P - 1) / P, gw = (rgb->w + P - 1) / P; /* ceil(H/16)*16 (scale 1.0) */
     if ((int64_t)gh * gw > 100000)
