@@ -721,6 +721,7 @@ int cam_boxes(const float *cam, int gh, int gw, float lambda, int (*boxes)[4], i
     }
     /* the threshold is Python float arithmetic: snap lambda to its decimal value first */
     double th = round((double)lambda * 1e6) / 1e6;
+    if (!(fabs(th) <= 100)) th = 0; /* NaN or absurd: cam_proposals rejects these */
     int any = 0;
     for (;;) {
         int thr = (int)(th * mx); /* int() truncates toward zero */
@@ -825,6 +826,9 @@ static carseg_status check_args(const cam_image *ci, const float *fg, int n, con
                                 int nb, const cam_params *p, const float *masks) {
     if (!ci || !p || n < 0 || nb < 0 || (n > 0 && (!fg || !masks)) || (nb > 0 && !bg))
         return set_err(CARSEG_EINVAL, "cam_proposals: bad arguments (n %d, nb %d)", n, nb);
+    if (!(fabsf(p->lambda) <= 100) || !isfinite(p->logit_scale))
+        return set_err(CARSEG_EINVAL, "cam_proposals: bad lambda %g or logit scale %g",
+                       (double)p->lambda, (double)p->logit_scale);
     for (int j = 0; j < n + nb; j++) {
         const float *r = j < n ? fg + (size_t)j * ci->E : bg + (size_t)(j - n) * ci->E;
         double s = 0;

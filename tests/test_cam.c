@@ -362,6 +362,37 @@ TEST(cam_backward_finite_differences) {
     toy_free(&t);
 }
 
+TEST(cam_bad_arguments) {
+    toy_model t;
+    toy_random(&t, 64, 1, 8, 7);
+    unsigned seed = 3;
+    float x_in[5 * 64], T[3 * 8], masks[3 * 20 * 20];
+    for (int i = 0; i < 5 * 64; i++) x_in[i] = test_randf(&seed);
+    for (int i = 0; i < 3 * 8; i++) T[i] = test_randf(&seed);
+    cam_image *ci = NULL;
+    CHECK(cam_prepare_tokens(&t.m, x_in, 0, 2, NULL, 0, 20, 20, &ci) == CARSEG_EINVAL && !ci);
+    CHECK(cam_prepare_tokens(&t.m, x_in, 2, 2, NULL, 1, 20, 20, &ci) == CARSEG_EINVAL && !ci);
+    CHECK_OK(cam_prepare_tokens(&t.m, x_in, 2, 2, NULL, 0, 20, 20, &ci));
+    REQUIRE(ci);
+    cam_params prm = {.lambda = 0.4f, .logit_scale = 0};
+    CHECK(cam_proposals(ci, T, -1, NULL, 0, &prm, masks, NULL, NULL) == CARSEG_EINVAL);
+    CHECK(cam_proposals(ci, T, 2, NULL, 1, &prm, masks, NULL, NULL) == CARSEG_EINVAL);
+    prm.lambda = NAN;
+    CHECK(cam_proposals(ci, T, 2, T + 16, 1, &prm, masks, NULL, NULL) == CARSEG_EINVAL);
+    prm.lambda = 0.4f;
+    float Tz[3 * 8];
+    memcpy(Tz, T, sizeof Tz);
+    memset(Tz + 8, 0, 8 * sizeof(float)); /* a zero text row cannot be normalised */
+    CHECK(cam_proposals(ci, Tz, 2, Tz + 16, 1, &prm, masks, NULL, NULL) == CARSEG_EINVAL);
+    CHECK(strstr(carseg_last_error(), "row 1") != NULL);
+    CHECK_OK(cam_proposals(ci, T, 0, NULL, 0, &prm, masks, NULL, NULL));
+    /* lambda above 1: lowered by 0.1 until something passes, as the reference does */
+    prm.lambda = 1.5f;
+    CHECK_OK(cam_proposals(ci, T, 2, T + 16, 1, &prm, masks, NULL, NULL));
+    cam_image_free(ci);
+    toy_free(&t);
+}
+
 // ---------------------------------------------------------------------------------------------
 // hoisted vs naive
 
