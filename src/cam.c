@@ -11,8 +11,10 @@
  *   - the Grad-CAM backward: the gradient is linear in the upstream gradient d p[i] / d e, so
  *     one batched backward serves every query (rows of U, one per query). Grad-CAM needs only
  *     the mean over patch tokens of d p[i] / d a, so the backward through the attention is
- *     reduced to column/row sums of the softmax gradient (see attn_backward_sums): one
- *     (L x L)^T @ (L x rows*(d+1)) sgemm per head instead of four L*L*d products per row.
+ *     reduced to column/row sums of the softmax gradient (backward_hoisted): one
+ *     (L x L)^T @ (L x rows*(d+1)) sgemm per head instead of four L*L*d products per row;
+ *     half of the MLP backward is text-independent and hoisted (back_mlp_attnout); with more
+ *     queries than E the backward of the E unit rows is reused (patch_grad_means).
  *
  * Layout: tokens are rows (L, C), token 0 is CLS, patch tokens are row-major over (gh, gw).
  */
