@@ -522,8 +522,8 @@ carseg_status clip_encode_images(const clip_model *m, const float *x, int n, int
     int C = c->v_width, P = c->v_patch, gh = H / P, gw = W / P, L = 1 + gh * gw, E = c->embed;
     int nb = resolve_blocks(m, n_blocks);
     int round_pos = !(gh == c->v_grid && gw == c->v_grid);
-    /* batch so that about 1024 tokens go through each product */
-    int maxB = 1024 / L > 1 ? 1024 / L : 1;
+    /* batch so that about 2048 tokens go through each product */
+    int maxB = 2048 / L > 1 ? 2048 / L : 1;
     if (maxB > n) maxB = n;
     scratch s = {0};
     float *tok = cs_malloc((size_t)maxB * L * C * sizeof(float));

@@ -663,3 +663,22 @@ TEST(clip_public_api) {
     carseg_tokenizer_close(tok);
     carseg_clip_free(m);
 }
+
+TEST(clip_encode_images_batch) {
+    clip_config c = {.v_width = 64, .v_layers = 2, .v_patch = 8, .v_grid = 3, .t_width = 64,
+                     .t_layers = 1, .t_ctx = 8, .t_vocab = 100, .embed = 16};
+    clip_model *m;
+    CHECK_OK(clip_init_random(&c, 9, &m));
+    enum { N = 12, H = 160, W = 168 };   /* L = 421: 4 per batch, so three batches */
+    unsigned s = 11;
+    float *x = malloc(sizeof(float) * N * 3 * H * W), *batch = malloc(sizeof(float) * N * 16);
+    for (int i = 0; i < N * 3 * H * W; i++) x[i] = test_randf(&s);
+    CHECK_OK(clip_encode_images(m, x, N, H, W, 1, batch));
+    for (int i = 0; i < N; i++) {
+        float one[16];
+        CHECK_OK(clip_encode_image(m, x + (size_t)i * 3 * H * W, H, W, 1, one));
+        CHECK_CLOSE("batched image", batch + (size_t)i * 16, one, 16, 1e-5, 0);
+    }
+    free(x), free(batch);
+    clip_free(m);
+}
