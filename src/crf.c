@@ -95,7 +95,7 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
     float *norm[8] = {0};
     float w[8];
     int nl = 0;
-    float *neg_u = NULL, *tmp = NULL, *acc = NULL, *work = NULL;
+    float *neg_u = NULL, *acc = NULL, *work = NULL;
     carseg_status st = CARSEG_OK;
     memset(lat, 0, sizeof lat);
     for (int j = 0; j < nk; j++) {
@@ -135,10 +135,9 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
         wf = f > wf ? f : wf;
     }
     neg_u = cs_malloc(nc * sizeof(float));
-    tmp = cs_malloc(nc * sizeof(float));
     acc = cs_malloc(nc * sizeof(float));
     work = wf ? cs_malloc(wf * sizeof(float)) : NULL;
-    if (!neg_u || !tmp || !acc || (wf && !work)) {
+    if (!neg_u || !acc || (wf && !work)) {
         st = set_err(CARSEG_ENOMEM, "crf: out of memory (%d pixels x %d labels)", N, C);
         goto done;
     }
@@ -147,21 +146,8 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
 
     for (int it = 0; it < iters; it++) {
         memcpy(acc, neg_u, nc * sizeof(float));
-        for (int j = 0; j < nl; j++) {
-            const float *nm = norm[j];
-#pragma omp parallel for schedule(static)
-            for (int i = 0; i < N; i++)
-                for (int c = 0; c < C; c++) tmp[(size_t)i * C + c] = q[(size_t)i * C + c] * nm[i];
-            if ((st = lattice_filter(&lat[j], tmp, tmp, C, 0, work)) != CARSEG_OK) goto done;
-            /* Potts: energy -= -w · n ⊙ K(n ⊙ Q) */
-            const float wj = w[j];
-#pragma omp parallel for schedule(static)
-            for (int i = 0; i < N; i++)
-                for (int c = 0; c < C; c++) {
-                    size_t o = (size_t)i * C + c;
-                    acc[o] -= -wj * (tmp[o] * nm[i]);
-                }
-        }
+        for (int j = 0; j < nl; j++)   /* Potts: energy -= -w · n ⊙ K(n ⊙ Q) */
+            if ((st = lattice_filter_potts(&lat[j], q, norm[j], w[j], acc, C, work)) != CARSEG_OK) goto done;
         softmax_rows(acc, q, N, C);
     }
 
@@ -171,7 +157,6 @@ done:
         cs_free(norm[j]);
     }
     cs_free(neg_u);
-    cs_free(tmp);
     cs_free(acc);
     cs_free(work);
     return st;

@@ -17,23 +17,28 @@
 #include "util.h"
 
 // ---------------------------------------------------------------------------------------------
-// hash table: key (d int32) -> vertex id, open addressing with linear probing
+// hash table: key (d int32) -> vertex id, open addressing with linear probing; each slot keeps
+// the key's 32-bit hash next to the id so that most mismatches cost no key comparison
 
 typedef struct {
     int d;
     int32_t *keys;      /* (cap_keys, d) keys in insertion order */
-    int32_t *table;     /* (cap) vertex id or -1 */
+    uint32_t *slot;     /* (cap, 2): vertex id (UINT32_MAX = empty), hash */
     size_t cap, cap_keys, filled;
 } htab;
 
-static uint64_t hkey(const int32_t *k, int d) {
+static uint32_t hkey(const int32_t *k, int d) {
     uint64_t h = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; i < d; i++) {
-        h ^= (uint32_t)k[i];
-        h *= 0xBF58476D1CE4E5B9ull;
-        h ^= h >> 29;
-    }
-    return h;
+    for (int i = 0; i < d; i++) h = (h ^ (uint32_t)k[i]) * 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+    h *= 0x94D049BB133111EBull;
+    return (uint32_t)(h >> 32);
+}
+
+static int key_eq(const int32_t *a, const int32_t *b, int d) {
+    for (int i = 0; i < d; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
 }
 
 static carseg_status htab_init(htab *t, int d, size_t expect) {
@@ -42,63 +47,91 @@ static carseg_status htab_init(htab *t, int d, size_t expect) {
     t->cap = 1024;
     while (t->cap < 2 * expect) t->cap *= 2;
     t->cap_keys = t->cap / 2 + 1;
-    t->table = malloc(t->cap * sizeof *t->table);
+    t->slot = malloc(t->cap * 2 * sizeof *t->slot);
     t->keys = malloc(t->cap_keys * (size_t)d * sizeof *t->keys);
-    if (!t->table || !t->keys) return set_err(CARSEG_ENOMEM, "lattice: out of memory (hash table)");
-    memset(t->table, 0xff, t->cap * sizeof *t->table);
+    if (!t->slot || !t->keys) return set_err(CARSEG_ENOMEM, "lattice: out of memory (hash table)");
+    memset(t->slot, 0xff, t->cap * 2 * sizeof *t->slot);
     return CARSEG_OK;
 }
 
 static void htab_free(htab *t) {
-    free(t->table);
+    free(t->slot);
     free(t->keys);
-    t->table = NULL;
+    t->slot = NULL;
     t->keys = NULL;
 }
 
 static carseg_status htab_grow(htab *t) {
     size_t cap = t->cap * 2;
-    int32_t *table = malloc(cap * sizeof *table);
+    uint32_t *slot = malloc(cap * 2 * sizeof *slot);
     int32_t *keys = realloc(t->keys, (cap / 2 + 1) * (size_t)t->d * sizeof *keys);
-    if (!table || !keys) {
-        free(table);
+    if (!slot || !keys) {
+        free(slot);
         if (keys) t->keys = keys;
         return set_err(CARSEG_ENOMEM, "lattice: out of memory (hash table of %zu)", cap);
     }
     t->keys = keys;
     t->cap_keys = cap / 2 + 1;
-    memset(table, 0xff, cap * sizeof *table);
-    for (size_t e = 0; e < t->filled; e++) {
-        size_t h = hkey(t->keys + e * (size_t)t->d, t->d) & (cap - 1);
-        while (table[h] >= 0) h = (h + 1) & (cap - 1);
-        table[h] = (int32_t)e;
+    memset(slot, 0xff, cap * 2 * sizeof *slot);
+    for (size_t s = 0; s < t->cap; s++) {
+        if (t->slot[2 * s] == UINT32_MAX) continue;
+        uint32_t hv = t->slot[2 * s + 1];
+        size_t h = hv & (cap - 1);
+        while (slot[2 * h] != UINT32_MAX) h = (h + 1) & (cap - 1);
+        slot[2 * h] = t->slot[2 * s];
+        slot[2 * h + 1] = hv;
     }
-    free(t->table);
-    t->table = table;
+    free(t->slot);
+    t->slot = slot;
     t->cap = cap;
     return CARSEG_OK;
 }
 
 /* Vertex id of key, or -1 when absent. */
 static int32_t htab_find(const htab *t, const int32_t *k) {
-    size_t h = hkey(k, t->d) & (t->cap - 1);
+    const uint32_t hv = hkey(k, t->d);
+    size_t h = hv & (t->cap - 1);
     for (;;) {
-        int32_t e = t->table[h];
-        if (e < 0) return -1;
-        if (!memcmp(t->keys + (size_t)e * t->d, k, (size_t)t->d * sizeof *k)) return e;
+        uint32_t e = t->slot[2 * h];
+        if (e == UINT32_MAX) return -1;
+        if (t->slot[2 * h + 1] == hv && key_eq(t->keys + (size_t)e * t->d, k, t->d)) return (int32_t)e;
         h = (h + 1) & (t->cap - 1);
     }
+}
+
+/* out[q] = htab_find(keys + q*d) for q < nq (nq <= 256), overlapping the cache misses: hashes and
+ * slot prefetches first, then the probes, then the key comparisons. */
+static void htab_find_batch(const htab *t, const int32_t *keys, int nq, int32_t *out) {
+    uint32_t hv[256];
+    size_t pos[256];
+    const size_t mask = t->cap - 1;
+    for (int q = 0; q < nq; q++) {
+        hv[q] = hkey(keys + (size_t)q * t->d, t->d);
+        pos[q] = hv[q] & mask;
+        __builtin_prefetch(t->slot + 2 * pos[q]);
+    }
+    for (int q = 0; q < nq; q++) {   /* first slot with a matching hash, or empty */
+        size_t h = pos[q];
+        while (t->slot[2 * h] != UINT32_MAX && t->slot[2 * h + 1] != hv[q]) h = (h + 1) & mask;
+        pos[q] = h;
+        out[q] = (int32_t)t->slot[2 * h];   /* -1 when empty */
+        if (out[q] >= 0) __builtin_prefetch(t->keys + (size_t)out[q] * t->d);
+    }
+    for (int q = 0; q < nq; q++)
+        if (out[q] >= 0 && !key_eq(t->keys + (size_t)out[q] * t->d, keys + (size_t)q * t->d, t->d))
+            out[q] = htab_find(t, keys + (size_t)q * t->d);   /* hash collision: the slow way */
 }
 
 /* *id = the vertex id of key, inserting it (next id) when absent. */
 static carseg_status htab_insert(htab *t, const int32_t *k, int32_t *id) {
     if (2 * (t->filled + 1) > t->cap) TRY(htab_grow(t));
-    size_t h = hkey(k, t->d) & (t->cap - 1);
+    const uint32_t hv = hkey(k, t->d);
+    size_t h = hv & (t->cap - 1);
     for (;;) {
-        int32_t e = t->table[h];
-        if (e < 0) break;
-        if (!memcmp(t->keys + (size_t)e * t->d, k, (size_t)t->d * sizeof *k)) {
-            *id = e;
+        uint32_t e = t->slot[2 * h];
+        if (e == UINT32_MAX) break;
+        if (t->slot[2 * h + 1] == hv && key_eq(t->keys + (size_t)e * t->d, k, t->d)) {
+            *id = (int32_t)e;
             return CARSEG_OK;
         }
         h = (h + 1) & (t->cap - 1);
@@ -106,7 +139,8 @@ static carseg_status htab_insert(htab *t, const int32_t *k, int32_t *id) {
     if (t->filled >= (size_t)INT32_MAX - 1)
         return set_err(CARSEG_EINVAL, "lattice: more than 2^31 vertices");
     memcpy(t->keys + t->filled * (size_t)t->d, k, (size_t)t->d * sizeof *k);
-    t->table[h] = (int32_t)t->filled;
+    t->slot[2 * h] = (uint32_t)t->filled;
+    t->slot[2 * h + 1] = hv;
     *id = (int32_t)t->filled++;
     return CARSEG_OK;
 }
@@ -191,7 +225,9 @@ void lattice_free(lattice *L) {
     if (!L) return;
     cs_free(L->offset);
     cs_free(L->bary);
-    cs_free(L->nbr);
+    cs_free(L->ch_dir);
+    cs_free(L->ch_start);
+    cs_free(L->ch_v);
     cs_free(L->sp_start);
     cs_free(L->sp_pt);
     cs_free(L->sp_w);
@@ -217,6 +253,8 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     L->bary = cs_malloc(nc * sizeof *L->bary);
     int32_t *keys = cs_malloc(nc * (size_t)d * sizeof *keys);   /* (n, d+1, d) corner keys */
     htab ht = {0};
+    int32_t *nxt = NULL;
+    uint8_t *hasprev = NULL;
     carseg_status st = CARSEG_OK;
     if (!L->offset || !L->bary || !keys) {
         st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
@@ -251,31 +289,77 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     L->m = (int)ht.filled;
     const int m = L->m;
 
-    /* neighbours along each of the d+1 directions */
-    L->nbr = cs_malloc((size_t)d1 * m * 2 * sizeof *L->nbr);
-    if (!L->nbr) {
+    /* blur chains along each of the d+1 directions: next(v) = key - 1 + (d+1) e_j (for j = d:
+     * key - 1); the reference's other neighbour, key + 1 - (d+1) e_j, is the inverse relation */
+    nxt = cs_malloc((size_t)d1 * m * sizeof *nxt);   /* (d+1, m) next vertex or -1 */
+    hasprev = cs_calloc((size_t)d1 * m, 1);          /* (d+1, m) */
+    if (!nxt || !hasprev) {
         st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
         goto fail;
     }
+    {
+        const int per = 256 / d1;   /* vertices per batch of lookups */
+        const int nb = (m + per - 1) / per;
 #pragma omp parallel for schedule(static)
-    for (int v = 0; v < m; v++) {
-        int32_t n1[LATTICE_MAX_D + 1], n2[LATTICE_MAX_D + 1];
-        const int32_t *k = ht.keys + (size_t)v * d;
-        for (int j = 0; j <= d; j++) {
-            for (int i = 0; i < d; i++) {
-                n1[i] = k[i] - 1;
-                n2[i] = k[i] + 1;
+        for (int bi = 0; bi < nb; bi++) {
+            int32_t qk[256 * LATTICE_MAX_D], res[256];
+            const int v0 = bi * per, v1 = v0 + per < m ? v0 + per : m;
+            int nq = 0;
+            for (int v = v0; v < v1; v++) {
+                const int32_t *k = ht.keys + (size_t)v * d;
+                for (int j = 0; j <= d; j++, nq++) {
+                    int32_t *n1 = qk + (size_t)nq * d;
+                    for (int i = 0; i < d; i++) n1[i] = k[i] - 1;
+                    if (j < d) n1[j] = k[j] + d;
+                }
             }
-            if (j < d) {
-                n1[j] = k[j] + d;
-                n2[j] = k[j] - d;
-            }
-            int32_t *o = L->nbr + ((size_t)j * m + v) * 2;
-            o[0] = htab_find(&ht, n1) + 1;
-            o[1] = htab_find(&ht, n2) + 1;
+            htab_find_batch(&ht, qk, nq, res);
+            nq = 0;
+            for (int v = v0; v < v1; v++)
+                for (int j = 0; j <= d; j++, nq++) {
+                    int32_t u = res[nq];
+                    nxt[(size_t)j * m + v] = u;
+                    if (u >= 0) hasprev[(size_t)j * m + u] = 1;   /* u's predecessor is v alone */
+                }
         }
     }
     htab_free(&ht);
+    size_t nch = 0, nchv = 0;
+    for (size_t e = 0; e < (size_t)d1 * m; e++) {
+        if (nxt[e] >= 0) nchv++;
+        if (nxt[e] >= 0 && !hasprev[e]) nch++;
+    }
+    nchv += nch;   /* every chain has one more vertex than links */
+    if (nchv > (size_t)INT32_MAX) {
+        st = set_err(CARSEG_EINVAL, "lattice: too many points (%d) for the blur structure", n);
+        goto fail;
+    }
+    L->ch_dir = cs_malloc((size_t)(d1 + 1) * sizeof *L->ch_dir);
+    L->ch_start = cs_malloc((nch + 1) * sizeof *L->ch_start);
+    L->ch_v = cs_malloc((nchv ? nchv : 1) * sizeof *L->ch_v);
+    if (!L->ch_dir || !L->ch_start || !L->ch_v) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%zu chain vertices)", nchv);
+        goto fail;
+    }
+    {
+        int32_t c = 0, e = 0;
+        for (int j = 0; j <= d; j++) {
+            const int32_t *nx = nxt + (size_t)j * m;
+            const uint8_t *hp = hasprev + (size_t)j * m;
+            L->ch_dir[j] = c;
+            for (int v = 0; v < m; v++) {
+                if (hp[v] || nx[v] < 0) continue;   /* not a chain head */
+                L->ch_start[c++] = e;
+                for (int32_t u = v; u >= 0; u = nx[u]) L->ch_v[e++] = u;
+            }
+        }
+        L->ch_dir[d1] = c;
+        L->ch_start[c] = e;
+    }
+    cs_free(nxt);
+    cs_free(hasprev);
+    nxt = NULL;
+    hasprev = NULL;
 
     /* splat in gather form: contributions grouped by vertex, in point order */
     L->sp_start = cs_calloc((size_t)m + 1, sizeof *L->sp_start);
@@ -299,6 +383,8 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
 
 fail:
     cs_free(keys);
+    cs_free(nxt);
+    cs_free(hasprev);
     htab_free(&ht);
     lattice_free(L);
     return st;
@@ -307,70 +393,144 @@ fail:
 // ---------------------------------------------------------------------------------------------
 // filtering
 
-size_t lattice_work_floats(const lattice *L, int vs) { return 2 * ((size_t)L->m + 1) * (size_t)vs; }
+size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1) * (size_t)vs; }
 
-carseg_status lattice_filter(const lattice *L, const float *in, float *out, int vs, int reverse,
-                             float *work) {
-    if (vs < 1) return set_err(CARSEG_EINVAL, "lattice_filter: value size %d", vs);
-    const int d = L->d, d1 = d + 1, m = L->m, n = L->n;
-    float *own = NULL;
-    if (!work) {
-        own = work = cs_malloc(lattice_work_floats(L, vs) * sizeof *work);
-        if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", m, vs);
-    }
-    float *val = work, *nval = work + ((size_t)m + 1) * vs;   /* (m+1, vs), row 0 stays zero */
-    for (int k = 0; k < vs; k++) val[k] = nval[k] = 0;
+/* splat + blur: val (m+1, vs) row v+1 = blurred value of vertex v, row 0 zero. The input of point
+ * p is in[p] (· scale[p] when scale is given). */
+static void splat_blur(const lattice *L, const float *in, const float *scale, int vs, int reverse,
+                       float *work) {
+    const int d = L->d, m = L->m;
+    float *val = work;
+    for (int k = 0; k < vs; k++) val[k] = 0;
 
-    /* splat: val[v] = Σ_{points p on v, in order} w · in[p] */
+    /* splat: val[v] = Σ_{points p on v, in point order} w · in[p] */
 #pragma omp parallel for schedule(static)
     for (int v = 0; v < m; v++) {
         float *acc = val + ((size_t)v + 1) * vs;
         for (int k = 0; k < vs; k++) acc[k] = 0;
         for (int32_t e = L->sp_start[v]; e < L->sp_start[v + 1]; e++) {
             const float w = L->sp_w[e];
-            const float *x = in + (size_t)L->sp_pt[e] * vs;
-            for (int k = 0; k < vs; k++) acc[k] += w * x[k];
+            const int32_t p = L->sp_pt[e];
+            const float *x = in + (size_t)p * vs;
+            if (scale) {
+                const float s = scale[p];
+                for (int k = 0; k < vs; k++) acc[k] += w * (x[k] * s);
+            } else {
+                for (int k = 0; k < vs; k++) acc[k] += w * x[k];
+            }
         }
     }
 
-    /* blur: new = old + (n1 + n2) / 2 along each direction */
+    /* blur: new = old + (n1 + n2) / 2 along each direction, in place along each chain (a missing
+     * neighbour counts as zero, as the reference's zero row) */
     for (int jj = 0; jj <= d; jj++) {
         const int j = reverse ? d - jj : jj;
-        const int32_t *nb = L->nbr + (size_t)j * m * 2;
-#pragma omp parallel for schedule(static)
-        for (int v = 0; v < m; v++) {
-            const float *o = val + ((size_t)v + 1) * vs;
-            const float *a = val + (size_t)nb[2 * v] * vs;
-            const float *b = val + (size_t)nb[2 * v + 1] * vs;
-            float *r = nval + ((size_t)v + 1) * vs;
-            for (int k = 0; k < vs; k++) r[k] = o[k] + 0.5f * (a[k] + b[k]);
+        const int32_t *ch_end = L->ch_v + L->ch_start[L->ch_dir[j + 1]];
+#pragma omp parallel for schedule(dynamic, 256)
+        for (int32_t c = L->ch_dir[j]; c < L->ch_dir[j + 1]; c++) {
+            const int32_t *cv = L->ch_v + L->ch_start[c];
+            const int len = L->ch_start[c + 1] - L->ch_start[c];
+            float b0[128], b1[128];
+            for (int k0 = 0; k0 < vs; k0 += 128) {   /* label blocks of 128 */
+                const int kn = vs - k0 < 128 ? vs - k0 : 128;
+                float *prev = b0, *save = b1;
+                for (int k = 0; k < kn; k++) prev[k] = 0;
+                for (int i = 0; i < len; i++) {
+                    if (cv + i + 8 < ch_end) {   /* the walk jumps around memory: fetch ahead */
+                        const char *pf = (const char *)(val + ((size_t)cv[i + 8] + 1) * vs + k0);
+                        for (int b = 0; b < kn * 4; b += 64) __builtin_prefetch(pf + b, 1);
+                    }
+                    float *restrict cur = val + ((size_t)cv[i] + 1) * vs + k0;
+                    const float *restrict nx = i + 1 < len ? val + ((size_t)cv[i + 1] + 1) * vs + k0 : val;
+                    float *restrict pv = prev, *restrict sv = save;
+                    for (int k = 0; k < kn; k++) {
+                        float o = cur[k];
+                        sv[k] = o;
+                        cur[k] = o + 0.5f * (nx[k] + pv[k]);
+                    }
+                    prev = sv;
+                    save = pv;
+                }
+            }
         }
-        float *t = val;
-        val = nval;
-        nval = t;
     }
+}
+
+/* acc[0..kn) = sliced value of point i, labels k0..k0+kn: Σ_j w_j·alpha·val[corner j] in the
+ * reference's rounding (its scalar path for vs <= 2, SSE path otherwise). */
+static inline void slice_point(const lattice *L, const float *val, int i, int k0, int kn, int vs,
+                               float alpha, float *acc) {
+    const int d1 = L->d + 1;
+    const int32_t *off = L->offset + (size_t)i * d1;
+    const float *bw = L->bary + (size_t)i * d1;
+    if (k0 == 0 && i + 8 < L->n) {   /* corners of a later point: fetch ahead */
+        const int32_t *o8 = off + 8 * d1;
+        for (int j = 0; j < d1; j++) {
+            const char *pf = (const char *)(val + (size_t)o8[j] * vs);
+            for (int b = 0; b < vs * 4 && b < 512; b += 64) __builtin_prefetch(pf + b);
+        }
+    }
+    for (int k = 0; k < kn; k++) acc[k] = 0;
+    for (int j = 0; j < d1; j++) {
+        const float *x = val + (size_t)off[j] * vs + k0;
+        if (vs <= 2) {
+            const float w = bw[j];
+            for (int k = 0; k < kn; k++) acc[k] += w * x[k] * alpha;
+        } else {
+            const float w = bw[j] * alpha;
+            for (int k = 0; k < kn; k++) acc[k] += w * x[k];
+        }
+    }
+}
+
+carseg_status lattice_filter(const lattice *L, const float *in, float *out, int vs, int reverse,
+                             float *work) {
+    if (vs < 1) return set_err(CARSEG_EINVAL, "lattice_filter: value size %d", vs);
+    const int n = L->n;
+    float *own = NULL;
+    if (!work) {
+        own = work = cs_malloc(lattice_work_floats(L, vs) * sizeof *work);
+        if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", L->m, vs);
+    }
+    splat_blur(L, in, NULL, vs, reverse, work);
+    const float *val = work;
 
     /* slice with the same weights, scaled by alpha = 1 / (1 + 2^-d) */
-    const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-d));
+    const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-L->d));
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float acc[64], *dst = out + (size_t)i * vs;
-        const int32_t *off = L->offset + (size_t)i * d1;
-        const float *bw = L->bary + (size_t)i * d1;
         for (int k0 = 0; k0 < vs; k0 += 64) {
             const int kn = vs - k0 < 64 ? vs - k0 : 64;
-            for (int k = 0; k < kn; k++) acc[k] = 0;
-            for (int j = 0; j <= d; j++) {
-                const float *x = val + (size_t)off[j] * vs + k0;
-                if (vs <= 2) {
-                    const float w = bw[j];
-                    for (int k = 0; k < kn; k++) acc[k] += w * x[k] * alpha;
-                } else {
-                    const float w = bw[j] * alpha;
-                    for (int k = 0; k < kn; k++) acc[k] += w * x[k];
-                }
-            }
+            slice_point(L, val, i, k0, kn, vs, alpha, acc);
             for (int k = 0; k < kn; k++) dst[k0 + k] = acc[k];
+        }
+    }
+    cs_free(own);
+    return CARSEG_OK;
+}
+
+carseg_status lattice_filter_potts(const lattice *L, const float *in, const float *norm, float w,
+                                   float *acc_out, int vs, float *work) {
+    if (vs < 1) return set_err(CARSEG_EINVAL, "lattice_filter: value size %d", vs);
+    const int n = L->n;
+    float *own = NULL;
+    if (!work) {
+        own = work = cs_malloc(lattice_work_floats(L, vs) * sizeof *work);
+        if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", L->m, vs);
+    }
+    splat_blur(L, in, norm, vs, 0, work);
+    const float *val = work;
+    const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-L->d));
+    const float negw = -w;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float acc[64], *dst = acc_out + (size_t)i * vs;
+        const float s = norm[i];
+        for (int k0 = 0; k0 < vs; k0 += 64) {
+            const int kn = vs - k0 < 64 ? vs - k0 : 64;
+            slice_point(L, val, i, k0, kn, vs, alpha, acc);
+            for (int k = 0; k < kn; k++) dst[k0 + k] -= negw * (acc[k] * s);
         }
     }
     cs_free(own);

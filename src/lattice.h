@@ -24,7 +24,12 @@ typedef struct {
     int m;               /* lattice vertices */
     int32_t *offset;     /* (n, d+1) vertex of each simplex corner, 1-based (0 = the zero row) */
     float *bary;         /* (n, d+1) barycentric weight of each corner */
-    int32_t *nbr;        /* (d+1, m, 2) the two neighbours along each direction, 1-based, 0 if absent */
+    /* blur structure: along direction j the vertices form chains v0, v1, ... (v_{i+1} = the
+     * neighbour key - 1 + (d+1) e_j of v_i); chains c in ch_dir[j] .. ch_dir[j+1]-1 hold the 0-based
+     * vertices ch_v[ch_start[c] .. ch_start[c+1]-1]. Vertices without neighbours are in none. */
+    int32_t *ch_dir;     /* (d+2) */
+    int32_t *ch_start;   /* (chains+1) */
+    int32_t *ch_v;       /* (ch_start[chains]) */
     int32_t *sp_start;   /* (m+1) splat in gather form: vertex v's contributions are entries */
     int32_t *sp_pt;      /* (n*(d+1))   sp_start[v] .. sp_start[v+1]-1, in increasing point order */
     float *sp_w;         /* (n*(d+1))   (so sums run in the reference's order) */
@@ -37,7 +42,8 @@ typedef struct {
 carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad);
 void lattice_free(lattice *L);
 
-/* Scratch floats that lattice_filter needs for value vectors of vs floats. */
+/* Scratch floats that lattice_filter / lattice_filter_potts need for value vectors of vs floats
+ * (with the current OpenMP thread count). */
 size_t lattice_work_floats(const lattice *L, int vs);
 
 /* out (n, vs) = filter(in (n, vs)); in == out is allowed. reverse: blur directions d..0 instead of
@@ -46,5 +52,12 @@ size_t lattice_work_floats(const lattice *L, int vs);
  * path), (w·alpha)·v for vs > 2 (its SSE path). */
 carseg_status lattice_filter(const lattice *L, const float *in, float *out, int vs, int reverse,
                              float *work);
+
+/* The symmetric-normalised Potts message of DenseCRF's PairwisePotential, fused:
+ *     acc (n, vs) -= -w · (norm ⊙ filter(norm ⊙ in))
+ * with the reference's float rounding at every step (norm·in, filter, ·norm, -w·, subtraction).
+ * work as for lattice_filter. */
+carseg_status lattice_filter_potts(const lattice *L, const float *in, const float *norm, float w,
+                                   float *acc, int vs, float *work);
 
 #endif
