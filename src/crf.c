@@ -65,11 +65,12 @@ void crf_bilateral_features(int W, int H, float sx, float sy, float sr, float sg
         }
 }
 
-/* q = softmax(e) per variable (expAndNormalize: subtract the max, exp, divide by the sum). */
-static void softmax_rows(const float *e, float *q, int N, int C) {
+/* q = softmax(e) per variable (expAndNormalize: subtract the max, exp, divide by the sum); then,
+ * when reset is given, e = reset (the next iteration's starting energy, fused into this pass). */
+static void softmax_rows(float *e, float *q, int N, int C, const float *reset) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        const float *x = e + (size_t)i * C;
+        float *x = e + (size_t)i * C;
         float *o = q + (size_t)i * C;
         float mx = x[0];
         for (int c = 1; c < C; c++) mx = x[c] > mx ? x[c] : mx;
@@ -79,6 +80,7 @@ static void softmax_rows(const float *e, float *q, int N, int C) {
             s += o[c];
         }
         for (int c = 0; c < C; c++) o[c] = o[c] / s;
+        if (reset) memcpy(x, reset + (size_t)i * C, (size_t)C * sizeof *x);
     }
 }
 
@@ -141,14 +143,14 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
         st = set_err(CARSEG_ENOMEM, "crf: out of memory (%d pixels x %d labels)", N, C);
         goto done;
     }
-    for (size_t i = 0; i < nc; i++) neg_u[i] = -unary[i];
-    softmax_rows(neg_u, q, N, C);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < (int64_t)nc; i++) acc[i] = neg_u[i] = -unary[i];
+    softmax_rows(acc, q, N, C, iters > 0 ? neg_u : NULL);
 
     for (int it = 0; it < iters; it++) {
-        memcpy(acc, neg_u, nc * sizeof(float));
         for (int j = 0; j < nl; j++)   /* Potts: energy -= -w · n ⊙ K(n ⊙ Q) */
             if ((st = lattice_filter_potts(&lat[j], q, norm[j], w[j], acc, C, work)) != CARSEG_OK) goto done;
-        softmax_rows(acc, q, N, C);
+        softmax_rows(acc, q, N, C, it + 1 < iters ? neg_u : NULL);
     }
 
 done:
@@ -188,12 +190,6 @@ carseg_status crf_run(const float *probs, int C, int H, int W, const uint8_t *fe
     if (!cs_mul_ok(&tot, N, (size_t)C, 5 * sizeof(float)) || N > (size_t)INT32_MAX / 8)
         return set_err(CARSEG_EINVAL, "crf: image %d x %d with %d labels is too large", W, H, C);
 
-    for (int c = 0; c < C; c++)
-        for (size_t i = 0; i < N; i++)
-            if (isnan(probs[(size_t)c * N + i]))
-                return set_err(CARSEG_EINVAL, "probability of label %d at (x %zu, y %zu) is NaN", c,
-                               i % (size_t)W, i / (size_t)W);
-
     float *u = cs_malloc(N * C * sizeof(float));             /* (N, C) unary */
     float *q = cs_malloc(N * C * sizeof(float));             /* (N, C) marginals */
     float *fg = cs_malloc(N * 2 * sizeof(float));            /* (N, 2) Gaussian features */
@@ -203,14 +199,22 @@ carseg_status crf_run(const float *probs, int C, int H, int W, const uint8_t *fe
         st = set_err(CARSEG_ENOMEM, "crf: out of memory (%d x %d, %d labels)", W, H, C);
         goto done;
     }
-    /* unary_from_softmax: -log(clip(p, 1e-5, 1)) in float32 */
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < N; i++)
+    /* unary_from_softmax: -log(clip(p, 1e-5, 1)) in float32; NaN (which clip keeps) is refused */
+    int64_t first_nan = INT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : first_nan)
+    for (int64_t i = 0; i < (int64_t)N; i++)
         for (int c = 0; c < C; c++) {
             float x = probs[(size_t)c * N + i];
+            if (isnan(x) && (int64_t)((size_t)c * N + i) < first_nan) first_nan = (int64_t)((size_t)c * N + i);
             x = x < 1e-5f ? 1e-5f : x > 1.0f ? 1.0f : x;
             u[i * C + c] = -logf(x);
         }
+    if (first_nan != INT64_MAX) {
+        size_t c = (size_t)first_nan / N, i = (size_t)first_nan % N;
+        st = set_err(CARSEG_EINVAL, "probability of label %zu at (x %zu, y %zu) is NaN", c, i % (size_t)W,
+                     i / (size_t)W);
+        goto done;
+    }
     crf_gaussian_features(W, H, p->pos_sxy, p->pos_sxy, fg);
     if (fb) crf_bilateral_features(W, H, p->bi_sxy, p->bi_sxy, p->bi_srgb, p->bi_srgb, p->bi_srgb, feat, fb);
     crf_kernel k[2] = {{2, fg, p->pos_w}, {5, fb, fb ? p->bi_w : 0}};

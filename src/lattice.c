@@ -16,6 +16,21 @@
 
 #include "util.h"
 
+#ifdef LATTICE_PROFILE   /* -DLATTICE_PROFILE: CPU time of each construction phase on stderr */
+#include <stdio.h>
+#include <time.h>
+static double cpu_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+#define PROFILE_START double prof_t0 = cpu_ms()
+#define PT(x) (fprintf(stderr, "  lattice d=%d %s: %.1f ms\n", d, x, cpu_ms() - prof_t0), prof_t0 = cpu_ms())
+#else
+#define PROFILE_START
+#define PT(x) ((void)0)
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // hash table: key (d int32) -> vertex id, open addressing with linear probing; each slot keeps
 // the key's 32-bit hash next to the id so that most mismatches cost no key comparison
@@ -123,9 +138,8 @@ static void htab_find_batch(const htab *t, const int32_t *keys, int nq, int32_t 
 }
 
 /* *id = the vertex id of key, inserting it (next id) when absent. */
-static carseg_status htab_insert(htab *t, const int32_t *k, int32_t *id) {
+static carseg_status htab_insert(htab *t, const int32_t *k, uint32_t hv, int32_t *id) {
     if (2 * (t->filled + 1) > t->cap) TRY(htab_grow(t));
-    const uint32_t hv = hkey(k, t->d);
     size_t h = hv & (t->cap - 1);
     for (;;) {
         uint32_t e = t->slot[2 * h];
@@ -235,6 +249,7 @@ void lattice_free(lattice *L) {
 }
 
 carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad) {
+    PROFILE_START;
     memset(L, 0, sizeof *L);
     if (d < 1 || d > LATTICE_MAX_D)
         return set_err(CARSEG_EINVAL, "lattice: feature dimension %d not in 1..%d", d, LATTICE_MAX_D);
@@ -268,10 +283,15 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     for (int i = 0; i < n; i++)
         simplex_of(feat + (size_t)i * d, d, scale, keys + (size_t)i * d1 * d, L->bary + (size_t)i * d1);
 
-    if ((st = htab_init(&ht, d, (size_t)n)) != CARSEG_OK) goto fail;
+    PT("simplex");
+    if ((st = htab_init(&ht, d, nc / 2)) != CARSEG_OK) goto fail;
+    /* hashes in parallel (kept in offset for now), then the inserts with the slots fetched ahead */
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < (int64_t)nc; c++) L->offset[c] = (int32_t)hkey(keys + c * d, d);
     for (size_t c = 0; c < nc; c++) {
+        if (c + 16 < nc) __builtin_prefetch(ht.slot + 2 * ((uint32_t)L->offset[c + 16] & (ht.cap - 1)));
         int32_t id;
-        if ((st = htab_insert(&ht, keys + c * d, &id)) != CARSEG_OK) goto fail;
+        if ((st = htab_insert(&ht, keys + c * d, (uint32_t)L->offset[c], &id)) != CARSEG_OK) goto fail;
         L->offset[c] = id + 1;
     }
     if (ref_pad && n % 4) {
@@ -281,7 +301,7 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
         simplex_of(zero, d, scale, zk, bw);
         for (int r = 0; r <= d; r++) {
             int32_t id;
-            if ((st = htab_insert(&ht, zk + r * d, &id)) != CARSEG_OK) goto fail;
+            if ((st = htab_insert(&ht, zk + r * d, hkey(zk + r * d, d), &id)) != CARSEG_OK) goto fail;
         }
     }
     cs_free(keys);
@@ -289,6 +309,7 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     L->m = (int)ht.filled;
     const int m = L->m;
 
+    PT("insert");
     /* blur chains along each of the d+1 directions: next(v) = key - 1 + (d+1) e_j (for j = d:
      * key - 1); the reference's other neighbour, key + 1 - (d+1) e_j, is the inverse relation */
     nxt = cs_malloc((size_t)d1 * m * sizeof *nxt);   /* (d+1, m) next vertex or -1 */
@@ -323,44 +344,66 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
                 }
         }
     }
+    PT("nbr lookups");
     htab_free(&ht);
-    size_t nch = 0, nchv = 0;
-    for (size_t e = 0; e < (size_t)d1 * m; e++) {
-        if (nxt[e] >= 0) nchv++;
-        if (nxt[e] >= 0 && !hasprev[e]) nch++;
+    /* chains per direction: counts, then each direction's chains in parallel */
+    int64_t cnt[LATTICE_MAX_D + 2][2];   /* per direction: chains, chain vertices */
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j <= d; j++) {
+        const int32_t *nx = nxt + (size_t)j * m;
+        const uint8_t *hp = hasprev + (size_t)j * m;
+        int64_t a = 0, b = 0;
+        for (int v = 0; v < m; v++) {
+            b += nx[v] >= 0;
+            a += nx[v] >= 0 && !hp[v];
+        }
+        cnt[j][0] = a;
+        cnt[j][1] = a + b;   /* every chain has one more vertex than links */
     }
-    nchv += nch;   /* every chain has one more vertex than links */
-    if (nchv > (size_t)INT32_MAX) {
+    int64_t nch = 0, nchv = 0;
+    for (int j = 0; j <= d; j++) {
+        nch += cnt[j][0];
+        nchv += cnt[j][1];
+    }
+    if (nchv > INT32_MAX) {
         st = set_err(CARSEG_EINVAL, "lattice: too many points (%d) for the blur structure", n);
         goto fail;
     }
     L->ch_dir = cs_malloc((size_t)(d1 + 1) * sizeof *L->ch_dir);
-    L->ch_start = cs_malloc((nch + 1) * sizeof *L->ch_start);
-    L->ch_v = cs_malloc((nchv ? nchv : 1) * sizeof *L->ch_v);
+    L->ch_start = cs_malloc(((size_t)nch + 1) * sizeof *L->ch_start);
+    L->ch_v = cs_malloc((nchv ? (size_t)nchv : 1) * sizeof *L->ch_v);
     if (!L->ch_dir || !L->ch_start || !L->ch_v) {
-        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%zu chain vertices)", nchv);
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%lld chain vertices)", (long long)nchv);
         goto fail;
     }
     {
-        int32_t c = 0, e = 0;
+        int32_t c0[LATTICE_MAX_D + 2], e0[LATTICE_MAX_D + 2];
+        c0[0] = e0[0] = 0;
+        for (int j = 0; j <= d; j++) {
+            c0[j + 1] = c0[j] + (int32_t)cnt[j][0];
+            e0[j + 1] = e0[j] + (int32_t)cnt[j][1];
+            L->ch_dir[j] = c0[j];
+        }
+        L->ch_dir[d1] = c0[d1];
+        L->ch_start[c0[d1]] = e0[d1];
+#pragma omp parallel for schedule(dynamic, 1)
         for (int j = 0; j <= d; j++) {
             const int32_t *nx = nxt + (size_t)j * m;
             const uint8_t *hp = hasprev + (size_t)j * m;
-            L->ch_dir[j] = c;
+            int32_t c = c0[j], e = e0[j];
             for (int v = 0; v < m; v++) {
                 if (hp[v] || nx[v] < 0) continue;   /* not a chain head */
                 L->ch_start[c++] = e;
                 for (int32_t u = v; u >= 0; u = nx[u]) L->ch_v[e++] = u;
             }
         }
-        L->ch_dir[d1] = c;
-        L->ch_start[c] = e;
     }
     cs_free(nxt);
     cs_free(hasprev);
     nxt = NULL;
     hasprev = NULL;
 
+    PT("neighbours+chains");
     /* splat in gather form: contributions grouped by vertex, in point order */
     L->sp_start = cs_calloc((size_t)m + 1, sizeof *L->sp_start);
     L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
@@ -379,6 +422,7 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     }
     for (int v = m; v > 0; v--) L->sp_start[v] = L->sp_start[v - 1];
     L->sp_start[0] = 0;
+    PT("csr");
     return CARSEG_OK;
 
 fail:

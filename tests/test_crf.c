@@ -490,7 +490,9 @@ TEST(crf_cli_end_to_end) {
     /* features: wrong dtype / shape, truncated file, missing file */
     int64_t fs2[3] = {H, W, 4};
     snprintf(bad, sizeof bad, "%s/bad_feat.npy", dir);
-    CHECK_OK(npy_write(bad, NPY_U8, feat, 3, fs2));
+    uint8_t *feat4 = calloc(n * 4, 1);
+    CHECK_OK(npy_write(bad, NPY_U8, feat4, 3, fs2));
+    free(feat4);
     snprintf(args, sizeof args, "--features '%s' --probs '%s' --out-labels '%s'", bad, pp, lp2);
     CHECK(run_cli(args, err) == 1 && file_contains(err, bad));
     CHECK_OK(write_file_atomic(bad, "\x93NUMPY\x01\x00", 8));
