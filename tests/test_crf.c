@@ -8,6 +8,7 @@
 
 #include "check.h"
 #include "crf.h"
+#include "image.h"
 #include "lattice.h"
 #include "util.h"
 
@@ -223,6 +224,32 @@ TEST(crf_features_car_wraps) {
     CHECK(f[0] == (uint8_t)(256 - 104) && f[1] == (uint8_t)(256 - 116) && f[2] == (uint8_t)(256 - 122));
     /* B = 104 - 104.008 = -0.008 -> trunc 0; G = 120 - 116.669 = 3.33 -> 3; R = 255 - 122.675 -> 132 */
     CHECK(f[3] == 0 && f[4] == 3 && f[5] == 132);
+}
+
+TEST(crf_features_car_match_fixtures) {
+    /* CaR's crf_image_u8.npy (the array it handed to addPairwiseBilateral) from input.png */
+    const char *cases[3] = {"chelsea_voc", "coffee300_voc", "astronaut_cocolike"};
+    for (int c = 0; c < 3; c++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, "fixtures/car/%s/input.png", cases[c]);
+        const char *png = shared_path(rel);
+        if (!png || !file_exists(png)) SKIP("%s not found (set CARSEG_SHARED)", rel);
+        snprintf(rel, sizeof rel, "fixtures/car/%s/crf_image_u8.npy", cases[c]);
+        const char *ref = shared_path(rel);
+        image_u8 im;
+        npy_array a;
+        CHECK_OK(image_load_rgb(png, &im));
+        CHECK_OK(npy_read(ref, &a));
+        REQUIRE(a.dtype == NPY_U8 && a.ndim == 3 && a.shape[0] == im.h && a.shape[1] == im.w && a.shape[2] == 3);
+        uint8_t *f = malloc((size_t)im.w * im.h * 3);
+        crf_features_car(im.px, im.w, im.h, f);
+        size_t diff = 0;
+        for (size_t i = 0; i < a.count; i++) diff += f[i] != ((uint8_t *)a.data)[i];
+        CHECK_MSG(diff == 0, "%s: %zu feature bytes differ", cases[c], diff);
+        free(f);
+        npy_free(&a);
+        image_free(&im);
+    }
 }
 
 TEST(crf_hostile_arguments) {
@@ -457,6 +484,63 @@ TEST(crf_cli_end_to_end) {
     npy_free(&L);
     npy_free(&Q);
     CHECK(run_cli("--help", err) == 0);
+
+    /* PNG in and out: features as an RGB PNG give the same result; labels as a palette PNG */
+    char fpng[512], lpng[512];
+    snprintf(fpng, sizeof fpng, "%s/feat.png", dir);
+    snprintf(lpng, sizeof lpng, "%s/labels.png", dir);
+    CHECK_OK(image_save_png_rgb(fpng, feat, W, H));
+    snprintf(args, sizeof args, "--features '%s' --probs '%s' --out-labels '%s' --iters 5 --bi-w 5", fpng, pp, lpng);
+    CHECK(run_cli(args, err) == 0);
+    image_u8 li;
+    CHECK_OK(image_load_indexed(lpng, &li));
+    REQUIRE(li.w == W && li.h == H && li.c == 1);
+    same = 1;
+    for (size_t i = 0; i < n; i++) same &= li.px[i] == lab[i];
+    CHECK(same);
+    image_free(&li);
+    /* more than 256 labels: a 16-bit PNG */
+    {
+        const int C2 = 300, H2 = 4, W2 = 5;
+        size_t n2 = (size_t)H2 * W2;
+        float *p2 = malloc(n2 * C2 * sizeof *p2);
+        for (size_t i = 0; i < n2 * C2; i++) p2[i] = 0.01f;
+        for (size_t i = 0; i < n2; i++) p2[(size_t)(290 - i) * n2 + i] = 0.9f;
+        int64_t ps2[3] = {C2, H2, W2}, fs3[3] = {H2, W2, 3};
+        char pp2[512], fp2[512];
+        snprintf(pp2, sizeof pp2, "%s/p300.npy", dir);
+        snprintf(fp2, sizeof fp2, "%s/f300.npy", dir);
+        CHECK_OK(npy_write(pp2, NPY_F32, p2, 3, ps2));
+        CHECK_OK(npy_write(fp2, NPY_U8, feat, 3, fs3));
+        snprintf(args, sizeof args, "--features '%s' --probs '%s' --out-labels '%s' --iters 2", fp2, pp2, lpng);
+        CHECK(run_cli(args, err) == 0);
+        int w16, h16;
+        uint16_t *l16 = NULL;
+        CHECK_OK(image_load_labels16(lpng, &w16, &h16, &l16));
+        if (l16 && w16 == W2 && h16 == H2)
+            for (size_t i = 0; i < n2; i++) CHECK(l16[i] == 290 - i);
+        free(l16);
+        free(p2);
+    }
+
+    /* CaR's own CRF step from its input image (--car-features) */
+    const char *cin = shared_path("fixtures/car/coffee300_voc/input.png");
+    const char *cpr = shared_path("fixtures/car/coffee300_voc/crf_probs_in.npy");
+    const char *cq = shared_path("fixtures/car/coffee300_voc/crf_q.npy");
+    if (cin && file_exists(cin) && file_exists(cpr) && file_exists(cq)) {
+        snprintf(args, sizeof args, "--features '%s' --car-features --probs '%s' --out-labels '%s' --out-marginals '%s'",
+                 cin, cpr, lp, qp);
+        CHECK(run_cli(args, err) == 0);
+        npy_array a, b;
+        CHECK_OK(npy_read(qp, &a));
+        CHECK_OK(npy_read(cq, &b));
+        if (a.count == b.count && a.dtype == NPY_F32 && b.dtype == NPY_F32)
+            CHECK_CLOSE("car marginals via the CLI", (float *)a.data, (float *)b.data, a.count, 0, 1e-3);
+        else
+            CHECK(0);
+        npy_free(&a);
+        npy_free(&b);
+    }
 
     /* hostile input: error naming the file, non-zero exit, no output written */
     char bad[512], lp2[512], qp2[512];

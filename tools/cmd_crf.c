@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "crf.h"
+#include "image.h"
 #include "util.h"
 
 static const char *USAGE =
@@ -56,7 +57,15 @@ static carseg_status load_features(const char *path, int car, uint8_t **out, int
         *w = (int)a.shape[1];
         *out = a.data;
     } else {
-        return set_err(CARSEG_EFORMAT, "%s: colour features must be an (H, W, 3) uint8 .npy", path);
+        image_u8 im = {0};
+        TRY(image_load_rgb(path, &im));
+        if (im.c != 3 || im.w < 1 || im.h < 1) {
+            image_free(&im);
+            return set_err(CARSEG_EFORMAT, "%s: not an RGB image", path);
+        }
+        *h = im.h;
+        *w = im.w;
+        *out = im.px;   /* taken over: image_free would release it */
     }
     if (car) {
         uint8_t *f = malloc((size_t)*h * *w * 3);
@@ -118,17 +127,24 @@ static carseg_status load_probs(const char *path, float **out, int *c, int *h, i
 
 static carseg_status save_labels(const char *path, const uint16_t *lab, int C, int H, int W) {
     size_t n = (size_t)H * W;
+    carseg_status st;
     if (has_ext(path, ".npy")) {
         int32_t *v = malloc(n * sizeof *v);
         if (!v) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
         for (size_t i = 0; i < n; i++) v[i] = lab[i];
         int64_t shape[2] = {H, W};
-        carseg_status st = npy_write(path, NPY_I32, v, 2, shape);
+        st = npy_write(path, NPY_I32, v, 2, shape);
         free(v);
         return st;
     }
-    (void)C;
-    return set_err(CARSEG_EINVAL, "%s: label output must end in .npy", path);
+    if (C > 256) return image_save_png_gray16(path, lab, W, H);
+    uint8_t *idx = malloc(n), pal[256 * 3];
+    if (!idx) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < n; i++) idx[i] = (uint8_t)lab[i];
+    voc_palette(pal);
+    st = image_save_png_palette(path, idx, W, H, pal, 256);
+    free(idx);
+    return st;
 }
 
 static int cmd_crf(int argc, char **argv) {
@@ -167,7 +183,8 @@ static int cmd_crf(int argc, char **argv) {
         return 2;
     }
     if (qpath && !has_ext(qpath, ".npy")) return cli_fail("%s: marginals output must end in .npy", qpath);
-    if (!has_ext(lpath, ".npy")) return cli_fail("%s: label output must end in .npy", lpath);
+    if (!has_ext(lpath, ".npy") && !has_ext(lpath, ".png"))
+        return cli_fail("%s: label output must end in .png or .npy", lpath);
 
     uint8_t *feat = NULL;
     float *probs = NULL, *q = NULL;
