@@ -437,36 +437,38 @@ fail:
 // ---------------------------------------------------------------------------------------------
 // filtering
 
+/* The vertex buffer holds rows of exactly vs floats (padding rows to aligned widths was measured
+ * slower: the filter is bound by memory traffic). The kernels below are instantiated with vs as a
+ * compile-time constant for the common small sizes. */
 size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1) * (size_t)vs; }
 
-/* splat + blur: val (m+1, vs) row v+1 = blurred value of vertex v, row 0 zero. The input of point
- * p is in[p] (· scale[p] when scale is given). */
-static void splat_blur(const lattice *L, const float *in, const float *scale, int vs, int reverse,
-                       float *work) {
-    const int d = L->d, m = L->m;
-    float *val = work;
-    for (int k = 0; k < vs; k++) val[k] = 0;
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-    /* splat: val[v] = Σ_{points p on v, in point order} w · in[p] */
+/* splat: val[v] = Σ_{points p on v, in point order} w · in[p] (· scale[p] first when given) */
+ALWAYS_INLINE void splat(const lattice *L, const float *in, const float *scale, int vs, int S, float *val) {
+    const int m = L->m;
 #pragma omp parallel for schedule(static)
     for (int v = 0; v < m; v++) {
-        float *acc = val + ((size_t)v + 1) * vs;
-        for (int k = 0; k < vs; k++) acc[k] = 0;
+        float *restrict acc = val + ((size_t)v + 1) * S;
+        for (int k = 0; k < S; k++) acc[k] = 0;
         for (int32_t e = L->sp_start[v]; e < L->sp_start[v + 1]; e++) {
             const float w = L->sp_w[e];
             const int32_t p = L->sp_pt[e];
             const float *x = in + (size_t)p * vs;
             if (scale) {
-                const float s = scale[p];
-                for (int k = 0; k < vs; k++) acc[k] += w * (x[k] * s);
+                const float sc = scale[p];
+                for (int k = 0; k < vs; k++) acc[k] += w * (x[k] * sc);
             } else {
                 for (int k = 0; k < vs; k++) acc[k] += w * x[k];
             }
         }
     }
+}
 
-    /* blur: new = old + (n1 + n2) / 2 along each direction, in place along each chain (a missing
-     * neighbour counts as zero, as the reference's zero row) */
+/* blur: new = old + (n1 + n2) / 2 along each direction, in place along each chain (a missing
+ * neighbour counts as zero, as the reference's zero row) */
+ALWAYS_INLINE void blur(const lattice *L, int S, int reverse, float *val) {
+    const int d = L->d;
     for (int jj = 0; jj <= d; jj++) {
         const int j = reverse ? d - jj : jj;
         const int32_t *ch_end = L->ch_v + L->ch_start[L->ch_dir[j + 1]];
@@ -475,17 +477,17 @@ static void splat_blur(const lattice *L, const float *in, const float *scale, in
             const int32_t *cv = L->ch_v + L->ch_start[c];
             const int len = L->ch_start[c + 1] - L->ch_start[c];
             float b0[128], b1[128];
-            for (int k0 = 0; k0 < vs; k0 += 128) {   /* label blocks of 128 */
-                const int kn = vs - k0 < 128 ? vs - k0 : 128;
+            for (int k0 = 0; k0 < S; k0 += 128) {   /* value blocks of 128 */
+                const int kn = S - k0 < 128 ? S - k0 : 128;
                 float *prev = b0, *save = b1;
                 for (int k = 0; k < kn; k++) prev[k] = 0;
                 for (int i = 0; i < len; i++) {
                     if (cv + i + 8 < ch_end) {   /* the walk jumps around memory: fetch ahead */
-                        const char *pf = (const char *)(val + ((size_t)cv[i + 8] + 1) * vs + k0);
+                        const char *pf = (const char *)(val + ((size_t)cv[i + 8] + 1) * S + k0);
                         for (int b = 0; b < kn * 4; b += 64) __builtin_prefetch(pf + b, 1);
                     }
-                    float *restrict cur = val + ((size_t)cv[i] + 1) * vs + k0;
-                    const float *restrict nx = i + 1 < len ? val + ((size_t)cv[i + 1] + 1) * vs + k0 : val;
+                    float *restrict cur = val + ((size_t)cv[i] + 1) * S + k0;
+                    const float *restrict nx = i + 1 < len ? val + ((size_t)cv[i + 1] + 1) * S + k0 : val;
                     float *restrict pv = prev, *restrict sv = save;
                     for (int k = 0; k < kn; k++) {
                         float o = cur[k];
@@ -500,23 +502,23 @@ static void splat_blur(const lattice *L, const float *in, const float *scale, in
     }
 }
 
-/* acc[0..kn) = sliced value of point i, labels k0..k0+kn: Σ_j w_j·alpha·val[corner j] in the
+/* acc[0..kn) = sliced value of point i, lanes k0..k0+kn: Σ_j w_j·alpha·val[corner j] in the
  * reference's rounding (its scalar path for vs <= 2, SSE path otherwise). */
-static inline void slice_point(const lattice *L, const float *val, int i, int k0, int kn, int vs,
-                               float alpha, float *acc) {
+ALWAYS_INLINE void slice_point(const lattice *L, const float *val, int i, int k0, int kn, int vs, int S,
+                               float alpha, float *restrict acc) {
     const int d1 = L->d + 1;
     const int32_t *off = L->offset + (size_t)i * d1;
     const float *bw = L->bary + (size_t)i * d1;
     if (k0 == 0 && i + 8 < L->n) {   /* corners of a later point: fetch ahead */
         const int32_t *o8 = off + 8 * d1;
         for (int j = 0; j < d1; j++) {
-            const char *pf = (const char *)(val + (size_t)o8[j] * vs);
-            for (int b = 0; b < vs * 4 && b < 512; b += 64) __builtin_prefetch(pf + b);
+            const char *pf = (const char *)(val + (size_t)o8[j] * S);
+            for (int b = 0; b < S * 4 && b < 512; b += 64) __builtin_prefetch(pf + b);
         }
     }
     for (int k = 0; k < kn; k++) acc[k] = 0;
     for (int j = 0; j < d1; j++) {
-        const float *x = val + (size_t)off[j] * vs + k0;
+        const float *x = val + (size_t)off[j] * S + k0;
         if (vs <= 2) {
             const float w = bw[j];
             for (int k = 0; k < kn; k++) acc[k] += w * x[k] * alpha;
@@ -527,56 +529,61 @@ static inline void slice_point(const lattice *L, const float *val, int i, int k0
     }
 }
 
-carseg_status lattice_filter(const lattice *L, const float *in, float *out, int vs, int reverse,
-                             float *work) {
-    if (vs < 1) return set_err(CARSEG_EINVAL, "lattice_filter: value size %d", vs);
+/* out[i] = slice (mode 0), or out[i] -= -w · (slice · norm[i]) (mode 1, the Potts message) */
+ALWAYS_INLINE void slice(const lattice *L, const float *val, int vs, int S, int mode, const float *norm,
+                         float w, float *out) {
     const int n = L->n;
-    float *own = NULL;
-    if (!work) {
-        own = work = cs_malloc(lattice_work_floats(L, vs) * sizeof *work);
-        if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", L->m, vs);
-    }
-    splat_blur(L, in, NULL, vs, reverse, work);
-    const float *val = work;
-
-    /* slice with the same weights, scaled by alpha = 1 / (1 + 2^-d) */
     const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-L->d));
+    const float negw = -w;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float acc[64], *dst = out + (size_t)i * vs;
         for (int k0 = 0; k0 < vs; k0 += 64) {
             const int kn = vs - k0 < 64 ? vs - k0 : 64;
-            slice_point(L, val, i, k0, kn, vs, alpha, acc);
-            for (int k = 0; k < kn; k++) dst[k0 + k] = acc[k];
+            slice_point(L, val, i, k0, kn, vs, S, alpha, acc);
+            const int ko = vs - k0 < kn ? vs - k0 : kn;
+            if (mode == 0) {
+                for (int k = 0; k < ko; k++) dst[k0 + k] = acc[k];
+            } else {
+                const float s = norm[i];
+                for (int k = 0; k < ko; k++) dst[k0 + k] -= negw * (acc[k] * s);
+            }
         }
     }
-    cs_free(own);
-    return CARSEG_OK;
 }
 
-carseg_status lattice_filter_potts(const lattice *L, const float *in, const float *norm, float w,
-                                   float *acc_out, int vs, float *work) {
+static carseg_status filter_any(const lattice *L, const float *in, const float *norm, float w, float *out,
+                                int vs, int reverse, int mode, float *work) {
     if (vs < 1) return set_err(CARSEG_EINVAL, "lattice_filter: value size %d", vs);
-    const int n = L->n;
     float *own = NULL;
     if (!work) {
         own = work = cs_malloc(lattice_work_floats(L, vs) * sizeof *work);
         if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", L->m, vs);
     }
-    splat_blur(L, in, norm, vs, 0, work);
-    const float *val = work;
-    const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-L->d));
-    const float negw = -w;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float acc[64], *dst = acc_out + (size_t)i * vs;
-        const float s = norm[i];
-        for (int k0 = 0; k0 < vs; k0 += 64) {
-            const int kn = vs - k0 < 64 ? vs - k0 : 64;
-            slice_point(L, val, i, k0, kn, vs, alpha, acc);
-            for (int k = 0; k < kn; k++) dst[k0 + k] -= negw * (acc[k] * s);
-        }
+    for (int k = 0; k < vs; k++) work[k] = 0;   /* row 0: absent vertices */
+#define FILTER_VS(V)                                  \
+    do {                                              \
+        splat(L, in, norm, V, V, work);               \
+        blur(L, V, reverse, work);                    \
+        slice(L, work, V, V, mode, norm, w, out);     \
+    } while (0)
+    switch (vs) {
+    case 1: FILTER_VS(1); break;
+    case 2: FILTER_VS(2); break;
+    case 3: FILTER_VS(3); break;
+    default: FILTER_VS(vs); break;
     }
+#undef FILTER_VS
     cs_free(own);
     return CARSEG_OK;
+}
+
+carseg_status lattice_filter(const lattice *L, const float *in, float *out, int vs, int reverse,
+                             float *work) {
+    return filter_any(L, in, NULL, 0, out, vs, reverse, 0, work);
+}
+
+carseg_status lattice_filter_potts(const lattice *L, const float *in, const float *norm, float w,
+                                   float *acc_out, int vs, float *work) {
+    return filter_any(L, in, norm, w, acc_out, vs, 0, 1, work);
 }
