@@ -172,7 +172,7 @@ static void elevation_scale(int d, float *scale) {
 /* Simplex of one point: keys (d+1, d) of its corners and their barycentric weights (d+1).
  * Float arithmetic in the reference's order. */
 static void simplex_of(const float *f, int d, const float *scale, int32_t *keys, float *bw) {
-    float el[LATTICE_MAX_D + 1], rem0[LATTICE_MAX_D + 1], b[LATTICE_MAX_D + 2];
+    float el[LATTICE_MAX_D + 1], rem0[LATTICE_MAX_D + 1], b[LATTICE_MAX_D + 2] = {0};
     int rank[LATTICE_MAX_D + 1];
     const float invd1 = 1.0f / (float)(d + 1), d1 = (float)(d + 1);
 
@@ -217,7 +217,6 @@ static void simplex_of(const float *f, int d, const float *scale, int32_t *keys,
     }
 
     /* barycentric coordinates (p.10) */
-    for (int i = 0; i <= d + 1; i++) b[i] = 0;
     for (int i = 0; i <= d; i++) {
         float v = (el[i] - rem0[i]) * invd1;
         b[d - rank[i]] += v;
