@@ -66,8 +66,8 @@ void crf_bilateral_features(int W, int H, float sx, float sy, float sr, float sg
 }
 
 /* q = softmax(e) per variable (expAndNormalize: subtract the max, exp, divide by the sum); then,
- * when reset is given, e = reset (the next iteration's starting energy, fused into this pass). */
-static void softmax_rows(float *e, float *q, int N, int C, const float *reset) {
+ * when unary is given, e = -unary (the next iteration's starting energy, fused into this pass). */
+static void softmax_rows(float *e, float *q, int N, int C, const float *unary) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         float *x = e + (size_t)i * C;
@@ -80,7 +80,8 @@ static void softmax_rows(float *e, float *q, int N, int C, const float *reset) {
             s += o[c];
         }
         for (int c = 0; c < C; c++) o[c] = o[c] / s;
-        if (reset) memcpy(x, reset + (size_t)i * C, (size_t)C * sizeof *x);
+        if (unary)
+            for (int c = 0; c < C; c++) x[c] = -unary[(size_t)i * C + c];
     }
 }
 
@@ -97,7 +98,7 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
     float *norm[8] = {0};
     float w[8];
     int nl = 0;
-    float *neg_u = NULL, *acc = NULL, *work = NULL;
+    float *acc = NULL, *work = NULL;
     carseg_status st = CARSEG_OK;
     memset(lat, 0, sizeof lat);
     for (int j = 0; j < nk; j++) {
@@ -136,21 +137,20 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
         size_t f = lattice_work_floats(&lat[j], C);
         wf = f > wf ? f : wf;
     }
-    neg_u = cs_malloc(nc * sizeof(float));
-    acc = cs_malloc(nc * sizeof(float));
+    acc = cs_malloc(nc * sizeof(float));   /* (N, C) energies */
     work = wf ? cs_malloc(wf * sizeof(float)) : NULL;
-    if (!neg_u || !acc || (wf && !work)) {
+    if (!acc || (wf && !work)) {
         st = set_err(CARSEG_ENOMEM, "crf: out of memory (%d pixels x %d labels)", N, C);
         goto done;
     }
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < (int64_t)nc; i++) acc[i] = neg_u[i] = -unary[i];
-    softmax_rows(acc, q, N, C, iters > 0 ? neg_u : NULL);
+    for (int64_t i = 0; i < (int64_t)nc; i++) acc[i] = -unary[i];
+    softmax_rows(acc, q, N, C, iters > 0 ? unary : NULL);
 
     for (int it = 0; it < iters; it++) {
         for (int j = 0; j < nl; j++)   /* Potts: energy -= -w · n ⊙ K(n ⊙ Q) */
             if ((st = lattice_filter_potts(&lat[j], q, norm[j], w[j], acc, C, work)) != CARSEG_OK) goto done;
-        softmax_rows(acc, q, N, C, it + 1 < iters ? neg_u : NULL);
+        softmax_rows(acc, q, N, C, it + 1 < iters ? unary : NULL);
     }
 
 done:
@@ -158,7 +158,6 @@ done:
         lattice_free(&lat[j]);
         cs_free(norm[j]);
     }
-    cs_free(neg_u);
     cs_free(acc);
     cs_free(work);
     return st;
