@@ -265,7 +265,9 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     L->n = n;
     L->offset = cs_malloc(nc * sizeof *L->offset);
     L->bary = cs_malloc(nc * sizeof *L->bary);
-    int32_t *keys = cs_malloc(nc * (size_t)d * sizeof *keys);   /* (n, d+1, d) corner keys */
+    /* corner keys of a block of points at a time (bounded scratch for big images) */
+    const int blk = 32768;
+    int32_t *keys = cs_malloc((size_t)(n < blk ? n : blk) * d1 * d * sizeof *keys);   /* (blk, d+1, d) */
     htab ht = {0};
     int32_t *nxt = NULL;
     uint8_t *hasprev = NULL;
@@ -276,22 +278,25 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     }
     float scale[LATTICE_MAX_D];
     elevation_scale(d, scale);
-
-    /* simplices in parallel, vertex ids sequentially in point order (the reference's ids) */
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++)
-        simplex_of(feat + (size_t)i * d, d, scale, keys + (size_t)i * d1 * d, L->bary + (size_t)i * d1);
-
-    PT("simplex");
     if ((st = htab_init(&ht, d, nc / 2)) != CARSEG_OK) goto fail;
-    /* hashes in parallel (kept in offset for now), then the inserts with the slots fetched ahead */
+
+    for (int i0 = 0; i0 < n; i0 += blk) {
+        const int i1 = i0 + blk < n ? i0 + blk : n;
+        const size_t c0 = (size_t)i0 * d1, c1 = (size_t)i1 * d1;
+        /* simplices and key hashes in parallel (hashes kept in offset for now) */
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < (int64_t)nc; c++) L->offset[c] = (int32_t)hkey(keys + c * d, d);
-    for (size_t c = 0; c < nc; c++) {
-        if (c + 16 < nc) __builtin_prefetch(ht.slot + 2 * ((uint32_t)L->offset[c + 16] & (ht.cap - 1)));
-        int32_t id;
-        if ((st = htab_insert(&ht, keys + c * d, (uint32_t)L->offset[c], &id)) != CARSEG_OK) goto fail;
-        L->offset[c] = id + 1;
+        for (int i = i0; i < i1; i++) {
+            int32_t *k = keys + (size_t)(i - i0) * d1 * d;
+            simplex_of(feat + (size_t)i * d, d, scale, k, L->bary + (size_t)i * d1);
+            for (int r = 0; r < d1; r++) L->offset[(size_t)i * d1 + r] = (int32_t)hkey(k + r * d, d);
+        }
+        /* vertex ids sequentially in point order (the reference's ids), slots fetched ahead */
+        for (size_t c = c0; c < c1; c++) {
+            if (c + 16 < c1) __builtin_prefetch(ht.slot + 2 * ((uint32_t)L->offset[c + 16] & (ht.cap - 1)));
+            int32_t id;
+            if ((st = htab_insert(&ht, keys + (c - c0) * d, (uint32_t)L->offset[c], &id)) != CARSEG_OK) goto fail;
+            L->offset[c] = id + 1;
+        }
     }
     if (ref_pad && n % 4) {
         /* the SSE build's padding lanes: a point with all-zero features, inserted last */
@@ -308,7 +313,7 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     L->m = (int)ht.filled;
     const int m = L->m;
 
-    PT("insert");
+    PT("simplices + insert");
     /* blur chains along each of the d+1 directions: next(v) = key - 1 + (d+1) e_j (for j = d:
      * key - 1); the reference's other neighbour, key + 1 - (d+1) e_j, is the inverse relation */
     nxt = cs_malloc((size_t)d1 * m * sizeof *nxt);   /* (d+1, m) next vertex or -1 */
