@@ -270,9 +270,9 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
     int C3 = 3 * C;
     /* work items: (batch, head, block of query rows). Per block: S = q k^T (sgemm, only the
      * columns a causal row can see), fused mask + softmax, out = P v (sgemm). The block of P
-     * stays in cache between the three steps. */
-    int RB = 64;
-    while (RB > 16 && (size_t)RB * L * sizeof(float) > (256u << 10)) RB /= 2;
+     * stays in cache (L2) between the three steps. */
+    int RB = 256;   /* larger blocks repack K less often; the block of P stays within ~1 MB */
+    while (RB > 16 && (size_t)RB * L * sizeof(float) > (1u << 20)) RB /= 2;
     int nrb = (L + RB - 1) / RB;
     int par = B * NH * nrb > 1 && nn_threads() > 1;
     int prev = blas_solo_begin();
