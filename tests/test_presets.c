@@ -64,3 +64,15 @@ TEST(presets_match_fixture_meta) {
     for (size_t i = 0; i < 15; i++) CHECK(!strcmp(json_at(t, i)->str, CAR_TEMPLATES[i]));
     json_free(m);
 }
+
+TEST(presets_pc459) {
+    const car_preset *p = preset_find("pc459");
+    REQUIRE(p && p->list);
+    CHECK(p->list->n == 459 && p->list->n_stuff == 26 && p->list->n_things == 433);
+    CHECK(!strcmp(p->list->classes[p->list->stuff[0]], "atrium"));
+    CHECK(!strcmp(p->list->classes[p->list->stuff[25]], "wood"));
+    CHECK(!strcmp(p->list->classes[458], "wool"));
+    CHECK_NEAR(p->eta, 0.4, 1e-7);
+    /* ADE-847's list is not shipped: the preset is left out rather than guessed */
+    CHECK(preset_find("ade847") == NULL);
+}
