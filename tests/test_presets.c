@@ -65,7 +65,7 @@ TEST(presets_match_fixture_meta) {
     json_free(m);
 }
 
-TEST(presets_pc459) {
+TEST(presets_pc459_ade847) {
     const car_preset *p = preset_find("pc459");
     REQUIRE(p && p->list);
     CHECK(p->list->n == 459 && p->list->n_stuff == 26 && p->list->n_things == 433);
@@ -73,6 +73,10 @@ TEST(presets_pc459) {
     CHECK(!strcmp(p->list->classes[p->list->stuff[25]], "wood"));
     CHECK(!strcmp(p->list->classes[458], "wool"));
     CHECK_NEAR(p->eta, 0.4, 1e-7);
-    /* ADE-847's list is not shipped: the preset is left out rather than guessed */
-    CHECK(preset_find("ade847") == NULL);
+    const car_preset *a = preset_find("ade847");
+    REQUIRE(a && a->list);
+    CHECK(a->list->n == 847 && a->list->n_stuff == 29 && a->list->n_things == 818);
+    CHECK(!strcmp(a->list->classes[a->list->stuff[15]], "island"));
+    CHECK(!strcmp(a->list->classes[a->list->stuff[28]], "iceberg"));
+    CHECK(!strcmp(a->list->classes[846], "adding machine, totalizer, totaliser"));
 }
