@@ -172,8 +172,8 @@ void vp_draw_ellipse(uint8_t *rgb, int w, int h, int cx, int cy, int ax, int ay,
     sin_table_init();
     if (ax < 0) ax = -ax;
     if (ay < 0) ay = -ay;
-    int64_t CX = (int64_t)cx << XY_SHIFT, CY = (int64_t)cy << XY_SHIFT;
-    int64_t AX = (int64_t)ax << XY_SHIFT, AY = (int64_t)ay << XY_SHIFT;
+    int64_t CX = (int64_t)cx * XY_ONE, CY = (int64_t)cy * XY_ONE;   /* cx << XY_SHIFT */
+    int64_t AX = (int64_t)ax * XY_ONE, AY = (int64_t)ay * XY_ONE;
     int delta = (int)(((AX > AY ? AX : AY) + (XY_ONE >> 1)) >> XY_SHIFT);
     delta = delta < 3 ? 90 : delta < 10 ? 30 : delta < 15 ? 18 : 5;
     /* ellipse2Poly, angle 0 (alpha = cos 0 = 1, beta = sin 0 = 0), arc 0..360 */
