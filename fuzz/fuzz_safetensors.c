@@ -1,7 +1,7 @@
 /* fuzz_safetensors.c — libFuzzer target: arbitrary bytes through the model-file loader as a
  * safetensors file (header JSON, offsets, dtypes, Hugging Face name mapping).
- *   make fuzz && build/fuzz/fuzz_safetensors -max_total_time=60 CORPUS_DIR
- * Seeds: any small .safetensors (scripts/gen_model_files.py writes some). */
+ *   make fuzz && build/fuzz/fuzz_safetensors -max_total_time=60 CORPUS_DIR fuzz/seeds/safetensors
+ * Seeds: fuzz/seeds/safetensors (OpenAI and Hugging Face names). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* fuzz_torchzip.c — libFuzzer target: arbitrary bytes through the PyTorch zip reader (central
  * directory, zip64, local headers), the pickle interpreter and tensor views. CRC checks are off
  * so mutations reach the parsers behind them.
- *   make fuzz && build/fuzz/fuzz_torchzip -max_total_time=60 -max_len=65536 CORPUS_DIR
- * Seeds: views.pt, tiny_jit.pt, state files from scripts/gen_model_files.py. */
+ *   make fuzz && build/fuzz/fuzz_torchzip -max_total_time=60 -max_len=65536 CORPUS_DIR fuzz/seeds/torchzip
+ * Seeds: fuzz/seeds/torchzip (views.pt, tiny_jit.pt from scripts/gen_model_files.py). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -85,10 +85,12 @@ carseg_status carseg_models_resolve_vocab(const char *path_or_null, char **path_
 /* Downloads a known model into the cache unless present (even when downloads are off: this is
  * the explicit request). path_out may be NULL. */
 carseg_status carseg_models_pull(const char *name, char **path_out);
-/* Automatic downloads in _resolve: 1 = allowed (default, unless CARSEG_OFFLINE is set), 0 = off. */
+/* Automatic downloads in _resolve: 1 = allowed, 0 = off, -1 = the default: allowed unless
+ * $CARSEG_OFFLINE is set (to anything but 0). */
 void carseg_models_allow_download(int allow);
-/* Download progress: called with the file name, bytes so far, total (0 if unknown), and
- * finished = 1 once at the end of a successful transfer. The default,
+/* Download progress: called with the file name, bytes so far, total (0 if unknown) and
+ * `finished`: 0 during the transfer (first with done = 0), then once 1 (downloaded and
+ * verified) or -1 (failed). The default,
  * carseg_models_progress_stderr, draws a bar on stderr when it is a terminal and prints a
  * line every 10% otherwise. fn = NULL silences progress. */
 typedef void (*carseg_progress_fn)(const char *what, uint64_t done, uint64_t total, int finished,

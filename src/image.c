@@ -29,6 +29,7 @@
 
 #include <jpeglib.h>
 #include <jerror.h>
+
 #include <png.h>
 #include <tiffio.h>
 
@@ -459,15 +460,33 @@ done:
 // ---------------------------------------------------------------------------------------------
 // public loaders
 
+carseg_status image_decode_rgb(const char *name, const uint8_t *d, size_t n, image_u8 *out) {
+    memset(out, 0, sizeof *out);
+    if (is_jpeg(d, n)) return load_jpeg(name, d, n, out, 1);
+    if (is_png(d, n)) return load_png(name, d, n, PNG_WANT_RGB, out, NULL, NULL, NULL);
+    return set_err(CARSEG_EFORMAT, "%s: not a JPEG or PNG file", name);
+}
+
+carseg_status image_decode_indexed(const char *name, const uint8_t *d, size_t n, image_u8 *out) {
+    memset(out, 0, sizeof *out);
+    if (is_png(d, n)) return load_png(name, d, n, PNG_WANT_INDEX, out, NULL, NULL, NULL);
+    return set_err(CARSEG_EFORMAT, "%s: not a PNG file (label maps must be lossless)", name);
+}
+
+carseg_status image_decode_labels16(const char *name, const uint8_t *d, size_t n, int *w, int *h,
+                                    uint16_t **out) {
+    *out = NULL;
+    if (is_png(d, n)) return load_png(name, d, n, PNG_WANT_U16, NULL, w, h, out);
+    if (is_tiff(d, n)) return load_tiff_u16(name, d, n, w, h, out);
+    return set_err(CARSEG_EFORMAT, "%s: not a PNG or TIFF label file", name);
+}
+
 carseg_status image_load_rgb(const char *path, image_u8 *out) {
     uint8_t *d;
     size_t n;
     memset(out, 0, sizeof *out);
     TRY(read_file(path, &d, &n));
-    carseg_status st;
-    if (is_jpeg(d, n)) st = load_jpeg(path, d, n, out, 1);
-    else if (is_png(d, n)) st = load_png(path, d, n, PNG_WANT_RGB, out, NULL, NULL, NULL);
-    else st = set_err(CARSEG_EFORMAT, "%s: not a JPEG or PNG file", path);
+    carseg_status st = image_decode_rgb(path, d, n, out);
     free(d);
     return st;
 }
@@ -477,9 +496,7 @@ carseg_status image_load_indexed(const char *path, image_u8 *out) {
     size_t n;
     memset(out, 0, sizeof *out);
     TRY(read_file(path, &d, &n));
-    carseg_status st;
-    if (is_png(d, n)) st = load_png(path, d, n, PNG_WANT_INDEX, out, NULL, NULL, NULL);
-    else st = set_err(CARSEG_EFORMAT, "%s: not a PNG file (label maps must be lossless)", path);
+    carseg_status st = image_decode_indexed(path, d, n, out);
     free(d);
     return st;
 }
@@ -489,10 +506,7 @@ carseg_status image_load_labels16(const char *path, int *w, int *h, uint16_t **o
     size_t n;
     *out = NULL;
     TRY(read_file(path, &d, &n));
-    carseg_status st;
-    if (is_png(d, n)) st = load_png(path, d, n, PNG_WANT_U16, NULL, w, h, out);
-    else if (is_tiff(d, n)) st = load_tiff_u16(path, d, n, w, h, out);
-    else st = set_err(CARSEG_EFORMAT, "%s: not a PNG or TIFF label file", path);
+    carseg_status st = image_decode_labels16(path, d, n, w, h, out);
     free(d);
     return st;
 }
@@ -705,19 +719,35 @@ carseg_status image_resize_bicubic(const image_u8 *src, int out_w, int out_h, im
             for (int i = 0; i < out_h; i++) bv[2 * i] -= y0;
     }
     if (need_v) {
-        const int vw = out_w;   /* width of the vertical pass input (out_w == iw when !need_h) */
-        #pragma omp parallel for schedule(static) if ((size_t)out_h * out_w > 65536)
-        for (int yy = 0; yy < out_h; yy++) {
-            int ymin = bv[2 * yy], ymax = bv[2 * yy + 1];
-            const int32_t *k = kv + (size_t)yy * ksv;
-            uint8_t *o = dst->px + (size_t)yy * vw * c;
-            for (int i = 0; i < vw * c; i++) {
-                int32_t ss = 1 << (PRECISION_BITS - 1);
-                for (int y = 0; y < ymax; y++) ss += vin[(size_t)(y + ymin) * vw * c + i] * k[y];
-                o[i] = clip8(ss);
+        /* input of the vertical pass: out_w columns (== iw when there was no horizontal pass);
+         * accumulated row-wise, the same integer sums as Pillow's per-pixel loop */
+        const size_t rowlen = (size_t)out_w * c;
+        int fail = 0;
+        #pragma omp parallel if ((size_t)out_h * out_w > 65536)
+        {
+            int32_t *acc = malloc(sizeof(int32_t) * rowlen);
+            if (!acc) {
+                #pragma omp atomic write
+                fail = 1;
             }
+            #pragma omp for schedule(static)
+            for (int yy = 0; yy < out_h; yy++) {
+                if (!acc) continue;
+                int ymin = bv[2 * yy], ymax = bv[2 * yy + 1];
+                const int32_t *k = kv + (size_t)yy * ksv;
+                for (size_t i = 0; i < rowlen; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+                for (int y = 0; y < ymax; y++) {
+                    const uint8_t *r = vin + (size_t)(y + ymin) * rowlen;
+                    const int32_t ky = k[y];
+                    for (size_t i = 0; i < rowlen; i++) acc[i] += r[i] * ky;
+                }
+                uint8_t *o = dst->px + (size_t)yy * rowlen;
+                for (size_t i = 0; i < rowlen; i++) o[i] = clip8(acc[i]);
+            }
+            free(acc);
         }
         if (need_h) free(tmp);
+        if (fail) goto oom;
     }
     free(bh), free(bv), free(kh), free(kv);
     return CARSEG_OK;

@@ -76,33 +76,46 @@ void cv_gaussian_blur_u8(uint8_t *dst, const uint8_t *src, int w, int h, int c, 
     CS_ASSERT(kk);
     gaussian_taps_q8(ksize, kk);
     const int r = ksize / 2;
-    int *xi = malloc(sizeof(int) * ((size_t)w + 2 * r)), *yi = malloc(sizeof(int) * ((size_t)h + 2 * r));
-    uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)w * h * c);   /* rows filtered, 8.8 */
-    CS_ASSERT(xi && yi && tmp);
-    for (int i = 0; i < w + 2 * r; i++) xi[i] = reflect101(i - r, w);
-    for (int i = 0; i < h + 2 * r; i++) yi[i] = reflect101(i - r, h);
-    #pragma omp parallel for schedule(static) if ((size_t)w * h > 65536)
-    for (int y = 0; y < h; y++) {
-        const uint8_t *s = src + (size_t)y * w * c;
-        uint16_t *o = tmp + (size_t)y * w * c;
-        for (int x = 0; x < w; x++)
-            for (int ch = 0; ch < c; ch++) {
-                uint32_t acc = 0;
-                for (int j = 0; j < ksize; j++) acc += (uint32_t)kk[j] * s[(size_t)xi[x + j] * c + ch];
-                o[(size_t)x * c + ch] = (uint16_t)acc;
-            }
-    }
     const size_t row = (size_t)w * c;
-    #pragma omp parallel for schedule(static) if ((size_t)w * h > 65536)
-    for (int y = 0; y < h; y++) {
-        uint8_t *o = dst + (size_t)y * row;
-        for (size_t i = 0; i < row; i++) {
-            uint32_t acc = 1u << 15;
-            for (int j = 0; j < ksize; j++) acc += (uint32_t)kk[j] * tmp[(size_t)yi[y + j] * row + i];
-            o[i] = (uint8_t)(acc >> 16);
+    int *yi = malloc(sizeof(int) * ((size_t)h + 2 * r));
+    uint16_t *tmp = malloc(sizeof(uint16_t) * row * h);   /* rows filtered, 8.8 fixed point */
+    CS_ASSERT(yi && tmp);
+    for (int i = 0; i < h + 2 * r; i++) yi[i] = reflect101(i - r, h);
+    #pragma omp parallel if (row * h > 65536)
+    {
+        /* one source row with its reflected border: (w + 2r) * c samples */
+        uint8_t *pad = malloc((size_t)(w + 2 * r) * c);
+        uint32_t *acc = malloc(sizeof(uint32_t) * row);
+        CS_ASSERT(pad && acc);
+        #pragma omp for schedule(static)
+        for (int y = 0; y < h; y++) {
+            const uint8_t *s = src + (size_t)y * row;
+            for (int i = 0; i < w + 2 * r; i++)
+                memcpy(pad + (size_t)i * c, s + (size_t)reflect101(i - r, w) * c, (size_t)c);
+            uint16_t *o = tmp + (size_t)y * row;
+            for (size_t i = 0; i < row; i++) acc[i] = 0;
+            for (int j = 0; j < ksize; j++) {
+                const uint32_t kj = (uint32_t)kk[j];
+                const uint8_t *q = pad + (size_t)j * c;
+                for (size_t i = 0; i < row; i++) acc[i] += kj * q[i];
+            }
+            for (size_t i = 0; i < row; i++) o[i] = (uint16_t)acc[i];   /* <= 255 * 256 */
         }
+        #pragma omp for schedule(static)
+        for (int y = 0; y < h; y++) {
+            for (size_t i = 0; i < row; i++) acc[i] = 1u << 15;
+            for (int j = 0; j < ksize; j++) {
+                const uint32_t kj = (uint32_t)kk[j];
+                const uint16_t *q = tmp + (size_t)yi[y + j] * row;
+                for (size_t i = 0; i < row; i++) acc[i] += kj * q[i];
+            }
+            uint8_t *o = dst + (size_t)y * row;
+            for (size_t i = 0; i < row; i++) o[i] = (uint8_t)(acc[i] >> 16);
+        }
+        free(pad);
+        free(acc);
     }
-    free(tmp), free(xi), free(yi);
+    free(tmp), free(yi);
     if (kk != k) free(kk);
 }
 
@@ -117,16 +130,21 @@ void cv_bgr2gray_u8(uint8_t *dst, const uint8_t *src, int w, int h) {
 
 /* Linear taps per output coordinate as cv::resize computes them (float, half-pixel centres,
  * clamped at both ends): out[d] = in[i0[d]] * a0[d] + in[i1[d]] * a1[d]. */
-static void linear_taps(int dn, int sn, int *i0, int *i1, float *a0, float *a1) {
+/* clamp_weights: cv::resize clamps the horizontal taps at the borders (weight 1 on the edge
+ * pixel) but not the vertical ones: there only the row indices are clamped, the weights stay
+ * (1 - f, f), so an edge row comes out as v*(1-f) + v*f, which may differ from v by an ulp. */
+static void linear_taps(int dn, int sn, int clamp_weights, int *i0, int *i1, float *a0, float *a1) {
     double scale = 1.0 / ((double)dn / sn);
     for (int d = 0; d < dn; d++) {
         float f = (float)((d + 0.5) * scale - 0.5);
         int s = (int)floorf(f);
         f -= (float)s;
-        if (s < 0) f = 0, s = 0;
-        if (s >= sn - 1) f = 0, s = sn - 1;
-        i0[d] = s;
-        i1[d] = s + 1 < sn ? s + 1 : sn - 1;
+        if (clamp_weights) {
+            if (s < 0) f = 0, s = 0;
+            if (s >= sn - 1) f = 0, s = sn - 1;
+        }
+        i0[d] = s < 0 ? 0 : s > sn - 1 ? sn - 1 : s;
+        i1[d] = s + 1 < 0 ? 0 : s + 1 > sn - 1 ? sn - 1 : s + 1;
         a0[d] = 1.0f - f;
         a1[d] = f;
     }
@@ -139,19 +157,23 @@ void cv_resize_linear_f32(float *dst, int dw, int dh, const float *src, int sw, 
         return;
     }
     if (dw * 2 == sw && dh * 2 == sh) {
-        /* cv::resize turns an exact 2x downscale into INTER_AREA's fast path (same weights) */
+        /* cv::resize turns an exact 2x downscale into INTER_AREA's fast path (same weights,
+         * other rounding): 4-wide SIMD blocks add (a+b)+(c+d), the scalar tail ((a+b)+c)+d. */
         for (int y = 0; y < dh; y++) {
             const float *a = src + (size_t)(2 * y) * sw, *b = a + sw;
-            for (int x = 0; x < dw; x++)
-                dst[(size_t)y * dw + x] = (a[2 * x] + a[2 * x + 1] + b[2 * x] + b[2 * x + 1]) * 0.25f;
+            int x = 0;
+            for (; x < dw / 4 * 4; x++)
+                dst[(size_t)y * dw + x] = ((a[2 * x] + a[2 * x + 1]) + (b[2 * x] + b[2 * x + 1])) * 0.25f;
+            for (; x < dw; x++)
+                dst[(size_t)y * dw + x] = (((a[2 * x] + a[2 * x + 1]) + b[2 * x]) + b[2 * x + 1]) * 0.25f;
         }
         return;
     }
     int *xi = malloc(sizeof(int) * 2 * dw), *yi = malloc(sizeof(int) * 2 * dh);
     float *xa = malloc(sizeof(float) * 2 * dw), *ya = malloc(sizeof(float) * 2 * dh);
     CS_ASSERT(xi && yi && xa && ya);
-    linear_taps(dw, sw, xi, xi + dw, xa, xa + dw);
-    linear_taps(dh, sh, yi, yi + dh, ya, ya + dh);
+    linear_taps(dw, sw, 1, xi, xi + dw, xa, xa + dw);
+    linear_taps(dh, sh, 0, yi, yi + dh, ya, ya + dh);
     #pragma omp parallel for schedule(static) if ((size_t)dw * dh > 65536)
     for (int y = 0; y < dh; y++) {
         const float *r0 = src + (size_t)yi[y] * sw, *r1 = src + (size_t)yi[dh + y] * sw;

@@ -221,14 +221,21 @@ static char *entry_url(const entry *e) {
 void carseg_models_progress_stderr(const char *what, uint64_t done, uint64_t total, int finished,
                                    void *user) {
     (void)user;
-    static double last_ms = -1e9, start_ms;
-    static int last_decile = -1, tty = -1;
-    static uint64_t last_done;
+    static double last_ms, start_ms;
+    static int last_decile = -1, tty = -1, drawn;
     double t = now_ms();
     if (tty < 0) tty = isatty(2);
-    if (done == 0 && !finished) { start_ms = t; last_decile = -1; last_done = 0; }
-    if (done < last_done) { start_ms = t; last_decile = -1; }   /* a new download */
-    last_done = done;
+    if (done == 0 && !finished) {   /* a new transfer */
+        start_ms = t;
+        last_ms = t;
+        last_decile = 0;
+        return;
+    }
+    if (finished < 0) {   /* failed: end the bar's line */
+        if (tty && drawn) fputc('\n', stderr);
+        drawn = 0;
+        return;
+    }
     double mb = (double)done / 1e6, tot = (double)total / 1e6;
     double rate = t > start_ms ? mb / ((t - start_ms) / 1000.0) : 0;
     if (tty) {
@@ -243,18 +250,19 @@ void carseg_models_progress_stderr(const char *what, uint64_t done, uint64_t tot
                     100.0 * (double)done / (double)total, mb, tot, rate);
         else
             fprintf(stderr, "\r%s %7.1f MB %6.1f MB/s", what, mb, rate);
+        drawn = !finished;
         if (finished) fputc('\n', stderr);
         fflush(stderr);
-    } else {
-        int dec = total ? (int)(10 * done / total) : -1;
-        if (!finished && (total ? dec == last_decile : t - last_ms < 10000)) return;
+    } else {   /* a line per 10% (or per 10 s when the size is unknown), and one at the end */
+        int dec = total ? (int)(10 * done / total) : 0;
+        if (!finished && (total ? dec == last_decile || dec >= 10 : t - last_ms < 10000)) return;
         last_decile = dec;
         last_ms = t;
         if (total)
             fprintf(stderr, "carseg: %s: %3d%% (%.1f of %.1f MB)%s\n", what,
-                    (int)(100 * done / total), mb, tot, finished ? " done" : "");
+                    (int)(100 * done / total), mb, tot, finished ? ", done" : "");
         else
-            fprintf(stderr, "carseg: %s: %.1f MB%s\n", what, mb, finished ? " done" : "");
+            fprintf(stderr, "carseg: %s: %.1f MB%s\n", what, mb, finished ? ", done" : "");
     }
 }
 
@@ -263,7 +271,7 @@ void carseg_models_set_progress(carseg_progress_fn fn, void *user) {
     g_progress_user = user;
 }
 
-void carseg_models_allow_download(int allow) { g_allow = allow ? 1 : 0; }
+void carseg_models_allow_download(int allow) { g_allow = allow < 0 ? -1 : allow ? 1 : 0; }
 
 static int downloads_allowed(void) {
     if (g_allow >= 0) return g_allow;
@@ -313,6 +321,11 @@ static carseg_status offline_hint(carseg_status st, const entry *e, const char *
                    e->info.name, why, url, path, e->info.name);
 }
 
+static int is_regular(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
 static carseg_status download(const entry *e, const char *path) {
     char *url = entry_url(e);
     char *dir = NULL;
@@ -337,7 +350,8 @@ static carseg_status download(const entry *e, const char *path) {
         close(fd); free(part); free(url);
         return st;
     }
-    if (file_exists(path)) {   /* another process finished while we were starting */
+    if (is_regular(path)) {   /* another process finished while we were starting */
+        unlink(part);
         close(fd); free(part); free(url);
         return CARSEG_OK;
     }
@@ -375,6 +389,7 @@ static carseg_status download(const entry *e, const char *path) {
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     if (g_progress) g_progress(c.what, 0, 0, 0, g_progress_user);
     CURLcode rc = curl_easy_perform(h);
+    if (rc != CURLE_OK && g_progress) g_progress(c.what, c.done, 0, -1, g_progress_user);
     if (rc != CURLE_OK) {
         char why[CURL_ERROR_SIZE + 128];
         if (c.write_err)
@@ -385,7 +400,6 @@ static carseg_status download(const entry *e, const char *path) {
                          : offline_hint(CARSEG_ENET, e, url, path, why);
         goto out;
     }
-    if (g_progress) g_progress(c.what, c.done, c.done, 1, g_progress_user);
     unsigned char dg[32];
     unsigned dl = 0;
     char hex[65];
@@ -397,6 +411,7 @@ static carseg_status download(const entry *e, const char *path) {
                      e->info.sha256);
         goto out;
     }
+    if (g_progress) g_progress(c.what, c.done, c.done, 1, g_progress_user);
     if (fsync(fd) != 0 || rename(part, path) != 0) {
         st = set_err(CARSEG_EIO, "%s: cannot move the download into place: %s", path, strerror(errno));
         goto out;
@@ -413,11 +428,6 @@ out:
 
 // ---------------------------------------------------------------------------------------------
 // resolve
-
-static int is_regular(const char *p) {
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
-}
 
 static carseg_status get_entry_file(const entry *e, int allow, char **path_out) {
     char *path;

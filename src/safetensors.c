@@ -2,7 +2,7 @@
  * length N, N bytes of JSON {"name": {"dtype", "shape", "data_offsets": [begin, end]}, ...,
  * "__metadata__": {...}}, then the byte buffer the offsets index. F32/F16/BF16 tensors are
  * converted to float32; integer and bool tensors (e.g. Hugging Face's position_ids buffer) are
- * not weights and are skipped. Every offset, length and shape is checked against the file.
+ * not weights and are skipped; other dtypes (F64, F8) are skipped with a warning. Every offset, length and shape is checked against the file.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -50,9 +50,11 @@ static carseg_status st_tensor(wfile *f, const char *name, const json *e, const 
              strcmp(dt, "I8") == 0 || strcmp(dt, "U8") == 0 || strcmp(dt, "U16") == 0 ||
              strcmp(dt, "U32") == 0 || strcmp(dt, "U64") == 0 || strcmp(dt, "BOOL") == 0)
         return CARSEG_OK;   /* an index buffer, not a weight */
-    else
-        return set_err(CARSEG_EFORMAT, "%s: unsupported dtype %s (need F32, F16 or BF16) (tensor %s)", path,
-                       dt, name);
+    else {   /* F64, F8...: skipped with a warning; if CLIP needs it, clip_load names it as missing */
+        cs_log(CARSEG_LOG_WARN, "%s: skipping tensor %s: unsupported dtype %s (need F32, F16 or BF16)", path,
+               name, dt);
+        return CARSEG_OK;
+    }
     esz = wdt_size(wd);
     if (shape->len > 4)
         return set_err(CARSEG_EFORMAT, "%s: %zu dimensions, at most 4 supported (tensor %s)", path,

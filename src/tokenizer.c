@@ -23,6 +23,7 @@
  */
 #include "tokenizer.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -72,10 +73,7 @@ static uint32_t byte_to_cp[256];
 static int16_t cp_to_byte[0x144];   /* inverse, -1 where none */
 static uint8_t byte_order[256];     /* id k < 256 -> byte */
 
-static void byte_tables_init(void) {
-    static int done;
-    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE)) return;
-    /* idempotent: racing threads compute the same values */
+static void byte_tables_fill(void) {
     int n = 0, extra = 0;
     for (int b = 0; b < 256; b++) if (byte_printable(b)) byte_order[n++] = (uint8_t)b;
     for (int b = 0; b < 256; b++) if (!byte_printable(b)) byte_order[n++] = (uint8_t)b;
@@ -84,8 +82,9 @@ static void byte_tables_init(void) {
         byte_to_cp[b] = byte_printable(b) ? (uint32_t)b : (uint32_t)(256 + extra++);
         cp_to_byte[byte_to_cp[b]] = (int16_t)b;
     }
-    __atomic_store_n(&done, 1, __ATOMIC_RELEASE);
 }
+static pthread_once_t g_byte_once = PTHREAD_ONCE_INIT;
+static void byte_tables_init(void) { pthread_once(&g_byte_once, byte_tables_fill); }
 
 static int put_utf8(uint32_t c, char *o) {
     if (c < 0x80) { o[0] = (char)c; return 1; }

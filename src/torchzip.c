@@ -179,7 +179,7 @@ struct pval {
     size_t n, cap;
     pval *cls, *state;      /* OBJ: class and BUILD state; REDUCED: callable and args */
     /* STORAGE */
-    int dt;                 /* wdtype, or -1: a non-float storage (not a weight) */
+    int dt;                 /* wdtype; -1: integer storage (not a weight); -2: unsupported */
     const char *dtname;
     uint64_t numel;
     /* TENSOR */
@@ -292,7 +292,11 @@ static carseg_status persistent_load(unpickler *u, pval *pid, pval **out) {
     if (strcmp(cls, "torch.FloatStorage") == 0) s->dt = WDT_F32;
     else if (strcmp(cls, "torch.HalfStorage") == 0) s->dt = WDT_F16;
     else if (strcmp(cls, "torch.BFloat16Storage") == 0) s->dt = WDT_BF16;
-    else s->dt = -1;
+    else if (strcmp(cls, "torch.LongStorage") == 0 || strcmp(cls, "torch.IntStorage") == 0 ||
+             strcmp(cls, "torch.ShortStorage") == 0 || strcmp(cls, "torch.CharStorage") == 0 ||
+             strcmp(cls, "torch.ByteStorage") == 0 || strcmp(cls, "torch.BoolStorage") == 0)
+        s->dt = -1;   /* integer buffers (input_resolution, position_ids): not weights */
+    else s->dt = -2;  /* float64, complex, quantized...: skipped with a warning */
     s->s = cs_strdup(pid->it[2]->s);
     if (!s->s) return set_err(CARSEG_ENOMEM, "%s: out of memory", u->path);
     s->numel = (uint64_t)pid->it[4]->i;
@@ -631,7 +635,12 @@ typedef struct {
 static carseg_status materialize(tctx *c, const pval *t, const char *name) {
     const char *P = c->z->path;
     const pval *s = t->storage;
-    if (s->dt < 0) return CARSEG_OK;   /* integer / bool storage: not a weight (e.g. input_resolution) */
+    if (s->dt == -1) return CARSEG_OK;   /* integer / bool storage: not a weight (e.g. input_resolution) */
+    if (s->dt < 0) {   /* skipped with a warning: if CLIP needs it, clip_load names it as missing */
+        cs_log(CARSEG_LOG_WARN, "%s: skipping tensor %s: unsupported storage type %s (need float32, float16 "
+               "or bfloat16)", P, name, s->dtname);
+        return CARSEG_OK;
+    }
     size_t esz = wdt_size((wdtype)s->dt);
     char ename[512];
     snprintf(ename, sizeof ename, "%s/data/%s", c->prefix, s->s);
@@ -742,6 +751,15 @@ carseg_status tz_read(wfile *f, const uint8_t *buf, size_t len) {
     if (pl >= sizeof prefix) { free(z.e); return set_err(CARSEG_EFORMAT, "%s: archive prefix too long", f->path); }
     memcpy(prefix, pk->name, pl);
     prefix[pl] = 0;
+    /* torch >= 2.1 records the byte order of the storages; the storages are read little-endian */
+    char bo_name[300];
+    snprintf(bo_name, sizeof bo_name, "%s/byteorder", prefix);
+    zentry *bo = zip_find(&z, bo_name);
+    const uint8_t *bod;
+    if (bo && zip_data(&z, bo, &bod, "") == CARSEG_OK && bo->usize >= 3 && memcmp(bod, "big", 3) == 0) {
+        free(z.e);
+        return set_err(CARSEG_EFORMAT, "%s: big-endian storages (byteorder \"big\") are not supported", f->path);
+    }
     const uint8_t *pkl;
     st = zip_data(&z, pk, &pkl, "");
     if (st != CARSEG_OK) { free(z.e); return st; }

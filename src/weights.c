@@ -62,8 +62,10 @@ float f16_to_f32(uint16_t h) {
 }
 
 void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out) {
+    const int par = count >= (1u << 20);   /* big tensors only: threads cost more than small copies */
     switch (src) {
     case WDT_F32:
+        #pragma omp parallel for if (par) schedule(static)
         for (size_t i = 0; i < count; i++) {
             uint32_t b = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
                          (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
@@ -71,9 +73,11 @@ void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out) {
         }
         break;
     case WDT_F16:
+        #pragma omp parallel for if (par) schedule(static)
         for (size_t i = 0; i < count; i++) out[i] = f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         break;
     case WDT_BF16:
+        #pragma omp parallel for if (par) schedule(static)
         for (size_t i = 0; i < count; i++) {
             uint32_t b = ((uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8) << 16;
             memcpy(&out[i], &b, 4);

@@ -77,6 +77,7 @@ TEST(imgproc_resize_match_opencv) {
                 if (!(d <= md)) md = d;
             }
             CHECK_MSG(md <= 1e-6, "linear %dx%d -> %dx%d: max diff %g", sw, sh, w, h, md);
+            if (md > 0 && getenv("IMGPROC_VERBOSE")) fprintf(stderr, "  linear %dx%d -> %dx%d: %g\n", sw, sh, w, h, md);
             if (md > worst) worst = md;
             npy_free(&lin);
         }

@@ -164,7 +164,7 @@ TEST(weights_open_errors) {
     const char *bad[] = {
         "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}",          /* span mismatch */
         "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,400]}}",        /* past the end */
-        "{\"a\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}",          /* dtype */
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}",        /* shape */
         "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}",         /* shape */
         "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}",  /* ndim */
         "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}",
@@ -568,6 +568,11 @@ TEST(weights_name_errors) {
                    4, &f) == CARSEG_EMODEL);
     CHECK_MSG(strstr(carseg_last_error(), "hf.safetensors: ") == carseg_last_error() &&
               strstr(carseg_last_error(), "k_proj"), "%s", carseg_last_error());
+    /* unsupported float dtypes are skipped (with a warning) */
+    carseg_set_log_level(CARSEG_LOG_ERROR);
+    CHECK(open_hdr("f64.safetensors", "{\"a\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", 8, &f) == CARSEG_EMODEL);
+    CHECK_MSG(strstr(carseg_last_error(), "f64.safetensors: no float tensors"), "%s", carseg_last_error());
+    carseg_set_log_level(CARSEG_LOG_WARN);
     /* "module." prefixes are dropped */
     CHECK_OK(open_hdr("m.safetensors", "{\"module.logit_scale\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}", 4, &f));
     CHECK(f && wfile_get(f, "logit_scale"));
