@@ -163,12 +163,13 @@ carseg_status tc_get(text_cache *tc, const char *const *strs, int n, float *out)
 // classifier
 
 carseg_status cls_encode_image(const clip_model *cls, const uint8_t *rgb, int w, int h,
-                               float *feat) {
+                               int no_crop, float *feat) {
     int size = cls->cfg.v_grid * cls->cfg.v_patch;
     float *x = malloc(sizeof(float) * 3 * (size_t)size * size);
     if (!x) return set_err(CARSEG_ENOMEM, "classifier: out of memory");
     image_u8 im = {w, h, 3, (uint8_t *)rgb};
-    carseg_status st = clip_preprocess(&im, size, x);
+    carseg_status st = no_crop ? clip_preprocess_exact(&im, size, size, x)
+                               : clip_preprocess(&im, size, x);
     if (st == CARSEG_OK) {
         int nb = cls->cfg.v_layers - 1;   /* Q2: all but the last visual block */
         if (nb < 1) nb = cls->cfg.v_layers;

@@ -25,9 +25,10 @@ carseg_status tc_get(text_cache *tc, const char *const *strs, int n, float *out)
 /* Encoded strings so far (for tests of the hoisting). */
 long tc_encoded(const text_cache *tc);
 
-/* One prompted image (h, w, 3) RGB -> feat (E), L2-normalised. */
+/* One prompted image (h, w, 3) RGB -> feat (E), L2-normalised. no_crop: the Q8 fix, resize the
+ * whole image to 224x224 instead of the reference's shorter-side resize + centre crop. */
 carseg_status cls_encode_image(const clip_model *cls, const uint8_t *rgb, int w, int h,
-                               float *feat);
+                               int no_crop, float *feat);
 
 /* img: (n, E) normalised image features; txt: (T, n, E) normalised text features.
  * S_out: (T, n, n) per-template softmax (may be NULL); P: (n, n).

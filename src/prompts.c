@@ -330,6 +330,19 @@ static void draw_shapes(uint8_t *out, int w, int h, unsigned types, const uint8_
     if (types & VP_CONTOUR) (void)vp_draw_contour(out, w, h, bin, RED);
 }
 
+/* COLOR_BGR2GRAY on the RGB array (Q3: weights 0.114 R, 0.587 G, 0.299 B), or with the fix the
+ * proper RGB weights (the same fixed point with the channels swapped). */
+static void gray_of(uint8_t *g, const uint8_t *rgb, int w, int h, unsigned types) {
+    if (!(types & VP_GRAY_RGB)) {
+        cv_bgr2gray_u8(g, rgb, w, h);
+        return;
+    }
+    for (size_t i = 0; i < (size_t)w * h; i++) {
+        const uint8_t *p = rgb + 3 * i;
+        g[i] = (uint8_t)((p[2] * 1868 + p[1] * 9617 + p[0] * 4899 + 8192) >> 14);
+    }
+}
+
 static int mask_trivial(const float *mask, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += mask[i];
@@ -349,7 +362,7 @@ carseg_status vp_prepare(const uint8_t *rgb, int w, int h, unsigned types, vp_ct
     if (types & VP_GRAY) {
         uint8_t *g = cs_malloc(n);
         if (!g) { cs_free(o); return set_err(CARSEG_ENOMEM, "prompts: out of memory"); }
-        cv_bgr2gray_u8(g, o, w, h);
+        gray_of(g, o, w, h, types);
         for (size_t i = 0; i < n; i++) o[3 * i] = o[3 * i + 1] = o[3 * i + 2] = g[i];
         cs_free(g);
     }
@@ -394,7 +407,7 @@ int vp_apply_naive(const uint8_t *rgb, int w, int h, unsigned types, const float
             if (!bin[i]) memcpy(out + 3 * i, tmp + 3 * i, 3);
     }
     if (types & VP_GRAY) {
-        cv_bgr2gray_u8(g, out, w, h);
+        gray_of(g, out, w, h, types);
         for (size_t i = 0; i < n; i++)
             if (!bin[i]) out[3 * i] = out[3 * i + 1] = out[3 * i + 2] = g[i];
     }

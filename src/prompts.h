@@ -23,7 +23,8 @@ enum {
     VP_CIRCLE = 1u << 3,     /* red ellipse around the mask, thickness 1 */
     VP_RECTANGLE = 1u << 4,  /* red rectangle around the mask, thickness 1 */
     VP_CONTOUR = 1u << 5,    /* red contour of the hole-filled mask, thickness 1 */
-    VP_ALL = 63u
+    VP_ALL = 63u,
+    VP_GRAY_RGB = 1u << 8    /* not a prompt: the Q3 fix, gray with RGB (not BGR) weights */
 };
 
 /* "circle,blur" (comma/space separated, any order) -> bit set. Unknown name -> CARSEG_EINVAL. */

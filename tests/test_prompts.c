@@ -208,3 +208,18 @@ TEST(prompts_fixture_images) {
     }
     if (!ran) SKIP("CaR fixtures missing");
 }
+
+/* Q3: the reference's gray uses BGR2GRAY weights on RGB data; VP_GRAY_RGB is the fix. */
+TEST(prompts_gray_quirk_q3) {
+    uint8_t img[2 * 1 * 3] = {255, 0, 0, 255, 0, 0}, out[6];
+    float mask[2] = {1.5f, 0};   /* pixel 0 inside, pixel 1 outside; sum > 1 */
+    CHECK(vp_apply_naive(img, 2, 1, VP_GRAY, mask, 0.5f, out) == 1);
+    CHECK(out[0] == 255 && out[1] == 0);               /* inside: colour kept */
+    CHECK(out[3] == 29 && out[4] == 29 && out[5] == 29);   /* (255*1868 + 8192) >> 14: red as blue */
+    CHECK(vp_apply_naive(img, 2, 1, VP_GRAY | VP_GRAY_RGB, mask, 0.5f, out) == 1);
+    CHECK(out[3] == 76);                                /* (255*4899 + 8192) >> 14, cv2 RGB2GRAY */
+    vp_ctx ctx;
+    CHECK_OK(vp_prepare(img, 2, 1, VP_GRAY | VP_GRAY_RGB, &ctx));
+    CHECK(vp_apply(&ctx, mask, 0.5f, out) == 1 && out[3] == 76);
+    vp_release(&ctx);
+}
