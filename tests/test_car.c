@@ -371,6 +371,12 @@ TEST(car_cli_segment) {
             free(err);
         }
     }
+    /* a model of the wrong kind (the vocabulary file given as the generator) */
+    snprintf(cmd, sizeof cmd, "%s segment %s --classes cat --generator %s --classifier %s --vocab %s "
+             "--out %s/bad8 2>%s/err.txt", bin, ip, v, c, v, dir, dir);
+    CHECK(system(cmd) != 0);
+    snprintf(path, sizeof path, "%s/bad8", dir);
+    CHECK(!file_exists(path));
     snprintf(cmd, sizeof cmd, "%s segment /nonexistent.png --classes cat --generator %s --classifier %s "
              "--vocab %s --out %s/bad9 2>/dev/null", bin, g, c, v, dir);
     CHECK(system(cmd) != 0);
