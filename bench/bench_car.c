@@ -11,6 +11,12 @@
 
 static const char *shared(const char *rel, char *buf, size_t n) {
     const char *root = getenv("CARSEG_SHARED");
+    static const char *tries[] = {"../shared", "../../shared"};
+    for (int i = 0; !root && i < 2; i++) {
+        char probe[512];
+        snprintf(probe, sizeof probe, "%s/fixtures", tries[i]);
+        if (file_exists(probe)) root = tries[i];
+    }
     snprintf(buf, n, "%s/%s", root ? root : "../shared", rel);
     return buf;
 }
