@@ -265,6 +265,30 @@ TEST(car_edge_cases) {
     p.fix_duplicates = 1;
     CHECK_OK(car_pass(M.ctx, ci, dup, 3, CAR_BG_WORDS, 23, &p, NULL, m, sc, NULL, &st));
     CHECK(sc[0] > 0 && sc[1] > 0 && sc[2] > 0);
+    /* Q9: an image within one 16x16 patch gets all-zero CAMs (the box clamp of Q7 leaves no box);
+     * upstream crashes in round 1 here, carseg keeps the zeros, in both guard modes */
+    {
+        image_u8 tiny;
+        CHECK_OK(image_resize_bicubic(&big, 12, 10, &tiny));
+        car_image *ti;
+        CHECK_OK(car_image_new(M.ctx, &tiny, NULL, &ti));
+        static const char *q3[] = {"cup", "person", "table"};
+        car_params pz = car_default_params();
+        pz.theta = 0;
+        float *cams = malloc(sizeof(float) * 120 * 3);
+        for (int fixg = 0; fixg <= 1; fixg++) {
+            pz.fix_zero_guard = fixg;
+            memset(&st, 0, sizeof st);
+            CHECK_OK(car_pass(M.ctx, ti, q3, 3, CAR_BG_WORDS, 23, &pz, NULL, m, sc, cams, &st));
+            float mx = 0;
+            size_t on = 0;
+            for (int i = 0; i < 360; i++) mx = cams[i] > mx ? cams[i] : mx, on += m[i];
+            CHECK(mx == 0 && on == 0 && st.rounds == 2);
+        }
+        free(cams);
+        car_image_free(ti);
+        image_free(&tiny);
+    }
     /* the quirk fixes run (Q1, Q3, Q4, Q8): a valid result, the reference's path is tested above */
     static const char *three[] = {"cup", "person", "table"};
     car_params pf = car_default_params();
