@@ -323,8 +323,15 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
     unsigned vpt = p->prompts | (p->fix_gray ? VP_GRAY_RGB : 0);
     if (!p->naive && (s = get_vp(im, vpt, &vp)) != CARSEG_OK) goto done;
 
+    if (st) {   /* per-round figures are of this pass */
+        memset(st->r_live, 0, sizeof st->r_live), memset(st->r_encodes, 0, sizeof st->r_encodes);
+        memset(st->r_ms_cam, 0, sizeof st->r_ms_cam);
+        memset(st->r_ms_prompt, 0, sizeof st->r_ms_prompt);
+        memset(st->r_ms_cls, 0, sizeof st->r_ms_cls);
+    }
     for (;;) {
         round++;
+        car_stats st0 = st ? *st : (car_stats){0};
         /* --- mask proposals --- */
         t0 = now_ms();
         const char *cam_tpl = (round == 1 || p->cam_raw_names) ? NULL : CAR_CAM_TEMPLATE;
@@ -397,6 +404,14 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
         t0 = now_ms();
         cls_probs(imgf, nl, txt, T, Ec, scale, dsoft, NULL, P);
         if (st) st->ms_cls += now_ms() - t0;
+        if (st && round <= CAR_STATS_ROUNDS) {
+            int r = round - 1;
+            st->r_live[r] = nl;
+            st->r_encodes[r] = st->image_encodes - st0.image_encodes;
+            st->r_ms_cam[r] = st->ms_cam - st0.ms_cam;
+            st->r_ms_prompt[r] = st->ms_prompt - st0.ms_prompt;
+            st->r_ms_cls[r] = st->ms_cls - st0.ms_cls;
+        }
 
         /* --- filter: strict > theta, argmax fallback --- */
         nk = 0;

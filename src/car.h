@@ -64,7 +64,12 @@ typedef struct {
     int rounds;             /* rounds of the last pass */
     int rounds_total;
     int image_encodes;      /* classifier image forwards */
+    /* per round of the last pass (the first CAR_STATS_ROUNDS rounds): live queries at the
+     * round's start, classifier image forwards, and ms of cam / prompts / classifier */
+    int r_live[8], r_encodes[8];
+    double r_ms_cam[8], r_ms_prompt[8], r_ms_cls[8];
 } car_stats;
+enum { CAR_STATS_ROUNDS = 8 };
 
 typedef struct car_image car_image;
 carseg_status car_image_new(car_ctx *c, const image_u8 *rgb, car_stats *st, car_image **out);

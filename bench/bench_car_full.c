@@ -1,0 +1,198 @@
+/* bench_car_full.c — issue 3's benchmark: one 500x375 VOC photo with the 20 VOC classes through
+ * the whole CaR method (car_segment with the voc preset: text, generator trunk + affinity, Grad-CAM
+ * proposals, visual prompts, classifier, CRF, label map) on random weights of the real shapes
+ * (ViT-B/16 mask generator at 512x384, ViT-L/14 classifier at 224, both with their real text
+ * towers and vocabulary). Prints ms per stage and per round against the live queries, the FLOP
+ * count, GFLOP/s (wall and per CPU-second), peak RSS against the weights' size, load average.
+ *
+ * usage: bench_car_full [threads (0 = OpenMP default)] [theta]
+ * theta: random weights give near-uniform classifier probabilities (about 1/n per query), so the
+ * voc preset's 0.6 would drop all but the argmax fallback; the default picks a threshold under
+ * which this image and seed go 20 -> k -> k (see the printed rounds). Skips when the image or the
+ * vocabulary is missing. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "car.h"
+#include "presets.h"
+#include "prompts.h"
+#include "util.h"
+
+static const char *shared(const char *rel, char *buf, size_t n) {
+    const char *root = getenv("CARSEG_SHARED");
+    static const char *tries[] = {"../shared", "../../shared", "/work/shared"};
+    for (int i = 0; !root && i < 3; i++) {
+        char probe[512];
+        snprintf(probe, sizeof probe, "%s/data", tries[i]);
+        if (file_exists(probe)) root = tries[i];
+    }
+    snprintf(buf, n, "%s/%s", root ? root : "../shared", rel);
+    return buf;
+}
+
+/* parameters of clip_init_random's arena (vision + text), in floats */
+static double n_params(const clip_config *c) {
+    double C = c->v_width, P = c->v_patch, Ct = c->t_width, E = c->embed, M = 4 * C, Mt = 4 * Ct;
+    double np = 1.0 + (double)c->v_grid * c->v_grid;
+    double bv = 4 * C + 3 * C * C + 3 * C + C * C + C + 2 * M * C + M + C;
+    double bt = 4 * Ct + 3 * Ct * Ct + 3 * Ct + Ct * Ct + Ct + 2 * Mt * Ct + Mt + Ct;
+    return C * 3 * P * P + C + np * C + 4 * C + C * E + bv * c->v_layers + (double)c->t_vocab * Ct +
+           (double)c->t_ctx * Ct + 2 * Ct + Ct * E + bt * c->t_layers;
+}
+
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+static double maxrss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+static double load1(void) {
+    double l[3] = {0};
+    return getloadavg(l, 3) > 0 ? l[0] : -1;
+}
+
+/* text-tower FLOPs of strings format(tpl, q[i]) (tpl NULL: raw), each to its EOT */
+static double text_flops(const clip_model *m, const tokenizer *tok, const char *tpl,
+                         const char *const *q, int n) {
+    int32_t ids[77];
+    double f = 0;
+    for (int i = 0; i < n; i++) {
+        char *s = tpl ? car_format(tpl, q[i]) : cs_strdup(q[i]);
+        int L = s ? tok_tokenize(tok, s, ids, m->cfg.t_ctx) : 0;
+        f += clip_text_flops(&m->cfg, L);
+        free(s);
+    }
+    return f;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 0;
+    double theta_arg = argc > 2 ? atof(argv[2]) : -1;
+    char ip[1024], v[1024];
+    shared("data/voc_mini/VOCdevkit/VOC2012/JPEGImages/2011_000006.jpg", ip, sizeof ip);
+    shared("clip/bpe_simple_vocab_16e6.txt.gz", v, sizeof v);
+    if (!file_exists(ip) || !file_exists(v)) {
+        printf("bench_car_full: %s or the vocabulary missing (set CARSEG_SHARED), skipped\n", ip);
+        return 0;
+    }
+    if (threads > 0) carseg_set_threads(threads);
+    image_u8 im;
+    tokenizer *tok;
+    if (image_load_rgb(ip, &im) || tok_open(v, &tok)) {
+        fprintf(stderr, "bench_car_full: %s\n", carseg_last_error());
+        return 1;
+    }
+    /* OpenAI ViT-B/16 and ViT-L/14 */
+    clip_config cb = {.v_width = 768, .v_layers = 12, .v_patch = 16, .v_grid = 14, .t_width = 512,
+                      .t_layers = 12, .t_ctx = 77, .t_vocab = 49408, .embed = 512};
+    clip_config cl = {.v_width = 1024, .v_layers = 24, .v_patch = 14, .v_grid = 16, .t_width = 768,
+                      .t_layers = 12, .t_ctx = 77, .t_vocab = 49408, .embed = 768};
+    clip_model *gen, *cls;
+    double t0 = now_ms();
+    if (clip_init_random(&cb, 1, &gen) || clip_init_random(&cl, 2, &cls)) {
+        fprintf(stderr, "bench_car_full: %s\n", carseg_last_error());
+        return 1;
+    }
+    double ms_init = now_ms() - t0;
+    double wbytes = 4 * (n_params(&gen->cfg) + n_params(&cls->cfg));
+    double rss_models = maxrss_mb();
+
+    const car_preset *voc = preset_find("voc");
+    car_params p = car_default_params();
+    p.eta = voc->eta, p.lambda = voc->lambda, p.n_templates = voc->templates;
+    p.bg_factor = voc->bg_factor;
+    vp_parse(voc->prompts, &p.prompts);
+    p.theta = theta_arg >= 0 ? (float)theta_arg : 0.0508f;
+    car_job job;
+    memset(&job, 0, sizeof job);
+    job.classes = voc->list->classes, job.n_classes = voc->list->n;
+    job.things = voc->list->things, job.n_things = voc->list->n_things;
+    job.stuff = voc->list->stuff, job.n_stuff = voc->list->n_stuff;
+    job.bg = CAR_BG_WORDS, job.nb = 23;
+    job.p = p, job.stuff_p = p;
+    int N = job.n_classes;
+    size_t hw = (size_t)im.w * im.h;
+    uint16_t *lab = malloc(sizeof(uint16_t) * hw);
+    float *sc = malloc(sizeof(float) * (size_t)N);
+    car_ctx *ctx;
+    car_image *ci;
+    car_stats st;
+    memset(&st, 0, sizeof st);
+    double l0 = load1(), c0 = cpu_s();
+    t0 = now_ms();
+    if (car_ctx_new(gen, cls, tok, &ctx) || car_image_new(ctx, &im, &st, &ci) ||
+        car_segment(ctx, ci, &job, NULL, lab, sc, NULL, &st)) {
+        fprintf(stderr, "bench_car_full: %s\n", carseg_last_error());
+        return 1;
+    }
+    double total = now_ms() - t0, cpu = cpu_s() - c0, l1 = load1();
+    long ng, nc;
+    car_ctx_text_counts(ctx, &ng, &nc);
+
+    /* FLOPs of the towers (matrix products; the classifier's last block counted in full though
+     * only its CLS row runs) */
+    int gw = (im.w + 15) / 16, gh = (im.h + 15) / 16;
+    double f_trunk = clip_image_flops(&gen->cfg, gh, gw, gen->cfg.v_layers);
+    double f_cls1 = clip_image_flops(&cls->cfg, cls->cfg.v_grid, cls->cfg.v_grid, cls->cfg.v_layers - 1);
+    double f_cls = f_cls1 * st.image_encodes;
+    const char *const *q = job.classes;
+    double f_text = text_flops(gen, tok, CAR_CAM_TEMPLATE, CAR_BG_WORDS, 23) +
+                    text_flops(gen, tok, NULL, q, N);
+    for (int t = 0; t < p.n_templates; t++) f_text += text_flops(cls, tok, p.templates[t], q, N);
+    /* rounds >= 2 encode the survivors in the CAM template (the average such string's cost) */
+    if (ng > 43) f_text += text_flops(gen, tok, CAR_CAM_TEMPLATE, q, N) / N * (double)(ng - 43);
+    /* Grad-CAM (per query: the backward through the last block's MLP + attention to ln_1 at
+     * L tokens, ~ 2 * L * C * (4C + 2M) + 4 L^2 C) and the affinity square (2 Np^3) */
+    double L = 1.0 + gh * gw, C = gen->cfg.v_width, M = gen->cfg.v_mlp, Np = gh * gw;
+    int nq_cam = 0;
+    for (int r = 0; r < st.rounds && r < CAR_STATS_ROUNDS; r++) nq_cam += st.r_live[r];
+    double f_cam = 2 * Np * Np * Np + nq_cam * (2 * L * C * (4 * C + 2 * M) + 4 * L * L * C);
+    double f_all = f_trunk + f_cls + f_text + f_cam;
+
+    printf("bench_car_full: %s %dx%d, 20 VOC classes, voc preset (theta %.4g: random weights), "
+           "B/16 generator + L/14 classifier (random, fp32), %d threads\n",
+           ip, im.w, im.h, p.theta, carseg_get_threads());
+    printf("  load average %.2f -> %.2f; model init %.0f ms\n", l0, l1, ms_init);
+    printf("  text encoding     %8.0f ms  (%ld generator + %ld classifier strings, %.1f GFLOP)\n",
+           st.ms_text, ng, nc, f_text * 1e-9);
+    printf("  trunk + affinity  %8.0f ms  (%dx%d grid, %.1f GFLOP)\n", st.ms_prepare, gw, gh,
+           f_trunk * 1e-9);
+    printf("  cam proposals     %8.0f ms  (%d query-rounds, ~%.1f GFLOP)\n", st.ms_cam, nq_cam,
+           f_cam * 1e-9);
+    printf("  visual prompts    %8.0f ms\n", st.ms_prompt);
+    printf("  classifier        %8.0f ms  (%d image forwards x %.1f GFLOP = %.1f GFLOP)\n",
+           st.ms_cls, st.image_encodes, f_cls1 * 1e-9, f_cls * 1e-9);
+    printf("  crf               %8.0f ms\n", st.ms_crf);
+    double rest = total - (st.ms_text + st.ms_prepare + st.ms_cam + st.ms_prompt + st.ms_cls + st.ms_crf);
+    printf("  other             %8.0f ms\n", rest);
+    printf("  total             %8.0f ms  (%.3f TFLOP: %.0f GFLOP/s wall, %.0f GFLOP per CPU-s; "
+           "CPU %.1f s)\n", total, f_all * 1e-12, f_all / total * 1e-6, f_all / cpu * 1e-9, cpu);
+    printf("  rounds %d:\n", st.rounds);
+    for (int r = 0; r < st.rounds && r < CAR_STATS_ROUNDS; r++)
+        printf("    round %d: %2d live queries, %2d image forwards: cam %6.0f ms, prompts %4.0f ms, "
+               "classifier %6.0f ms (%.0f ms per live query)\n",
+               r + 1, st.r_live[r], st.r_encodes[r], st.r_ms_cam[r], st.r_ms_prompt[r],
+               st.r_ms_cls[r], st.r_live[r] ? (st.r_ms_cam[r] + st.r_ms_prompt[r] + st.r_ms_cls[r]) / st.r_live[r] : 0);
+    int nlab = 0, seen[32] = {0};
+    for (size_t i = 0; i < hw; i++)
+        if (lab[i] < 32 && !seen[lab[i]]) seen[lab[i]] = 1, nlab++;
+    printf("  labels in the map: %d; scores > 0:", nlab);
+    for (int i = 0; i < N; i++) if (sc[i] > 0) printf(" %s %.3f", q[i], sc[i]);
+    printf("\n  peak RSS %.0f MB: weights %.0f MB (RSS after init %.0f MB) + %.0f MB\n", maxrss_mb(),
+           wbytes / 1048576, rss_models, maxrss_mb() - wbytes / 1048576);
+
+    car_image_free(ci);
+    car_ctx_free(ctx);
+    free(lab), free(sc);
+    image_free(&im);
+    tok_close(tok);
+    clip_free(gen);
+    clip_free(cls);
+    return 0;
+}
