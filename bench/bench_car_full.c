@@ -10,10 +10,12 @@
  * voc preset's 0.6 would drop all but the argmax fallback; the default picks a threshold under
  * which this image and seed go 20 -> k -> k (see the printed rounds). Skips when the image or the
  * vocabulary is missing. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "car.h"
 #include "presets.h"
@@ -147,38 +149,44 @@ int main(int argc, char **argv) {
     for (int t = 0; t < p.n_templates; t++) f_text += text_flops(cls, tok, p.templates[t], q, N);
     /* rounds >= 2 encode the survivors in the CAM template (the average such string's cost) */
     if (ng > 43) f_text += text_flops(gen, tok, CAR_CAM_TEMPLATE, q, N) / N * (double)(ng - 43);
-    /* Grad-CAM (per query: the backward through the last block's MLP + attention to ln_1 at
-     * L tokens, ~ 2 * L * C * (4C + 2M) + 4 L^2 C) and the affinity square (2 Np^3) */
-    double L = 1.0 + gh * gw, C = gen->cfg.v_width, M = gen->cfg.v_mlp, Np = gh * gw;
+    /* Grad-CAM, the affinity and the CRF are not counted (time only): the towers are the bulk */
     int nq_cam = 0;
     for (int r = 0; r < st.rounds && r < CAR_STATS_ROUNDS; r++) nq_cam += st.r_live[r];
-    double f_cam = 2 * Np * Np * Np + nq_cam * (2 * L * C * (4 * C + 2 * M) + 4 * L * L * C);
-    double f_all = f_trunk + f_cls + f_text + f_cam;
+    double f_cam = 0;
+    double f_all = f_trunk + f_cls + f_text;
 
     printf("bench_car_full: %s %dx%d, 20 VOC classes, voc preset (theta %.4g: random weights), "
            "B/16 generator + L/14 classifier (random, fp32), %d threads\n",
            ip, im.w, im.h, p.theta, carseg_get_threads());
-    printf("  load average %.2f -> %.2f; model init %.0f ms\n", l0, l1, ms_init);
-    printf("  text encoding     %8.0f ms  (%ld generator + %ld classifier strings, %.1f GFLOP)\n",
-           st.ms_text, ng, nc, f_text * 1e-9);
-    printf("  trunk + affinity  %8.0f ms  (%dx%d grid, %.1f GFLOP)\n", st.ms_prepare, gw, gh,
-           f_trunk * 1e-9);
-    printf("  cam proposals     %8.0f ms  (%d query-rounds, ~%.1f GFLOP)\n", st.ms_cam, nq_cam,
-           f_cam * 1e-9);
-    printf("  visual prompts    %8.0f ms\n", st.ms_prompt);
-    printf("  classifier        %8.0f ms  (%d image forwards x %.1f GFLOP = %.1f GFLOP)\n",
-           st.ms_cls, st.image_encodes, f_cls1 * 1e-9, f_cls * 1e-9);
-    printf("  crf               %8.0f ms\n", st.ms_crf);
+    printf("  load average %.2f -> %.2f (this machine has %ld cores); model init %.0f ms\n", l0, l1,
+           sysconf(_SC_NPROCESSORS_ONLN), ms_init);
+    printf("  stage             wall ms    CPU ms   GFLOP  GFLOP per CPU-s\n");
+#define ROW(name, w, c, f)                                                                          \
+    printf("  %-16s %8.0f  %8.0f  %6.1f  %s\n", name, w, c, (f) * 1e-9,                           \
+           (f) > 0 && (c) > 0 ? (snprintf(buf, sizeof buf, "%.0f", (f) / (c) * 1e-6), buf) : "")
+    char buf[32];
+    ROW("text encoding", st.ms_text, st.cpu_text, f_text);
+    ROW("trunk+affinity", st.ms_prepare, st.cpu_prepare, f_trunk);
+    ROW("cam proposals", st.ms_cam, st.cpu_cam, f_cam);
+    ROW("visual prompts", st.ms_prompt, st.cpu_prompt, 0.0);
+    ROW("classifier", st.ms_cls, st.cpu_cls, f_cls);
+    ROW("crf", st.ms_crf, st.cpu_crf, 0.0);
     double rest = total - (st.ms_text + st.ms_prepare + st.ms_cam + st.ms_prompt + st.ms_cls + st.ms_crf);
-    printf("  other             %8.0f ms\n", rest);
-    printf("  total             %8.0f ms  (%.3f TFLOP: %.0f GFLOP/s wall, %.0f GFLOP per CPU-s; "
-           "CPU %.1f s)\n", total, f_all * 1e-12, f_all / total * 1e-6, f_all / cpu * 1e-9, cpu);
+    double crest = cpu * 1e3 - (st.cpu_text + st.cpu_prepare + st.cpu_cam + st.cpu_prompt + st.cpu_cls + st.cpu_crf);
+    ROW("other", rest, crest, 0.0);
+    ROW("total", total, cpu * 1e3, f_all);
+    printf("  (%ld generator + %ld classifier text strings; %d query-rounds of Grad-CAM; GFLOP of the "
+           "towers' matrix products only; %d classifier forwards x %.1f GFLOP)\n", ng, nc, nq_cam, st.image_encodes,
+           f_cls1 * 1e-9);
+    printf("  total %.1f s wall, %.1f s CPU: %.3f TFLOP, %.0f GFLOP/s wall\n", total * 1e-3, cpu,
+           f_all * 1e-12, f_all / total * 1e-6);
     printf("  rounds %d:\n", st.rounds);
     for (int r = 0; r < st.rounds && r < CAR_STATS_ROUNDS; r++)
-        printf("    round %d: %2d live queries, %2d image forwards: cam %6.0f ms, prompts %4.0f ms, "
-               "classifier %6.0f ms (%.0f ms per live query)\n",
-               r + 1, st.r_live[r], st.r_encodes[r], st.r_ms_cam[r], st.r_ms_prompt[r],
-               st.r_ms_cls[r], st.r_live[r] ? (st.r_ms_cam[r] + st.r_ms_prompt[r] + st.r_ms_cls[r]) / st.r_live[r] : 0);
+        printf("    round %d: %2d live queries, %2d classifier forwards: cam %5.0f ms (CPU %5.0f), "
+               "classifier %6.0f ms (CPU %6.0f = %4.0f per live query), prompts %3.0f ms\n",
+               r + 1, st.r_live[r], st.r_encodes[r], st.r_ms_cam[r], st.r_cpu_cam[r],
+               st.r_ms_cls[r], st.r_cpu_cls[r], st.r_live[r] ? st.r_cpu_cls[r] / st.r_live[r] : 0,
+               st.r_ms_prompt[r]);
     int nlab = 0, seen[32] = {0};
     for (size_t i = 0; i < hw; i++)
         if (lab[i] < 32 && !seen[lab[i]]) seen[lab[i]] = 1, nlab++;
@@ -187,6 +195,24 @@ int main(int argc, char **argv) {
     printf("\n  peak RSS %.0f MB: weights %.0f MB (RSS after init %.0f MB) + %.0f MB\n", maxrss_mb(),
            wbytes / 1048576, rss_models, maxrss_mb() - wbytes / 1048576);
 
+    if (argc > 3 && !strcmp(argv[3], "cmp")) {   /* classifier: one image per call vs a batch */
+        enum { NB = 7 };
+        size_t hw3 = hw * 3;
+        uint8_t *imgs = malloc(hw3 * NB);
+        float *f1 = malloc(sizeof(float) * NB * cls->cfg.embed), *fb = malloc(sizeof(float) * NB * cls->cfg.embed);
+        for (int i = 0; i < NB; i++) memcpy(imgs + i * hw3, im.px, hw3);
+        double w0 = now_ms(), cc0 = cpu_s();
+        for (int i = 0; i < NB; i++) cls_encode_image(cls, imgs + i * hw3, im.w, im.h, 0, f1 + i * cls->cfg.embed);
+        double w1 = now_ms(), cc1 = cpu_s();
+        cls_encode_images(cls, imgs, NB, im.w, im.h, 0, fb);
+        double w2 = now_ms(), cc2 = cpu_s();
+        double maxd = 0;
+        for (int i = 0; i < NB * cls->cfg.embed; i++) maxd = fmax(maxd, fabs(f1[i] - fb[i]));
+        printf("  classifier, %d images: one per call %.0f ms (CPU %.0f), one batch %.0f ms (CPU %.0f): "
+               "x%.2f in CPU time, max |diff| of the features %.2g; load %.2f\n", NB, w1 - w0,
+               (cc1 - cc0) * 1e3, w2 - w1, (cc2 - cc1) * 1e3, (cc1 - cc0) / (cc2 - cc1), maxd, load1());
+        free(imgs), free(f1), free(fb);
+    }
     car_image_free(ci);
     car_ctx_free(ctx);
     free(lab), free(sc);

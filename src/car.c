@@ -10,11 +10,19 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "crf.h"
 #include "presets.h"
 #include "prompts.h"
 #include "util.h"
+
+/* process CPU time in ms (all threads): the stable figure on a shared machine */
+static double cpu_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
 
 car_params car_default_params(void) {
     car_params p;
@@ -92,9 +100,9 @@ carseg_status car_image_new(car_ctx *c, const image_u8 *rgb, car_stats *st, car_
         return set_err(CARSEG_ENOMEM, "car: out of memory (%dx%d image)", rgb->w, rgb->h);
     }
     memcpy(im->rgb.px, rgb->px, n);
-    double t0 = now_ms();
+    double t0 = now_ms(), c0 = cpu_ms();
     carseg_status s = cam_prepare(c->gen, &im->rgb, &im->ci);
-    if (st) st->ms_prepare += now_ms() - t0;
+    if (st) st->ms_prepare += now_ms() - t0, st->cpu_prepare += cpu_ms() - c0;
     if (s != CARSEG_OK) {
         car_image_free(im);
         return s;
@@ -158,6 +166,24 @@ static carseg_status sv_format(strvec *v, const char *tpl, const char *const *q,
         }
         v->n = i + 1;
     }
+    return CARSEG_OK;
+}
+
+/* strs[t * n + i] = format(tpls[t], q[idx[i]]) for the T templates */
+static carseg_status sv_format_all(strvec *v, const char *const *tpls, int T, const char *const *q,
+                                   const int *idx, int n) {
+    v->n = 0;
+    v->s = calloc((size_t)(T * n > 0 ? T * n : 1), sizeof(char *));
+    if (!v->s) return set_err(CARSEG_ENOMEM, "car: out of memory");
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++) {
+            char *f = car_format(tpls[t], q[idx[i]]);
+            if (!f) {
+                sv_free(v);
+                return set_err(CARSEG_ENOMEM, "car: out of memory");
+            }
+            v->s[v->n++] = f;
+        }
     return CARSEG_OK;
 }
 
@@ -235,7 +261,7 @@ static carseg_status label_probs(car_image *im, const float *probs, int C, int H
 static carseg_status post_process(car_image *im, const float *rows, int m, int H, int W,
                                   const car_params *p, uint8_t *refined, car_stats *st) {
     size_t hw = (size_t)H * W;
-    double t0 = now_ms();
+    double t0 = now_ms(), c0 = cpu_ms();
     int C = p->refer ? 2 : m + 1;
     float *probs = malloc(sizeof(float) * hw * (size_t)C);
     uint16_t *lab = malloc(sizeof(uint16_t) * hw);
@@ -266,7 +292,7 @@ static carseg_status post_process(car_image *im, const float *rows, int m, int H
             for (size_t i = 0; i < hw; i++) refined[(size_t)j * hw + i] = lab[i] == j + 1;
     }
     free(probs), free(lab);
-    if (st) st->ms_crf += now_ms() - t0;
+    if (st) st->ms_crf += now_ms() - t0, st->cpu_crf += cpu_ms() - c0;
     return s;
 }
 
@@ -299,11 +325,13 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
     float *txt = malloc(sizeof(float) * (size_t)T * n * Ec);
     float *P = malloc(sizeof(float) * (size_t)n * n);
     float *masks = NULL, *prev = NULL;
-    uint8_t *prompted = malloc(hw * 3), *refined = NULL;
+    uint8_t *prompted = malloc(hw * 3), *refined = NULL, *prompted_all = NULL;
+    int *enc_src = malloc(sizeof(int) * (size_t)n);             /* row of encf per live query */
+    float *encf = malloc(sizeof(float) * (size_t)n * Ec);       /* (n, Ec) encoded this round */
     strvec v = {0};
     cam_image *ci_naive = NULL;
     if (!live || !keep || !prev_live || !diag || !rsc || !bgf || !fg || !imgf || !txt || !P ||
-        !prompted) {
+        !prompted || !enc_src || !encf) {
         s = set_err(CARSEG_ENOMEM, "car: out of memory (%d queries)", n);
         goto done;
     }
@@ -312,14 +340,14 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
     const vp_ctx *vp = NULL;
 
     /* background features: each word in the CAM template (§2.4), once */
-    double t0 = now_ms();
+    double t0 = now_ms(), c0 = cpu_ms();
     if (nb > 0) {
         if ((s = sv_format(&v, CAR_CAM_TEMPLATE, bg, NULL, nb)) != CARSEG_OK) goto done;
         s = text_feats(c, 1, &v, p->naive, bgf);
         sv_free(&v);
         if (s != CARSEG_OK) goto done;
     }
-    if (st) st->ms_text += now_ms() - t0;
+    if (st) st->ms_text += now_ms() - t0, st->cpu_text += cpu_ms() - c0;
     unsigned vpt = p->prompts | (p->fix_gray ? VP_GRAY_RGB : 0);
     if (!p->naive && (s = get_vp(im, vpt, &vp)) != CARSEG_OK) goto done;
 
@@ -328,19 +356,20 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
         memset(st->r_ms_cam, 0, sizeof st->r_ms_cam);
         memset(st->r_ms_prompt, 0, sizeof st->r_ms_prompt);
         memset(st->r_ms_cls, 0, sizeof st->r_ms_cls);
+        memset(st->r_cpu_cls, 0, sizeof st->r_cpu_cls), memset(st->r_cpu_cam, 0, sizeof st->r_cpu_cam);
     }
     for (;;) {
         round++;
         car_stats st0 = st ? *st : (car_stats){0};
         /* --- mask proposals --- */
-        t0 = now_ms();
+        t0 = now_ms(), c0 = cpu_ms();
         const char *cam_tpl = (round == 1 || p->cam_raw_names) ? NULL : CAR_CAM_TEMPLATE;
         if ((s = sv_format(&v, cam_tpl, queries, live, nl)) != CARSEG_OK) goto done;
         s = text_feats(c, 1, &v, p->naive, fg);
         sv_free(&v);
         if (s != CARSEG_OK) goto done;
-        if (st) st->ms_text += now_ms() - t0;
-        t0 = now_ms();
+        if (st) st->ms_text += now_ms() - t0, st->cpu_text += cpu_ms() - c0;
+        t0 = now_ms(), c0 = cpu_ms();
         masks = malloc(sizeof(float) * hw * (size_t)nl);
         if (!masks) {
             s = set_err(CARSEG_ENOMEM, "car: out of memory (%d masks of %dx%d)", nl, W, H);
@@ -362,48 +391,84 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
             s = cam_proposals(ci, fg, nl, bgf, nb, &cp, masks, NULL, NULL);
         }
         if (s != CARSEG_OK) goto done;
-        if (st) st->ms_cam += now_ms() - t0;
+        if (st) st->ms_cam += now_ms() - t0, st->cpu_cam += cpu_ms() - c0;
 
         /* --- visual prompts + classifier images (each encoded once) --- */
-        for (int j = 0; j < nl; j++) {
-            t0 = now_ms();
-            const float *m = masks + (size_t)j * hw;
-            int r = p->naive ? vp_apply_naive(im->rgb.px, W, H, vpt, m, p->eta, prompted)
-                             : vp_apply(vp, m, p->eta, prompted);
-            if (r < 0) {
-                s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+        if (p->naive) {
+            for (int j = 0; j < nl; j++) {
+                t0 = now_ms(), c0 = cpu_ms();
+                if (vp_apply_naive(im->rgb.px, W, H, vpt, masks + (size_t)j * hw, p->eta, prompted) < 0) {
+                    s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+                    goto done;
+                }
+                if (st) st->ms_prompt += now_ms() - t0, st->cpu_prompt += cpu_ms() - c0;
+                t0 = now_ms(), c0 = cpu_ms();
+                for (int k = 0; k < T && s == CARSEG_OK; k++) {   /* once per template, as upstream */
+                    s = cls_encode_image(c->cls, prompted, W, H, p->fix_center_crop, imgf + (size_t)j * Ec);
+                    if (st) st->image_encodes++;
+                }
+                if (s != CARSEG_OK) goto done;
+                if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
+            }
+        } else {
+            /* all prompted images of the round, then one batch through the classifier; an image
+             * whose mask has sum <= 1 is the original image: encoded once per car_image */
+            t0 = now_ms(), c0 = cpu_ms();
+            uint8_t *pim = realloc(prompted_all, hw * 3 * (size_t)nl);
+            if (!pim) {
+                s = set_err(CARSEG_ENOMEM, "car: out of memory (%d prompted images)", nl);
                 goto done;
             }
-            if (st) st->ms_prompt += now_ms() - t0;
-            t0 = now_ms();
-            int reps = p->naive ? T : 1;   /* the reference encodes the images once per template */
-            if (r == 0 && !p->naive && im->orig_feat) {   /* sum(mask) <= 1: the original image */
-                memcpy(imgf + (size_t)j * Ec, im->orig_feat, sizeof(float) * (size_t)Ec);
-                reps = 0;
+            prompted_all = pim;
+            int ne = 0, orig_j = -1;
+            for (int j = 0; j < nl; j++) {
+                int r = vp_apply(vp, masks + (size_t)j * hw, p->eta, pim + (size_t)ne * hw * 3);
+                if (r < 0) {
+                    s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+                    goto done;
+                }
+                enc_src[j] = -1;
+                if (r == 0 && (im->orig_feat || orig_j >= 0)) continue;   /* copied below */
+                if (r == 0) orig_j = j;
+                enc_src[j] = ne++;
             }
-            for (int k = 0; k < reps && s == CARSEG_OK; k++) {
-                s = cls_encode_image(c->cls, prompted, W, H, p->fix_center_crop, imgf + (size_t)j * Ec);
-                if (st) st->image_encodes++;
-            }
-            if (s == CARSEG_OK && r == 0 && !p->naive && !im->orig_feat) {
+            if (st) st->ms_prompt += now_ms() - t0, st->cpu_prompt += cpu_ms() - c0;
+            t0 = now_ms(), c0 = cpu_ms();
+            if ((s = cls_encode_images(c->cls, pim, ne, W, H, p->fix_center_crop, encf)) != CARSEG_OK)
+                goto done;
+            if (st) st->image_encodes += ne;
+            if (orig_j >= 0) {
                 im->orig_feat = malloc(sizeof(float) * (size_t)Ec);
-                if (im->orig_feat) memcpy(im->orig_feat, imgf + (size_t)j * Ec, sizeof(float) * (size_t)Ec);
+                if (im->orig_feat)
+                    memcpy(im->orig_feat, encf + (size_t)enc_src[orig_j] * Ec, sizeof(float) * (size_t)Ec);
             }
-            if (s != CARSEG_OK) goto done;
-            if (st) st->ms_cls += now_ms() - t0;
+            for (int j = 0; j < nl; j++) {
+                const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec
+                                   : im->orig_feat ? im->orig_feat
+                                                   : encf + (size_t)enc_src[orig_j] * Ec;
+                memcpy(imgf + (size_t)j * Ec, src, sizeof(float) * (size_t)Ec);
+            }
+            if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
         }
         /* --- text side: each template over the live queries --- */
-        t0 = now_ms();
-        for (int t = 0; t < T; t++) {
-            if ((s = sv_format(&v, tpls[t], queries, live, nl)) != CARSEG_OK) goto done;
-            s = text_feats(c, 0, &v, p->naive, txt + (size_t)t * nl * Ec);
+        t0 = now_ms(), c0 = cpu_ms();
+        if (p->naive) {
+            for (int t = 0; t < T; t++) {
+                if ((s = sv_format(&v, tpls[t], queries, live, nl)) != CARSEG_OK) goto done;
+                s = text_feats(c, 0, &v, p->naive, txt + (size_t)t * nl * Ec);
+                sv_free(&v);
+                if (s != CARSEG_OK) goto done;
+            }
+        } else {   /* all templates in one request: the uncached strings go in few, full batches */
+            if ((s = sv_format_all(&v, tpls, T, queries, live, nl)) != CARSEG_OK) goto done;
+            s = text_feats(c, 0, &v, 0, txt);   /* (T, nl, Ec) */
             sv_free(&v);
             if (s != CARSEG_OK) goto done;
         }
-        if (st) st->ms_text += now_ms() - t0;
-        t0 = now_ms();
+        if (st) st->ms_text += now_ms() - t0, st->cpu_text += cpu_ms() - c0;
+        t0 = now_ms(), c0 = cpu_ms();
         cls_probs(imgf, nl, txt, T, Ec, scale, dsoft, NULL, P);
-        if (st) st->ms_cls += now_ms() - t0;
+        if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
         if (st && round <= CAR_STATS_ROUNDS) {
             int r = round - 1;
             st->r_live[r] = nl;
@@ -411,6 +476,8 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
             st->r_ms_cam[r] = st->ms_cam - st0.ms_cam;
             st->r_ms_prompt[r] = st->ms_prompt - st0.ms_prompt;
             st->r_ms_cls[r] = st->ms_cls - st0.ms_cls;
+            st->r_cpu_cls[r] = st->cpu_cls - st0.cpu_cls;
+            st->r_cpu_cam[r] = st->cpu_cam - st0.cpu_cam;
         }
 
         /* --- filter: strict > theta, argmax fallback --- */
@@ -491,6 +558,7 @@ done:
     cam_image_free(ci_naive);
     free(live), free(keep), free(prev_live), free(diag), free(rsc), free(bgf), free(fg);
     free(imgf), free(txt), free(P), free(masks), free(prev), free(prompted), free(refined);
+    free(prompted_all), free(enc_src), free(encf);
     return s;
 }
 

@@ -61,13 +61,14 @@ void car_ctx_text_counts(const car_ctx *c, long *gen, long *cls);
 /* Timings (ms) and counters, accumulated by the calls below. */
 typedef struct {
     double ms_prepare, ms_text, ms_cam, ms_prompt, ms_cls, ms_crf;
+    double cpu_prepare, cpu_text, cpu_cam, cpu_prompt, cpu_cls, cpu_crf;   /* process CPU ms */
     int rounds;             /* rounds of the last pass */
     int rounds_total;
     int image_encodes;      /* classifier image forwards */
     /* per round of the last pass (the first CAR_STATS_ROUNDS rounds): live queries at the
      * round's start, classifier image forwards, and ms of cam / prompts / classifier */
     int r_live[8], r_encodes[8];
-    double r_ms_cam[8], r_ms_prompt[8], r_ms_cls[8];
+    double r_ms_cam[8], r_ms_prompt[8], r_ms_cls[8], r_cpu_cam[8], r_cpu_cls[8];
 } car_stats;
 enum { CAR_STATS_ROUNDS = 8 };
 

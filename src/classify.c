@@ -180,6 +180,29 @@ carseg_status cls_encode_image(const clip_model *cls, const uint8_t *rgb, int w,
     return st;
 }
 
+carseg_status cls_encode_images(const clip_model *cls, const uint8_t *rgb, int n, int w, int h,
+                                int no_crop, float *feats) {
+    if (n <= 0) return CARSEG_OK;
+    int size = cls->cfg.v_grid * cls->cfg.v_patch;
+    size_t px = 3 * (size_t)size * size, hw3 = (size_t)w * h * 3;
+    float *x = cs_malloc(sizeof(float) * px * (size_t)n);   /* (n, 3, size, size) */
+    if (!x) return set_err(CARSEG_ENOMEM, "classifier: out of memory (%d images)", n);
+    carseg_status st = CARSEG_OK;
+    for (int i = 0; i < n && st == CARSEG_OK; i++) {
+        image_u8 im = {w, h, 3, (uint8_t *)rgb + (size_t)i * hw3};
+        st = no_crop ? clip_preprocess_exact(&im, size, size, x + (size_t)i * px)
+                     : clip_preprocess(&im, size, x + (size_t)i * px);
+    }
+    if (st == CARSEG_OK) {
+        int nb = cls->cfg.v_layers - 1;   /* Q2: all but the last visual block */
+        if (nb < 1) nb = cls->cfg.v_layers;
+        st = clip_encode_images(cls, x, n, size, size, nb, feats);
+    }
+    cs_free(x);
+    for (int i = 0; st == CARSEG_OK && i < n; i++) l2norm(feats + (size_t)i * cls->cfg.embed, cls->cfg.embed);
+    return st;
+}
+
 static void softmax_row(float *v, int n) {
     float m = v[0];
     for (int i = 1; i < n; i++) if (v[i] > m) m = v[i];

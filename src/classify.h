@@ -30,6 +30,11 @@ long tc_encoded(const text_cache *tc);
 carseg_status cls_encode_image(const clip_model *cls, const uint8_t *rgb, int w, int h,
                                int no_crop, float *feat);
 
+/* n prompted images of the same size, rgb: (n, h, w, 3) -> feats (n, E), L2-normalised: one
+ * batch through clip_encode_images (the same features as n cls_encode_image calls). */
+carseg_status cls_encode_images(const clip_model *cls, const uint8_t *rgb, int n, int w, int h,
+                                int no_crop, float *feats);
+
 /* img: (n, E) normalised image features; txt: (T, n, E) normalised text features.
  * S_out: (T, n, n) per-template softmax (may be NULL); P: (n, n).
  * double_softmax: semantic mode (P = softmax(sum_k S_k)); else P = S_0 (T must be 1). */
