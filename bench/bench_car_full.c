@@ -137,11 +137,15 @@ int main(int argc, char **argv) {
     long ng, nc;
     car_ctx_text_counts(ctx, &ng, &nc);
 
-    /* FLOPs of the towers (matrix products; the classifier's last block counted in full though
-     * only its CLS row runs) */
+    /* FLOPs of the towers (matrix products; the text's last block counted at every token, though
+     * only the EOT row runs, and without the padding of a batch to its longest prompt) */
     int gw = (im.w + 15) / 16, gh = (im.h + 15) / 16;
     double f_trunk = clip_image_flops(&gen->cfg, gh, gw, gen->cfg.v_layers);
-    double f_cls1 = clip_image_flops(&cls->cfg, cls->cfg.v_grid, cls->cfg.v_grid, cls->cfg.v_layers - 1);
+    /* the classifier: 22 full blocks, then the 23rd at the CLS row only (its K and V at every
+     * token: the qkv product over all rows, attention, out-proj and MLP for one row) */
+    double Lc = 1.0 + cls->cfg.v_grid * cls->cfg.v_grid, Cc = cls->cfg.v_width, Mc = cls->cfg.v_mlp;
+    double f_cls1 = clip_image_flops(&cls->cfg, cls->cfg.v_grid, cls->cfg.v_grid, cls->cfg.v_layers - 2) +
+                    2 * Lc * Cc * 3 * Cc + 2 * Cc * (Cc + 2 * Mc) + 4 * Lc * Cc;
     double f_cls = f_cls1 * st.image_encodes;
     const char *const *q = job.classes;
     double f_text = text_flops(gen, tok, CAR_CAM_TEMPLATE, CAR_BG_WORDS, 23) +
