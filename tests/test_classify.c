@@ -59,3 +59,28 @@ TEST(classify_single_softmax) {
     CHECK_NEAR(P[0] + P[1], 1.0, 1e-6);
     CHECK_NEAR(P[0], 1.0 / (1.0 + exp(10.0 * (0.6 - 1.0))), 1e-6);
 }
+
+/* cls_encode_images (one batch, as car_pass uses it) gives the features of one call per image,
+ * with and without the Q8 crop; batches larger than clip_encode_images' internal batch. */
+TEST(classify_encode_images_batch) {
+    clip_config c = {.v_width = 64, .v_layers = 3, .v_patch = 8, .v_grid = 4, .t_width = 64,
+                     .t_layers = 1, .t_ctx = 8, .t_vocab = 100, .embed = 16};
+    clip_model *m;
+    CHECK_OK(clip_init_random(&c, 5, &m));
+    enum { N = 130, W = 45, H = 37 };   /* L = 17: 120 images per internal batch, so two */
+    uint8_t *rgb = malloc((size_t)N * W * H * 3);
+    float *batch = malloc(sizeof(float) * N * 16);
+    unsigned s = 3;
+    for (size_t i = 0; i < (size_t)N * W * H * 3; i++) rgb[i] = (uint8_t)((test_randf(&s) + 1.0f) * 127.99f);
+    for (int no_crop = 0; no_crop < 2; no_crop++) {
+        CHECK_OK(cls_encode_images(m, rgb, N, W, H, no_crop, batch));
+        for (int i = 0; i < N; i += 7) {
+            float one[16];
+            CHECK_OK(cls_encode_image(m, rgb + (size_t)i * W * H * 3, W, H, no_crop, one));
+            CHECK_CLOSE("batched prompted image", batch + (size_t)i * 16, one, 16, 1e-5, 1e-6);
+        }
+    }
+    CHECK_OK(cls_encode_images(m, rgb, 0, W, H, 0, batch));   /* nothing to do */
+    free(rgb), free(batch);
+    clip_free(m);
+}
