@@ -72,6 +72,10 @@ void car_ctx_text_counts(const car_ctx *c, long *gen, long *cls) {
 }
 
 enum { MAX_VP = 8 };
+/* prompted images per classifier batch: bounds the memory of a round to CLS_CHUNK images
+ * (H x W x 3 bytes + 3 x 224 x 224 floats each) whatever the number of queries; a multiple of
+ * clip_encode_images' batch at ViT-L/14 (7 images of 257 tokens) */
+enum { CLS_CHUNK = 28 };
 struct car_image {
     image_u8 rgb;                 /* owned copy */
     cam_image *ci;                /* trunk + affinity of the generator */
@@ -325,13 +329,15 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
     float *txt = malloc(sizeof(float) * (size_t)T * n * Ec);
     float *P = malloc(sizeof(float) * (size_t)n * n);
     float *masks = NULL, *prev = NULL;
-    uint8_t *prompted = malloc(hw * 3), *refined = NULL, *prompted_all = NULL;
+    int nch = n < CLS_CHUNK ? n : CLS_CHUNK;
+    uint8_t *prompted = malloc(hw * 3), *refined = NULL;
+    uint8_t *pim = malloc(hw * 3 * (size_t)nch);                 /* (nch, H, W, 3) a chunk */
     int *enc_src = malloc(sizeof(int) * (size_t)n);             /* row of encf per live query */
-    float *encf = malloc(sizeof(float) * (size_t)n * Ec);       /* (n, Ec) encoded this round */
+    float *encf = malloc(sizeof(float) * (size_t)nch * Ec);     /* (nch, Ec) a chunk's features */
     strvec v = {0};
     cam_image *ci_naive = NULL;
     if (!live || !keep || !prev_live || !diag || !rsc || !bgf || !fg || !imgf || !txt || !P ||
-        !prompted || !enc_src || !encf) {
+        !prompted || !pim || !enc_src || !encf) {
         s = set_err(CARSEG_ENOMEM, "car: out of memory (%d queries)", n);
         goto done;
     }
@@ -411,44 +417,41 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
                 if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
             }
         } else {
-            /* all prompted images of the round, then one batch through the classifier; an image
-             * whose mask has sum <= 1 is the original image: encoded once per car_image */
-            t0 = now_ms(), c0 = cpu_ms();
-            uint8_t *pim = realloc(prompted_all, hw * 3 * (size_t)nl);
-            if (!pim) {
-                s = set_err(CARSEG_ENOMEM, "car: out of memory (%d prompted images)", nl);
-                goto done;
-            }
-            prompted_all = pim;
-            int ne = 0, orig_j = -1;
-            for (int j = 0; j < nl; j++) {
-                int r = vp_apply(vp, masks + (size_t)j * hw, p->eta, pim + (size_t)ne * hw * 3);
-                if (r < 0) {
-                    s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
-                    goto done;
+            /* the prompted images of the round in chunks of CLS_CHUNK, each chunk one batch
+             * through the classifier; an image whose mask has sum <= 1 is the original image:
+             * encoded once per car_image */
+            for (int j0 = 0; j0 < nl; j0 += CLS_CHUNK) {
+                int j1 = j0 + CLS_CHUNK < nl ? j0 + CLS_CHUNK : nl, ne = 0, orig_j = -1;
+                t0 = now_ms(), c0 = cpu_ms();
+                for (int j = j0; j < j1; j++) {
+                    int r = vp_apply(vp, masks + (size_t)j * hw, p->eta, pim + (size_t)ne * hw * 3);
+                    if (r < 0) {
+                        s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+                        goto done;
+                    }
+                    enc_src[j] = -1;
+                    if (r == 0 && (im->orig_feat || orig_j >= 0)) continue;   /* copied below */
+                    if (r == 0) orig_j = j;
+                    enc_src[j] = ne++;
                 }
-                enc_src[j] = -1;
-                if (r == 0 && (im->orig_feat || orig_j >= 0)) continue;   /* copied below */
-                if (r == 0) orig_j = j;
-                enc_src[j] = ne++;
-            }
-            if (st) st->ms_prompt += now_ms() - t0, st->cpu_prompt += cpu_ms() - c0;
-            t0 = now_ms(), c0 = cpu_ms();
-            if ((s = cls_encode_images(c->cls, pim, ne, W, H, p->fix_center_crop, encf)) != CARSEG_OK)
-                goto done;
-            if (st) st->image_encodes += ne;
-            if (orig_j >= 0) {
-                im->orig_feat = malloc(sizeof(float) * (size_t)Ec);
-                if (im->orig_feat)
+                if (st) st->ms_prompt += now_ms() - t0, st->cpu_prompt += cpu_ms() - c0;
+                t0 = now_ms(), c0 = cpu_ms();
+                s = cls_encode_images(c->cls, pim, ne, W, H, p->fix_center_crop, encf);
+                if (s != CARSEG_OK) goto done;
+                if (st) st->image_encodes += ne;
+                if (orig_j >= 0) {
+                    if (!(im->orig_feat = malloc(sizeof(float) * (size_t)Ec))) {
+                        s = set_err(CARSEG_ENOMEM, "car: out of memory");
+                        goto done;
+                    }
                     memcpy(im->orig_feat, encf + (size_t)enc_src[orig_j] * Ec, sizeof(float) * (size_t)Ec);
+                }
+                for (int j = j0; j < j1; j++) {
+                    const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec : im->orig_feat;
+                    memcpy(imgf + (size_t)j * Ec, src, sizeof(float) * (size_t)Ec);
+                }
+                if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
             }
-            for (int j = 0; j < nl; j++) {
-                const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec
-                                   : im->orig_feat ? im->orig_feat
-                                                   : encf + (size_t)enc_src[orig_j] * Ec;
-                memcpy(imgf + (size_t)j * Ec, src, sizeof(float) * (size_t)Ec);
-            }
-            if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
         }
         /* --- text side: each template over the live queries --- */
         t0 = now_ms(), c0 = cpu_ms();
@@ -558,7 +561,7 @@ done:
     cam_image_free(ci_naive);
     free(live), free(keep), free(prev_live), free(diag), free(rsc), free(bgf), free(fg);
     free(imgf), free(txt), free(P), free(masks), free(prev), free(prompted), free(refined);
-    free(prompted_all), free(enc_src), free(encf);
+    free(pim), free(enc_src), free(encf);
     return s;
 }
 

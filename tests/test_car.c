@@ -220,6 +220,44 @@ TEST(car_hoisted_equals_naive) {
     free_models(&M);
 }
 
+/* More live queries than one classifier chunk (CLS_CHUNK = 28): the chunked batches give
+ * exactly the naive path's result (one template keeps the naive path cheap). */
+TEST(car_hoisted_equals_naive_chunks) {
+    models M;
+    int lm = load_models(&M, 0);
+    if (lm == 0) SKIP("fixture models or vocabulary missing");
+    REQUIRE(lm == 1);
+    image_u8 im;
+    const char *ip = fx("coffee300_voc", "input.png");
+    if (!ip) SKIP("CaR fixtures missing");
+    CHECK_OK(image_load_rgb(ip, &im));
+    const car_preset *coco = preset_find("coco-object");
+    REQUIRE(coco && coco->list && coco->list->n >= 40);
+    enum { N = 40 };
+    const char *const *q = coco->list->classes;
+    car_params p = car_default_params();
+    p.n_templates = 1;
+    p.theta = 0.03f;
+    size_t hw = (size_t)im.w * im.h;
+    uint8_t *m1 = malloc(hw * N), *m2 = malloc(hw * N);
+    float s1[N], s2[N];
+    car_stats a, b;
+    memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
+    car_image *ci;
+    CHECK_OK(car_image_new(M.ctx, &im, &a, &ci));
+    CHECK_OK(car_pass(M.ctx, ci, q, N, CAR_BG_WORDS, 23, &p, NULL, m1, s1, NULL, &a));
+    car_params pn = p;
+    pn.naive = 1;
+    CHECK_OK(car_pass(M.ctx, ci, q, N, CAR_BG_WORDS, 23, &pn, NULL, m2, s2, NULL, &b));
+    CHECK(a.rounds == b.rounds && a.r_live[0] == N);
+    CHECK(!memcmp(s1, s2, sizeof s1));
+    CHECK(!memcmp(m1, m2, hw * N));
+    free(m1), free(m2);
+    car_image_free(ci);
+    image_free(&im);
+    free_models(&M);
+}
+
 /* A class list of 1 and of 200, a 17x23 image, duplicate names, an all-background guard. */
 TEST(car_edge_cases) {
     models M;
