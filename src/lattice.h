@@ -40,6 +40,9 @@ typedef struct {
  * reference's SSE construction does for its padding lanes (these vertices carry no value of their
  * own but relay the blur; 1 to reproduce pydensecrf exactly, 0 for the plain algorithm). */
 carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad);
+/* The same lattice (array for array) built with a hash table: lattice_build's fallback when the
+ * keys do not pack into 64 bits; exposed for tests. */
+carseg_status lattice_build_hash(lattice *L, const float *feat, int n, int d, int ref_pad);
 void lattice_free(lattice *L);
 
 /* Scratch floats that lattice_filter / lattice_filter_potts need for value vectors of vs floats
