@@ -469,11 +469,14 @@ fail:
 /* LSD radix sort of keys a[0..n) on bits [lo, hi), stable, carrying the payload ia along; tmp,
  * itmp: n scratch. On return *ka and *ki point to the sorted keys and payload (the input arrays
  * or the scratch ones). hist: nthreads * 2048 scratch. */
+#ifndef RADIX_BITS
+#define RADIX_BITS 11
+#endif
 static void radix_sort(uint64_t **ka, uint32_t **ki, uint64_t *tmp, uint32_t *itmp, size_t n, int lo, int hi,
                        size_t *hist) {
     uint64_t *a = *ka;
     uint32_t *ia = *ki;
-    const int passes = (hi - lo + 10) / 11;
+    const int passes = (hi - lo + RADIX_BITS - 1) / RADIX_BITS;
     const int db = (hi - lo + passes - 1) / passes;
     for (int p = 0; p < passes; p++) {
         const int sh = lo + p * db;
@@ -766,8 +769,6 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
  * compile-time constant for the common small sizes. */
 size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1) * (size_t)vs; }
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
 /* for (k = 0; k < n; k++) body, over the value lanes: plain for the short rows instantiated with
  * a constant width S <= 4 (unrolled), vectorised otherwise (-O2's cost model leaves these loops
  * scalar). Lanes are independent, so vectorising does not change any rounding. */
@@ -780,109 +781,31 @@ size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1)
         }                                                              \
     } while (0)
 
-/* splat: val[v] = Σ_{points p on v, in point order} w · in[p] (· scale[p] first when given) */
-ALWAYS_INLINE void splat(const lattice *L, const float *in, const float *scale, int vs, int S, float *val) {
-    const int m = L->m;
-#pragma omp parallel for schedule(static)
-    for (int v = 0; v < m; v++) {
-        float *restrict acc = val + ((size_t)v + 1) * S;
-        for (int k = 0; k < S; k++) acc[k] = 0;
-        for (int32_t e = L->sp_start[v]; e < L->sp_start[v + 1]; e++) {
-            const float w = L->sp_w[e];
-            const int32_t p = L->sp_pt[e];
-            const float *x = in + (size_t)p * vs;
-            if (scale) {
-                const float sc = scale[p];
-                VLOOP(S, vs, acc[k] += w * (x[k] * sc));
-            } else {
-                VLOOP(S, vs, acc[k] += w * x[k]);
-            }
-        }
-    }
-}
-
-/* blur: new = old + (n1 + n2) / 2 along each direction, in place along each chain (a missing
- * neighbour counts as zero, as the reference's zero row) */
-ALWAYS_INLINE void blur(const lattice *L, int S, int reverse, float *val) {
-    const int d = L->d;
-    for (int jj = 0; jj <= d; jj++) {
-        const int j = reverse ? d - jj : jj;
-        const int32_t *ch_end = L->ch_v + L->ch_start[L->ch_dir[j + 1]];
-#pragma omp parallel for schedule(dynamic, 256)
-        for (int32_t c = L->ch_dir[j]; c < L->ch_dir[j + 1]; c++) {
-            const int32_t *cv = L->ch_v + L->ch_start[c];
-            const int len = L->ch_start[c + 1] - L->ch_start[c];
-            float b0[128], b1[128];
-            for (int k0 = 0; k0 < S; k0 += 128) {   /* value blocks of 128 */
-                const int kn = S - k0 < 128 ? S - k0 : 128;
-                float *prev = b0, *save = b1;
-                for (int k = 0; k < kn; k++) prev[k] = 0;
-                for (int i = 0; i < len; i++) {
-                    if (cv + i + 8 < ch_end) {   /* the walk jumps around memory: fetch ahead */
-                        const char *pf = (const char *)(val + ((size_t)cv[i + 8] + 1) * S + k0);
-                        for (int b = 0; b < kn * 4; b += 64) __builtin_prefetch(pf + b, 1);
-                    }
-                    float *restrict cur = val + ((size_t)cv[i] + 1) * S + k0;
-                    const float *restrict nx = i + 1 < len ? val + ((size_t)cv[i + 1] + 1) * S + k0 : val;
-                    float *restrict pv = prev, *restrict sv = save;
-                    VLOOP(S, kn, const float o = cur[k]; sv[k] = o; cur[k] = o + 0.5f * (nx[k] + pv[k]));
-                    prev = sv;
-                    save = pv;
-                }
-            }
-        }
-    }
-}
-
-/* acc[0..kn) = sliced value of point i, lanes k0..k0+kn: Σ_j w_j·alpha·val[corner j] in the
- * reference's rounding (its scalar path for vs <= 2, SSE path otherwise). */
-ALWAYS_INLINE void slice_point(const lattice *L, const float *val, int i, int k0, int kn, int vs, int S,
-                               float alpha, float *restrict acc) {
-    const int d1 = L->d + 1;
-    const int32_t *off = L->offset + (size_t)i * d1;
-    const float *bw = L->bary + (size_t)i * d1;
-    if (k0 == 0 && i + 8 < L->n) {   /* corners of a later point: fetch ahead */
-        const int32_t *o8 = off + 8 * d1;
-        for (int j = 0; j < d1; j++) {
-            const char *pf = (const char *)(val + (size_t)o8[j] * S);
-            for (int b = 0; b < S * 4 && b < 512; b += 64) __builtin_prefetch(pf + b);
-        }
-    }
-    for (int k = 0; k < kn; k++) acc[k] = 0;
-    for (int j = 0; j < d1; j++) {
-        const float *x = val + (size_t)off[j] * S + k0;
-        if (vs <= 2) {
-            const float w = bw[j];
-            VLOOP(S, kn, acc[k] += w * x[k] * alpha);
-        } else {
-            const float w = bw[j] * alpha;
-            VLOOP(S, kn, acc[k] += w * x[k]);
-        }
-    }
-}
-
-/* out[i] = slice (mode 0), or out[i] -= -w · (slice · norm[i]) (mode 1, the Potts message) */
-ALWAYS_INLINE void slice(const lattice *L, const float *val, int vs, int S, int mode, const float *norm,
-                         float w, float *out) {
-    const int n = L->n;
-    const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-L->d));
-    const float negw = -w;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float acc[64], *dst = out + (size_t)i * vs;
-        for (int k0 = 0; k0 < vs; k0 += 64) {
-            const int kn = vs - k0 < 64 ? vs - k0 : 64;
-            slice_point(L, val, i, k0, kn, vs, S, alpha, acc);
-            const int ko = vs - k0 < kn ? vs - k0 : kn;
-            if (mode == 0) {
-                for (int k = 0; k < ko; k++) dst[k0 + k] = acc[k];
-            } else {
-                const float s = norm[i];
-                VLOOP(S, ko, dst[k0 + k] -= negw * (acc[k] * s));
-            }
-        }
-    }
-}
+#define KFN(x) x##_1
+#define KW 1
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_2
+#define KW 2
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_3
+#define KW 3
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_4
+#define KW 4
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_n
+#define KW 0
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
 
 static carseg_status filter_any(const lattice *L, const float *in, const float *norm, float w, float *out,
                                 int vs, int reverse, int mode, float *work) {
@@ -893,17 +816,18 @@ static carseg_status filter_any(const lattice *L, const float *in, const float *
         if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", L->m, vs);
     }
     for (int k = 0; k < vs; k++) work[k] = 0;   /* row 0: absent vertices */
-#define FILTER_VS(V)                                  \
-    do {                                              \
-        splat(L, in, norm, V, V, work);               \
-        blur(L, V, reverse, work);                    \
-        slice(L, work, V, V, mode, norm, w, out);     \
+#define FILTER_VS(X)                                    \
+    do {                                                \
+        splat_##X(L, in, norm, vs, work);               \
+        blur_##X(L, vs, reverse, work);                 \
+        slice_##X(L, work, vs, mode, norm, w, out);     \
     } while (0)
     switch (vs) {
     case 1: FILTER_VS(1); break;
     case 2: FILTER_VS(2); break;
     case 3: FILTER_VS(3); break;
-    default: FILTER_VS(vs); break;
+    case 4: FILTER_VS(4); break;
+    default: FILTER_VS(n); break;
     }
 #undef FILTER_VS
     cs_free(own);
