@@ -781,6 +781,8 @@ size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1)
         }                                                              \
     } while (0)
 
+/* the filter kernels: one copy per constant row width 1..8 (splat_3, blur_3, ...), and the
+ * runtime width (splat_n, ...) */
 #define KFN(x) x##_1
 #define KW 1
 #include "lattice_kernels.inc"
@@ -798,6 +800,26 @@ size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1)
 #undef KW
 #define KFN(x) x##_4
 #define KW 4
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_5
+#define KW 5
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_6
+#define KW 6
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_7
+#define KW 7
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_8
+#define KW 8
 #include "lattice_kernels.inc"
 #undef KFN
 #undef KW
@@ -827,6 +849,10 @@ static carseg_status filter_any(const lattice *L, const float *in, const float *
     case 2: FILTER_VS(2); break;
     case 3: FILTER_VS(3); break;
     case 4: FILTER_VS(4); break;
+    case 5: FILTER_VS(5); break;
+    case 6: FILTER_VS(6); break;
+    case 7: FILTER_VS(7); break;
+    case 8: FILTER_VS(8); break;
     default: FILTER_VS(n); break;
     }
 #undef FILTER_VS

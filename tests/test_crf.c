@@ -187,6 +187,38 @@ TEST(crf_lattice_sorted_equals_hash) {
     lattice_free(&b);
 }
 
+TEST(crf_lattice_widths_agree) {
+    /* the kernels instantiated for constant widths 3..8 give exactly the lanes of the runtime-width
+     * kernels (lanes are independent above width 2), for the plain filter and the Potts message */
+    const int n = 1001, d = 5, W = 13;
+    float *f = malloc((size_t)n * d * sizeof *f), *v = malloc((size_t)n * W * sizeof *v);
+    float *nm = malloc(n * sizeof *nm), *ow = malloc((size_t)n * W * sizeof *ow), *o = malloc((size_t)n * W * sizeof *o);
+    float *x = malloc((size_t)n * W * sizeof *x), *pw = malloc((size_t)n * W * sizeof *pw), *pn = malloc((size_t)n * W * sizeof *pn);
+    unsigned r = 99;
+    for (int i = 0; i < n * d; i++) f[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 16777216.0f * 6.0f;
+    for (int i = 0; i < n * W; i++) v[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 16777216.0f;
+    for (int i = 0; i < n; i++) nm[i] = 0.2f + (float)(i % 7) * 0.1f;
+    lattice L;
+    REQUIRE(lattice_build(&L, f, n, d, 1) == CARSEG_OK);
+    CHECK_OK(lattice_filter(&L, v, ow, W, 0, NULL));
+    for (int i = 0; i < n * W; i++) pw[i] = 0.5f;
+    CHECK_OK(lattice_filter_potts(&L, v, nm, 3.0f, pw, W, NULL));
+    for (int w = 3; w <= 8; w++) {
+        for (int i = 0; i < n; i++) memcpy(x + (size_t)i * w, v + (size_t)i * W, w * sizeof *x);
+        CHECK_OK(lattice_filter(&L, x, o, w, 0, NULL));
+        for (int i = 0; i < n * w; i++) pn[i] = 0.5f;
+        CHECK_OK(lattice_filter_potts(&L, x, nm, 3.0f, pn, w, NULL));
+        size_t bad = 0;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < w; k++)
+                bad += memcmp(o + (size_t)i * w + k, ow + (size_t)i * W + k, 4) != 0 ||
+                       memcmp(pn + (size_t)i * w + k, pw + (size_t)i * W + k, 4) != 0;
+        CHECK_MSG(bad == 0, "width %d: %zu values differ from the runtime-width kernels", w, bad);
+    }
+    lattice_free(&L);
+    free(f), free(v), free(nm), free(ow), free(o), free(x), free(pw), free(pn);
+}
+
 // ---------------------------------------------------------------------------------------------
 // mean field
 
