@@ -318,9 +318,31 @@ static carseg_status check_args(lattice *L, const float *feat, int n, int d) {
     size_t nc;
     if (!cs_mul_ok(&nc, (size_t)n, (size_t)d + 1, 1) || nc > (size_t)INT32_MAX - 64)
         return set_err(CARSEG_EINVAL, "lattice: too many points (%d x %d corners)", n, d + 1);
-    for (size_t i = 0; i < (size_t)n * d; i++)
-        if (!isfinite(feat[i]))
-            return set_err(CARSEG_EINVAL, "lattice: feature %zu of point %zu is not finite", i % d, i / d);
+    /* finite features, and elevated coordinates below 2^22 so that the float rounding, rank and
+     * key arithmetic stay exact (beyond, the rank correction can leave 0..d) */
+    float scale[LATTICE_MAX_D];
+    elevation_scale(d, scale);
+    int64_t bad_f = INT64_MAX, bad_e = INT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : bad_f, bad_e)
+    for (int p = 0; p < n; p++) {
+        const float *f = feat + (size_t)p * d;
+        float el[LATTICE_MAX_D + 1];
+        int fin = 1;
+        for (int i = 0; i < d; i++) fin &= isfinite(f[i]) != 0;
+        if (!fin) {
+            bad_f = p < bad_f ? p : bad_f;
+            continue;
+        }
+        elevate(f, d, scale, el);
+        for (int i = 0; i <= d; i++)
+            if (!(fabsf(el[i]) < 4194304.0f)) bad_e = p < bad_e ? p : bad_e;
+    }
+    if (bad_f != INT64_MAX)
+        return set_err(CARSEG_EINVAL, "lattice: a feature of point %lld is not finite", (long long)bad_f);
+    if (bad_e != INT64_MAX)
+        return set_err(CARSEG_EINVAL,
+                       "lattice: features of point %lld too large (elevated beyond 2^22; standard deviation too small?)",
+                       (long long)bad_e);
     return CARSEG_OK;
 }
 
