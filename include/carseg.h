@@ -6,6 +6,22 @@
  * (stderr by default). Objects opened with an _open or _new call are released with the matching _close or _free,
  * which accept NULL. A loaded model is immutable and may be shared by threads; scratch state
  * belongs to one thread at a time.
+ *
+ * The whole method in a few lines (error checks elided; see the sections below):
+ *
+ *     carseg_car *car;
+ *     carseg_car_open("ViT-B/16", "ViT-L/14", NULL, &car);  // names are pulled into the cache,
+ *                                                          // file paths are used as they are
+ *     uint8_t *rgb; int w, h;
+ *     carseg_image_load("photo.jpg", &rgb, &w, &h);
+ *     carseg_car_opts opts;
+ *     carseg_car_preset("voc", &opts, NULL, NULL);         // η, θ, λ, prompts of a reference config
+ *     const char *classes[] = {"cat", "dog", "sofa"};
+ *     uint16_t *labels = malloc((size_t)w * h * sizeof *labels);
+ *     float scores[3];
+ *     carseg_car_segment(car, rgb, w, h, classes, 3, &opts, labels, scores, NULL);
+ *     carseg_labels_save_png("labels.png", labels, w, h);  // 0 = background, k = classes[k-1]
+ *     free(labels); carseg_image_free(rgb); carseg_car_close(car);
  */
 #ifndef CARSEG_H
 #define CARSEG_H
@@ -131,7 +147,14 @@ int carseg_tokenize(const carseg_tokenizer *t, const char *text, int32_t *out, i
 
 // ---------------------------------------------------------------------------------------------
 // Images (image.c)
-// (section: add declarations here)
+
+/* Loads a JPEG or PNG as 8-bit RGB, pixel-identical to Pillow's Image.open(p).convert("RGB").
+ * *rgb: (h, w, 3) bytes, top row first; free with carseg_image_free. */
+carseg_status carseg_image_load(const char *path, uint8_t **rgb, int *w, int *h);
+void carseg_image_free(uint8_t *rgb);
+/* Writes a label map as a PNG (atomically): 8-bit with the VOC palette when every label is
+ * < 256, else 16-bit gray. labels: (h, w). */
+carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h);
 
 
 
