@@ -35,11 +35,13 @@ Usage:
         [--eta .4] [--theta .6] [--lambda .4] [--prompts circle,blur] [--templates default|single]
         [--bg "w1|w2"] [--bg-factor 1] [--stuff "i,j"] [--stuff-prompts gray,blur]
         [--stuff-bg-factor 1] [--crf carseg|none] [--carseg BIN] [--resize WxH] [--crop x,y,w,h]
+        [--fill R,G,B]
         [--fixture-extras]
   --stuff gives the 0-based indices (into --classes) of the stuff classes: two-pass mode (§4.4),
   pass 1 = the other (thing) classes with the usual bg words, pass 2 = the stuff classes with the
   thing names as bg words; labels = index in --classes + 1, stuff painted first, things over it.
-  --resize/--crop prepare the input from IMAGE (crop first, then PIL bicubic resize); the image the
+  --resize/--crop/--fill prepare the input from IMAGE (crop, then PIL bicubic resize, then an optional
+  constant colour of that size); the image the
   pipeline really received is written to DIR/input.png.
 
 Output (the layout of `carseg segment --dump DIR`): per round k (1-based) `round<k>.json` with
@@ -606,6 +608,7 @@ def main(argv=None):
     ap.add_argument("--carseg")
     ap.add_argument("--resize")
     ap.add_argument("--crop")
+    ap.add_argument("--fill", help="R,G,B: replace the (cropped, resized) image by this colour")
     ap.add_argument("--fixture-extras", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
@@ -646,6 +649,8 @@ def main(argv=None):
     if a.resize:
         w, h = [int(v) for v in a.resize.lower().split("x")]
         pil = pil.resize((w, h), Image.BICUBIC)
+    if a.fill:
+        pil = Image.new("RGB", pil.size, tuple(int(v) for v in a.fill.split(",")))
     pil.save(os.path.join(a.out, "input.png"))
     pil = Image.open(os.path.join(a.out, "input.png")).convert("RGB")
     img = np.asarray(pil)
