@@ -71,6 +71,13 @@ def isolated(case, r_, fx, d, st, meta, models, args, shared, eta, lam, pngs):
     pil = Image.open(os.path.join(fx, "input.png")).convert("RGB")
     img = np.asarray(pil)
     gen.prepare(pil)
+    tp = os.path.join(fx, "iter01/gen_trunk_out.npy")
+    if r_ == "r1 " and os.path.exists(tp):
+        close(case, "generator trunk output", gen.x_in.numpy(), np.load(tp), 1e-5)
+    ap = os.path.join(fx, "iter01/gen_trunk_attn.npy")
+    if r_ == "r1 " and os.path.exists(ap):
+        close(case, "generator trunk attention", np.stack([t.numpy() for t in gen.trunk_attn]),
+              np.load(ap), 1e-6)
     a = gen.a0.clone().requires_grad_(True)
     bg = torch.from_numpy(np.load(os.path.join(fx, "gen_text_emb_bg.npy")))
     _, w = gen.head(a, bg)
@@ -89,7 +96,9 @@ def isolated(case, r_, fx, d, st, meta, models, args, shared, eta, lam, pngs):
         r = torch.matmul(tm * bm.view(1, -1), torch.from_numpy(grid[i]).view(-1, 1)).reshape(grid.shape[1:])
         got[i] = co.scale_cam(r.numpy().astype(np.float32), (W, H))
     report(case, r_ + "boxes from fixture grid", boxes_ok)
-    close(case, r_ + "masks from fixture grid (CAA)", got, ref, 1e-6)
+    # exact (0) where the trunk output is bit-identical (coffee300: 248 tokens); with 1025 tokens
+    # (astronaut) the trunk differs by a few ulps (summation order) and so does the affinity
+    close(case, r_ + "masks from fixture grid (CAA)", got, ref, 1e-4)
     prompted = [co.visual_prompt(img, m, eta, meta["visual_prompt_type"])[0] for m in ref]
     same = sum(int(np.array_equal(cv2.cvtColor(prompted[int(f[9:11])], cv2.COLOR_RGB2BGR),
                                   cv2.imread(os.path.join(d, f)))) for f in pngs)
