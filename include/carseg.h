@@ -178,11 +178,77 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
 // Dense CRF (crf.c, lattice.c)
 // (section: add declarations here)
 
+/* Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun 2011) as CaR runs it
+ * through pydensecrf's DenseCRF2D: Potts compatibility, symmetric normalisation, mean field on the
+ * permutohedral lattice. Kernels: a Gaussian on (x/pos_sxy, y/pos_sxy) with weight pos_w and a
+ * bilateral one on (x/bi_sxy, y/bi_sxy, f0/bi_srgb, f1/bi_srgb, f2/bi_srgb) with weight bi_w,
+ * x the column, f0..f2 the three feature channels in the order given. */
+typedef struct carseg_crf_params {
+    int iters;                        /* mean-field iterations (CaR: 10) */
+    float pos_sxy, pos_w;             /* Gaussian kernel: sxy 1, weight 3 */
+    float bi_sxy, bi_srgb, bi_w;      /* bilateral kernel: sxy 67, srgb 3, weight 4 */
+} carseg_crf_params;
+
+/* CaR's parameters (10 iterations; 1, 3; 67, 3, 4). */
+carseg_crf_params carseg_crf_defaults(void);
+
+/* probs: (C, H, W) float probabilities, used as given (unary = -log(clip(p, 1e-5, 1)), no
+ * renormalisation); NaN is rejected. feat: (H, W, 3) uint8 colour features, used as-is.
+ * labels: (H, W) argmax of the marginals (first maximum), or NULL. q: (C, H, W) marginals after the
+ * last iteration, or NULL. Any C >= 1 (labels hold up to 65535). Uses carseg_set_threads threads. */
+carseg_status carseg_crf(const float *probs, int C, int H, int W, const uint8_t *feat,
+                         const carseg_crf_params *p, uint16_t *labels, float *q);
+
+/* CaR's colour features (its quirk Q4): RGB -> BGR, minus (104.008, 116.669, 122.675), truncated
+ * to an integer and wrapped modulo 256 as NumPy's uint8 cast does. rgb, feat: (H, W, 3). */
+void carseg_crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat);
+
+
 
 
 // ---------------------------------------------------------------------------------------------
 // Visual prompts, presets, the CaR method (prompts.c, presets.c, classify.c, car.c)
 // (section: add declarations here)
+
+/* A CaR segmenter: the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
+ * (ViT-L/14; may be the same file) and the BPE vocabulary, plus text-feature caches. One
+ * segmenter per thread. */
+typedef struct carseg_car carseg_car;
+carseg_status carseg_car_open(const char *generator, const char *classifier, const char *vocab,
+                              carseg_car **out);
+void carseg_car_close(carseg_car *c);
+
+/* Settings of one run. carseg_car_preset() fills them with a reference config's values. */
+typedef struct {
+    float eta;                 /* mask binarisation threshold of the visual prompt */
+    float theta;               /* query filter: keep query i iff P[i,i] > theta */
+    float lambda;              /* Grad-CAM box threshold */
+    const char *prompts;       /* "circle,blur", ... (blur gray black circle rectangle contour) */
+    const char *stuff_prompts; /* prompts of the stuff pass (NULL: same as prompts) */
+    int templates;             /* 15 (semantic templates, double softmax) or 0 (one template) */
+    int crf;                   /* 1: dense CRF post-processing; 0: argmax of (background, CAMs) */
+    int fix_quirks;            /* 1: fix the reference's bugs Q3, Q4, Q8, Q9, Q17 (see README) */
+    const char *preset;        /* set by carseg_car_preset: its class list and thing/stuff split */
+} carseg_car_opts;
+
+/* name: "voc", "coco-object", "context", "ade150", "pc459", "refcoco", "refcoco+",
+ * "refcocog", "gres"; NULL gives the VOC settings without a class list. Unknown -> EINVAL.
+ * classes/n_classes (may be NULL): the preset's class list (label k = classes[k-1]). */
+carseg_status carseg_car_preset(const char *name, carseg_car_opts *opts,
+                                const char *const **classes, int *n_classes);
+
+/* Semantic segmentation of an RGB image (h, w, 3 bytes, top row first). classes: n names
+ * (label k = classes[k-1]); classes NULL: the preset's list (thing + stuff passes where the
+ * preset has them). labels: (h, w) 0 = background; scores: (n) final scores (0 = dropped).
+ * rounds (may be NULL): rounds of the recurrence run, summed over the passes. */
+carseg_status carseg_car_segment(carseg_car *c, const uint8_t *rgb, int w, int h,
+                                 const char *const *classes, int n, const carseg_car_opts *opts,
+                                 uint16_t *labels, float *scores, int *rounds);
+
+/* Referring segmentation: n phrases describing one object. mask: (h, w) 0/1; scores: (n). */
+carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
+                               const char *const *phrases, int n, const carseg_car_opts *opts,
+                               uint8_t *mask, float *scores);
 
 
 
