@@ -53,7 +53,8 @@ proposals); then `final_masks.npy` (N, H, W float32 0/1, input order), `final_sc
 Two-pass mode prefixes the round files with `things_` / `stuff_`. Refer mode also writes
 `refer_merged.npy`. Duplicate names (Q17): labels.png follows the reference (the later duplicate
 overwrites the first one's slot); `labels_q17fixed.png` is the "each survivor keeps its own index"
-variant. `--fixture-extras` also writes `r<k>_gradcam_grid.npy`, `r<k>_cls_P.npy`, `r<k>_cls_S.npy`,
+variant, and `labels_q17tie.png` the reference rule when the duplicates' CRF channels tie exactly
+(see the comment in main). `--fixture-extras` also writes `r<k>_gradcam_grid.npy`, `r<k>_cls_P.npy`, `r<k>_cls_S.npy`,
 `r<k>_prompted_NN.png`, `r<k>_gen_probs.npy`, gen_input.npy, crf_image_u8.npy, crf_probs_in.npy.
 
 Validation (scripts/car_oracle_selfcheck.py, 126 checks on the three upstream cases coffee300_voc,
@@ -282,6 +283,7 @@ class Generator:
         x = v.ln_post(x)
         e = torch.mean(x[:, 1:, :], dim=1) @ v.proj
         e = e / e.norm(dim=1, keepdim=True)
+        T = T.to(e.dtype)
         T = T / T.norm(dim=1, keepdim=True)
         return torch.softmax((self.scale * e @ T.t()).float(), dim=-1), w
 
@@ -737,6 +739,21 @@ def main(argv=None):
                     lab2 = assign(np.zeros((H, W), np.int64), om2, osc2, list(range(N)))
                     save_palette_png(os.path.join(a.out, "labels_q17fixed.png"), lab2)
                     summary["q17_collision"] = len(set(text)) != len(text)
+                    if summary["q17_collision"]:
+                        # Identical names give CAMs that differ only by float32 ulps (autograd
+                        # summation order depends on the target index); two near-identical CRF
+                        # channels then break their tie arbitrarily. With EXACT ties (a port that
+                        # computes identical CAMs) the first channel takes the union and the later
+                        # duplicate is empty, so the reference's index() collision erases the class.
+                        ref3 = ref.copy()
+                        for j in range(len(names)):
+                            first = names.index(names[j])
+                            if first != j:
+                                ref3[first] = np.maximum(ref3[first], ref3[j])
+                                ref3[j] = 0
+                        om3, osc3 = scatter(N, H, W, ref3, sc, idx, names, text, False)
+                        lab3 = assign(np.zeros((H, W), np.int64), om3, osc3, list(range(N)))
+                        save_palette_png(os.path.join(a.out, "labels_q17tie.png"), lab3)
         with open(os.path.join(a.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     finally:
