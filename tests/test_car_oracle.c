@@ -2,7 +2,8 @@
  * Python oracle scripts/car_oracle.py on NEW small cases that the upstream fixtures do not cover:
  * odd image sizes, custom class lists (duplicates that both survive: Q17; a single class), a flat
  * grey image, all six prompt types at once, the argmax fallback (no score above theta),
- * refer mode (§7) with 1 and 3 sentences, and the thing + stuff two-pass mode (§4.4).
+ * refer mode (§7) with 1 and 3 sentences, and the thing + stuff two-pass mode (§4.4, through the
+ * `context` preset: the oracle gets the preset's class list and stuff ids from data/presets/).
  *
  * The oracle was validated against the three upstream fixture cases (scripts/car_oracle_selfcheck.py).
  * Both sides get the same image (the oracle writes the exact pipeline input to oracle/input.png) and the
@@ -14,7 +15,7 @@
  *
  * SKIPs (with the reason) when /usr/bin/python3 lacks torch/cv2/scipy, when the shared fixtures are
  * missing, when `$CARSEG_BIN segment --help` fails (the segment CLI has not landed), or when the
- * segment help does not mention the flag a mode needs (--refer, --stuff). */
+ * segment help does not mention the flag a mode needs (--refer, --preset). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,9 +33,9 @@ typedef struct {
     const char *image;        /* under the shared folder */
     const char *prep;         /* oracle --resize/--crop arguments */
     oracle_mode mode;
-    const char *queries[6];   /* classes, or sentences (refer); two-pass: things first, then stuff */
+    const char *queries[6];   /* classes, sentences (refer), or the preset name (two-pass) */
     int n;
-    int n_stuff;              /* two-pass: the last n_stuff queries are stuff classes */
+    int n_stuff;              /* two-pass: number of stuff classes (informative) */
     double eta, theta, lam;
     int q17;                  /* duplicate names */
     const char *prompts;
@@ -165,6 +166,27 @@ static void compare_rounds(const char *name, const char *odir, const char *prefi
               k - 1);
 }
 
+/* Joins the non-empty lines of a text file with sep; 0 if unreadable or too long. */
+static int read_lines_joined(const char *path, const char *sep, char *out, size_t cap) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[512];
+    size_t n = 0;
+    out[0] = 0;
+    int ok = 1;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (!line[0]) continue;
+        size_t need = strlen(line) + (n ? strlen(sep) : 0);
+        if (n + need + 1 > cap) { ok = 0; break; }
+        if (n) strcat(out, sep);
+        strcat(out, line);
+        n += need;
+    }
+    fclose(f);
+    return ok && n > 0;
+}
+
 static void run_case(const oracle_case *tc) {
     const char *bin = getenv("CARSEG_BIN");
     if (!bin || access(bin, X_OK)) SKIP("CARSEG_BIN not set");
@@ -172,8 +194,8 @@ static void run_case(const oracle_case *tc) {
         SKIP("`carseg segment` not available yet (`$CARSEG_BIN segment --help` failed)");
     if (tc->mode == MODE_REFER && !strstr(g_help, "--refer"))
         SKIP("`carseg segment --help` does not mention --refer (refer mode)");
-    if (tc->mode == MODE_TWOPASS && !strstr(g_help, "--stuff"))
-        SKIP("`carseg segment --help` does not mention --stuff (thing + stuff two-pass mode)");
+    if (tc->mode == MODE_TWOPASS && !strstr(g_help, "--preset"))
+        SKIP("`carseg segment --help` does not mention --preset (the thing + stuff presets)");
     if (!python_ok()) SKIP("/usr/bin/python3 lacks torch/cv2/scipy/PIL/regex (the oracle needs them)");
     const char *img = shared_path(tc->image);
     const char *gen = shared_path("fixtures/clip_sg/model_f16.safetensors");
@@ -190,22 +212,30 @@ static void run_case(const oracle_case *tc) {
     snprintf(cout, sizeof cout, "%s/c_out", dir);
 
     /* --- the oracle --- */
-    static char cmd[8192];
-    char joined[2048] = "", num[64];
-    for (int i = 0; i < tc->n; i++) {
-        if (i) strcat(joined, "|");
-        strcat(joined, tc->queries[i]);
+    static char cmd[16384];
+    static char joined[8192];
+    char num[64], stuff_ids[1024] = "";
+    joined[0] = 0;
+    if (tc->mode == MODE_TWOPASS) {
+        /* the preset's class list (dataset order, label = id + 1) and its stuff ids */
+        char path[256];
+        snprintf(path, sizeof path, "data/presets/%s.txt", tc->queries[0]);
+        if (!read_lines_joined(path, "|", joined, sizeof joined)) SKIP("%s missing", path);
+        snprintf(path, sizeof path, "data/presets/%s.stuff.txt", tc->queries[0]);
+        if (!read_lines_joined(path, ",", stuff_ids, sizeof stuff_ids)) SKIP("%s missing", path);
+    } else {
+        for (int i = 0; i < tc->n; i++) {
+            if (i) strcat(joined, "|");
+            strcat(joined, tc->queries[i]);
+        }
     }
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/car_oracle.py '%s' --out '%s' %s", img, odir,
              tc->prep);
     strcat(cmd, tc->mode == MODE_REFER ? " --refer" : " --classes");
     arg(cmd, sizeof cmd, joined);
     if (tc->mode == MODE_TWOPASS) {
-        char ids[64] = "";
-        for (int i = tc->n - tc->n_stuff; i < tc->n; i++)
-            snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", ids[0] ? "," : "", i);
         strcat(cmd, " --stuff");
-        arg(cmd, sizeof cmd, ids);
+        arg(cmd, sizeof cmd, stuff_ids);
         strcat(cmd, " --stuff-prompts");
         arg(cmd, sizeof cmd, tc->stuff_prompts);
     }
@@ -242,18 +272,8 @@ static void run_case(const oracle_case *tc) {
             arg(cmd, sizeof cmd, tc->queries[i]);
         }
     } else if (tc->mode == MODE_TWOPASS) {
-        char things[1024] = "", stuff[1024] = "";
-        for (int i = 0; i < tc->n; i++) {
-            char *d = i < tc->n - tc->n_stuff ? things : stuff;
-            if (d[0]) strcat(d, ",");
-            strcat(d, tc->queries[i]);
-        }
-        strcat(cmd, " --things");
-        arg(cmd, sizeof cmd, things);
-        strcat(cmd, " --stuff");
-        arg(cmd, sizeof cmd, stuff);
-        strcat(cmd, " --stuff-prompts");
-        arg(cmd, sizeof cmd, tc->stuff_prompts);
+        strcat(cmd, " --preset");   /* its own per-pass prompts (things / stuff) */
+        arg(cmd, sizeof cmd, tc->queries[0]);
     } else {
         char classes[1024] = "";
         for (int i = 0; i < tc->n; i++) {
@@ -270,9 +290,11 @@ static void run_case(const oracle_case *tc) {
     strcat(cmd, " --vocab");
     arg(cmd, sizeof cmd, voc);
     strcat(cmd, num);
-    strcat(cmd, " --prompts");
-    arg(cmd, sizeof cmd, tc->prompts);
-    strcat(cmd, " --dump");
+    if (tc->mode != MODE_TWOPASS) {
+        strcat(cmd, " --prompts");
+        arg(cmd, sizeof cmd, tc->prompts);
+    }
+    strcat(cmd, " --quiet --dump");
     arg(cmd, sizeof cmd, cdir);
     strcat(cmd, " --out");
     arg(cmd, sizeof cmd, cout);
@@ -339,8 +361,12 @@ static const oracle_case CASES[] = {
     {"argmax_fallback", "data/voc_samples/23.png", "--resize 64x64", MODE_SEMANTIC,   /* no score > theta */
      {"aeroplane", "sky", "bird", "grass", "sheep", "water"}, 6, 0, 0.4, 0.3, 0.4, 0, "circle,blur", NULL,
      0, 0},
-    {"twopass", "data/voc_samples/294.png", "--resize 50x50", MODE_TWOPASS,
-     {"car", "person", "road", "sky"}, 4, 2, 0.6, 0.25, 0.4, 0, "blur,circle", "gray,blur", 0, 0},
+    /* the context preset (38 things + 21 stuff, ids interleaved) with its own settings. With the
+     * tiny random models the stuff CAMs are nearly identical to each other when many survive
+     * (theta 0.04: top-2 CRF input gap ~1e-6), which makes the CRF argmax meaningless; at the
+     * preset's theta one class survives per pass and the maps agree exactly. */
+    {"twopass_context", "data/voc_samples/294.png", "--resize 40x30", MODE_TWOPASS,
+     {"context"}, 59, 21, 0.6, 0.25, 0.4, 0, "blur,circle", "blur,gray", 0, 0},
 };
 
 TEST(car_oracle_odd_size) { run_case(&CASES[0]); }
