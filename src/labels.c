@@ -11,8 +11,15 @@
 
 #define LABELS_MAX_PIXELS (1u << 28)   /* 16384 x 16384: anything larger is rejected */
 
+/* libpng's default handlers print to stderr; the library reports through set_err instead */
+static void png_err_quiet(png_structp png, png_const_charp msg) {
+    (void)msg;
+    png_longjmp(png, 1);
+}
+static void png_warn_quiet(png_structp png, png_const_charp msg) { (void)png; (void)msg; }
+
 static carseg_status read_png(const char *path, FILE *f, int *w, int *h, uint16_t **out) {
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, png_err_quiet, png_warn_quiet);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     uint16_t *volatile v = NULL;       /* volatile: modified between setjmp and longjmp */
     uint8_t *volatile rowbuf = NULL;
@@ -181,7 +188,7 @@ carseg_status labels_write_png(const char *path, const uint16_t *v, int w, int h
     int sixteen = mx > 255;
     atomic_file af;
     TRY(atomic_open(&af, path));
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, png_err_quiet, png_warn_quiet);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     uint8_t *row = malloc((size_t)w * 2);
     if (!info || !row) {

@@ -19,7 +19,10 @@ typedef struct {
     json **stack;          /* values; NULL entries are MARKs */
     size_t sp, scap;
     json **memo;
+    unsigned char *memo_owned;   /* 1: memo holds its own copy (scalars); 0: borrowed container */
     size_t nmemo;
+    json **grave;                /* popped objects, freed at the end (memo may point at them) */
+    size_t ngrave;
     size_t budget;         /* nodes we may still create (bounds memo-copy blow-ups) */
     char *err;
     size_t errlen;
@@ -144,11 +147,25 @@ static int memo_put(pk *k, size_t idx) {
         size_t nn = idx + 1 > 2 * k->nmemo ? idx + 1 : 2 * k->nmemo;
         json **nm = realloc(k->memo, nn * sizeof *nm);
         if (!nm) return 0;
-        memset(nm + k->nmemo, 0, (nn - k->nmemo) * sizeof *nm);
         k->memo = nm;
+        unsigned char *no = realloc(k->memo_owned, nn);
+        if (!no) return 0;
+        k->memo_owned = no;
+        memset(nm + k->nmemo, 0, (nn - k->nmemo) * sizeof *nm);
+        memset(no + k->nmemo, 0, nn - k->nmemo);
         k->nmemo = nn;
     }
-    k->memo[idx] = k->stack[k->sp - 1];   /* borrowed: the object lives in the stack/tree */
+    if (k->memo_owned[idx]) json_free(k->memo[idx]);
+    k->memo[idx] = NULL;
+    k->memo_owned[idx] = 0;
+    json *top = k->stack[k->sp - 1];
+    if (top->type == JSON_ARR || top->type == JSON_OBJ) {
+        k->memo[idx] = top;   /* borrowed: containers live until the end (the tree or grave) */
+    } else {
+        k->memo[idx] = jcopy(k, top);   /* scalars may be consumed (dict keys): keep a copy */
+        if (!k->memo[idx]) return 0;
+        k->memo_owned[idx] = 1;
+    }
     return 1;
 }
 
@@ -335,10 +352,14 @@ json *pickle_to_json(const uint8_t *data, size_t len, char *err, size_t errlen) 
             v = jcopy(&k, k.memo[idx]);
             break;
         }
-        case '0': /* POP */
+        case '0': { /* POP: parked until the end, the memo may still point into it */
             if (k.sp == 0) { pk_fail(&k, "stack underflow"); goto fail; }
-            json_free(k.stack[--k.sp]);
+            json **ng = realloc(k.grave, (k.ngrave + 1) * sizeof *ng);
+            if (!ng) goto oom;
+            k.grave = ng;
+            k.grave[k.ngrave++] = k.stack[--k.sp];
             continue;
+        }
         case '.': /* STOP */
             if (k.sp != 1 || !k.stack[0]) { pk_fail(&k, "STOP with a bad stack"); goto fail; }
             result = k.stack[0];
@@ -366,7 +387,11 @@ fail:
     result = NULL;
 done:
     free(k.stack);
+    for (size_t i = 0; i < k.nmemo; i++) if (k.memo_owned[i]) json_free(k.memo[i]);
     free(k.memo);
+    free(k.memo_owned);
+    for (size_t i = 0; i < k.ngrave; i++) json_free(k.grave[i]);
+    free(k.grave);
     return result;
 }
 

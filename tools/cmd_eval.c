@@ -144,7 +144,7 @@ static carseg_status journal_load(run *R, const char *path, const id_ent *tab, i
 }
 
 static void json_num_or_null(FILE *f, double v) {
-    if (isfinite(v)) fprintf(f, "%.6f", v);
+    if (isfinite(v)) fprintf(f, "%.17g", v);
     else fputs("null", f);
 }
 
@@ -190,8 +190,11 @@ static carseg_status write_results(run *R, const char *path, double ov_ms, doubl
         }
         fputs("],\n", f);
     }
-    fprintf(f, "  \"timing_ms_per_image\": {\"eval_overhead\": %.3f, \"predictor\": %.3f}\n}\n",
-            ov_ms, pred_ms);
+    fputs("  \"timing_ms_per_image\": {\"eval_overhead\": ", f);
+    json_num_or_null(f, ov_ms);
+    fputs(", \"predictor\": ", f);
+    json_num_or_null(f, pred_ms);
+    fputs("}\n}\n", f);
     return atomic_commit(&af);
 }
 
@@ -437,6 +440,7 @@ static int cmd_merge(int argc, char **argv) {
     }
     ds_options o = {0};
     o.split = json_str(hdr, "split", NULL);
+    if (o.split && !*o.split) o.split = NULL;
     o.fix_ade847 = json_num(hdr, "fix_ade847", 0) != 0;
     o.per_sentence = json_num(hdr, "per_sentence", 0) != 0;
     const char *cn = json_str(hdr, "class_names", NULL);
