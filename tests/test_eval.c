@@ -165,7 +165,7 @@ TEST(eval_labels_io) {
         size_t len;
         REQUIRE(read_file(srcs[s], &buf, &len) == CARSEG_OK);
         int fails = 0;
-        for (size_t cut = 0; cut < len; cut += (len > 400 ? 7 : 1)) {
+        for (size_t cut = 0; cut < len; cut += (len > 100 ? 5 : 1)) {
             FILE *bf = fopen(bad, "wb");
             REQUIRE(bf);
             fwrite(buf, 1, cut, bf);

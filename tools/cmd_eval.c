@@ -725,7 +725,17 @@ static int cmd_eval(int argc, char **argv) {
     /* per-rank timing -> rank 0 */
     double tm[3] = {R.t_over, R.t_pred, (double)R.n_proc}, tsum[3];
     MPI_Reduce(tm, tsum, 3, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
-    if (rank == 0) { R.t_over = tsum[0]; R.t_pred = tsum[1]; R.n_proc = (int)tsum[2]; }
+    int *per_rank = rank == 0 ? calloc((size_t)nranks, sizeof(int)) : NULL;
+    MPI_Gather(&R.n_proc, 1, MPI_INT, per_rank, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (rank == 0) {
+        R.t_over = tsum[0]; R.t_pred = tsum[1]; R.n_proc = (int)tsum[2];
+        if (!R.quiet && per_rank) {
+            fprintf(stderr, "carseg: %d ranks, samples per rank:", nranks);
+            for (int r = 0; r < nranks; r++) fprintf(stderr, " %d", per_rank[r]);
+            fputc('\n', stderr);
+        }
+    }
+    free(per_rank);
 #endif
     int rc = 0;
     if (rank == 0) {
