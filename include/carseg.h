@@ -52,11 +52,80 @@ int carseg_get_threads(void);
 // Models: known checkpoints, cache, download (models.c)
 // (section: add declarations here)
 
+/* Known files: OpenAI's CLIP checkpoints ViT-B/16, ViT-L/14, ViT-B/32, ViT-L/14@336px (kind
+ * "clip") and the BPE vocabulary "bpe" (kind "vocab"). Names are matched ignoring case and
+ * punctuation: "ViT-B/16", "ViT-B-16", "vit-b16", "ViT-B-16.pt" are the same model.
+ *
+ * Cache directory: $CARSEG_CACHE, else $XDG_CACHE_HOME/carseg, else ~/.cache/carseg. A file is
+ * renamed into the cache only after its sha256 matched, so a cached file is complete.
+ * Environment: CARSEG_MODELS_URL=BASE fetches BASE/FILE instead of each official URL (a mirror,
+ * or a local server / file:// directory in tests); CARSEG_OFFLINE=1 turns automatic downloads
+ * off. Downloads (libcurl) follow redirects, give up on connect after 10 s, and stream into
+ * FILE.part while hashing. The registry functions are not thread-safe while downloading. */
+typedef struct {
+    const char *name;     /* canonical name: "ViT-B/16", ..., "bpe"                          */
+    const char *kind;     /* "clip" (checkpoint) or "vocab" (BPE vocabulary)                 */
+    const char *file;     /* file name in the cache: "ViT-B-16.pt"                           */
+    const char *url;      /* official URL (CARSEG_MODELS_URL replaces all before the file)   */
+    const char *sha256;   /* expected sha256, 64 hex digits                                  */
+} carseg_model_info;
+
+int carseg_models_count(void);
+const carseg_model_info *carseg_models_get(int i);          /* NULL when out of range */
+const carseg_model_info *carseg_models_find(const char *name);   /* NULL when unknown */
+/* The cache directory / where a known model's file lives (or will). Free with free(). */
+carseg_status carseg_models_cache_dir(char **dir_out);
+carseg_status carseg_models_cache_path(const char *name, char **path_out);
+/* An existing file path is returned as is; a known name gives its cached file, downloaded first
+ * when missing (unless downloads are off). *path_out: free with free(). Without network this
+ * fails fast with a message naming the URL to fetch and where to put the file. */
+carseg_status carseg_models_resolve(const char *name_or_path, char **path_out);
+/* The vocabulary: path_or_null = NULL means OpenAI's bpe_simple_vocab_16e6.txt.gz. */
+carseg_status carseg_models_resolve_vocab(const char *path_or_null, char **path_out);
+/* Downloads a known model into the cache unless present (even when downloads are off: this is
+ * the explicit request). path_out may be NULL. */
+carseg_status carseg_models_pull(const char *name, char **path_out);
+/* Automatic downloads in _resolve: 1 = allowed, 0 = off, -1 = the default: allowed unless
+ * $CARSEG_OFFLINE is set (to anything but 0). */
+void carseg_models_allow_download(int allow);
+/* Download progress: called with the file name, bytes so far, total (0 if unknown) and
+ * `finished`: 0 during the transfer (first with done = 0), then once 1 (downloaded and
+ * verified) or -1 (failed). The default,
+ * carseg_models_progress_stderr, draws a bar on stderr when it is a terminal and prints a
+ * line every 10% otherwise. fn = NULL silences progress. */
+typedef void (*carseg_progress_fn)(const char *what, uint64_t done, uint64_t total, int finished,
+                                   void *user);
+void carseg_models_set_progress(carseg_progress_fn fn, void *user);
+void carseg_models_progress_stderr(const char *what, uint64_t done, uint64_t total, int finished,
+                                   void *user);
+
 
 
 // ---------------------------------------------------------------------------------------------
 // Tokenizer (tokenizer.c)
 // (section: add declarations here)
+
+/* OpenAI CLIP's BPE tokenizer (simple_tokenizer.py + clip.tokenize), exact except that
+ * ftfy.fix_text is not applied (it is the identity on ordinary text; see the README).
+ * Text is UTF-8; invalid bytes count as U+FFFD. An open tokenizer is immutable: share it freely
+ * between threads. */
+typedef struct carseg_tokenizer carseg_tokenizer;
+#define CARSEG_TOKEN_SOT 49406   /* <|startoftext|> */
+#define CARSEG_TOKEN_EOT 49407   /* <|endoftext|> */
+#define CARSEG_CONTEXT 77        /* CLIP's text context length */
+
+/* Opens a vocabulary: OpenAI's bpe_simple_vocab_16e6.txt.gz or a Hugging Face merges.txt (the
+ * same merges, plain text; told apart by the gzip magic). vocab = NULL opens the default one from
+ * the model cache, downloading it when missing (carseg_models_resolve_vocab). */
+carseg_status carseg_tokenizer_open(const char *vocab, carseg_tokenizer **out);
+void carseg_tokenizer_close(carseg_tokenizer *t);
+/* SimpleTokenizer.encode: the BPE ids of text, without SOT/EOT. Returns how many there are
+ * (only the first `max` are written to ids), or -1 on error. */
+int carseg_tokenizer_encode(const carseg_tokenizer *t, const char *text, int32_t *ids, int max);
+/* clip.tokenize(text, context_length=ctx, truncate=True): out[0..ctx) = SOT, ids, EOT, zeros;
+ * when too long, the ids are cut so that EOT stays last. Returns the number of tokens before the
+ * padding (SOT..EOT inclusive), or -1 on error. ctx >= 2 (CLIP: CARSEG_CONTEXT). */
+int carseg_tokenize(const carseg_tokenizer *t, const char *text, int32_t *out, int ctx);
 
 
 

@@ -11,7 +11,7 @@
 #include "carseg.h"
 #include "weights.h"
 
-typedef struct {
+typedef struct clip_config {
     /* vision */
     int v_width, v_layers, v_heads, v_patch, v_grid;  /* v_grid = image_resolution / patch */
     int v_mlp;                                        /* 4*width */

@@ -6,6 +6,7 @@
 #ifndef CARSEG_IMAGE_H
 #define CARSEG_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "carseg.h"
 
@@ -22,6 +23,11 @@ carseg_status image_load_indexed(const char *path, image_u8 *out);
 /* Loads a 16-bit (or 8-bit) single-channel PNG or TIFF label image into uint16. */
 carseg_status image_load_labels16(const char *path, int *w, int *h, uint16_t **out);
 void image_free(image_u8 *im);
+/* The same decoders on a buffer in memory (name is used in error messages only). */
+carseg_status image_decode_rgb(const char *name, const uint8_t *data, size_t len, image_u8 *out);
+carseg_status image_decode_indexed(const char *name, const uint8_t *data, size_t len, image_u8 *out);
+carseg_status image_decode_labels16(const char *name, const uint8_t *data, size_t len, int *w,
+                                    int *h, uint16_t **out);
 
 /* Writers (atomic: temp file + rename). */
 carseg_status image_save_png_rgb(const char *path, const uint8_t *rgb, int w, int h);

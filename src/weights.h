@@ -33,6 +33,8 @@ typedef struct {
     int hf_names;        /* 1 if the file used Hugging Face names */
     int n;
     wtensor *t;
+    int cap;             /* allocated entries of t (internal) */
+    int *order;          /* indices of t sorted by name, for wfile_get (internal) */
 } wfile;
 
 /* Opens and fully converts a model file. On error *out is NULL and carseg_last_error() says
@@ -43,5 +45,34 @@ void wfile_close(wfile *f);
 const wtensor *wfile_get(const wfile *f, const char *name);
 const char *wformat_name(wformat f);
 const char *wdtype_name(wdtype d);
+
+/* Same as wfile_open on bytes already in memory (fuzzers, tests); path only names the data in
+ * messages. buf is not kept. */
+carseg_status wfile_open_mem(const char *path, const uint8_t *buf, size_t len, wfile **out);
+
+/* The architecture read off the tensors (clip_config is in clip.h): widths from the tensor
+ * shapes, layers by counting resblocks, patch from conv1, grid from the positional embedding
+ * rows, heads = width / 64, cfg->logit_scale = exp(stored logit_scale). CARSEG_EMODEL naming the
+ * tensor when one is missing or has an inconsistent shape. */
+struct clip_config;
+carseg_status clip_config_from_weights(const wfile *f, struct clip_config *cfg);
+
+// ---------------------------------------------------------------------------------------------
+// internal: the format readers (safetensors.c, torchzip.c) append tensors under the names found
+// in the file; wfile_open_mem then maps Hugging Face / prefixed names to canonical ones.
+
+/* Appends a tensor; takes ownership of name and data (freed on failure too). */
+carseg_status wfile_add(wfile *f, char *name, int ndim, const int64_t *shape, wdtype src,
+                        float *data);
+/* Converts count little-endian elements of dtype src at p to float32. */
+void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out);
+size_t wdt_size(wdtype d);
+float f16_to_f32(uint16_t h);
+
+carseg_status st_read(wfile *f, const uint8_t *buf, size_t len);   /* safetensors.c */
+carseg_status tz_read(wfile *f, const uint8_t *buf, size_t len);   /* torchzip.c */
+/* 1 (default): zip entries' CRC-32 are checked. Fuzzers and the corruption tests clear it to
+ * reach the parsers behind the checksum. */
+extern int tz_verify_crc;
 
 #endif
