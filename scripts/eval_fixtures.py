@@ -8,6 +8,9 @@
   eval_fixtures.py refer OUT      a REFER-style dataset: refcoco/refs(unc).p as pickle
                                   protocols 0, 2 and 4 (refs0.p, refs(unc).p, refs4.p),
                                   refcoco/instances.json, and expected.json.
+  eval_fixtures.py bench OUT       speed data for the evaluation loop's own overhead: OUT/voc
+                                  (200 label maps 500x375, 21 classes) and OUT/ade847 (100 TIFFs
+                                  683x512, 20 of 847 classes each), with predictions in */pred.
 Only numpy and PIL from Debian's python3 are needed.
 """
 import json
@@ -128,5 +131,44 @@ def refer(out):
     Image.fromarray(p8).save(os.path.join(out, "pred", "8.png"))
 
 
+def bench(out):
+    rng = np.random.RandomState(1)
+    base = os.path.join(out, "voc/VOCdevkit/VOC2012")
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(base, d), exist_ok=True)
+    os.makedirs(os.path.join(out, "voc/pred"), exist_ok=True)
+    ids = []
+    for k in range(200):
+        h, w = 375, 500
+        gt = np.repeat(rng.randint(0, 21, size=(h // 25 + 1, 1)), 25, 0)[:h].repeat(w, 1).astype(np.uint8)
+        pr = gt.copy()
+        m = rng.rand(h, w) < 0.2
+        pr[m] = rng.randint(0, 21, size=m.sum())
+        i = "im%04d" % k
+        ids.append(i)
+        Image.fromarray(gt, mode="L").save(os.path.join(base, "SegmentationClass", i + ".png"))
+        Image.fromarray(pr, mode="L").save(os.path.join(out, "voc/pred", i + ".png"))
+        open(os.path.join(base, "JPEGImages", i + ".jpg"), "wb").close()
+    with open(os.path.join(base, "ImageSets/Segmentation/val.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    a = os.path.join(out, "ade847")
+    for d in ("images_detectron2/validation", "annotations_detectron2/validation", "pred"):
+        os.makedirs(os.path.join(a, d), exist_ok=True)
+    for k in range(100):
+        h, w = 512, 683
+        cl = rng.choice(847, 20, replace=False)
+        blocks = cl[rng.randint(0, 20, size=(h // 64 + 1, w // 64 + 1))]
+        gt = blocks.repeat(64, 0).repeat(64, 1)[:h, :w].astype(np.uint16)
+        pb = blocks + 1
+        wrong = rng.rand(*blocks.shape) < 0.3
+        pb[wrong] = rng.choice(cl, wrong.sum()) + 1
+        pr = pb.repeat(64, 0).repeat(64, 1)[:h, :w].astype(np.uint16)
+        pr[rng.rand(h, w) < 0.05] = 0
+        i = "ADE_%04d" % k
+        Image.fromarray(gt).save(os.path.join(a, "annotations_detectron2/validation", i + ".tif"))
+        Image.fromarray(pr).save(os.path.join(a, "pred", i + ".png"))
+        open(os.path.join(a, "images_detectron2/validation", i + ".jpg"), "wb").close()
+
+
 if __name__ == "__main__":
-    {"semantic": semantic, "refer": refer}[sys.argv[1]](sys.argv[2])
+    {"semantic": semantic, "refer": refer, "bench": bench}[sys.argv[1]](sys.argv[2])

@@ -24,29 +24,53 @@ void journal_rec_free(journal_rec *r) {
 carseg_status journal_from_labels(journal_rec *r, const char *id, const uint16_t *gt,
                                   const uint16_t *pred, size_t n_px, int n_class) {
     memset(r, 0, sizeof *r);
-    carseg_confusion cm;
-    TRY(carseg_confusion_init(&cm, n_class));
-    carseg_confusion_add(&cm, gt, pred, n_px);
-    size_t m = (size_t)n_class * (size_t)(n_class + 1), nz = 0;
-    for (size_t i = 0; i < m; i++) nz += cm.counts[i] != 0;
+    /* rows only for the GT classes present (an image holds a few dozen of ADE-847's classes):
+     * a dense (present x (n_class + 1)) block instead of the whole matrix per image */
+    const unsigned n = (unsigned)n_class, stride = n + 1;
+    int *row_of = malloc((size_t)n * sizeof(int));
+    uint32_t *cls = malloc((size_t)n * sizeof(uint32_t));
+    if (!row_of || !cls) { free(row_of); free(cls); return set_err(CARSEG_ENOMEM, "journal record"); }
+    for (unsigned c = 0; c < n; c++) row_of[c] = -1;
+    unsigned nrows = 0;
+    for (size_t i = 0; i < n_px; i++) {
+        unsigned g = gt[i];
+        if (g < n && row_of[g] < 0) { row_of[g] = (int)nrows; cls[nrows++] = g; }
+    }
+    uint64_t *blk = calloc((size_t)(nrows ? nrows : 1) * stride, sizeof(uint64_t));
+    if (!blk) { free(row_of); free(cls); return set_err(CARSEG_ENOMEM, "journal record"); }
+    for (size_t i = 0; i < n_px; i++) {
+        unsigned g = gt[i], p = pred[i];
+        if (g >= n) continue;
+        if (p > n) p = n;
+        blk[(size_t)row_of[g] * stride + p]++;
+    }
+    /* triples in (gt, pred) order */
+    size_t nz = 0;
+    for (size_t i = 0; i < (size_t)nrows * stride; i++) nz += blk[i] != 0;
     r->id = strdup(id);
     r->trip_gp = malloc((nz ? nz : 1) * 2 * sizeof(uint32_t));
     r->trip_n = malloc((nz ? nz : 1) * sizeof(uint64_t));
     if (!r->id || !r->trip_gp || !r->trip_n) {
-        carseg_confusion_free(&cm);
+        free(row_of); free(cls); free(blk);
         journal_rec_free(r);
         return set_err(CARSEG_ENOMEM, "journal record");
     }
     size_t k = 0;
-    for (size_t i = 0; i < m; i++) {
-        if (!cm.counts[i]) continue;
-        r->trip_gp[2 * k] = (uint32_t)(i / (size_t)(n_class + 1));
-        r->trip_gp[2 * k + 1] = (uint32_t)(i % (size_t)(n_class + 1));
-        r->trip_n[k] = cm.counts[i];
-        k++;
+    for (unsigned g = 0; g < n; g++) {
+        if (row_of[g] < 0) continue;
+        const uint64_t *rw = blk + (size_t)row_of[g] * stride;
+        for (unsigned p = 0; p <= n; p++) {
+            if (!rw[p]) continue;
+            r->trip_gp[2 * k] = g;
+            r->trip_gp[2 * k + 1] = p;
+            r->trip_n[k] = rw[p];
+            k++;
+        }
     }
     r->n_trip = nz;
-    carseg_confusion_free(&cm);
+    free(row_of);
+    free(cls);
+    free(blk);
     return CARSEG_OK;
 }
 
