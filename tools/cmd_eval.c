@@ -502,8 +502,9 @@ static int cmd_eval(int argc, char **argv) {
     ds_options o = {0};
     long limit = 0;
     int save = 0, fresh = 0, fsync_each = 0, quiet = 0;
+    const char *method_opt = NULL;
     for (int i = 1; i < argc; i++) {
-        const char *v;
+        const char *v, *arg = argv[i];
         if ((v = cli_opt(argc, argv, &i, "--dataset"))) name = v;
         else if ((v = cli_opt(argc, argv, &i, "--root"))) root = v;
         else if ((v = cli_opt(argc, argv, &i, "--split"))) o.split = v;
@@ -513,10 +514,9 @@ static int cmd_eval(int argc, char **argv) {
         else if ((v = cli_opt(argc, argv, &i, "--predictions"))) preds = v;
         else if ((v = cli_opt(argc, argv, &i, "--convention"))) conv_s = v;
         else if ((v = cli_opt(argc, argv, &i, "--class-names"))) class_names = v;
-        else if ((v = cli_opt(argc, argv, &i, "--preset"))) (void)v;
-        else if ((v = cli_opt(argc, argv, &i, "--generator"))) (void)v;
-        else if ((v = cli_opt(argc, argv, &i, "--classifier"))) (void)v;
-        else if ((v = cli_opt(argc, argv, &i, "--vocab"))) (void)v;
+        else if ((v = cli_opt(argc, argv, &i, "--preset")) || (v = cli_opt(argc, argv, &i, "--generator")) ||
+                 (v = cli_opt(argc, argv, &i, "--classifier")) || (v = cli_opt(argc, argv, &i, "--vocab")))
+            method_opt = arg;
         else if (cli_flag(argv, i, "--save-predictions")) save = 1;
         else if (cli_flag(argv, i, "--fix-ade847")) o.fix_ade847 = 1;
         else if (cli_flag(argv, i, "--per-sentence")) o.per_sentence = 1;
@@ -562,6 +562,8 @@ static int cmd_eval(int argc, char **argv) {
     R.ignore_background = R.ds.ignore_background;
 
     predictor P = {0};
+    if (preds && method_opt)
+        EVAL_FAIL("eval: %s configures the method; it has no effect with --predictions", method_opt);
     if (preds) {
         P = (predictor){"predictions", pred_dir_predict, NULL, (void *)preds};
     } else {
