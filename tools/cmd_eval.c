@@ -174,7 +174,15 @@ static carseg_status write_results(run *R, const char *path, double ov_ms, doubl
         fprintf(f, ",\n  \"n_scored\": %d,\n  \"iou\": {", m->n_scored);
         for (int c = 0; c < ds->n_class; c++) {
             fputs(c ? ",\n    " : "\n    ", f);
-            json_write_str(f, ds->class_names[c]);
+            int dup = 0;   /* keys stay unique: a repeated name gets "#id" */
+            for (int e = 0; e < c && !dup; e++) dup = !strcmp(ds->class_names[e], ds->class_names[c]);
+            if (dup) {
+                char kb[512];
+                snprintf(kb, sizeof kb, "%s#%d", ds->class_names[c], c);
+                json_write_str(f, kb);
+            } else {
+                json_write_str(f, ds->class_names[c]);
+            }
             fputs(": ", f);
             json_num_or_null(f, m->iou[c]);
         }
