@@ -343,7 +343,8 @@ carseg_status dataset_open(dataset *ds, const char *name, const char *root, cons
         ds->n_class = voc ? 21 : 60;
         ds->ignore_background = !strcmp(name, "voc20") || !strcmp(name, "context59");
         if (!st) st = set_names(ds, voc ? VOC_NAMES : CONTEXT_NAMES, voc ? 21 : 60, names_file);
-    } else if (!strcmp(name, "coco_object")) {
+    } else if (!strcmp(name, "coco_object") || !strcmp(name, "coco-object")) {
+        snprintf(ds->name, sizeof ds->name, "coco_object");
         char sub[128];
         snprintf(sub, sizeof sub, "images/%s2017", split ? split : "val");
         char *img = join(root, sub);
