@@ -346,6 +346,28 @@ TEST(eval_refer_dataset) {
     CHECK_NEAR(json_num(json_get(res, "precision"), "0.6", -1), 50.0, 1e-6);
     CHECK(json_num(res, "n_images", 0) == 2);
     json_free(res);
+    /* the usual protocol: one sample per sentence (ids <ref>_<sent>) */
+    snprintf(cmd, sizeof cmd, "cd %s/pred && cp 5.png 5_50.png && cp 5.png 5_51.png && cp 8.png 8_80.png && "
+             "%s eval --dataset refcoco --root %s --per-sentence --predictions %s/pred --out %s/out_ps --quiet > /dev/null",
+             dir, bin, dir, dir, dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(p, sizeof p, "%s/out_ps/results.json", dir);
+    res = json_parse_file(p);
+    REQUIRE(res);
+    CHECK(json_num(res, "n_images", 0) == 3);
+    CHECK_NEAR(json_num(res, "miou", -1), 100.0 * 2.5 / 3, 1e-4);
+    CHECK_NEAR(json_num(res, "oiou", -1), 100.0 * 27 / 42, 1e-6);
+    json_free(res);
+    /* CLI errors: unknown dataset, bad shard, missing prediction */
+    snprintf(cmd, sizeof cmd, "%s eval --dataset nope --root %s --predictions %s/pred 2>/dev/null", bin, dir, dir);
+    CHECK(system(cmd) != 0);
+    snprintf(cmd, sizeof cmd, "%s eval --dataset refcoco --root %s --predictions %s/pred --shard 3/3 2>/dev/null", bin, dir, dir);
+    CHECK(system(cmd) != 0);
+    snprintf(cmd, sizeof cmd, "%s eval --dataset refcoco --root %s --split testA --predictions %s/pred --out %s/o3 2>%s/err3.txt",
+             bin, dir, dir, dir, dir);
+    CHECK(system(cmd) != 0);
+    snprintf(cmd, sizeof cmd, "%s eval --help | grep -q refcocog", bin);
+    CHECK(system(cmd) == 0);
 }
 
 /* synthetic layouts of the other datasets */
