@@ -20,6 +20,18 @@
 #include <mpi.h>
 #endif
 
+/* The CaR predictor needs the method (car.h, presets.h: the `car` module). It is compiled in as
+ * soon as those headers exist; until then `eval` scores saved predictions (--predictions). */
+#if defined(__has_include)
+#if __has_include("car.h") && __has_include("presets.h") && __has_include("prompts.h")
+#define EVAL_HAVE_CAR 1
+#include "car.h"
+#include "models.h"
+#include "presets.h"
+#include "prompts.h"
+#endif
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // predictors: one sample in, one label map (semantic) or binary mask (refer) out, at GT size
 
@@ -55,6 +67,135 @@ static carseg_status pred_dir_predict(predictor *p, const dataset *ds, int i, in
     free(v);
     return CARSEG_OK;
 }
+
+// ---------------------------------------------------------------------------------------------
+// the CaR predictor (car.h): the method with a dataset's preset, at the image's own resolution;
+// semantic: car_segment (labels = class index + 1, the dataset's ids); refer: car_refer over the
+// sample's sentences (merge_masks_simple), as evaluate.py's eval_semantic / refer branch.
+
+#ifdef EVAL_HAVE_CAR
+typedef struct {
+    clip_model *gen, *cls;
+    tokenizer *tok;
+    car_ctx *ctx;
+    const car_preset *pr;
+    car_job job;
+    car_params p;      /* refer */
+    car_stats cs;
+} car_pred;
+
+static const char *preset_for(const char *ds) {
+    if (!strcmp(ds, "voc20")) return "voc";
+    if (!strcmp(ds, "context59")) return "context";
+    if (!strcmp(ds, "coco_object")) return "coco-object";
+    return ds;
+}
+
+static carseg_status car_pred_predict(predictor *P, const dataset *ds, int i, int w, int h,
+                                      uint16_t *out) {
+    car_pred *c = P->ctx;
+    image_u8 im;
+    TRY(image_load_rgb(ds->s[i].image, &im));
+    if (im.w != w || im.h != h) {
+        image_free(&im);
+        return set_err(CARSEG_EFORMAT, "%s: image is %dx%d, its ground truth %dx%d", ds->s[i].image,
+                       im.w, im.h, w, h);
+    }
+    car_image *ci = NULL;
+    carseg_status st = car_image_new(c->ctx, &im, &c->cs, &ci);
+    size_t hw = (size_t)w * h;
+    if (!st && ds->kind == DS_REFER) {
+        int n = ds->s[i].n_sent;
+        uint8_t *m = malloc(hw);
+        float *sc = calloc((size_t)(n ? n : 1), sizeof(float));
+        if (!m || !sc) st = set_err(CARSEG_ENOMEM, "refer mask");
+        else st = car_refer(c->ctx, ci, (const char *const *)ds->s[i].sent, n, CAR_BG_WORDS, 23,
+                            &c->p, NULL, m, sc, NULL, &c->cs);
+        for (size_t k = 0; !st && k < hw; k++) out[k] = m[k];
+        free(m);
+        free(sc);
+    } else if (!st) {
+        float *sc = calloc((size_t)c->job.n_classes, sizeof(float));
+        if (!sc) st = set_err(CARSEG_ENOMEM, "scores");
+        else st = car_segment(c->ctx, ci, &c->job, NULL, out, sc, NULL, &c->cs);
+        free(sc);
+    }
+    car_image_free(ci);
+    image_free(&im);
+    return st;
+}
+
+static void car_pred_close(predictor *P) {
+    car_pred *c = P->ctx;
+    if (!c) return;
+    car_ctx_free(c->ctx);
+    if (c->cls != c->gen) clip_free(c->cls);
+    clip_free(c->gen);
+    tok_close(c->tok);
+    free(c);
+    P->ctx = NULL;
+}
+
+static carseg_status resolve(const char *given, const char *dflt, char **out) {
+    return models_resolve(given ? given : dflt, out);
+}
+
+/* Loads the models named by the options (defaults: the preset's) and builds the job. */
+static carseg_status car_pred_open(predictor *P, const dataset *ds, const char *preset,
+                                   const char *gen_m, const char *cls_m, const char *vocab) {
+    const char *pn = preset ? preset : preset_for(ds->name);
+    const car_preset *pr = preset_find(pn);
+    if (!pr) return set_err(CARSEG_EINVAL, "no CaR preset '%s' (give --preset)", pn);
+    if ((ds->kind == DS_REFER) != (pr->refer != 0))
+        return set_err(CARSEG_EINVAL, "preset '%s' is a %s preset, dataset %s is not", pn,
+                       pr->refer ? "referring" : "semantic", ds->name);
+    if (!pr->refer && (!pr->list || pr->list->n + 1 != ds->n_class) &&
+        !(pr->list && !strcmp(ds->name, "ade847") && pr->list->n == 847))
+        return set_err(CARSEG_EINVAL, "preset '%s' has %d classes, dataset %s has %d ids", pn,
+                       pr->list ? pr->list->n : 0, ds->name, ds->n_class);
+    car_pred *c = calloc(1, sizeof *c);
+    if (!c) return set_err(CARSEG_ENOMEM, "CaR predictor");
+    P->ctx = c;
+    P->name = "car";
+    P->predict = car_pred_predict;
+    P->close = car_pred_close;
+    c->pr = pr;
+    char *gp = NULL, *cp = NULL, *vp = NULL;
+    carseg_status st = resolve(gen_m, "ViT-B/16", &gp);
+    if (!st) st = resolve(cls_m, pr->classifier, &cp);
+    if (!st) st = models_resolve_vocab(vocab, &vp);
+    if (!st) st = clip_load(gp, &c->gen);
+    if (!st) {
+        if (!strcmp(gp, cp)) c->cls = c->gen;
+        else st = clip_load(cp, &c->cls);
+    }
+    if (!st) st = tok_open(vp, &c->tok);
+    if (!st) st = car_ctx_new(c->gen, c->cls, c->tok, &c->ctx);
+    free(gp);
+    free(cp);
+    free(vp);
+    if (st) return st;
+    car_params p = car_default_params();
+    p.eta = pr->eta, p.theta = pr->theta, p.lambda = pr->lambda;
+    vp_parse(pr->prompts, &p.prompts);
+    p.n_templates = pr->templates;
+    p.bg_factor = pr->bg_factor;
+    p.refer = pr->refer;
+    c->p = p;
+    c->job.p = p;
+    c->job.stuff_p = p;
+    if (pr->stuff_prompts) vp_parse(pr->stuff_prompts, &c->job.stuff_p.prompts);
+    c->job.stuff_p.bg_factor = pr->stuff_bg_factor;
+    c->job.bg = CAR_BG_WORDS;
+    c->job.nb = 23;
+    if (pr->list) {
+        c->job.classes = pr->list->classes, c->job.n_classes = pr->list->n;
+        c->job.things = pr->list->things, c->job.n_things = pr->list->n_things;
+        c->job.stuff = pr->list->stuff, c->job.n_stuff = pr->list->n_stuff;
+    }
+    return CARSEG_OK;
+}
+#endif /* EVAL_HAVE_CAR */
 
 // ---------------------------------------------------------------------------------------------
 // run state
@@ -510,7 +651,7 @@ static int cmd_eval(int argc, char **argv) {
     ds_options o = {0};
     long limit = 0;
     int save = 0, fresh = 0, fsync_each = 0, quiet = 0;
-    const char *method_opt = NULL;
+    const char *method_opt = NULL, *preset = NULL, *gen_m = NULL, *cls_m = NULL, *vocab = NULL;
     for (int i = 1; i < argc; i++) {
         const char *v, *arg = argv[i];
         if ((v = cli_opt(argc, argv, &i, "--dataset"))) name = v;
@@ -522,9 +663,10 @@ static int cmd_eval(int argc, char **argv) {
         else if ((v = cli_opt(argc, argv, &i, "--predictions"))) preds = v;
         else if ((v = cli_opt(argc, argv, &i, "--convention"))) conv_s = v;
         else if ((v = cli_opt(argc, argv, &i, "--class-names"))) class_names = v;
-        else if ((v = cli_opt(argc, argv, &i, "--preset")) || (v = cli_opt(argc, argv, &i, "--generator")) ||
-                 (v = cli_opt(argc, argv, &i, "--classifier")) || (v = cli_opt(argc, argv, &i, "--vocab")))
-            method_opt = arg;
+        else if ((v = cli_opt(argc, argv, &i, "--preset"))) preset = v, method_opt = arg;
+        else if ((v = cli_opt(argc, argv, &i, "--generator"))) gen_m = v, method_opt = arg;
+        else if ((v = cli_opt(argc, argv, &i, "--classifier"))) cls_m = v, method_opt = arg;
+        else if ((v = cli_opt(argc, argv, &i, "--vocab"))) vocab = v, method_opt = arg;
         else if (cli_flag(argv, i, "--save-predictions")) save = 1;
         else if (cli_flag(argv, i, "--fix-ade847")) o.fix_ade847 = 1;
         else if (cli_flag(argv, i, "--per-sentence")) o.per_sentence = 1;
@@ -575,8 +717,16 @@ static int cmd_eval(int argc, char **argv) {
     if (preds) {
         P = (predictor){"predictions", pred_dir_predict, NULL, (void *)preds};
     } else {
+#ifdef EVAL_HAVE_CAR
+        if ((st = car_pred_open(&P, &R.ds, preset, gen_m, cls_m, vocab))) {
+            if (P.close) P.close(&P);
+            EVAL_FAIL_ST(st);
+        }
+#else
+        (void)preset, (void)gen_m, (void)cls_m, (void)vocab;
         EVAL_FAIL("eval: the built-in CaR predictor is not linked into this build yet; score saved "
                   "label maps with --predictions DIR");
+#endif
     }
 
     /* samples of this run */
