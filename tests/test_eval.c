@@ -619,6 +619,47 @@ TEST(eval_cli_kill_resume) {
     CHECK(nl == 13 && buf[len - 1] == '\n');
     CHECK(strstr((char *)buf, "[[0,0,1{") == NULL);
     free(buf);
+
+    /* kills at random moments (start-up, mid-sample, mid-write, final results) until a run
+     * completes: the result still equals the clean run's */
+    char rnd[700];
+    snprintf(rnd, sizeof rnd, "%s/random", dir);
+    double t0 = now_ms();
+    snprintf(cmd, sizeof cmd, "%s eval --dataset voc --root %s --predictions %s --out %s/timing --fsync --quiet > /dev/null",
+             bin, dir, predd, dir);
+    REQUIRE(system(cmd) == 0);   /* time one full run */
+    double full_us = (now_ms() - t0) * 1000;
+    unsigned seed = 12345;
+    int kills = 0, done = 0;
+    for (int it = 0; it < 40 && !done; it++) {
+        pid_t q = fork();
+        REQUIRE(q >= 0);
+        if (q == 0) {
+            int nul = open("/dev/null", O_WRONLY);
+            dup2(nul, 1);
+            dup2(nul, 2);
+            execl(bin, bin, "eval", "--dataset", "voc", "--root", dir, "--predictions", predd, "--out",
+                  rnd, "--fsync", (char *)NULL);
+            _exit(127);
+        }
+        seed = seed * 1103515245u + 12345u;
+        usleep((useconds_t)((seed >> 8) % (unsigned)(1 + full_us * (it < 20 ? 0.8 : 3.0))));
+        kill(q, SIGKILL);
+        waitpid(q, &status, 0);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) done = 1;
+        else kills++;
+    }
+    if (!done) {
+        snprintf(cmd, sizeof cmd, "%s eval --dataset voc --root %s --predictions %s --out %s --fsync --quiet > /dev/null",
+                 bin, dir, predd, rnd);
+        REQUIRE(system(cmd) == 0);
+    }
+    a = load_json(clean, "results.json");
+    b = load_json(rnd, "results.json");
+    check_same_results(a, b);
+    json_free(a);
+    json_free(b);
+    fprintf(stderr, "  (%d random kills before a run completed)\n", kills);
 }
 
 TEST(eval_cli_shard_merge) {
