@@ -139,6 +139,33 @@ int carseg_tokenize(const carseg_tokenizer *t, const char *text, int32_t *out, i
 // Model files and CLIP encoders (weights.c, clip.c)
 // (section: add declarations here)
 
+/* A CLIP model (OpenAI ViT architecture; the file formats are in the README: safetensors with
+ * OpenAI or Hugging Face names, OpenAI's TorchScript archives, torch.save state dicts). Computation
+ * is float32; a loaded model is immutable and may be shared between threads.
+ *
+ *   carseg_clip *m;  carseg_tokenizer *tok;
+ *   carseg_clip_load("ViT-B/16", &m);  carseg_tokenizer_open(NULL, &tok);
+ *   float t[2 * 512], im[512];
+ *   const char *texts[2] = {"a photo of a cat.", "a photo of a dog."};
+ *   carseg_clip_encode_texts(m, tok, texts, 2, t);
+ *   carseg_clip_encode_image_rgb(m, rgb, w, h, 0, im);   // CLIP's standard 224 preprocessing
+ */
+typedef struct clip_model carseg_clip;
+/* name_or_path: a file, or a known model name (carseg_models_resolve: cache, download). */
+carseg_status carseg_clip_load(const char *name_or_path, carseg_clip **out);
+void carseg_clip_free(carseg_clip *m);
+int carseg_clip_embed_dim(const carseg_clip *m);        /* E, the joint embedding size */
+int carseg_clip_image_size(const carseg_clip *m);       /* native input size (224) */
+float carseg_clip_logit_scale(const carseg_clip *m);    /* exp(logit_scale): 100 for OpenAI's */
+/* Unnormalised text features (OpenAI encode_text) of n UTF-8 strings: out (n, E). */
+carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokenizer *tok,
+                                       const char *const *texts, int n, float *out);
+/* Unnormalised image features (encode_image) of an interleaved 8-bit RGB image (w x h), after
+ * CLIP's preprocessing (bicubic resize of the shorter side, center crop, CLIP mean/std).
+ * n_blocks: 0 = all; CaR's classifier runs layers - 1. out: (E). */
+carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
+                                           int n_blocks, float *out);
+
 
 
 // ---------------------------------------------------------------------------------------------

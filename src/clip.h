@@ -47,18 +47,39 @@ typedef struct clip_model {
     const float *ln_final_w, *ln_final_b;
     const float *t_proj;               /* (Ct, E) */
     clip_block *t_blocks;              /* t_layers */
+    /* ownership of the tensors: release(owner) runs in clip_free (wfile_close for clip_load,
+     * the weight arena for clip_init_random) */
+    void *owner;
+    void (*release)(void *owner);
 } clip_model;
 
 /* Loads any supported model file (see weights.h). */
 carseg_status clip_load(const char *path, clip_model **out);
 void clip_free(clip_model *m);
 
+/* Builds a model on the tensors of wf (canonical OpenAI names). The model points into wf and
+ * does not own it (m->owner/release are NULL: set them to hand over ownership). Errors name
+ * wf->path and the missing or misshapen tensor. */
+carseg_status clip_from_wfile(const wfile *wf, clip_model **out);
+
+/* A model of the given shapes with random weights (deterministic in seed; for benchmarks and
+ * tests): Gaussian-like weights with std 0.02, LayerNorm weights 1 and biases 0, logit scale 100
+ * unless cfg->logit_scale > 0. Fields v_mlp and *_heads are derived when 0. */
+carseg_status clip_init_random(const clip_config *cfg, unsigned seed, clip_model **out);
+
+/* The FLOP count of one image forward (gh x gw grid, n_blocks blocks, the matrix products only)
+ * and of the text tower on sequences of length L: for GFLOP/s figures. */
+double clip_image_flops(const clip_config *c, int gh, int gw, int n_blocks);
+double clip_text_flops(const clip_config *c, int L);
+
 /* Text features, unnormalised: tokens (n, ctx) as from tok_tokenize -> out (n, E). */
 carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n, float *out);
 
 /* Image features, unnormalised. x: (3, H, W) normalised pixels, H and W multiples of the patch.
  * n_blocks: how many transformer blocks to run (0 = all; CaR's classifier uses layers-1, Q2).
- * ln_post on CLS, then @ proj. out: (E). */
+ * ln_post on CLS, then @ proj. out: (E). The positional embedding is used as stored at the native
+ * grid (OpenAI encode_image) and resized + rounded through fp16 otherwise (CaR's wrapper, Q16);
+ * for OpenAI's fp16 checkpoints the rounding is the identity at the native grid. */
 carseg_status clip_encode_image(const clip_model *m, const float *x, int H, int W, int n_blocks,
                                 float *out);
 
@@ -72,5 +93,10 @@ void clip_pos_embed(const clip_model *m, int gh, int gw, int round_fp16, float *
  * (n_blocks, L, L) head-averaged attention probabilities of each block, L = 1 + gh*gw. */
 carseg_status clip_image_trunk(const clip_model *m, const float *x, int H, int W, int n_blocks,
                                float *tokens_out, float *attn_out);
+
+/* n images of the same size at once (x: (n, 3, H, W)) -> out (n, E): one batch through the
+ * matrix products, faster than n calls for the classifier's prompted images. */
+carseg_status clip_encode_images(const clip_model *m, const float *x, int n, int H, int W,
+                                 int n_blocks, float *out);
 
 #endif

@@ -1,0 +1,66 @@
+/* nn.h — transformer layer kernels (forward), llm.c style: plain loops on float*, outputs first,
+ * then inputs, then sizes; shapes in the comments. Mirrors the PyTorch ops OpenAI CLIP uses
+ * (LayerNorm in fp32 with eps 1e-5, nn.Linear, nn.MultiheadAttention, QuickGELU).
+ *
+ * Threads: carseg parallelises with OpenMP. OpenBLAS is driven single-threaded per call and the
+ * large products are split into column/row blocks across OpenMP threads (nn_sgemm), so the
+ * pthread and the OpenMP builds of libopenblas behave the same and nothing is oversubscribed.
+ * Other modules that need a large matrix product should call nn_sgemm rather than cblas_sgemm.
+ */
+#ifndef CARSEG_NN_H
+#define CARSEG_NN_H
+
+#include <stddef.h>
+
+/* Must run before any BLAS call (the nn_* functions call it; idempotent, thread-safe): pins
+ * OpenBLAS to one thread per call. */
+void nn_init(void);
+
+/* Row-major C(M,N) = alpha * op(A) op(B) + beta * C, like cblas_sgemm(CblasRowMajor, ...),
+ * blocked over the OpenMP threads. ta/tb: 0 = as stored, 1 = transposed. A is (M,K) or (K,M)
+ * when ta, B is (K,N) or (N,K) when tb. Safe to call inside a parallel region (runs serially). */
+void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
+/* out (N, C) = layernorm(x (N, C)) * w (C) + b (C); eps 1e-5, biased variance. out may be x. */
+void nn_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C);
+
+/* out (N, OC) = x (N, IC) @ w (OC, IC)^T + b (OC); b may be NULL. (torch.nn.Linear) */
+void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC);
+/* nn_linear with fused epilogues, in one parallel region:
+ *   NN_ACCUMULATE: out += x @ w^T + b (the residual connection; out holds the residual)
+ *   NN_GELU:       out = QuickGELU(x @ w^T + b) */
+enum { NN_ACCUMULATE = 1, NN_GELU = 2 };
+void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
+                  int flags);
+/* The naive triple loop twin of nn_linear, for tests. */
+void nn_linear_naive(float *out, const float *x, const float *w, const float *b, int N, int IC,
+                     int OC);
+
+/* x (n) <- x * sigmoid(1.702 x), in place. */
+void nn_quickgelu(float *x, size_t n);
+
+/* Row-wise softmax in place: x (rows, cols). */
+void nn_softmax(float *x, int rows, int cols);
+
+/* Row-wise L2 normalisation in place: x (rows, cols) <- x / ||x|| (rows of zeros stay zero). */
+void nn_l2norm(float *x, int rows, int cols);
+
+/* exp(x) for float with ~2 ulp error, vectorisable (used by the softmax and QuickGELU). */
+float nn_expf(float x);
+
+/* Multi-head scaled dot-product attention, as torch.nn.functional.multi_head_attention_forward
+ * after the input projection (the caller runs nn_linear with in_proj, then this, then out_proj).
+ *   out   (B, L, C): concatenated head outputs (before out_proj)
+ *   probs (B, NH, L, L): per-head attention probabilities (required: it is also the scratch;
+ *         Grad-CAM's backward reads it)
+ *   avg   (B, L, L) or NULL: probabilities averaged over the heads (need_weights=True)
+ *   qkv   (B, L, 3C): [q | k | v] per token; head h uses columns h*C/NH .. (h+1)*C/NH - 1
+ *   causal: mask j > i (CLIP's text tower). Head dim = C / NH; q is scaled by 1/sqrt(head dim). */
+void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                  int NH, int causal);
+
+/* Float32 -> fp16 (round to nearest even, subnormals, inf/nan) -> float32. */
+float nn_round_fp16(float x);
+
+#endif

@@ -1,0 +1,315 @@
+/* cmd_clip.c — `carseg embed` (CLIP text and image features as JSON) and `carseg classify`
+ * (zero-shot classification with CaR's 15 templates, the standard CLIP recipe). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "clip.h"
+#include "image.h"
+#include "models.h"
+#include "nn.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* CaR's semantic templates (the dataset configs; car_method.md §3.3) */
+static const char *CAR_TEMPLATES[] = {
+    "a clean origami {}.",
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+};
+#define N_CAR_TEMPLATES ((int)(sizeof CAR_TEMPLATES / sizeof *CAR_TEMPLATES))
+
+typedef struct {
+    const char **v;
+    int n, cap;
+} strlist;
+
+static int strlist_add(strlist *l, const char *s) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 8;
+        const char **nv = realloc(l->v, sizeof(char *) * cap);
+        if (!nv) return -1;
+        l->v = nv;
+        l->cap = cap;
+    }
+    l->v[l->n++] = s;
+    return 0;
+}
+
+static carseg_status open_model(const char *name, clip_model **m) {
+    char *path = NULL;
+    TRY(models_resolve(name, &path));
+    carseg_status st = clip_load(path, m);
+    free(path);
+    return st;
+}
+
+/* tokens (n, ctx) of the texts */
+static carseg_status tokenize_all(const char *vocab, const clip_model *m, const char **texts, int n,
+                                  int32_t **out) {
+    char *vp = NULL;
+    TRY(models_resolve_vocab(vocab, &vp));
+    tokenizer *t = NULL;
+    carseg_status st = tok_open(vp, &t);
+    free(vp);
+    if (st != CARSEG_OK) return st;
+    int ctx = m->cfg.t_ctx;
+    int32_t *tok = calloc((size_t)n * ctx, sizeof(int32_t));
+    if (!tok) st = set_err(CARSEG_ENOMEM, "out of memory");
+    for (int i = 0; st == CARSEG_OK && i < n; i++)
+        if (tok_tokenize(t, texts[i], tok + (size_t)i * ctx, ctx) < 0)
+            st = set_err(CARSEG_EINVAL, "cannot tokenize \"%s\"", texts[i]);
+    tok_close(t);
+    if (st != CARSEG_OK) {
+        free(tok);
+        return st;
+    }
+    *out = tok;
+    return CARSEG_OK;
+}
+
+/* CLIP's standard preprocessing (Resize + CenterCrop to the model's resolution) + encoder */
+static carseg_status encode_image_file(const clip_model *m, const char *path, int n_blocks,
+                                       float *feat) {
+    int S = m->cfg.v_patch * m->cfg.v_grid;
+    image_u8 im;
+    TRY(image_load_rgb(path, &im));
+    float *x = malloc(sizeof(float) * 3 * S * S);
+    carseg_status st = x ? clip_preprocess(&im, S, x) : set_err(CARSEG_ENOMEM, "out of memory");
+    image_free(&im);
+    if (st == CARSEG_OK) st = clip_encode_image(m, x, S, S, n_blocks, feat);
+    free(x);
+    if (st != CARSEG_OK) err_prefix("%s", path);
+    return st;
+}
+
+static void print_rows(const char *key, const float *v, int n, int E, int last) {
+    printf("  \"%s\": [", key);
+    for (int i = 0; i < n; i++) {
+        printf(i ? ",\n    [" : "\n    [");
+        for (int k = 0; k < E; k++) printf(k ? ", %.9g" : "%.9g", v[(size_t)i * E + k]);
+        printf("]");
+    }
+    printf(n ? "\n  ]%s\n" : "]%s\n", last ? "" : ",");
+}
+
+static int parse_blocks(const char *v, int *nb) {
+    double d = cli_num("--blocks", v);
+    if (d < 0 || d > 1000 || d != (int)d) return cli_fail("--blocks must be an integer >= 0");
+    *nb = (int)d;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// embed
+
+static void embed_usage(FILE *f) {
+    fprintf(f,
+            "usage: carseg embed --model M [--vocab F] [--text T]... [--image I]... [--blocks N]\n"
+            "                    [--normalize]\n\n"
+            "Prints CLIP features as JSON: {\"text\": [[...]], \"image\": [[...]]}, one row per\n"
+            "--text / --image in the order given, unnormalised (OpenAI encode_text / encode_image).\n"
+            "Images go through CLIP's standard preprocessing (bicubic resize of the shorter side,\n"
+            "center crop to the model's resolution, CLIP mean/std).\n\n"
+            "  --model M      model name (ViT-B/16, ViT-L/14, ...) or file (.pt, .safetensors)\n"
+            "  --vocab F      BPE vocabulary (default: the cached one)\n"
+            "  --blocks N     run only the first N image blocks (CaR's classifier: layers-1)\n"
+            "  --normalize    L2-normalise every row\n");
+}
+
+static int cmd_embed(int argc, char **argv) {
+    const char *model = NULL, *vocab = NULL, *v;
+    strlist texts = {0}, images = {0};
+    int nb = 0, norm = 0, rc;
+    for (int i = 1; i < argc; i++) {
+        if (cli_flag(argv, i, "--help") || cli_flag(argv, i, "-h")) { embed_usage(stdout); return 0; }
+        if ((v = cli_opt(argc, argv, &i, "--model"))) { model = v; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--vocab"))) { vocab = v; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--text"))) { if (strlist_add(&texts, v)) return cli_fail("out of memory"); continue; }
+        if ((v = cli_opt(argc, argv, &i, "--image"))) { if (strlist_add(&images, v)) return cli_fail("out of memory"); continue; }
+        if ((v = cli_opt(argc, argv, &i, "--blocks"))) { if ((rc = parse_blocks(v, &nb))) return rc; continue; }
+        if (cli_flag(argv, i, "--normalize")) { norm = 1; continue; }
+        return cli_fail("embed: unexpected argument %s (see carseg embed --help)", argv[i]);
+    }
+    if (!model) { embed_usage(stderr); return 2; }
+    if (texts.n == 0 && images.n == 0) return cli_fail("embed: nothing to embed (give --text or --image)");
+    clip_model *m;
+    carseg_status st = open_model(model, &m);
+    if (st) return cli_fail_status(st);
+    int E = m->cfg.embed;
+    float *tf = calloc((size_t)texts.n * E + 1, sizeof(float));
+    float *imf = calloc((size_t)images.n * E + 1, sizeof(float));
+    int32_t *tok = NULL;
+    if (!tf || !imf) st = set_err(CARSEG_ENOMEM, "out of memory");
+    if (st == CARSEG_OK && texts.n) st = tokenize_all(vocab, m, texts.v, texts.n, &tok);
+    if (st == CARSEG_OK && texts.n) st = clip_encode_text(m, tok, texts.n, tf);
+    for (int i = 0; st == CARSEG_OK && i < images.n; i++)
+        st = encode_image_file(m, images.v[i], nb, imf + (size_t)i * E);
+    rc = 0;
+    if (st != CARSEG_OK) {
+        rc = cli_fail_status(st);
+    } else {
+        if (norm) {
+            nn_l2norm(tf, texts.n, E);
+            nn_l2norm(imf, images.n, E);
+        }
+        printf("{\n");
+        print_rows("text", tf, texts.n, E, 0);
+        print_rows("image", imf, images.n, E, 1);
+        printf("}\n");
+        if (fflush(stdout) != 0) rc = cli_fail("cannot write the output");
+    }
+    free(tok), free(tf), free(imf), free(texts.v), free(images.v);
+    clip_free(m);
+    return rc;
+}
+CLI_COMMAND("embed", "CLIP text and image features as JSON", cmd_embed)
+
+// ---------------------------------------------------------------------------------------------
+// classify
+
+static void classify_usage(FILE *f) {
+    fprintf(f,
+            "usage: carseg classify --model M IMAGE (--classes a,b,c | --class NAME...)\n"
+            "                       [--template T]... [--vocab F] [--blocks N] [--top K] [--json]\n\n"
+            "Zero-shot classification, the standard CLIP recipe: per class, the mean of the\n"
+            "L2-normalised text features over the templates, renormalised; probabilities =\n"
+            "softmax(logit_scale * cos(image, class)). Prints the classes ranked, one\n"
+            "\"probability<TAB>class\" line each.\n\n"
+            "  --classes LIST  comma-separated class names\n"
+            "  --class NAME    one class name (may contain commas); repeatable\n"
+            "  --template T    a template with {} for the name; repeatable (default: CaR's 15)\n"
+            "  --blocks N      image blocks to run (default all; CaR's classifier uses layers-1)\n"
+            "  --top K         print only the K most probable classes\n"
+            "  --json          print [{\"class\": ..., \"p\": ...}, ...] instead\n");
+}
+
+static char *apply_template(const char *tpl, const char *name) {
+    const char *at = strstr(tpl, "{}");
+    size_t n = strlen(tpl) + strlen(name) + 1;
+    char *s = malloc(n);
+    if (!s) return NULL;
+    if (!at) snprintf(s, n, "%s", tpl);
+    else snprintf(s, n, "%.*s%s%s", (int)(at - tpl), tpl, name, at + 2);
+    return s;
+}
+
+typedef struct { float p; int i; } ranked;
+static int by_p_desc(const void *a, const void *b) {
+    const ranked *x = a, *y = b;
+    return x->p < y->p ? 1 : x->p > y->p ? -1 : x->i - y->i;
+}
+
+static int cmd_classify(int argc, char **argv) {
+    const char *model = NULL, *vocab = NULL, *image = NULL, *v;
+    strlist classes = {0}, templates = {0};
+    char *class_buf = NULL;
+    int nb = 0, top = 0, as_json = 0, rc;
+    for (int i = 1; i < argc; i++) {
+        if (cli_flag(argv, i, "--help") || cli_flag(argv, i, "-h")) { classify_usage(stdout); return 0; }
+        if ((v = cli_opt(argc, argv, &i, "--model"))) { model = v; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--vocab"))) { vocab = v; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--template"))) {
+            if (!strstr(v, "{}")) return cli_fail("--template must contain {} (got \"%s\")", v);
+            if (strlist_add(&templates, v)) return cli_fail("out of memory");
+            continue;
+        }
+        if ((v = cli_opt(argc, argv, &i, "--class"))) { if (strlist_add(&classes, v)) return cli_fail("out of memory"); continue; }
+        if ((v = cli_opt(argc, argv, &i, "--classes"))) {
+            free(class_buf);
+            class_buf = cs_strdup(v);
+            if (!class_buf) return cli_fail("out of memory");
+            for (char *s = strtok(class_buf, ","); s; s = strtok(NULL, ","))
+                if (*s && strlist_add(&classes, s)) return cli_fail("out of memory");
+            continue;
+        }
+        if ((v = cli_opt(argc, argv, &i, "--blocks"))) { if ((rc = parse_blocks(v, &nb))) return rc; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--top"))) {
+            double d = cli_num("--top", v);
+            if (d < 1 || d != (int)d || d > 1e9) return cli_fail("--top must be a positive integer");
+            top = (int)d;
+            continue;
+        }
+        if (cli_flag(argv, i, "--json")) { as_json = 1; continue; }
+        if (argv[i][0] == '-' && argv[i][1] == '-') return cli_fail("classify: unknown option %s", argv[i]);
+        if (image) return cli_fail("classify: one image at a time (got %s and %s)", image, argv[i]);
+        image = argv[i];
+    }
+    if (!model || !image || classes.n == 0) { classify_usage(stderr); free(class_buf); return 2; }
+    const char **tpl = templates.n ? templates.v : CAR_TEMPLATES;
+    int nt = templates.n ? templates.n : N_CAR_TEMPLATES, nc = classes.n;
+    clip_model *m;
+    carseg_status st = open_model(model, &m);
+    if (st) { free(class_buf); return cli_fail_status(st); }
+    int E = m->cfg.embed;
+    size_t nx = (size_t)nt * nc;
+    const char **texts = calloc(nx, sizeof(char *));
+    float *tf = malloc(sizeof(float) * nx * E), *cls = calloc((size_t)nc * E, sizeof(float));
+    float img[2048];
+    int32_t *tok = NULL;
+    ranked *r = malloc(sizeof(ranked) * nc);
+    if (!texts || !tf || !cls || !r || E > 2048) st = set_err(CARSEG_ENOMEM, "out of memory");
+    for (int c = 0; st == CARSEG_OK && c < nc; c++)
+        for (int t = 0; t < nt; t++)
+            if (!(texts[(size_t)c * nt + t] = apply_template(tpl[t], classes.v[c])))
+                st = set_err(CARSEG_ENOMEM, "out of memory");
+    if (st == CARSEG_OK) st = tokenize_all(vocab, m, texts, (int)nx, &tok);
+    if (st == CARSEG_OK) st = clip_encode_text(m, tok, (int)nx, tf);
+    if (st == CARSEG_OK) st = encode_image_file(m, image, nb, img);
+    rc = 0;
+    if (st != CARSEG_OK) {
+        rc = cli_fail_status(st);
+    } else {
+        /* class embedding = normalise(mean_t normalise(text_t)) */
+        nn_l2norm(tf, (int)nx, E);
+        for (int c = 0; c < nc; c++) {
+            for (int t = 0; t < nt; t++)
+                for (int k = 0; k < E; k++) cls[(size_t)c * E + k] += tf[((size_t)c * nt + t) * E + k] / nt;
+        }
+        nn_l2norm(cls, nc, E);
+        nn_l2norm(img, 1, E);
+        float *logit = malloc(sizeof(float) * nc);
+        for (int c = 0; c < nc; c++) {
+            double d = 0;
+            for (int k = 0; k < E; k++) d += (double)img[k] * cls[(size_t)c * E + k];
+            logit[c] = (float)(m->cfg.logit_scale * d);
+        }
+        nn_softmax(logit, 1, nc);
+        for (int c = 0; c < nc; c++) r[c].p = logit[c], r[c].i = c;
+        free(logit);
+        qsort(r, (size_t)nc, sizeof *r, by_p_desc);
+        int n = top && top < nc ? top : nc;
+        if (as_json) printf("[");
+        for (int k = 0; k < n; k++) {
+            if (as_json) {
+                printf(k ? ",\n {\"class\": " : "{\"class\": ");
+                json_write_str(stdout, classes.v[r[k].i]);
+                printf(", \"p\": %.9g}", r[k].p);
+            } else {
+                printf("%.6f\t%s\n", r[k].p, classes.v[r[k].i]);
+            }
+        }
+        if (as_json) printf("]\n");
+        if (fflush(stdout) != 0) rc = cli_fail("cannot write the output");
+    }
+    for (size_t i = 0; texts && i < nx; i++) free((char *)texts[i]);
+    free(texts), free(tf), free(cls), free(tok), free(r), free(class_buf);
+    free(classes.v), free(templates.v);
+    clip_free(m);
+    return rc;
+}
+CLI_COMMAND("classify", "zero-shot classification of an image (CaR's 15 templates)", cmd_classify)
