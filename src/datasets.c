@@ -14,6 +14,15 @@
 
 #include "eval.h"
 
+/* ADE-847 / PC-459 class names come from the CaR presets' class lists (the `car` module) when
+ * they are part of the build; otherwise class_N (or --class-names). */
+#if defined(__has_include)
+#if __has_include("presets.h")
+#include "presets.h"
+#define DS_HAVE_PRESETS 1
+#endif
+#endif
+
 const char *const DATASET_NAMES[] = {"voc", "voc20", "coco_object", "context", "context59",
                                      "ade150", "ade847", "pc459", "refcoco", "refcoco+",
                                      "refcocog", NULL};
@@ -379,7 +388,28 @@ carseg_status dataset_open(dataset *ds, const char *name, const char *root, cons
             ds->label_shift = 1;
             ds->label_max = ade ? 847 : 459;
             ds->n_class = ade ? (opt && opt->fix_ade847 ? 848 : 847) : 460;
-            if (!st) st = set_names(ds, NULL, 0, names_file);
+            const char *const *pn = NULL;
+            char **tmp = NULL;
+            int npn = 0, ntmp = 0;
+#ifdef DS_HAVE_PRESETS
+            for (int k = 0; k < PRESET_LISTS_N; k++) {
+                const preset_list *L = &PRESET_LISTS[k];
+                if (strcmp(L->name, ade ? "ade847" : "pc459") || L->n + 1 > ds->n_class + 1) continue;
+                /* label = index + 1; the first synonym names the class ("person, individual" -> person) */
+                tmp = calloc((size_t)L->n + 1, sizeof(char *));
+                if (!tmp) break;
+                ntmp = L->n + 1;
+                tmp[0] = strdup("background");
+                for (int c = 0; c < L->n; c++) tmp[c + 1] = strndup(L->classes[c], strcspn(L->classes[c], ","));
+                npn = L->n + 1;
+                for (int c = 0; c < npn; c++) if (!tmp[c]) npn = 0;
+                pn = (const char *const *)tmp;
+                break;
+            }
+#endif
+            if (!st) st = set_names(ds, pn, npn, names_file);
+            for (int c = 0; c < ntmp; c++) free(tmp[c]);
+            free(tmp);
         }
     } else if (!strcmp(name, "refcoco") || !strcmp(name, "refcoco+") || !strcmp(name, "refcocog")) {
         st = open_refer(ds, root, opt);
