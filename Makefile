@@ -55,7 +55,7 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)
 # `make test` runs every C test; tests that need ../shared say SKIPPED when it is missing.
 # T="name1 name2" runs only the tests whose names contain one of the words.
 test: $(BUILD)/run_tests $(BUILD)/carseg
-	CARSEG_BIN=$(abspath $(BUILD)/carseg) $(BUILD)/run_tests $(T)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} CARSEG_BIN=$(abspath $(BUILD)/carseg) $(BUILD)/run_tests $(T)
 
 check:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \

@@ -178,6 +178,32 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
 // Dense CRF (crf.c, lattice.c)
 // (section: add declarations here)
 
+/* Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun 2011) as CaR runs it
+ * through pydensecrf's DenseCRF2D: Potts compatibility, symmetric normalisation, mean field on the
+ * permutohedral lattice. Kernels: a Gaussian on (x/pos_sxy, y/pos_sxy) with weight pos_w and a
+ * bilateral one on (x/bi_sxy, y/bi_sxy, f0/bi_srgb, f1/bi_srgb, f2/bi_srgb) with weight bi_w,
+ * x the column, f0..f2 the three feature channels in the order given. */
+typedef struct carseg_crf_params {
+    int iters;                        /* mean-field iterations (CaR: 10) */
+    float pos_sxy, pos_w;             /* Gaussian kernel: sxy 1, weight 3 */
+    float bi_sxy, bi_srgb, bi_w;      /* bilateral kernel: sxy 67, srgb 3, weight 4 */
+} carseg_crf_params;
+
+/* CaR's parameters (10 iterations; 1, 3; 67, 3, 4). */
+carseg_crf_params carseg_crf_defaults(void);
+
+/* probs: (C, H, W) float probabilities, used as given (unary = -log(clip(p, 1e-5, 1)), no
+ * renormalisation); NaN is rejected. feat: (H, W, 3) uint8 colour features, used as-is.
+ * labels: (H, W) argmax of the marginals (first maximum), or NULL. q: (C, H, W) marginals after the
+ * last iteration, or NULL. Any C >= 1 (labels hold up to 65535). Uses carseg_set_threads threads. */
+carseg_status carseg_crf(const float *probs, int C, int H, int W, const uint8_t *feat,
+                         const carseg_crf_params *p, uint16_t *labels, float *q);
+
+/* CaR's colour features (its quirk Q4): RGB -> BGR, minus (104.008, 116.669, 122.675), truncated
+ * to an integer and wrapped modulo 256 as NumPy's uint8 cast does. rgb, feat: (H, W, 3). */
+void carseg_crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat);
+
+
 
 
 // ---------------------------------------------------------------------------------------------

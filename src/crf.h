@@ -8,11 +8,10 @@
 #include <stdint.h>
 #include "carseg.h"
 
-typedef struct {
-    int iters;                        /* mean-field iterations (CaR: 10) */
-    float pos_sxy, pos_w;             /* Gaussian kernel: sxy 1, weight (compat) 3 */
-    float bi_sxy, bi_srgb, bi_w;      /* bilateral kernel: sxy 67, srgb 3, weight 4 */
-} crf_params;
+/* The same struct as the public carseg_crf_params (include/carseg.h):
+ *   iters (CaR: 10); pos_sxy, pos_w: Gaussian kernel sxy 1, weight (compat) 3;
+ *   bi_sxy, bi_srgb, bi_w: bilateral kernel sxy 67, srgb 3, weight 4. */
+typedef carseg_crf_params crf_params;
 
 crf_params crf_default_params(void);  /* CaR's values (car_method.md §4.1) */
 
@@ -25,5 +24,25 @@ carseg_status crf_run(const float *probs, int C, int H, int W, const uint8_t *fe
 /* CaR's colour features (Q4): float RGB -> BGR, minus (104.008, 116.669, 122.675), cast to uint8
  * with wrap-around (trunc(x) mod 256). rgb, feat: (H, W, 3). */
 void crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat);
+
+/* The general model behind crf_run: N variables, C labels, nk Potts kernels.
+ * kernel k: features feat (N, d) already divided by their standard deviations, weight w
+ * (w == 0: the kernel is skipped). */
+typedef struct {
+    int d;
+    const float *feat;   /* (N, d) */
+    float w;
+} crf_kernel;
+
+/* Mean field as DenseCRF::inference: Q = softmax(-U); iters times
+ * Q = softmax(-U + Σ_k w_k · n_k ⊙ K_k (n_k ⊙ Q)), n_k = 1/sqrt(K_k 1 + 1e-20) (symmetric
+ * normalisation, self term included). unary, q: (N, C), label-minor; q is written. */
+carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *k, int nk, int iters,
+                            float *q);
+
+/* DenseCRF2D's feature images, (H*W, 2) and (H*W, 5), row-major pixels, x the column. */
+void crf_gaussian_features(int W, int H, float sx, float sy, float *out);
+void crf_bilateral_features(int W, int H, float sx, float sy, float sr, float sg, float sb,
+                            const uint8_t *im, float *out);
 
 #endif

@@ -313,7 +313,8 @@ carseg_status npy_read(const char *path, npy_array *out) {
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (strncmp(d, types[i].s, strlen(types[i].s)) == 0) { out->dtype = types[i].t; found = 1; }
     if (!found) { free(hdr); why = "unsupported dtype (need <f4 <f8 u1 <i4 <i8 <u2 b1)"; goto bad; }
-    if (strncmp(fo, "False", 5) != 0) { free(hdr); why = "Fortran order not supported"; goto bad; }
+    int fortran = strncmp(fo, "True", 4) == 0;
+    if (!fortran && strncmp(fo, "False", 5) != 0) { free(hdr); why = "bad fortran_order"; goto bad; }
     if (*sh != '(') { free(hdr); why = "bad shape"; goto bad; }
     sh++;
     size_t count = 1;
@@ -339,7 +340,22 @@ carseg_status npy_read(const char *path, npy_array *out) {
     out->count = count;
     out->data = malloc(bytes ? bytes : 1);
     if (!out->data) { st = CARSEG_ENOMEM; why = "out of memory"; goto bad; }
-    memcpy(out->data, buf + hoff + hlen, bytes);
+    if (fortran && out->ndim > 1) {
+        /* column-major on disk: element (i0..in-1) sits at sum i_k * prod(shape[0..k-1]) */
+        size_t es = npy_size(out->dtype), idx[8] = {0};
+        const uint8_t *src = buf + hoff + hlen;
+        for (size_t c = 0; c < count; c++) {
+            size_t off = 0, stride = 1;
+            for (int k = 0; k < out->ndim; k++) { off += idx[k] * stride; stride *= (size_t)out->shape[k]; }
+            memcpy((uint8_t *)out->data + c * es, src + off * es, es);
+            for (int k = out->ndim - 1; k >= 0; k--) {   /* advance the C-order index */
+                if (++idx[k] < (size_t)out->shape[k]) break;
+                idx[k] = 0;
+            }
+        }
+    } else {
+        memcpy(out->data, buf + hoff + hlen, bytes);
+    }
     free(buf);
     return CARSEG_OK;
 bad:

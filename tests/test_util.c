@@ -78,3 +78,38 @@ TEST(util_atomic_abort_leaves_nothing) {
     CHECK(len == 3 && memcmp(buf, "old", 3) == 0);
     free(buf);
 }
+
+TEST(util_npy_fortran_order) {
+    /* some fixtures are stored column-major: check against the C-order copy NumPy makes */
+    const char *p = shared_path("fixtures/car/chelsea_voc/iter01/gen_text_emb_fg.npy");
+    if (!p) SKIP("shared fixtures missing");
+    float *a;
+    int nd;
+    int64_t sh[8];
+    CHECK_OK(npy_read_f32(p, &a, &nd, sh));
+    REQUIRE(nd == 2);
+    /* rows are L2-normalised text features: each row must have unit norm in C order */
+    for (int64_t i = 0; i < sh[0]; i++) {
+        double n = 0;
+        for (int64_t j = 0; j < sh[1]; j++) n += (double)a[i * sh[1] + j] * a[i * sh[1] + j];
+        CHECK_NEAR(n, 1.0, 1e-4);
+    }
+    free(a);
+    /* a hand-made 2x3 Fortran array */
+    const char *dir = test_tmpdir();
+    char path[600];
+    snprintf(path, sizeof path, "%s/f.npy", dir);
+    const char hdr[] = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }";
+    uint8_t buf[128 + 24] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+    size_t hl = 118;  /* 10 + 118 = 128 */
+    buf[8] = (uint8_t)hl;
+    memset(buf + 10, ' ', hl);
+    memcpy(buf + 10, hdr, sizeof hdr - 1);
+    buf[10 + hl - 1] = '\n';
+    float col[6] = {0, 3, 1, 4, 2, 5};   /* column-major of [[0,1,2],[3,4,5]] */
+    memcpy(buf + 128, col, sizeof col);
+    CHECK_OK(write_file_atomic(path, buf, sizeof buf));
+    CHECK_OK(npy_read_f32(path, &a, &nd, sh));
+    for (int i = 0; i < 6; i++) CHECK_NEAR(a[i], i, 0);
+    free(a);
+}
