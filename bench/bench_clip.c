@@ -89,11 +89,12 @@ static double openblas_threaded_gflops(int N, int K, int Nout, int nt) {
     uint64_t s = 2;
     for (size_t i = 0; i < (size_t)N * K; i++) x[i] = frand(&s);
     for (size_t i = 0; i < (size_t)Nout * K; i++) w[i] = frand(&s);
+    int prev = openblas_get_num_threads();
     openblas_set_num_threads(nt);
     timing t;
     TIME_BEST(cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Nout, K, 1, x, K, w, K, 0, y,
                           Nout), t);
-    openblas_set_num_threads(1);
+    openblas_set_num_threads(prev);
     cs_free(x), cs_free(w), cs_free(y);
     return 2.0 * N * K * Nout / (t.wall * 1e6);
 }
@@ -183,7 +184,6 @@ static void row(const char *name, timing t, double gflop, double ceiling, timing
 int main(void) {
     if (getenv("CARSEG_BENCH_REPS")) g_reps = atoi(getenv("CARSEG_BENCH_REPS"));
     if (g_reps < 1) g_reps = 1;
-    nn_init();
     int nt = carseg_get_threads();
     printf("bench_clip: %d threads, best of %d runs after a warm-up\n", nt, g_reps);
 

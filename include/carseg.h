@@ -6,6 +6,22 @@
  * (stderr by default). Objects opened with an _open or _new call are released with the matching _close or _free,
  * which accept NULL. A loaded model is immutable and may be shared by threads; scratch state
  * belongs to one thread at a time.
+ *
+ * The whole method in a few lines (error checks elided; see the sections below):
+ *
+ *     carseg_car *car;
+ *     carseg_car_open("ViT-B/16", "ViT-L/14", NULL, &car);  // names are pulled into the cache,
+ *                                                          // file paths are used as they are
+ *     uint8_t *rgb; int w, h;
+ *     carseg_image_load("photo.jpg", &rgb, &w, &h);
+ *     carseg_car_opts opts;
+ *     carseg_car_preset("voc", &opts, NULL, NULL);         // η, θ, λ, prompts of a reference config
+ *     const char *classes[] = {"cat", "dog", "sofa"};
+ *     uint16_t *labels = malloc((size_t)w * h * sizeof *labels);
+ *     float scores[3];
+ *     carseg_car_segment(car, rgb, w, h, classes, 3, &opts, labels, scores, NULL);
+ *     carseg_labels_save_png("labels.png", labels, w, h);  // 0 = background, k = classes[k-1]
+ *     free(labels); carseg_image_free(rgb); carseg_car_close(car);
  */
 #ifndef CARSEG_H
 #define CARSEG_H
@@ -131,7 +147,14 @@ int carseg_tokenize(const carseg_tokenizer *t, const char *text, int32_t *out, i
 
 // ---------------------------------------------------------------------------------------------
 // Images (image.c)
-// (section: add declarations here)
+
+/* Loads a JPEG or PNG as 8-bit RGB, pixel-identical to Pillow's Image.open(p).convert("RGB").
+ * *rgb: (h, w, 3) bytes, top row first; free with carseg_image_free. */
+carseg_status carseg_image_load(const char *path, uint8_t **rgb, int *w, int *h);
+void carseg_image_free(uint8_t *rgb);
+/* Writes a label map as a PNG (atomically): 8-bit with the VOC palette when every label is
+ * < 256, else 16-bit gray. labels: (h, w). */
+carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h);
 
 
 
@@ -209,6 +232,46 @@ void carseg_crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat);
 // ---------------------------------------------------------------------------------------------
 // Visual prompts, presets, the CaR method (prompts.c, presets.c, classify.c, car.c)
 // (section: add declarations here)
+
+/* A CaR segmenter: the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
+ * (ViT-L/14; may be the same file) and the BPE vocabulary, plus text-feature caches. One
+ * segmenter per thread. */
+typedef struct carseg_car carseg_car;
+carseg_status carseg_car_open(const char *generator, const char *classifier, const char *vocab,
+                              carseg_car **out);
+void carseg_car_close(carseg_car *c);
+
+/* Settings of one run. carseg_car_preset() fills them with a reference config's values. */
+typedef struct {
+    float eta;                 /* mask binarisation threshold of the visual prompt */
+    float theta;               /* query filter: keep query i iff P[i,i] > theta */
+    float lambda;              /* Grad-CAM box threshold */
+    const char *prompts;       /* "circle,blur", ... (blur gray black circle rectangle contour) */
+    const char *stuff_prompts; /* prompts of the stuff pass (NULL: same as prompts) */
+    int templates;             /* 15 (semantic templates, double softmax) or 0 (one template) */
+    int crf;                   /* 1: dense CRF post-processing; 0: argmax of (background, CAMs) */
+    int fix_quirks;            /* 1: fix the reference's bugs Q3, Q4, Q8, Q9, Q17 (see README) */
+    const char *preset;        /* set by carseg_car_preset: its class list and thing/stuff split */
+} carseg_car_opts;
+
+/* name: "voc", "coco-object", "context", "ade150", "pc459", "refcoco", "refcoco+",
+ * "refcocog", "gres"; NULL gives the VOC settings without a class list. Unknown -> EINVAL.
+ * classes/n_classes (may be NULL): the preset's class list (label k = classes[k-1]). */
+carseg_status carseg_car_preset(const char *name, carseg_car_opts *opts,
+                                const char *const **classes, int *n_classes);
+
+/* Semantic segmentation of an RGB image (h, w, 3 bytes, top row first). classes: n names
+ * (label k = classes[k-1]); classes NULL: the preset's list (thing + stuff passes where the
+ * preset has them). labels: (h, w) 0 = background; scores: (n) final scores (0 = dropped).
+ * rounds (may be NULL): rounds of the recurrence run, summed over the passes. */
+carseg_status carseg_car_segment(carseg_car *c, const uint8_t *rgb, int w, int h,
+                                 const char *const *classes, int n, const carseg_car_opts *opts,
+                                 uint16_t *labels, float *scores, int *rounds);
+
+/* Referring segmentation: n phrases describing one object. mask: (h, w) 0/1; scores: (n). */
+carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
+                               const char *const *phrases, int n, const carseg_car_opts *opts,
+                               uint8_t *mask, float *scores);
 
 
 

@@ -64,7 +64,7 @@ def main():
 
     # images: native grid (OpenAI path), and non-native / non-square (CaR path), all and L-1 blocks
     sizes = [(res, res), (res - 2 * p, res + 2 * p), (res + p, res - p)] if a.shape == "tiny" else \
-            [(res, res), (384, 512)]
+            [(res, res), (24 * p, 32 * p)]   # 512x384 for B/16, 448x336 for L/14
     with torch.no_grad():
         for k, (H, W) in enumerate(sizes):
             x = rng.standard_normal((1, 3, H, W)).astype(np.float32)

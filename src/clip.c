@@ -277,6 +277,67 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     nn_linear_ex(x, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE);
 }
 
+/* The last block when only one row per sequence is read afterwards (CLS for images, EOT for
+ * text): keys and values for all rows, everything else for that row only. x (B, L, C) is read;
+ * out (B, C) receives the block's output at row[b]. Same arithmetic as block_forward on those
+ * rows (a row of a product does not depend on the other rows). s->qkv holds (B*L, 2C) k|v here. */
+static carseg_status block_forward_rows(const clip_block *bk, const float *x, const int *row,
+                                        float *out, scratch *s, int B, int L, int C, int M, int NH,
+                                        int causal) {
+    size_t BL = (size_t)B * L;
+    int hd = C / NH, C2 = 2 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
+    nn_linear(s->qkv, s->ln, bk->in_w + (size_t)C * C, bk->in_b + C, (int)BL, C, C2);   /* k | v */
+    float *q = cs_malloc(sizeof(float) * ((size_t)3 * B * C + (size_t)B * M));
+    if (!q) return set_err(CARSEG_ENOMEM, "clip: out of memory");
+    float *att = q + (size_t)B * C, *h2 = att + (size_t)B * C, *hid = h2 + (size_t)B * C;
+    for (int b = 0; b < B; b++)
+        memcpy(out + (size_t)b * C, s->ln + ((size_t)b * L + row[b]) * C, sizeof(float) * C);
+    nn_linear(q, out, bk->in_w, bk->in_b, B, C, C);
+    /* one query per (sequence, head): scores over the visible keys, softmax, weighted values */
+#pragma omp parallel for schedule(static) if (B * NH > 1 && (size_t)B * L * C > 65536)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH, n = causal ? row[b] + 1 : L;
+        const float *qh = q + (size_t)b * C + h * hd;
+        const float *kv = s->qkv + (size_t)b * L * C2;
+        float *p = s->probs + (size_t)bh * L;
+        for (int j = 0; j < n; j++) {
+            const float *k = kv + (size_t)j * C2 + h * hd;
+            float d = 0;
+            for (int t = 0; t < hd; t++) d += qh[t] * k[t];
+            p[j] = d * scale;
+        }
+        nn_softmax(p, 1, n);
+        float *o = att + (size_t)b * C + h * hd;
+        memset(o, 0, sizeof(float) * hd);
+        for (int j = 0; j < n; j++) {
+            const float *v = kv + (size_t)j * C2 + C + h * hd;
+            for (int t = 0; t < hd; t++) o[t] += p[j] * v[t];
+        }
+    }
+    for (int b = 0; b < B; b++)
+        memcpy(out + (size_t)b * C, x + ((size_t)b * L + row[b]) * C, sizeof(float) * C);
+    nn_linear_ex(out, att, bk->out_w, bk->out_b, B, C, C, NN_ACCUMULATE);
+    nn_layernorm(h2, out, bk->ln2_w, bk->ln2_b, B, C);
+    nn_linear_ex(hid, h2, bk->fc_w, bk->fc_b, B, C, M, NN_GELU);
+    nn_linear_ex(out, hid, bk->proj_w, bk->proj_b, B, M, C, NN_ACCUMULATE);
+    cs_free(q);
+    return CARSEG_OK;
+}
+
+carseg_status clip_block_forward(const clip_block *bk, float *x, int B, int L, int C, int M, int NH,
+                                 int causal, float *attn) {
+    if (B <= 0 || L <= 0 || C <= 0 || M <= 0 || NH <= 0 || C % NH)
+        return set_err(CARSEG_EINVAL, "clip_block_forward: invalid sizes B %d L %d C %d M %d NH %d",
+                       B, L, C, M, NH);
+    scratch s = {0};
+    carseg_status st = scratch_alloc(&s, B, L, C, M, NH);
+    if (st == CARSEG_OK) block_forward(bk, x, &s, B, L, C, M, NH, causal, attn);
+    scratch_free(&s);
+    return st;
+}
+
 // ---------------------------------------------------------------------------------------------
 // text tower
 
@@ -297,8 +358,9 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
                            "the vocabulary (%d)", tokens[i], i / ctx, c->t_vocab);
     /* prompts sorted by EOT position, batched so that each batch runs to its longest EOT */
     int *order = malloc(sizeof(int) * n), *eot = malloc(sizeof(int) * n);
-    if (!order || !eot) {
-        free(order); free(eot);
+    int *rows = malloc(sizeof(int) * n);
+    if (!order || !eot || !rows) {
+        free(order); free(eot); free(rows);
         return set_err(CARSEG_ENOMEM, "clip_encode_text: out of memory");
     }
     for (int i = 0; i < n; i++) eot[i] = eot_pos(tokens + (size_t)i * ctx, ctx), order[i] = i;
@@ -327,14 +389,14 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
                 for (int k = 0; k < C; k++) xr[k] = te[k] + pe[k];
             }
         }
-        for (int l = 0; l < c->t_layers; l++)
+        for (int l = 0; l < c->t_layers - 1; l++)
             block_forward(&m->t_blocks[l], x, &s, B, L, C, 4 * C, c->t_heads, 1, NULL);
-        /* ln_final on the EOT row of each prompt, @ text_projection */
-        for (int b = 0; b < B; b++) {
-            int e = eot[order[b0 + b]];
-            nn_layernorm(feat + (size_t)b * C, x + ((size_t)b * L + e) * C, m->ln_final_w,
-                         m->ln_final_b, 1, C);
-        }
+        /* the last block at the EOT rows only, ln_final there, @ text_projection */
+        for (int b = 0; b < B; b++) rows[b] = eot[order[b0 + b]];
+        st = block_forward_rows(&m->t_blocks[c->t_layers - 1], x, rows, feat, &s, B, L, C, 4 * C,
+                                c->t_heads, 1);
+        if (st != CARSEG_OK) break;
+        nn_layernorm(feat, feat, m->ln_final_w, m->ln_final_b, B, C);
         float *o = s.ln;   /* (B, E) */
         nn_sgemm(0, 0, B, E, C, 1.0f, feat, C, m->t_proj, E, 0.0f, o, E);
         for (int b = 0; b < B; b++)
@@ -345,6 +407,7 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
     cs_free(feat);
     free(order);
     free(eot);
+    free(rows);
     return st;
 }
 
@@ -459,29 +522,33 @@ carseg_status clip_encode_images(const clip_model *m, const float *x, int n, int
     int C = c->v_width, P = c->v_patch, gh = H / P, gw = W / P, L = 1 + gh * gw, E = c->embed;
     int nb = resolve_blocks(m, n_blocks);
     int round_pos = !(gh == c->v_grid && gw == c->v_grid);
-    /* batch so that about 1024 tokens go through each product */
-    int maxB = 1024 / L > 1 ? 1024 / L : 1;
+    /* batch so that about 2048 tokens go through each product */
+    int maxB = 2048 / L > 1 ? 2048 / L : 1;
     if (maxB > n) maxB = n;
     scratch s = {0};
     float *tok = cs_malloc((size_t)maxB * L * C * sizeof(float));
     float *cls = cs_malloc((size_t)maxB * C * sizeof(float));
+    int *zero_rows = calloc((size_t)maxB, sizeof(int));
     carseg_status st = scratch_alloc(&s, maxB, L, C, c->v_mlp, c->v_heads);
-    if (st == CARSEG_OK && (!tok || !cls))
+    if (st == CARSEG_OK && (!tok || !cls || !zero_rows))
         st = set_err(CARSEG_ENOMEM, "clip_encode_image: out of memory");
     for (int b0 = 0; st == CARSEG_OK && b0 < n; b0 += maxB) {
         int B = n - b0 < maxB ? n - b0 : maxB;
         st = embed_images(m, x + (size_t)b0 * 3 * H * W, B, H, W, round_pos, tok);
         if (st != CARSEG_OK) break;
-        for (int l = 0; l < nb; l++)
+        for (int l = 0; l < nb - 1; l++)
             block_forward(&m->v_blocks[l], tok, &s, B, L, C, c->v_mlp, c->v_heads, 0, NULL);
-        for (int b = 0; b < B; b++)
-            nn_layernorm(cls + (size_t)b * C, tok + (size_t)b * L * C, m->ln_post_w, m->ln_post_b,
-                         1, C);
+        /* the last block at the CLS rows only, then ln_post there */
+        st = block_forward_rows(&m->v_blocks[nb - 1], tok, zero_rows, cls, &s, B, L, C, c->v_mlp,
+                                c->v_heads, 0);
+        if (st != CARSEG_OK) break;
+        nn_layernorm(cls, cls, m->ln_post_w, m->ln_post_b, B, C);
         nn_sgemm(0, 0, B, E, C, 1.0f, cls, C, m->v_proj, E, 0.0f, out + (size_t)b0 * E, E);
     }
     scratch_free(&s);
     cs_free(tok);
     cs_free(cls);
+    free(zero_rows);
     return st;
 }
 

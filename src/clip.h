@@ -94,6 +94,12 @@ void clip_pos_embed(const clip_model *m, int gh, int gw, int round_fp16, float *
 carseg_status clip_image_trunk(const clip_model *m, const float *x, int H, int W, int n_blocks,
                                float *tokens_out, float *attn_out);
 
+/* One ResidualAttentionBlock (x += MHA(ln_1(x)); x += MLP(ln_2(x))) on x (B, L, C) in place, with
+ * M = MLP width and NH heads; causal for the text tower. attn: (B, L, L) head-averaged attention
+ * probabilities, or NULL. For callers that run single blocks (cam.c: the last visual block). */
+carseg_status clip_block_forward(const clip_block *bk, float *x, int B, int L, int C, int M, int NH,
+                                 int causal, float *attn);
+
 /* n images of the same size at once (x: (n, 3, H, W)) -> out (n, E): one batch through the
  * matrix products, faster than n calls for the classifier's prompted images. */
 carseg_status clip_encode_images(const clip_model *m, const float *x, int n, int H, int W,

@@ -6,7 +6,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,12 +30,21 @@
 // ---------------------------------------------------------------------------------------------
 // threads and the matrix product
 
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static void nn_init_once(void) {
-    /* OpenMP owns the cores: each BLAS call runs on the calling thread (see nn.h). */
-    openblas_set_num_threads(1);
+/* While one of our parallel regions calls BLAS, OpenBLAS runs single-threaded (each OpenMP thread
+ * computes its own block); afterwards its thread count is restored, so serial callers elsewhere
+ * keep OpenBLAS's own threading. Only the count is global: concurrent callers can at worst see
+ * each other's setting for one call (a matter of speed, not of results). */
+static int blas_solo_begin(void) {
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;   /* the caller's region: leave the setting alone */
+#endif
+    int prev = openblas_get_num_threads();
+    if (prev > 1) openblas_set_num_threads(1);
+    return prev;
 }
-void nn_init(void) { pthread_once(&g_once, nn_init_once); }
+static void blas_solo_end(int prev) {
+    if (prev > 1) openblas_set_num_threads(prev);
+}
 
 static int nn_threads(void) {
 #ifdef _OPENMP
@@ -60,12 +68,12 @@ static int gemm_chunk(int M, int N, int K, int *nt, int *split_n) {
 
 void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
-    nn_init();
     if (M <= 0 || N <= 0) return;
     int nt = nn_threads(), split_n;
     enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
     int chunk = gemm_chunk(M, N, K, &nt, &split_n), len = split_n ? N : M;
     int nblk = (len + chunk - 1) / chunk;
+    int prev = blas_solo_begin();   /* also with one block: the OpenMP thread count is the limit */
 #pragma omp parallel for schedule(static, 1) num_threads(nt) if (nblk > 1)
     for (int t = 0; t < nblk; t++) {
         int s = t * chunk, e = s + chunk < len ? s + chunk : len;
@@ -79,6 +87,7 @@ void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
                         C + (size_t)s * ldc, ldc);
         }
     }
+    blas_solo_end(prev);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -216,11 +225,11 @@ NN_HOT static void bias_gelu_block(float *restrict o, int ldo, const float *rest
 
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
                   int flags) {
-    nn_init();
     if (N <= 0 || OC <= 0) return;
     int nt = nn_threads(), split_n;
     int chunk = gemm_chunk(N, OC, IC, &nt, &split_n), len = split_n ? OC : N;
     int nblk = (len + chunk - 1) / chunk;
+    int prev = blas_solo_begin();
     float beta = (flags & NN_ACCUMULATE) ? 1.0f : 0.0f;
     int gelu = (flags & NN_GELU) != 0;
     /* one parallel region: each thread's block of the product, then its bias (+ GELU) */
@@ -237,6 +246,7 @@ void nn_linear_ex(float *out, const float *x, const float *w, const float *b, in
             bias_gelu_block(out + (size_t)s * OC, OC, b, e - s, OC, gelu);
         }
     }
+    blas_solo_end(prev);
 }
 
 void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {
@@ -255,17 +265,18 @@ void nn_linear_naive(float *out, const float *x, const float *w, const float *b,
 
 void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
                   int NH, int causal) {
-    nn_init();
     int hd = C / NH;
     float scale = 1.0f / sqrtf((float)hd);
     int C3 = 3 * C;
     /* work items: (batch, head, block of query rows). Per block: S = q k^T (sgemm, only the
      * columns a causal row can see), fused mask + softmax, out = P v (sgemm). The block of P
-     * stays in cache between the three steps. */
-    int RB = 64;
-    while (RB > 16 && (size_t)RB * L * sizeof(float) > (256u << 10)) RB /= 2;
+     * stays in cache (L2) between the three steps. */
+    int RB = 256;   /* larger blocks repack K less often; the block of P stays within ~1 MB */
+    while (RB > 16 && (size_t)RB * L * sizeof(float) > (1u << 20)) RB /= 2;
     int nrb = (L + RB - 1) / RB;
-#pragma omp parallel for schedule(dynamic, 1) if (B * NH * nrb > 1)
+    int par = B * NH * nrb > 1 && nn_threads() > 1;
+    int prev = blas_solo_begin();
+#pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int it = 0; it < B * NH * nrb; it++) {
         int bh = it / nrb, r0 = (it % nrb) * RB, r1 = r0 + RB < L ? r0 + RB : L;
         int b = bh / NH, h = bh % NH, ncol = causal ? r1 : L;
@@ -284,6 +295,7 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, ncol, 1.0f, P, L, v,
                     C3, 0.0f, out + ((size_t)b * L + r0) * C + h * hd, C);
     }
+    blas_solo_end(prev);
     if (!avg) return;
     float fnh = (float)NH;
 #pragma omp parallel for schedule(static) if ((size_t)B * L * L * NH > 65536)

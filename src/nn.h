@@ -2,19 +2,18 @@
  * then inputs, then sizes; shapes in the comments. Mirrors the PyTorch ops OpenAI CLIP uses
  * (LayerNorm in fp32 with eps 1e-5, nn.Linear, nn.MultiheadAttention, QuickGELU).
  *
- * Threads: carseg parallelises with OpenMP. OpenBLAS is driven single-threaded per call and the
- * large products are split into column/row blocks across OpenMP threads (nn_sgemm), so the
- * pthread and the OpenMP builds of libopenblas behave the same and nothing is oversubscribed.
- * Other modules that need a large matrix product should call nn_sgemm rather than cblas_sgemm.
+ * Threads: carseg parallelises with OpenMP. A large product is split into column (or row) blocks,
+ * one per OpenMP thread, each a single-threaded OpenBLAS call: OpenBLAS's own thread count is set
+ * to 1 for the duration of every nn_* call and restored after it (so carseg_set_threads bounds the
+ * threads, and OpenBLAS's threads never run inside our OpenMP threads), so the pthread and the
+ * OpenMP builds of libopenblas behave the same, nothing is oversubscribed, and a plain
+ * cblas_sgemm from serial code elsewhere still gets OpenBLAS's threads. Called inside a parallel
+ * region, the nn_* functions run serially.
  */
 #ifndef CARSEG_NN_H
 #define CARSEG_NN_H
 
 #include <stddef.h>
-
-/* Must run before any BLAS call (the nn_* functions call it; idempotent, thread-safe): pins
- * OpenBLAS to one thread per call. */
-void nn_init(void);
 
 /* Row-major C(M,N) = alpha * op(A) op(B) + beta * C, like cblas_sgemm(CblasRowMajor, ...),
  * blocked over the OpenMP threads. ta/tb: 0 = as stored, 1 = transposed. A is (M,K) or (K,M)

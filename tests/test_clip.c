@@ -13,6 +13,15 @@
 
 #define RTOL 1e-4
 
+/* CARSEG_VERBOSE=1: print max |diff| / max |ref| of each generated case (README evidence) */
+static void report(const char *what, const float *got, const float *ref, size_t n) {
+    if (!getenv("CARSEG_VERBOSE")) return;
+    double mx = 0, d = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i])), d = fmax(d, fabs(got[i] - ref[i]));
+    fprintf(stderr, "  %s: max|diff|/max|ref| = %.2e\n", what, mx > 0 ? d / mx : d);
+}
+
+
 static clip_model *load_fixture_model(const char *rel) {
     const char *p = shared_path(rel);
     if (!p || !file_exists(p)) return NULL;
@@ -164,6 +173,7 @@ static void check_text_emb(const clip_model *m, const json *tokmap, const char *
     CHECK_OK(clip_encode_text(m, tok, n, got));
     nn_l2norm(got, n, E);
     CHECK_CLOSE(what, got, ref, (size_t)n * E, RTOL, 0);
+    report(what, got, ref, (size_t)n * E);
     free(got), free(tok);
 }
 
@@ -304,6 +314,13 @@ TEST(clip_car_trunk_parity) {
         snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_last_attn.npy", CASES[c]);
         ap = shared_path(p);
         if (file_exists(ap)) {
+            /* the last block alone on the trunk output gives the same attention */
+            float *a1 = malloc(sizeof(float) * L * L);
+            const clip_config *cf = &m->cfg;
+            CHECK_OK(clip_block_forward(&m->v_blocks[nb - 1], tok, 1, L, C, cf->v_mlp, cf->v_heads, 0, a1));
+            CHECK_OK(npy_read_f32(ap, &ref, &nd, sh));
+            CHECK_CLOSE("gen_last_attn (clip_block_forward)", a1, ref, (size_t)L * L, RTOL, 0);
+            free(ref), free(a1);
             CHECK_OK(clip_image_trunk(m, x, H, W, nb, tok, att));
             CHECK_OK(npy_read_f32(ap, &ref, &nd, sh));
             CHECK_CLOSE("gen_last_attn", att + (size_t)(nb - 1) * L * L, ref, (size_t)L * L, RTOL, 0);
@@ -328,6 +345,10 @@ TEST(clip_bad_input) {
     CHECK(strstr(carseg_last_error(), "vocabulary") != NULL);
     tok[2] = 99;
     CHECK_OK(clip_encode_text(m, tok, 1, out));
+    int32_t zeros[2 * 8] = {0};   /* all padding: EOT = argmax = position 0, one-token sequences */
+    float out2[32];
+    CHECK_OK(clip_encode_text(m, zeros, 2, out2));
+    CHECK(memcmp(out2, out2 + 16, sizeof(float) * 16) == 0);
     CHECK_OK(clip_encode_image(m, x, 16, 24, 0, out));   /* non-square, resized positions */
     clip_free(m);
 }
@@ -378,6 +399,7 @@ static int run_manifest(const char *dir) {
             CHECK_OK(clip_encode_text(m, t.data, (int)t.shape[0], got));
             snprintf(what, sizeof what, "%s text", json_str(man, "shape", ""));
             CHECK_CLOSE(what, got, ref, (size_t)t.shape[0] * E, RTOL, 0);
+            report(what, got, ref, (size_t)t.shape[0] * E);
             free(got);
             npy_free(&t);
         } else {
@@ -392,14 +414,17 @@ static int run_manifest(const char *dir) {
                 snprintf(what, sizeof what, "%s image %dx%d %d blocks", json_str(man, "shape", ""),
                          W, H, nb);
                 CHECK_CLOSE(what, got, ref, (size_t)E, RTOL, 0);
+                report(what, got, ref, (size_t)E);
                 free(got);
             } else {
                 float *tok = malloc(sizeof(float) * L * C), *att = malloc(sizeof(float) * nb * L * L);
                 CHECK_OK(clip_image_trunk(m, x, H, W, nb, tok, att));
                 snprintf(what, sizeof what, "%s trunk %dx%d", json_str(man, "shape", ""), W, H);
                 CHECK_CLOSE(what, tok, ref, (size_t)L * C, RTOL, 0);
+                report(what, tok, ref, (size_t)L * C);
                 float *ra = load_npy_f32(dir, json_str(c, "attn", ""), &nd2, sh2);
                 if (ra) CHECK_CLOSE("trunk attention", att, ra, (size_t)nb * L * L, RTOL, 0);
+                if (ra) report("trunk attention", att, ra, (size_t)nb * L * L);
                 free(ra);
                 float *rp = load_npy_f32(dir, json_str(c, "pos", ""), &nd2, sh2);
                 clip_pos_embed(m, H / P, W / P, 1, tok);
@@ -473,6 +498,7 @@ TEST(clip_car_classifier_image_emb) {
                 CHECK_OK(clip_encode_image(m, x, S, S, m->cfg.v_layers - 1, feat));
                 nn_l2norm(feat, 1, E);
                 CHECK_CLOSE(rel, feat, ref + (size_t)k * E, (size_t)E, RTOL, 0);
+                report(rel, feat, ref + (size_t)k * E, (size_t)E);
                 done++;
             }
             free(ref);
@@ -636,4 +662,23 @@ TEST(clip_public_api) {
     json_free(j);
     carseg_tokenizer_close(tok);
     carseg_clip_free(m);
+}
+
+TEST(clip_encode_images_batch) {
+    clip_config c = {.v_width = 64, .v_layers = 2, .v_patch = 8, .v_grid = 3, .t_width = 64,
+                     .t_layers = 1, .t_ctx = 8, .t_vocab = 100, .embed = 16};
+    clip_model *m;
+    CHECK_OK(clip_init_random(&c, 9, &m));
+    enum { N = 12, H = 160, W = 168 };   /* L = 421: 4 per batch, so three batches */
+    unsigned s = 11;
+    float *x = malloc(sizeof(float) * N * 3 * H * W), *batch = malloc(sizeof(float) * N * 16);
+    for (int i = 0; i < N * 3 * H * W; i++) x[i] = test_randf(&s);
+    CHECK_OK(clip_encode_images(m, x, N, H, W, 1, batch));
+    for (int i = 0; i < N; i++) {
+        float one[16];
+        CHECK_OK(clip_encode_image(m, x + (size_t)i * 3 * H * W, H, W, 1, one));
+        CHECK_CLOSE("batched image", batch + (size_t)i * 16, one, 16, 1e-5, 0);
+    }
+    free(x), free(batch);
+    clip_free(m);
 }

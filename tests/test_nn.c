@@ -1,4 +1,5 @@
 /* test_nn.c — the layer kernels against naive twins (nn.c). */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,4 +189,21 @@ TEST(nn_linear_fused_epilogues) {
         CHECK_CLOSE("linear gelu", o1, o2, (size_t)N * OC, 1e-5, 0);
         free(x), free(w), free(b), free(res), free(o1), free(o2);
     }
+}
+
+TEST(nn_openblas_threads_restored) {
+    /* nn_* run OpenBLAS single-threaded inside their calls and give its setting back */
+    int before = openblas_get_num_threads();
+    unsigned s = 6;
+    int N = 64, IC = 256, OC = 512;
+    float *x = rand_buf((size_t)N * IC, &s, 1), *w = rand_buf((size_t)OC * IC, &s, 1);
+    float *o = malloc(sizeof(float) * N * OC), *qkv = rand_buf((size_t)N * 3 * 128, &s, 1);
+    float *p = malloc(sizeof(float) * 2 * N * N), *a = malloc(sizeof(float) * N * 128);
+    nn_linear(o, x, w, NULL, N, IC, OC);
+    CHECK(openblas_get_num_threads() == before);
+    nn_sgemm(0, 1, N, OC, IC, 1, x, IC, w, IC, 0, o, OC);
+    CHECK(openblas_get_num_threads() == before);
+    nn_attention(a, p, NULL, qkv, 1, N, 128, 2, 1);
+    CHECK(openblas_get_num_threads() == before);
+    free(x), free(w), free(o), free(qkv), free(p), free(a);
 }
