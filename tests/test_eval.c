@@ -702,3 +702,75 @@ TEST(eval_cli_shard_merge) {
              bin, dir, dir, dir, dir);
     CHECK(system(cmd) != 0);
 }
+
+/* The CaR predictor end to end: a one-image VOC split whose image is the chelsea_voc fixture's
+ * input and whose "ground truth" is the upstream pipeline's label map for it (tiny random-weight
+ * models, VOC preset). `carseg eval` must reproduce that label map (mIoU ~100). */
+TEST(eval_car_predictor_fixture) {
+    const char *bin = getenv("CARSEG_BIN");
+    if (!bin) SKIP("CARSEG_BIN not set (run via make test)");
+    const char *inp = shared_path("fixtures/car/chelsea_voc/input.png");
+    const char *lm = shared_path("fixtures/car/chelsea_voc/label_map.npy");
+    const char *gen = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *cls = shared_path("fixtures/models/sc_f16.safetensors");
+    const char *voc = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    if (!inp || !lm || !gen || !cls || !voc || !file_exists(inp) || !file_exists(lm))
+        SKIP("shared CaR fixtures missing");
+    const char *dir = test_tmpdir();
+    char p[900], q[900];
+    snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/JPEGImages", dir);
+    REQUIRE(mkdir_p(p) == CARSEG_OK);
+    snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/SegmentationClass", dir);
+    REQUIRE(mkdir_p(p) == CARSEG_OK);
+    snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/ImageSets/Segmentation", dir);
+    REQUIRE(mkdir_p(p) == CARSEG_OK);
+    snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt", dir);
+    REQUIRE(write_file_atomic(p, "chelsea\n", 8) == CARSEG_OK);
+    uint8_t *png;
+    size_t len;
+    REQUIRE(read_file(inp, &png, &len) == CARSEG_OK);   /* the loader sniffs the format */
+    snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/JPEGImages/chelsea.jpg", dir);
+    REQUIRE(write_file_atomic(p, png, len) == CARSEG_OK);
+    free(png);
+    npy_array ref;
+    REQUIRE(npy_read(lm, &ref) == CARSEG_OK);
+    REQUIRE(ref.ndim == 2 && (ref.dtype == NPY_I32 || ref.dtype == NPY_I64));
+    int H = (int)ref.shape[0], W = (int)ref.shape[1];
+    size_t hw = (size_t)W * H;
+    uint16_t *gt = malloc(hw * sizeof *gt);
+    REQUIRE(gt);
+    for (size_t k = 0; k < hw; k++)
+        gt[k] = (uint16_t)(ref.dtype == NPY_I32 ? ((int32_t *)ref.data)[k] : ((int64_t *)ref.data)[k]);
+    npy_free(&ref);
+    snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/SegmentationClass/chelsea.png", dir);
+    REQUIRE(labels_write_png(p, gt, W, H) == CARSEG_OK);
+    char cmd[4000];
+    snprintf(cmd, sizeof cmd, "%s eval --dataset voc --root %s --generator %s --classifier %s --vocab %s "
+             "--out %s/out --save-predictions --quiet > %s/table.txt 2> %s/err.txt",
+             bin, dir, gen, cls, voc, dir, dir, dir);
+    int rc = system(cmd);
+    if (rc != 0) {
+        snprintf(q, sizeof q, "%s/err.txt", dir);
+        uint8_t *e;
+        if (read_file(q, &e, &len) == CARSEG_OK) { fprintf(stderr, "  %s", (char *)e); free(e); }
+    }
+    REQUIRE(rc == 0);
+    json *res = load_json(dir, "out/results.json");
+    REQUIRE(res);
+    CHECK(json_num(res, "n_images", 0) == 1);
+    double miou = json_num(res, "miou", -1);
+    CHECK_MSG(miou >= 99.0, "mIoU %.3f against the upstream label map", miou);
+    json_free(res);
+    snprintf(p, sizeof p, "%s/out/predictions/chelsea.png", dir);
+    int w2, h2;
+    uint16_t *pred = NULL;
+    CHECK_OK(labels_read(p, &w2, &h2, &pred));
+    REQUIRE(pred && w2 == W && h2 == H);
+    size_t same = 0;
+    for (size_t k = 0; k < hw; k++) same += pred[k] == gt[k];
+    CHECK_MSG(same >= hw * 999 / 1000, "prediction equals the upstream label map on %zu of %zu pixels", same, hw);
+    fprintf(stderr, "  CaR via eval: mIoU %.3f vs upstream, label map equal on %.4f%% of pixels\n", miou,
+            100.0 * same / hw);
+    free(pred);
+    free(gt);
+}
