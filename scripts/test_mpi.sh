@@ -64,5 +64,29 @@ mpi 3 build-mpi/carseg eval --dataset voc --root "$T/data" --predictions "$T/dat
     && [ "$(/usr/bin/python3 -c "import json;print(json.load(open('$T/mpi3/results.json'))['n_images'])")" = 2 ] \
     && ok "3 ranks, 2 samples" || bad "3 ranks, 2 samples"
 
+# the CaR predictor itself on 2 ranks (tiny random-weight fixture models, 2 real VOC images):
+# the same samples and, up to the method's float reductions under other thread counts, the same
+# numbers as one process
+SH=""
+for d in "${CARSEG_SHARED:-}" ../shared ../../shared; do
+    [ -n "$d" ] && [ -f "$d/fixtures/clip_sg/model_f16.safetensors" ] && { SH=$d; break; }
+done
+if [ -n "$SH" ]; then
+    A=(--dataset voc --root "$SH/data/voc_mini" --limit 2 --generator "$SH/fixtures/clip_sg/model_f16.safetensors"
+       --classifier "$SH/fixtures/models/sc_f16.safetensors" --vocab "$SH/clip/bpe_simple_vocab_16e6.txt.gz" --quiet)
+    build/carseg eval "${A[@]}" --out "$T/car1" > /dev/null 2> "$T/car1.err"
+    mpi 2 build-mpi/carseg eval "${A[@]}" --out "$T/car2" > /dev/null 2> "$T/car2.err"
+    if /usr/bin/python3 - "$T/car1/results.json" "$T/car2/results.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+ok = a["n_images"] == b["n_images"] == 2 and abs(a["miou"] - b["miou"]) < 0.05
+print("CaR: mIoU %.4f (1 process) vs %.4f (2 ranks)" % (a["miou"], b["miou"]))
+sys.exit(0 if ok else 1)
+PY
+    then ok "CaR predictor on 2 ranks"; else bad "CaR predictor on 2 ranks"; cat "$T/car1.err" "$T/car2.err"; fi
+else
+    echo "skipped: CaR on 2 ranks (shared fixtures not found; set CARSEG_SHARED)"
+fi
+
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]

@@ -217,6 +217,7 @@ typedef struct {
     int fsync_each;
     /* timing */
     double t_pred, t_over;    /* ms, samples processed in this process */
+    double ms_journal;        /* predictor ms of every counted record (resumed ones too) */
     int n_proc;
     const char *out;
     int save_pred;
@@ -242,6 +243,7 @@ static int take_record(run *R, const id_ent *tab, int ntab, const journal_rec *r
     else if (journal_add_to(r, &R->cm)) return 0;
     R->done[i] = 1;
     R->n_done++;
+    R->ms_journal += r->ms;
     return 1;
 }
 
@@ -626,7 +628,8 @@ static int cmd_merge(int argc, char **argv) {
         char path[4096];
         if ((st = mkdir_p(out))) return cli_fail_status(st);
         snprintf(path, sizeof path, "%s/results.json", out);
-        if ((st = write_results(&R, path, NAN, NAN, &m))) return cli_fail_status(st);
+        if ((st = write_results(&R, path, NAN, R.n_done ? R.ms_journal / R.n_done : NAN, &m)))
+            return cli_fail_status(st);
     }
     print_table(&R, &m, stdout);
     carseg_miou_free(&m);
@@ -904,7 +907,8 @@ static int cmd_eval(int argc, char **argv) {
         R.jf = NULL;
         carseg_miou m = {0};
         if (!R.refer && (st = carseg_confusion_score(&R.cm, R.ignore_background, R.conv, &m))) EVAL_FAIL_ST(st);
-        double ov = R.n_proc ? R.t_over / R.n_proc : NAN, pr = R.n_proc ? R.t_pred / R.n_proc : NAN;
+        /* overhead: this run's samples; predictor: every journaled sample (resumed ones too) */
+        double ov = R.n_proc ? R.t_over / R.n_proc : NAN, pr = R.n_done ? R.ms_journal / R.n_done : NAN;
         char path[4096];
         snprintf(path, sizeof path, shard_n > 1 ? "%s/results.shard-%d-of-%d.json" : "%s/results.json",
                  out, shard_i, shard_n);
