@@ -368,6 +368,26 @@ TEST(eval_refer_dataset) {
     CHECK(system(cmd) != 0);
     snprintf(cmd, sizeof cmd, "%s eval --help | grep -q refcocog", bin);
     CHECK(system(cmd) == 0);
+    /* the CaR predictor in refer mode (tiny fixture model: the masks mean nothing, the plumbing
+     * does): every object predicted, masks at the image size */
+    const char *gen = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *voc = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    if (!gen || !voc || !file_exists(gen)) return;
+    snprintf(cmd, sizeof cmd, "%s eval --dataset refcoco --root %s --generator %s --classifier %s --vocab %s "
+             "--out %s/out_car --save-predictions --quiet > /dev/null", bin, dir, gen, gen, voc, dir);
+    REQUIRE(system(cmd) == 0);
+    snprintf(p, sizeof p, "%s/out_car/results.json", dir);
+    res = json_parse_file(p);
+    REQUIRE(res);
+    CHECK(json_num(res, "n_images", 0) == 2);
+    json_free(res);
+    snprintf(p, sizeof p, "%s/out_car/predictions/8.png", dir);
+    int w, h;
+    uint16_t *m = NULL;
+    CHECK_OK(labels_read(p, &w, &h, &m));
+    CHECK(w == 6 && h == 5);
+    for (int k = 0; m && k < w * h; k++) CHECK(m[k] <= 1);
+    free(m);
 }
 
 /* synthetic layouts of the other datasets */
