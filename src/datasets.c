@@ -14,14 +14,8 @@
 
 #include "eval.h"
 
-/* ADE-847 / PC-459 class names come from the CaR presets' class lists (the `car` module) when
- * they are part of the build; otherwise class_N (or --class-names). */
-#if defined(__has_include)
-#if __has_include("presets.h")
+/* ADE-847 / PC-459 class names come from the CaR presets' class lists (presets.c). */
 #include "presets.h"
-#define DS_HAVE_PRESETS 1
-#endif
-#endif
 
 const char *const DATASET_NAMES[] = {"voc", "voc20", "coco_object", "context", "context59",
                                      "ade150", "ade847", "pc459", "refcoco", "refcoco+",
@@ -391,7 +385,6 @@ carseg_status dataset_open(dataset *ds, const char *name, const char *root, cons
             const char *const *pn = NULL;
             char **tmp = NULL;
             int npn = 0, ntmp = 0;
-#ifdef DS_HAVE_PRESETS
             for (int k = 0; k < PRESET_LISTS_N; k++) {
                 const preset_list *L = &PRESET_LISTS[k];
                 if (strcmp(L->name, ade ? "ade847" : "pc459") || L->n + 1 > ds->n_class + 1) continue;
@@ -406,7 +399,6 @@ carseg_status dataset_open(dataset *ds, const char *name, const char *root, cons
                 pn = (const char *const *)tmp;
                 break;
             }
-#endif
             if (!st) st = set_names(ds, pn, npn, names_file);
             for (int c = 0; c < ntmp; c++) free(tmp[c]);
             free(tmp);

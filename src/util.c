@@ -593,7 +593,8 @@ static json *jvalue(jparser *p) {
         j = jnew(JSON_NULL); p->s += 4;
     } else if (c == 'N' && p->end - p->s >= 3 && memcmp(p->s, "NaN", 3) == 0) {
         j = jnew(JSON_NUM); if (j) j->num = NAN; p->s += 3;   /* Python's json emits NaN */
-    } else if ((c == '-' || c == 'I') && p->end - p->s >= 8 && memcmp(p->s + (c == '-'), "Infinity", 8) == 0) {
+    } else if ((c == '-' || c == 'I') && p->end - p->s >= 8 + (c == '-') &&
+               memcmp(p->s + (c == '-'), "Infinity", 8) == 0) {
         j = jnew(JSON_NUM); if (j) j->num = c == '-' ? -INFINITY : INFINITY; p->s += 8 + (c == '-');
     } else if (c == '-' || (c >= '0' && c <= '9')) {
         char tmp[64];

@@ -20,17 +20,10 @@
 #include <mpi.h>
 #endif
 
-/* The CaR predictor needs the method (car.h, presets.h: the `car` module). It is compiled in as
- * soon as those headers exist; until then `eval` scores saved predictions (--predictions). */
-#if defined(__has_include)
-#if __has_include("car.h") && __has_include("presets.h") && __has_include("prompts.h")
-#define EVAL_HAVE_CAR 1
 #include "car.h"
 #include "models.h"
 #include "presets.h"
 #include "prompts.h"
-#endif
-#endif
 
 // ---------------------------------------------------------------------------------------------
 // predictors: one sample in, one label map (semantic) or binary mask (refer) out, at GT size
@@ -73,7 +66,6 @@ static carseg_status pred_dir_predict(predictor *p, const dataset *ds, int i, in
 // semantic: car_segment (labels = class index + 1, the dataset's ids); refer: car_refer over the
 // sample's sentences (merge_masks_simple), as evaluate.py's eval_semantic / refer branch.
 
-#ifdef EVAL_HAVE_CAR
 typedef struct {
     clip_model *gen, *cls;
     tokenizer *tok;
@@ -195,7 +187,6 @@ static carseg_status car_pred_open(predictor *P, const dataset *ds, const char *
     }
     return CARSEG_OK;
 }
-#endif /* EVAL_HAVE_CAR */
 
 // ---------------------------------------------------------------------------------------------
 // run state
@@ -720,16 +711,10 @@ static int cmd_eval(int argc, char **argv) {
     if (preds) {
         P = (predictor){"predictions", pred_dir_predict, NULL, (void *)preds};
     } else {
-#ifdef EVAL_HAVE_CAR
         if ((st = car_pred_open(&P, &R.ds, preset, gen_m, cls_m, vocab))) {
             if (P.close) P.close(&P);
             EVAL_FAIL_ST(st);
         }
-#else
-        (void)preset, (void)gen_m, (void)cls_m, (void)vocab;
-        EVAL_FAIL("eval: the built-in CaR predictor is not linked into this build yet; score saved "
-                  "label maps with --predictions DIR");
-#endif
     }
 
     /* samples of this run */
