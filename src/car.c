@@ -1,0 +1,721 @@
+/* car.c — the CaR recurrence and its post-processing (car_method.md §1.2, §4, §7).
+ *
+ * Mirrors clip_as_rnn/modeling/model/car.py (CaR._forward_car / _forward_stage /
+ * _filter_texts), crf.py (PostProcess.apply_crf), evaluate.py (assign_label and the
+ * thing + stuff passes) and utils/merge_mask.py (merge_masks_simple). Every quirk of the
+ * reference is kept by default; the bugs have fixes behind car_params flags (see car.h).
+ */
+#include "car.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crf.h"
+#include "presets.h"
+#include "prompts.h"
+#include "util.h"
+
+car_params car_default_params(void) {
+    car_params p;
+    memset(&p, 0, sizeof p);
+    p.eta = 0.4f, p.theta = 0.6f, p.lambda = 0.4f;
+    p.prompts = VP_CIRCLE | VP_BLUR;
+    p.n_templates = 15;
+    p.templates = CAR_TEMPLATES;
+    p.bg_factor = 1.0f;
+    p.crf = 1;
+    return p;
+}
+
+struct car_ctx {
+    const clip_model *gen, *cls;
+    const tokenizer *tok;
+    text_cache *tc_gen, *tc_cls;
+};
+
+carseg_status car_ctx_new(const clip_model *gen, const clip_model *cls, const tokenizer *tok,
+                          car_ctx **out) {
+    *out = NULL;
+    if (!gen || !cls || !tok) return set_err(CARSEG_EINVAL, "car: missing model or tokenizer");
+    car_ctx *c = calloc(1, sizeof *c);
+    if (!c) return set_err(CARSEG_ENOMEM, "car: out of memory");
+    c->gen = gen, c->cls = cls, c->tok = tok;
+    carseg_status st = tc_new(gen, tok, &c->tc_gen);
+    if (st == CARSEG_OK) st = tc_new(cls, tok, &c->tc_cls);
+    if (st != CARSEG_OK) {
+        car_ctx_free(c);
+        return st;
+    }
+    *out = c;
+    return CARSEG_OK;
+}
+
+void car_ctx_free(car_ctx *c) {
+    if (!c) return;
+    tc_free(c->tc_gen);
+    tc_free(c->tc_cls);
+    free(c);
+}
+
+void car_ctx_text_counts(const car_ctx *c, long *gen, long *cls) {
+    if (gen) *gen = tc_encoded(c->tc_gen);
+    if (cls) *cls = tc_encoded(c->tc_cls);
+}
+
+enum { MAX_VP = 8 };
+struct car_image {
+    image_u8 rgb;                 /* owned copy */
+    cam_image *ci;                /* trunk + affinity of the generator */
+    uint8_t *crf_feat;            /* (H, W, 3) Q4 colour features, lazily */
+    int crf_feat_fixed;           /* crf_feat holds the raw RGB (the Q4 fix) */
+    vp_ctx vp[MAX_VP];            /* prepared prompt contexts, one per prompt set */
+    int n_vp;
+    float *orig_feat;             /* (E) classifier feature of the unprompted image, lazily */
+};
+
+void car_image_size(const car_image *im, int *w, int *h) {
+    *w = im->rgb.w;
+    *h = im->rgb.h;
+}
+
+carseg_status car_image_new(car_ctx *c, const image_u8 *rgb, car_stats *st, car_image **out) {
+    *out = NULL;
+    if (!rgb || rgb->c != 3 || rgb->w <= 0 || rgb->h <= 0)
+        return set_err(CARSEG_EINVAL, "car: expected an RGB image");
+    car_image *im = calloc(1, sizeof *im);
+    if (!im) return set_err(CARSEG_ENOMEM, "car: out of memory");
+    size_t n = (size_t)rgb->w * rgb->h * 3;
+    im->rgb = (image_u8){rgb->w, rgb->h, 3, malloc(n)};
+    if (!im->rgb.px) {
+        free(im);
+        return set_err(CARSEG_ENOMEM, "car: out of memory (%dx%d image)", rgb->w, rgb->h);
+    }
+    memcpy(im->rgb.px, rgb->px, n);
+    double t0 = now_ms();
+    carseg_status s = cam_prepare(c->gen, &im->rgb, &im->ci);
+    if (st) st->ms_prepare += now_ms() - t0;
+    if (s != CARSEG_OK) {
+        car_image_free(im);
+        return s;
+    }
+    *out = im;
+    return CARSEG_OK;
+}
+
+void car_image_free(car_image *im) {
+    if (!im) return;
+    cam_image_free(im->ci);
+    for (int i = 0; i < im->n_vp; i++) vp_release(&im->vp[i]);
+    free(im->crf_feat);
+    free(im->orig_feat);
+    free(im->rgb.px);
+    free(im);
+}
+
+static carseg_status get_vp(car_image *im, unsigned types, const vp_ctx **out) {
+    for (int i = 0; i < im->n_vp; i++)
+        if (im->vp[i].types == types) {
+            *out = &im->vp[i];
+            return CARSEG_OK;
+        }
+    if (im->n_vp == MAX_VP) {
+        vp_release(&im->vp[0]);
+        memmove(&im->vp[0], &im->vp[1], sizeof(vp_ctx) * (MAX_VP - 1));
+        im->n_vp--;
+    }
+    TRY(vp_prepare(im->rgb.px, im->rgb.w, im->rgb.h, types, &im->vp[im->n_vp]));
+    *out = &im->vp[im->n_vp++];
+    return CARSEG_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+typedef struct {
+    char **s;
+    int n;
+} strvec;
+
+static void sv_free(strvec *v) {
+    for (int i = 0; i < v->n; i++) free(v->s[i]);
+    free(v->s);
+    v->s = NULL, v->n = 0;
+}
+
+/* strs[i] = format(tpl, q[idx[i]]) (tpl NULL: the raw string) */
+static carseg_status sv_format(strvec *v, const char *tpl, const char *const *q, const int *idx,
+                               int n) {
+    v->n = 0;
+    v->s = calloc((size_t)(n > 0 ? n : 1), sizeof(char *));
+    if (!v->s) return set_err(CARSEG_ENOMEM, "car: out of memory");
+    for (int i = 0; i < n; i++) {
+        const char *src = q[idx ? idx[i] : i];
+        v->s[i] = tpl ? car_format(tpl, src) : cs_strdup(src);
+        if (!v->s[i]) {
+            sv_free(v);
+            return set_err(CARSEG_ENOMEM, "car: out of memory");
+        }
+        v->n = i + 1;
+    }
+    return CARSEG_OK;
+}
+
+/* Text features; naive mode bypasses the cache (fresh cache per call). */
+static carseg_status text_feats(car_ctx *c, int gen, const strvec *v, int naive, float *out) {
+    if (!naive) return tc_get(gen ? c->tc_gen : c->tc_cls, (const char *const *)v->s, v->n, out);
+    text_cache *tc;
+    TRY(tc_new(gen ? c->gen : c->cls, c->tok, &tc));
+    carseg_status st = tc_get(tc, (const char *const *)v->s, v->n, out);
+    tc_free(tc);
+    return st;
+}
+
+static void json_list_str(FILE *f, const char *const *q, const int *idx, int n) {
+    fputc('[', f);
+    for (int i = 0; i < n; i++) {
+        if (i) fputs(", ", f);
+        json_write_str(f, q[idx ? idx[i] : i]);
+    }
+    fputc(']', f);
+}
+
+static carseg_status dump_round(const car_dump *d, int round, const char *const *queries,
+                                const int *live, int nl, const float *diag, const int *keep,
+                                int nk, const float *masks, int H, int W) {
+    if (!d || !d->dir) return CARSEG_OK;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%sround%d.json", d->dir, d->prefix ? d->prefix : "", round);
+    atomic_file af;
+    TRY(atomic_open(&af, path));
+    FILE *f = af.f;
+    fprintf(f, "{\n  \"round\": %d,\n  \"queries\": ", round);
+    json_list_str(f, queries, live, nl);
+    fputs(",\n  \"scores\": [", f);
+    for (int i = 0; i < nl; i++) fprintf(f, "%s%.9g", i ? ", " : "", diag[i]);
+    fputs("],\n  \"kept_idx\": [", f);
+    for (int i = 0; i < nk; i++) fprintf(f, "%s%d", i ? ", " : "", keep[i]);
+    fputs("],\n  \"survivors\": [", f);
+    for (int i = 0; i < nk; i++) {
+        if (i) fputs(", ", f);
+        json_write_str(f, queries[live[keep[i]]]);
+    }
+    fputs("]\n}\n", f);
+    TRY(atomic_commit(&af));
+    snprintf(path, sizeof path, "%s/%sround%d_cams.npy", d->dir, d->prefix ? d->prefix : "", round);
+    int64_t shape[3] = {nl, H, W};
+    return npy_write(path, NPY_F32, masks, 3, shape);
+}
+
+/* CRF (or plain argmax) of probs (C, H, W) -> labels (H, W) */
+static carseg_status label_probs(car_image *im, const float *probs, int C, int H, int W, int crf,
+                                 int fix_colors, uint16_t *labels) {
+    size_t hw = (size_t)H * W;
+    if (crf) {
+        if (!im->crf_feat || im->crf_feat_fixed != fix_colors) {
+            if (!im->crf_feat) im->crf_feat = malloc(hw * 3);
+            if (!im->crf_feat) return set_err(CARSEG_ENOMEM, "car: out of memory");
+            if (fix_colors) memcpy(im->crf_feat, im->rgb.px, hw * 3);
+            else crf_features_car(im->rgb.px, W, H, im->crf_feat);
+            im->crf_feat_fixed = fix_colors;
+        }
+        crf_params cp = crf_default_params();
+        return crf_run(probs, C, H, W, im->crf_feat, &cp, labels, NULL);
+    }
+    for (size_t i = 0; i < hw; i++) {
+        int best = 0;
+        for (int k = 1; k < C; k++)
+            if (probs[(size_t)k * hw + i] > probs[(size_t)best * hw + i]) best = k;
+        labels[i] = (uint16_t)best;
+    }
+    return CARSEG_OK;
+}
+
+/* PostProcess: rows (m, H, W) -> refined binary masks (m, H, W). */
+static carseg_status post_process(car_image *im, const float *rows, int m, int H, int W,
+                                  const car_params *p, uint8_t *refined, car_stats *st) {
+    size_t hw = (size_t)H * W;
+    double t0 = now_ms();
+    int C = p->refer ? 2 : m + 1;
+    float *probs = malloc(sizeof(float) * hw * (size_t)C);
+    uint16_t *lab = malloc(sizeof(uint16_t) * hw);
+    if (!probs || !lab) {
+        free(probs), free(lab);
+        return set_err(CARSEG_ENOMEM, "car: out of memory (CRF of %d labels)", C);
+    }
+    carseg_status s = CARSEG_OK;
+    if (p->refer) {
+        for (int j = 0; j < m && s == CARSEG_OK; j++) {
+            const float *cam = rows + (size_t)j * hw;
+            for (size_t i = 0; i < hw; i++) {
+                probs[i] = powf(1.0f - cam[i], p->bg_factor);
+                probs[hw + i] = cam[i];
+            }
+            s = label_probs(im, probs, 2, H, W, p->crf, p->fix_crf_colors, lab);
+            for (size_t i = 0; i < hw; i++) refined[(size_t)j * hw + i] = lab[i] == 1;
+        }
+    } else {
+        for (size_t i = 0; i < hw; i++) {
+            float mx = -INFINITY;
+            for (int j = 0; j < m; j++) mx = fmaxf(mx, rows[(size_t)j * hw + i]);
+            probs[i] = powf(1.0f - mx, p->bg_factor);
+        }
+        memcpy(probs + hw, rows, sizeof(float) * hw * (size_t)m);
+        s = label_probs(im, probs, C, H, W, p->crf, p->fix_crf_colors, lab);
+        for (int j = 0; j < m; j++)
+            for (size_t i = 0; i < hw; i++) refined[(size_t)j * hw + i] = lab[i] == j + 1;
+    }
+    free(probs), free(lab);
+    if (st) st->ms_crf += now_ms() - t0;
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the recurrence
+
+carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, int n,
+                       const char *const *bg, int nb, const car_params *p, const car_dump *dump,
+                       uint8_t *masks_out, float *scores_out, float *cams_out, car_stats *st) {
+    if (n <= 0) return set_err(CARSEG_EINVAL, "car: empty query list");
+    int H = im->rgb.h, W = im->rgb.w;
+    size_t hw = (size_t)H * W;
+    int Eg = c->gen->cfg.embed, Ec = c->cls->cfg.embed;
+    int T = p->n_templates > 0 ? p->n_templates : 1;
+    const char *const *tpls = p->n_templates > 0 ? p->templates : &CAR_CAM_TEMPLATE;
+    int dsoft = p->n_templates > 0;
+    float scale = c->cls->cfg.logit_scale;
+    carseg_status s = CARSEG_OK;
+
+    memset(masks_out, 0, hw * (size_t)n);
+    memset(scores_out, 0, sizeof(float) * (size_t)n);
+    if (cams_out) memset(cams_out, 0, sizeof(float) * hw * (size_t)n);
+
+    int *live = malloc(sizeof(int) * (size_t)n), *keep = malloc(sizeof(int) * (size_t)n);
+    int *prev_live = malloc(sizeof(int) * (size_t)n);
+    float *diag = malloc(sizeof(float) * (size_t)n), *rsc = malloc(sizeof(float) * (size_t)n);
+    float *bgf = malloc(sizeof(float) * (size_t)(nb > 0 ? nb : 1) * Eg);
+    float *fg = malloc(sizeof(float) * (size_t)n * Eg);
+    float *imgf = malloc(sizeof(float) * (size_t)n * Ec);
+    float *txt = malloc(sizeof(float) * (size_t)T * n * Ec);
+    float *P = malloc(sizeof(float) * (size_t)n * n);
+    float *masks = NULL, *prev = NULL;
+    uint8_t *prompted = malloc(hw * 3), *refined = NULL;
+    strvec v = {0};
+    cam_image *ci_naive = NULL;
+    if (!live || !keep || !prev_live || !diag || !rsc || !bgf || !fg || !imgf || !txt || !P ||
+        !prompted) {
+        s = set_err(CARSEG_ENOMEM, "car: out of memory (%d queries)", n);
+        goto done;
+    }
+    for (int i = 0; i < n; i++) live[i] = i;
+    int nl = n, nprev = 0, last = 0, round = 0, nk = 0;
+    const vp_ctx *vp = NULL;
+
+    /* background features: each word in the CAM template (§2.4), once */
+    double t0 = now_ms();
+    if (nb > 0) {
+        if ((s = sv_format(&v, CAR_CAM_TEMPLATE, bg, NULL, nb)) != CARSEG_OK) goto done;
+        s = text_feats(c, 1, &v, p->naive, bgf);
+        sv_free(&v);
+        if (s != CARSEG_OK) goto done;
+    }
+    if (st) st->ms_text += now_ms() - t0;
+    unsigned vpt = p->prompts | (p->fix_gray ? VP_GRAY_RGB : 0);
+    if (!p->naive && (s = get_vp(im, vpt, &vp)) != CARSEG_OK) goto done;
+
+    for (;;) {
+        round++;
+        /* --- mask proposals --- */
+        t0 = now_ms();
+        const char *cam_tpl = (round == 1 || p->cam_raw_names) ? NULL : CAR_CAM_TEMPLATE;
+        if ((s = sv_format(&v, cam_tpl, queries, live, nl)) != CARSEG_OK) goto done;
+        s = text_feats(c, 1, &v, p->naive, fg);
+        sv_free(&v);
+        if (s != CARSEG_OK) goto done;
+        if (st) st->ms_text += now_ms() - t0;
+        t0 = now_ms();
+        masks = malloc(sizeof(float) * hw * (size_t)nl);
+        if (!masks) {
+            s = set_err(CARSEG_ENOMEM, "car: out of memory (%d masks of %dx%d)", nl, W, H);
+            goto done;
+        }
+        cam_image *ci = im->ci;
+        if (p->naive) {   /* re-run the trunk and the affinity as the reference does */
+            cam_image_free(ci_naive);
+            ci_naive = NULL;
+            if ((s = cam_prepare(c->gen, &im->rgb, &ci_naive)) != CARSEG_OK) goto done;
+            ci = ci_naive;
+        }
+        cam_params cp = {p->lambda, 0};
+        if (p->refer) {
+            for (int j = 0; j < nl && s == CARSEG_OK; j++)
+                s = cam_proposals(ci, fg + (size_t)j * Eg, 1, bgf, nb, &cp, masks + (size_t)j * hw,
+                                  NULL, NULL);
+        } else {
+            s = cam_proposals(ci, fg, nl, bgf, nb, &cp, masks, NULL, NULL);
+        }
+        if (s != CARSEG_OK) goto done;
+        if (st) st->ms_cam += now_ms() - t0;
+
+        /* --- visual prompts + classifier images (each encoded once) --- */
+        for (int j = 0; j < nl; j++) {
+            t0 = now_ms();
+            const float *m = masks + (size_t)j * hw;
+            int r = p->naive ? vp_apply_naive(im->rgb.px, W, H, vpt, m, p->eta, prompted)
+                             : vp_apply(vp, m, p->eta, prompted);
+            if (r < 0) {
+                s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+                goto done;
+            }
+            if (st) st->ms_prompt += now_ms() - t0;
+            t0 = now_ms();
+            int reps = p->naive ? T : 1;   /* the reference encodes the images once per template */
+            if (r == 0 && !p->naive && im->orig_feat) {   /* sum(mask) <= 1: the original image */
+                memcpy(imgf + (size_t)j * Ec, im->orig_feat, sizeof(float) * (size_t)Ec);
+                reps = 0;
+            }
+            for (int k = 0; k < reps && s == CARSEG_OK; k++) {
+                s = cls_encode_image(c->cls, prompted, W, H, p->fix_center_crop, imgf + (size_t)j * Ec);
+                if (st) st->image_encodes++;
+            }
+            if (s == CARSEG_OK && r == 0 && !p->naive && !im->orig_feat) {
+                im->orig_feat = malloc(sizeof(float) * (size_t)Ec);
+                if (im->orig_feat) memcpy(im->orig_feat, imgf + (size_t)j * Ec, sizeof(float) * (size_t)Ec);
+            }
+            if (s != CARSEG_OK) goto done;
+            if (st) st->ms_cls += now_ms() - t0;
+        }
+        /* --- text side: each template over the live queries --- */
+        t0 = now_ms();
+        for (int t = 0; t < T; t++) {
+            if ((s = sv_format(&v, tpls[t], queries, live, nl)) != CARSEG_OK) goto done;
+            s = text_feats(c, 0, &v, p->naive, txt + (size_t)t * nl * Ec);
+            sv_free(&v);
+            if (s != CARSEG_OK) goto done;
+        }
+        if (st) st->ms_text += now_ms() - t0;
+        t0 = now_ms();
+        cls_probs(imgf, nl, txt, T, Ec, scale, dsoft, NULL, P);
+        if (st) st->ms_cls += now_ms() - t0;
+
+        /* --- filter: strict > theta, argmax fallback --- */
+        nk = 0;
+        int amax = 0;
+        for (int j = 0; j < nl; j++) {
+            diag[j] = P[(size_t)j * nl + j];
+            if (diag[j] > diag[amax]) amax = j;
+            if (diag[j] > p->theta) keep[nk++] = j;
+        }
+        if (nk == 0) keep[nk++] = amax;
+        memset(rsc, 0, sizeof(float) * (size_t)nl);
+        for (int k = 0; k < nk; k++) rsc[keep[k]] = diag[keep[k]];
+        if ((s = dump_round(dump, round, queries, live, nl, diag, keep, nk, masks, H, W)) != CARSEG_OK)
+            goto done;
+
+        /* --- all-zero guard (Q9): the reference falls back to the previous round's masks
+         * (and crashes in round 1, where there are none: here the zeros stay) --- */
+        float mx = 0;
+        for (size_t i = 0; i < hw * (size_t)nl; i++) mx = fmaxf(mx, masks[i]);
+        if (mx == 0 && prev) {
+            if (p->fix_zero_guard) {   /* the same queries' rows of the previous round */
+                for (int j = 0; j < nl; j++) {
+                    int r = 0;
+                    while (r < nprev && prev_live[r] != live[j]) r++;
+                    if (r < nprev)
+                        memcpy(masks + (size_t)j * hw, prev + (size_t)r * hw, sizeof(float) * hw);
+                }
+                free(prev);
+                prev = masks;
+                nprev = nl;
+                memcpy(prev_live, live, sizeof(int) * (size_t)nl);
+            } else {
+                /* upstream: the previous round's rows as they are (prev, nprev and prev_live
+                 * stay); later zipped positionally with this round's survivors */
+                free(masks);
+            }
+        } else {
+            free(prev);
+            prev = masks;
+            nprev = nl;
+            memcpy(prev_live, live, sizeof(int) * (size_t)nl);
+        }
+        masks = NULL;
+        int kpos = 0;
+        for (int j = 0; j < nl; j++) kpos += rsc[j] > 0;
+        if (st) st->rounds = round;
+        if (kpos == last) break;
+        last = kpos;
+        for (int k = 0; k < nk; k++) live[k] = live[keep[k]];
+        nl = nk;
+    }
+    if (st) st->rounds_total += round;
+
+    /* --- post-processing of the last round's rows (prev) --- */
+    refined = malloc(hw * (size_t)(nprev > 0 ? nprev : 1));
+    if (!refined) {
+        s = set_err(CARSEG_ENOMEM, "car: out of memory");
+        goto done;
+    }
+    if ((s = post_process(im, prev, nprev, H, W, p, refined, st)) != CARSEG_OK) goto done;
+    /* zip(survivor ids, refined rows, positional scores) as the reference does */
+    {
+        int nz = nk < nprev ? nk : nprev;
+        for (int j = 0; j < nz; j++) {
+            int idx = live[keep[j]];
+            if (!p->fix_duplicates)   /* init_clip_text.index(): the first equal string */
+                for (int k = 0; k < n; k++)
+                    if (!strcmp(queries[k], queries[idx])) { idx = k; break; }
+            memcpy(masks_out + (size_t)idx * hw, refined + (size_t)j * hw, hw);
+            scores_out[idx] = rsc[j];
+            if (cams_out)
+                memcpy(cams_out + (size_t)idx * hw, prev + (size_t)j * hw, sizeof(float) * hw);
+        }
+    }
+done:
+    sv_free(&v);
+    cam_image_free(ci_naive);
+    free(live), free(keep), free(prev_live), free(diag), free(rsc), free(bgf), free(fg);
+    free(imgf), free(txt), free(P), free(masks), free(prev), free(prompted), free(refined);
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// semantic label map (evaluate.assign_label) and the thing + stuff passes (§4.2, §4.4)
+
+static void assign_pass(uint16_t *labels, size_t hw, const int *ids, int n, const float *scores,
+                        const uint8_t *masks) {
+    /* ascending score (stable), score > 0, mask > 0.5 -> id + 1 */
+    int *ord = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    if (!ord) return;
+    for (int i = 0; i < n; i++) ord[i] = i;
+    for (int i = 1; i < n; i++) {   /* insertion sort: stable */
+        int v = ord[i], j = i - 1;
+        while (j >= 0 && scores[ord[j]] > scores[v]) { ord[j + 1] = ord[j]; j--; }
+        ord[j + 1] = v;
+    }
+    for (int k = 0; k < n; k++) {
+        int i = ord[k];
+        if (!(scores[i] > 0)) continue;
+        const uint8_t *m = masks + (size_t)i * hw;
+        for (size_t t = 0; t < hw; t++)
+            if (m[t]) labels[t] = (uint16_t)(ids[i] + 1);
+    }
+    free(ord);
+}
+
+carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const car_dump *dump,
+                          uint16_t *labels, float *scores, uint8_t *masks, car_stats *st) {
+    int H = im->rgb.h, W = im->rgb.w;
+    size_t hw = (size_t)H * W;
+    int N = job->n_classes;
+    if (N <= 0) return set_err(CARSEG_EINVAL, "car: empty class list");
+    if (N > 65535) return set_err(CARSEG_EINVAL, "car: too many classes (%d > 65535)", N);
+    memset(labels, 0, sizeof(uint16_t) * hw);
+    memset(scores, 0, sizeof(float) * (size_t)N);
+    if (masks) memset(masks, 0, hw * (size_t)N);
+    int *all = NULL;
+    const int *things = job->things;
+    int nt = job->n_things;
+    if (!things) {
+        all = malloc(sizeof(int) * (size_t)N);
+        if (!all) return set_err(CARSEG_ENOMEM, "car: out of memory");
+        for (int i = 0; i < N; i++) all[i] = i;
+        things = all, nt = N;
+    }
+    int passes = job->stuff && job->n_stuff > 0 ? 2 : 1;
+    carseg_status s = CARSEG_OK;
+    uint8_t *pm = NULL;
+    float *ps = NULL;
+    const char **q = NULL, **bgq = NULL;
+    for (int pass = 0; pass < passes && s == CARSEG_OK; pass++) {
+        int stuff = passes == 2 && pass == 0;   /* the stuff pass first, things overwrite */
+        const int *ids = stuff ? job->stuff : things;
+        int n = stuff ? job->n_stuff : nt;
+        if (n <= 0) continue;
+        for (int i = 0; i < n; i++)
+            if (ids[i] < 0 || ids[i] >= N) {
+                s = set_err(CARSEG_EINVAL, "car: class id %d out of range", ids[i]);
+                break;
+            }
+        if (s != CARSEG_OK) break;
+        free(q), free(bgq), free(pm), free(ps);
+        q = malloc(sizeof(char *) * (size_t)n);
+        bgq = malloc(sizeof(char *) * (size_t)(nt > 0 ? nt : 1));
+        pm = malloc(hw * (size_t)n);
+        ps = malloc(sizeof(float) * (size_t)n);
+        if (!q || !bgq || !pm || !ps) {
+            s = set_err(CARSEG_ENOMEM, "car: out of memory (%d classes of %dx%d)", n, W, H);
+            break;
+        }
+        for (int i = 0; i < n; i++) q[i] = job->classes[ids[i]];
+        const char *const *bg = job->bg;
+        int nb = job->nb;
+        if (stuff) {   /* stuff pass: the thing names are the background (Q11) */
+            for (int i = 0; i < nt; i++) bgq[i] = job->classes[things[i]];
+            bg = bgq, nb = nt;
+        }
+        car_dump d = {dump ? dump->dir : NULL, passes == 2 ? (stuff ? "stuff_" : "things_") : ""};
+        s = car_pass(c, im, q, n, bg, nb, stuff ? &job->stuff_p : &job->p, &d, pm, ps, NULL, st);
+        if (s != CARSEG_OK) break;
+        assign_pass(labels, hw, ids, n, ps, pm);
+        for (int i = 0; i < n; i++) {
+            scores[ids[i]] = ps[i];
+            if (masks) memcpy(masks + (size_t)ids[i] * hw, pm + (size_t)i * hw, hw);
+        }
+    }
+    free(q), free(bgq), free(pm), free(ps), free(all);
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// referring mode (§7, merge_masks_simple)
+
+carseg_status car_refer(car_ctx *c, car_image *im, const char *const *phrases, int n,
+                        const char *const *bg, int nb, const car_params *p, const car_dump *dump,
+                        uint8_t *mask, float *scores, uint8_t *masks, car_stats *st) {
+    int H = im->rgb.h, W = im->rgb.w;
+    size_t hw = (size_t)H * W;
+    if (n <= 0) return set_err(CARSEG_EINVAL, "car: empty phrase list");
+    car_params rp = *p;
+    rp.refer = 1;
+    uint8_t *pm = malloc(hw * (size_t)n);
+    if (!pm) return set_err(CARSEG_ENOMEM, "car: out of memory");
+    carseg_status s = car_pass(c, im, phrases, n, bg, nb, &rp, dump, pm, scores, NULL, st);
+    if (s == CARSEG_OK) {
+        float tot = 0;
+        for (int j = 0; j < n; j++) tot += scores[j];
+        size_t area = 0;
+        for (size_t i = 0; i < hw; i++) {
+            float v = 0;
+            for (int j = 0; j < n; j++) v += pm[(size_t)j * hw + i] * scores[j];
+            v /= tot;   /* NaN when every score is 0: nothing passes, the fallback below */
+            mask[i] = v >= 0.5f;
+            area += mask[i];
+        }
+        if ((double)area <= 0.05 * (double)hw)
+            for (size_t i = 0; i < hw; i++) {
+                uint8_t u = 0;
+                for (int j = 0; j < n; j++) u |= pm[(size_t)j * hw + i];
+                mask[i] = u;
+            }
+        if (masks) memcpy(masks, pm, hw * (size_t)n);
+    }
+    free(pm);
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// public API (include/carseg.h)
+
+struct carseg_car {
+    clip_model *gen, *cls;
+    tokenizer *tok;
+    car_ctx *ctx;
+};
+
+carseg_status carseg_car_open(const char *generator, const char *classifier, const char *vocab,
+                              carseg_car **out) {
+    *out = NULL;
+    if (!generator || !classifier || !vocab)
+        return set_err(CARSEG_EINVAL, "carseg_car_open: generator, classifier and vocab are required");
+    carseg_car *c = calloc(1, sizeof *c);
+    if (!c) return set_err(CARSEG_ENOMEM, "carseg_car_open: out of memory");
+    carseg_status s = clip_load(generator, &c->gen);
+    if (s == CARSEG_OK) {
+        if (!strcmp(generator, classifier)) c->cls = c->gen;
+        else s = clip_load(classifier, &c->cls);
+    }
+    if (s == CARSEG_OK && (c->gen->cfg.v_layers < 2 || c->gen->cfg.v_patch <= 0))
+        s = set_err(CARSEG_EMODEL, "%s: not a CLIP vision transformer usable as mask generator", generator);
+    if (s == CARSEG_OK) s = tok_open(vocab, &c->tok);
+    if (s == CARSEG_OK) s = car_ctx_new(c->gen, c->cls, c->tok, &c->ctx);
+    if (s != CARSEG_OK) {
+        carseg_car_close(c);
+        return s;
+    }
+    *out = c;
+    return CARSEG_OK;
+}
+
+void carseg_car_close(carseg_car *c) {
+    if (!c) return;
+    car_ctx_free(c->ctx);
+    tok_close(c->tok);
+    if (c->cls != c->gen) clip_free(c->cls);
+    clip_free(c->gen);
+    free(c);
+}
+
+carseg_status carseg_car_preset(const char *name, carseg_car_opts *o, const char *const **classes,
+                                int *n_classes) {
+    const car_preset *p = preset_find(name ? name : "voc");
+    if (!p) return set_err(CARSEG_EINVAL, "unknown preset '%s'", name);
+    memset(o, 0, sizeof *o);
+    o->eta = p->eta, o->theta = p->theta, o->lambda = p->lambda;
+    o->prompts = p->prompts, o->stuff_prompts = p->stuff_prompts;
+    o->templates = p->templates, o->crf = 1;
+    o->preset = name ? p->name : NULL;
+    if (classes) *classes = name && p->list ? p->list->classes : NULL;
+    if (n_classes) *n_classes = name && p->list ? p->list->n : 0;
+    return CARSEG_OK;
+}
+
+static carseg_status opts_params(const carseg_car_opts *o, car_params *p, car_params *sp) {
+    *p = car_default_params();
+    p->eta = o->eta, p->theta = o->theta, p->lambda = o->lambda;
+    TRY(vp_parse(o->prompts ? o->prompts : "circle,blur", &p->prompts));
+    if (o->templates != 0 && o->templates != 15)
+        return set_err(CARSEG_EINVAL, "templates must be 15 or 0 (got %d)", o->templates);
+    p->n_templates = o->templates;
+    p->crf = o->crf;
+    p->fix_zero_guard = p->fix_duplicates = p->fix_gray = p->fix_crf_colors = p->fix_center_crop =
+        o->fix_quirks;
+    *sp = *p;
+    if (o->stuff_prompts) TRY(vp_parse(o->stuff_prompts, &sp->prompts));
+    return CARSEG_OK;
+}
+
+carseg_status carseg_car_segment(carseg_car *c, const uint8_t *rgb, int w, int h,
+                                 const char *const *classes, int n, const carseg_car_opts *opts,
+                                 uint16_t *labels, float *scores, int *rounds) {
+    if (!c || !rgb || !opts || !labels || !scores || w <= 0 || h <= 0)
+        return set_err(CARSEG_EINVAL, "carseg_car_segment: bad argument");
+    car_job job;
+    memset(&job, 0, sizeof job);
+    TRY(opts_params(opts, &job.p, &job.stuff_p));
+    if (classes) {
+        job.classes = classes, job.n_classes = n;
+    } else {
+        const car_preset *p = opts->preset ? preset_find(opts->preset) : NULL;
+        if (!p || !p->list) return set_err(CARSEG_EINVAL, "carseg_car_segment: no class list");
+        job.classes = p->list->classes, job.n_classes = p->list->n;
+        job.things = p->list->things, job.n_things = p->list->n_things;
+        job.stuff = p->list->stuff, job.n_stuff = p->list->n_stuff;
+    }
+    job.bg = CAR_BG_WORDS, job.nb = 23;
+    image_u8 im = {w, h, 3, (uint8_t *)rgb};
+    car_stats st;
+    memset(&st, 0, sizeof st);
+    car_image *ci;
+    TRY(car_image_new(c->ctx, &im, &st, &ci));
+    carseg_status s = car_segment(c->ctx, ci, &job, NULL, labels, scores, NULL, &st);
+    car_image_free(ci);
+    if (rounds) *rounds = st.rounds_total;
+    return s;
+}
+
+carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
+                               const char *const *phrases, int n, const carseg_car_opts *opts,
+                               uint8_t *mask, float *scores) {
+    if (!c || !rgb || !opts || !mask || !scores || w <= 0 || h <= 0)
+        return set_err(CARSEG_EINVAL, "carseg_car_refer: bad argument");
+    car_params p, sp;
+    TRY(opts_params(opts, &p, &sp));
+    image_u8 im = {w, h, 3, (uint8_t *)rgb};
+    car_image *ci;
+    TRY(car_image_new(c->ctx, &im, NULL, &ci));
+    carseg_status s = car_refer(c->ctx, ci, phrases, n, CAR_BG_WORDS, 23, &p, NULL, mask, scores,
+                                NULL, NULL);
+    car_image_free(ci);
+    return s;
+}
