@@ -6,6 +6,22 @@
  * (stderr by default). Objects opened with an _open or _new call are released with the matching _close or _free,
  * which accept NULL. A loaded model is immutable and may be shared by threads; scratch state
  * belongs to one thread at a time.
+ *
+ * The whole method in a few lines (error checks elided; see the sections below):
+ *
+ *     carseg_car *car;
+ *     carseg_car_open("ViT-B/16", "ViT-L/14", NULL, &car);  // names are pulled into the cache,
+ *                                                          // file paths are used as they are
+ *     uint8_t *rgb; int w, h;
+ *     carseg_image_load("photo.jpg", &rgb, &w, &h);
+ *     carseg_car_opts opts;
+ *     carseg_car_preset("voc", &opts, NULL, NULL);         // η, θ, λ, prompts of a reference config
+ *     const char *classes[] = {"cat", "dog", "sofa"};
+ *     uint16_t *labels = malloc((size_t)w * h * sizeof *labels);
+ *     float scores[3];
+ *     carseg_car_segment(car, rgb, w, h, classes, 3, &opts, labels, scores, NULL);
+ *     carseg_labels_save_png("labels.png", labels, w, h);  // 0 = background, k = classes[k-1]
+ *     free(labels); carseg_image_free(rgb); carseg_car_close(car);
  */
 #ifndef CARSEG_H
 #define CARSEG_H
@@ -131,7 +147,14 @@ int carseg_tokenize(const carseg_tokenizer *t, const char *text, int32_t *out, i
 
 // ---------------------------------------------------------------------------------------------
 // Images (image.c)
-// (section: add declarations here)
+
+/* Loads a JPEG or PNG as 8-bit RGB, pixel-identical to Pillow's Image.open(p).convert("RGB").
+ * *rgb: (h, w, 3) bytes, top row first; free with carseg_image_free. */
+carseg_status carseg_image_load(const char *path, uint8_t **rgb, int *w, int *h);
+void carseg_image_free(uint8_t *rgb);
+/* Writes a label map as a PNG (atomically): 8-bit with the VOC palette when every label is
+ * < 256, else 16-bit gray. labels: (h, w). */
+carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h);
 
 
 
@@ -255,6 +278,65 @@ carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
 // ---------------------------------------------------------------------------------------------
 // Evaluation: datasets and metrics (eval.c, datasets.c)
 // (section: add declarations here)
+
+/* Semantic segmentation: a confusion matrix accumulated over a split, scored the way the
+ * reference's evaluate.semantic_iou does (or the mmsegmentation way). Rows are ground-truth
+ * classes 0..n_class-1; columns are predicted classes 0..n_class-1 plus one last column for
+ * predicted ids outside [0, n_class) (they count as misses of the GT class). Ground-truth pixels
+ * outside [0, n_class) (255, 65535, ...) are ignored, as in the reference. */
+typedef struct {
+    int n_class;
+    uint64_t *counts;   /* n_class x (n_class + 1), row-major: counts[gt * (n_class + 1) + pred] */
+} carseg_confusion;
+
+carseg_status carseg_confusion_init(carseg_confusion *cm, int n_class);   /* zeroed */
+void carseg_confusion_free(carseg_confusion *cm);
+/* Adds one image (n_px pixels of ground truth and prediction, same layout). */
+void carseg_confusion_add(carseg_confusion *cm, const uint16_t *gt, const uint16_t *pred,
+                          size_t n_px);
+/* cm += other (same n_class, else CARSEG_EINVAL). */
+carseg_status carseg_confusion_merge(carseg_confusion *cm, const carseg_confusion *other);
+
+typedef enum {
+    /* evaluate.semantic_iou: with ignore_background, row AND column 0 are dropped (pixels
+     * predicted 0 are not counted at all, quirk Q13); IoU over classes with >= 1 GT pixel. */
+    CARSEG_MIOU_REFERENCE = 0,
+    /* mmsegmentation: with ignore_background only GT 0 is ignored (predicting 0 is a miss);
+     * IoU over classes with a non-empty union (predicted-but-absent classes score 0). */
+    CARSEG_MIOU_MMSEG = 1
+} carseg_miou_convention;
+
+typedef struct {
+    double miou;          /* percent; 0 when no class is scored (as the reference)           */
+    double pixel_acc;     /* percent: correctly labelled / counted pixels                     */
+    double mean_acc;      /* percent: mean over classes with GT of per-class recall            */
+    double fwiou;         /* percent: frequency-weighted IoU                                    */
+    int n_scored;         /* classes that entered the mIoU mean                                 */
+    double *iou;          /* n_class values in percent; NAN where 0/0 or dropped (class 0)      */
+    unsigned char *scored;/* n_class flags: 1 if the class entered the mIoU mean                */
+    int n_class;
+} carseg_miou;
+
+carseg_status carseg_confusion_score(const carseg_confusion *cm, int ignore_background,
+                                     carseg_miou_convention conv, carseg_miou *out);
+void carseg_miou_free(carseg_miou *m);
+
+/* Referring segmentation (evaluate.py refer mode): per-sample IoU of binary masks,
+ * mean IoU, overall IoU (sum I / sum U) and precision at IoU >= 0.5, 0.6, 0.7, 0.8, 0.9.
+ * A sample with an empty union scores IoU 0 (as the reference). */
+typedef struct {
+    uint64_t n, cum_i, cum_u;
+    double sum_iou;
+    uint64_t correct[5];
+} carseg_refer_stats;
+
+void carseg_refer_add(carseg_refer_stats *s, uint64_t inter, uint64_t uni);
+/* Percentages. */
+void carseg_refer_summary(const carseg_refer_stats *s, double *miou, double *oiou,
+                          double prec[5]);
+/* Intersection and union of two binary masks (nonzero = inside). */
+void carseg_mask_iou(const uint8_t *pred, const uint8_t *gt, size_t n_px, uint64_t *inter,
+                     uint64_t *uni);
 
 
 

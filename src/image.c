@@ -804,3 +804,37 @@ carseg_status clip_preprocess_exact(const image_u8 *rgb, int out_w, int out_h, f
     image_free(&r);
     return CARSEG_OK;
 }
+
+// ---------------------------------------------------------------------------------------------
+// label maps and the public image API
+
+carseg_status image_save_labels(const char *path, const uint16_t *labels, int w, int h, int n_labels) {
+    if (n_labels > 256) return image_save_png_gray16(path, labels, w, h);
+    size_t n = (size_t)w * (size_t)h;
+    uint8_t *idx = malloc(n ? n : 1), pal[256 * 3];
+    if (!idx) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < n; i++) idx[i] = (uint8_t)labels[i];
+    voc_palette(pal);
+    carseg_status st = image_save_png_palette(path, idx, w, h, pal, 256);
+    free(idx);
+    return st;
+}
+
+carseg_status carseg_image_load(const char *path, uint8_t **rgb, int *w, int *h) {
+    image_u8 im;
+    *rgb = NULL;
+    TRY(image_load_rgb(path, &im));
+    *rgb = im.px;
+    *w = im.w;
+    *h = im.h;
+    return CARSEG_OK;
+}
+
+void carseg_image_free(uint8_t *rgb) { free(rgb); }
+
+carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h) {
+    if (!path || !labels || w <= 0 || h <= 0) return set_err(CARSEG_EINVAL, "carseg_labels_save_png: bad arguments");
+    int mx = 0;
+    for (size_t i = 0; i < (size_t)w * (size_t)h; i++) mx = labels[i] > mx ? labels[i] : mx;
+    return image_save_labels(path, labels, w, h, mx + 1);
+}

@@ -34,6 +34,8 @@ carseg_status image_save_png_rgb(const char *path, const uint8_t *rgb, int w, in
 carseg_status image_save_png_palette(const char *path, const uint8_t *idx, int w, int h,
                                      const uint8_t *palette_rgb, int n_colors);
 carseg_status image_save_png_gray16(const char *path, const uint16_t *v, int w, int h);
+/* A label map: 8-bit palette PNG (VOC colours) when n_labels <= 256, else 16-bit gray PNG. */
+carseg_status image_save_labels(const char *path, const uint16_t *labels, int w, int h, int n_labels);
 /* The VOC colour map (256 entries, RGB). */
 void voc_palette(uint8_t pal[256 * 3]);
 

@@ -11,6 +11,7 @@
 #include "lattice.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,14 +170,8 @@ static void elevation_scale(int d, float *scale) {
     for (int i = 0; i < d; i++) scale[i] = (float)(1.0 / sqrt((double)((i + 2) * (i + 1))) * inv_std_dev);
 }
 
-/* Simplex of one point: keys (d+1, d) of its corners and their barycentric weights (d+1).
- * Float arithmetic in the reference's order. */
-static void simplex_of(const float *f, int d, const float *scale, int32_t *keys, float *bw) {
-    float el[LATTICE_MAX_D + 1], rem0[LATTICE_MAX_D + 1], b[LATTICE_MAX_D + 2] = {0};
-    int rank[LATTICE_MAX_D + 1];
-    const float invd1 = 1.0f / (float)(d + 1), d1 = (float)(d + 1);
-
-    /* elevate onto the hyperplane: el = E f */
+/* el (d+1) = the elevation E f of one point (float, the reference's order). */
+static inline void elevate(const float *f, int d, const float *scale, float *el) {
     float sm = 0;
     for (int j = d; j > 0; j--) {
         float cf = f[j - 1] * scale[j - 1];
@@ -184,6 +179,16 @@ static void simplex_of(const float *f, int d, const float *scale, int32_t *keys,
         sm += cf;
     }
     el[0] = sm;
+}
+
+/* Simplex of one point: keys (d+1, d) of its corners and their barycentric weights (d+1).
+ * Float arithmetic in the reference's order. */
+static void simplex_of(const float *f, int d, const float *scale, int32_t *keys, float *bw) {
+    float el[LATTICE_MAX_D + 1], rem0[LATTICE_MAX_D + 1], b[LATTICE_MAX_D + 2] = {0};
+    int rank[LATTICE_MAX_D + 1];
+    const float invd1 = 1.0f / (float)(d + 1), d1 = (float)(d + 1);
+
+    elevate(f, d, scale, el);   /* onto the hyperplane: el = E f */
 
     /* nearest remainder-0 point: round each coordinate to a multiple of d+1 (ties to even) */
     float sum = 0;
@@ -234,6 +239,64 @@ static void simplex_of(const float *f, int d, const float *scale, int32_t *keys,
     }
 }
 
+/* Blur chains from the neighbour relation: nxt (d+1, m) next vertex along each direction or -1,
+ * hasprev (d+1, m) whether a vertex is some vertex's next. Fills ch_dir, ch_start, ch_v. */
+static carseg_status build_chains(lattice *L, const int32_t *nxt, const uint8_t *hasprev) {
+    const int d = L->d, d1 = d + 1, m = L->m;
+    const int n = L->n;
+    /* chains per direction: counts, then each direction's chains in parallel */
+    int64_t cnt[LATTICE_MAX_D + 2][2];   /* per direction: chains, chain vertices */
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j <= d; j++) {
+        const int32_t *nx = nxt + (size_t)j * m;
+        const uint8_t *hp = hasprev + (size_t)j * m;
+        int64_t a = 0, b = 0;
+        for (int v = 0; v < m; v++) {
+            b += nx[v] >= 0;
+            a += nx[v] >= 0 && !hp[v];
+        }
+        cnt[j][0] = a;
+        cnt[j][1] = a + b;   /* every chain has one more vertex than links */
+    }
+    int64_t nch = 0, nchv = 0;
+    for (int j = 0; j <= d; j++) {
+        nch += cnt[j][0];
+        nchv += cnt[j][1];
+    }
+    if (nchv > INT32_MAX) {
+        return set_err(CARSEG_EINVAL, "lattice: too many points (%d) for the blur structure", n);
+    }
+    L->ch_dir = cs_malloc((size_t)(d1 + 1) * sizeof *L->ch_dir);
+    L->ch_start = cs_malloc(((size_t)nch + 1) * sizeof *L->ch_start);
+    L->ch_v = cs_malloc((nchv ? (size_t)nchv : 1) * sizeof *L->ch_v);
+    if (!L->ch_dir || !L->ch_start || !L->ch_v) {
+        return set_err(CARSEG_ENOMEM, "lattice: out of memory (%lld chain vertices)", (long long)nchv);
+    }
+    {
+        int32_t c0[LATTICE_MAX_D + 2], e0[LATTICE_MAX_D + 2];
+        c0[0] = e0[0] = 0;
+        for (int j = 0; j <= d; j++) {
+            c0[j + 1] = c0[j] + (int32_t)cnt[j][0];
+            e0[j + 1] = e0[j] + (int32_t)cnt[j][1];
+            L->ch_dir[j] = c0[j];
+        }
+        L->ch_dir[d1] = c0[d1];
+        L->ch_start[c0[d1]] = e0[d1];
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int j = 0; j <= d; j++) {
+            const int32_t *nx = nxt + (size_t)j * m;
+            const uint8_t *hp = hasprev + (size_t)j * m;
+            int32_t c = c0[j], e = e0[j];
+            for (int v = 0; v < m; v++) {
+                if (hp[v] || nx[v] < 0) continue;   /* not a chain head */
+                L->ch_start[c++] = e;
+                for (int32_t u = v; u >= 0; u = nx[u]) L->ch_v[e++] = u;
+            }
+        }
+    }
+    return CARSEG_OK;
+}
+
 void lattice_free(lattice *L) {
     if (!L) return;
     cs_free(L->offset);
@@ -247,20 +310,48 @@ void lattice_free(lattice *L) {
     memset(L, 0, sizeof *L);
 }
 
-carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad) {
-    PROFILE_START;
+static carseg_status check_args(lattice *L, const float *feat, int n, int d) {
     memset(L, 0, sizeof *L);
     if (d < 1 || d > LATTICE_MAX_D)
         return set_err(CARSEG_EINVAL, "lattice: feature dimension %d not in 1..%d", d, LATTICE_MAX_D);
     if (n < 1) return set_err(CARSEG_EINVAL, "lattice: no points (n = %d)", n);
     size_t nc;
-    if (!cs_mul_ok(&nc, (size_t)n, (size_t)d + 1, 1) || nc > (size_t)INT32_MAX)
+    if (!cs_mul_ok(&nc, (size_t)n, (size_t)d + 1, 1) || nc > (size_t)INT32_MAX - 64)
         return set_err(CARSEG_EINVAL, "lattice: too many points (%d x %d corners)", n, d + 1);
-    for (size_t i = 0; i < (size_t)n * d; i++)
-        if (!isfinite(feat[i]))
-            return set_err(CARSEG_EINVAL, "lattice: feature %zu of point %zu is not finite", i % d, i / d);
+    /* finite features, and elevated coordinates below 2^22 so that the float rounding, rank and
+     * key arithmetic stay exact (beyond, the rank correction can leave 0..d) */
+    float scale[LATTICE_MAX_D];
+    elevation_scale(d, scale);
+    int64_t bad_f = INT64_MAX, bad_e = INT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : bad_f, bad_e)
+    for (int p = 0; p < n; p++) {
+        const float *f = feat + (size_t)p * d;
+        float el[LATTICE_MAX_D + 1];
+        int fin = 1;
+        for (int i = 0; i < d; i++) fin &= isfinite(f[i]) != 0;
+        if (!fin) {
+            bad_f = p < bad_f ? p : bad_f;
+            continue;
+        }
+        elevate(f, d, scale, el);
+        for (int i = 0; i <= d; i++)
+            if (!(fabsf(el[i]) < 4194304.0f)) bad_e = p < bad_e ? p : bad_e;
+    }
+    if (bad_f != INT64_MAX)
+        return set_err(CARSEG_EINVAL, "lattice: a feature of point %lld is not finite", (long long)bad_f);
+    if (bad_e != INT64_MAX)
+        return set_err(CARSEG_EINVAL,
+                       "lattice: features of point %lld too large (elevated beyond 2^22; standard deviation too small?)",
+                       (long long)bad_e);
+    return CARSEG_OK;
+}
 
+/* The construction with a hash table (the general path: any key range). */
+carseg_status lattice_build_hash(lattice *L, const float *feat, int n, int d, int ref_pad) {
+    PROFILE_START;
+    TRY(check_args(L, feat, n, d));
     const int d1 = d + 1;
+    const size_t nc = (size_t)n * d1;
     L->d = d;
     L->n = n;
     L->offset = cs_malloc(nc * sizeof *L->offset);
@@ -350,58 +441,7 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
     }
     PT("nbr lookups");
     htab_free(&ht);
-    /* chains per direction: counts, then each direction's chains in parallel */
-    int64_t cnt[LATTICE_MAX_D + 2][2];   /* per direction: chains, chain vertices */
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j <= d; j++) {
-        const int32_t *nx = nxt + (size_t)j * m;
-        const uint8_t *hp = hasprev + (size_t)j * m;
-        int64_t a = 0, b = 0;
-        for (int v = 0; v < m; v++) {
-            b += nx[v] >= 0;
-            a += nx[v] >= 0 && !hp[v];
-        }
-        cnt[j][0] = a;
-        cnt[j][1] = a + b;   /* every chain has one more vertex than links */
-    }
-    int64_t nch = 0, nchv = 0;
-    for (int j = 0; j <= d; j++) {
-        nch += cnt[j][0];
-        nchv += cnt[j][1];
-    }
-    if (nchv > INT32_MAX) {
-        st = set_err(CARSEG_EINVAL, "lattice: too many points (%d) for the blur structure", n);
-        goto fail;
-    }
-    L->ch_dir = cs_malloc((size_t)(d1 + 1) * sizeof *L->ch_dir);
-    L->ch_start = cs_malloc(((size_t)nch + 1) * sizeof *L->ch_start);
-    L->ch_v = cs_malloc((nchv ? (size_t)nchv : 1) * sizeof *L->ch_v);
-    if (!L->ch_dir || !L->ch_start || !L->ch_v) {
-        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%lld chain vertices)", (long long)nchv);
-        goto fail;
-    }
-    {
-        int32_t c0[LATTICE_MAX_D + 2], e0[LATTICE_MAX_D + 2];
-        c0[0] = e0[0] = 0;
-        for (int j = 0; j <= d; j++) {
-            c0[j + 1] = c0[j] + (int32_t)cnt[j][0];
-            e0[j + 1] = e0[j] + (int32_t)cnt[j][1];
-            L->ch_dir[j] = c0[j];
-        }
-        L->ch_dir[d1] = c0[d1];
-        L->ch_start[c0[d1]] = e0[d1];
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int j = 0; j <= d; j++) {
-            const int32_t *nx = nxt + (size_t)j * m;
-            const uint8_t *hp = hasprev + (size_t)j * m;
-            int32_t c = c0[j], e = e0[j];
-            for (int v = 0; v < m; v++) {
-                if (hp[v] || nx[v] < 0) continue;   /* not a chain head */
-                L->ch_start[c++] = e;
-                for (int32_t u = v; u >= 0; u = nx[u]) L->ch_v[e++] = u;
-            }
-        }
-    }
+    if ((st = build_chains(L, nxt, hasprev)) != CARSEG_OK) goto fail;
     cs_free(nxt);
     cs_free(hasprev);
     nxt = NULL;
@@ -439,6 +479,311 @@ fail:
 }
 
 // ---------------------------------------------------------------------------------------------
+// construction by sorting (the fast path): every corner key is packed into the high bits of a
+// uint64 whose low bits hold the corner's index, the packed values are radix-sorted (equal keys
+// end up adjacent, in corner order), and the vertices are numbered in first-seen corner order as
+// the hash path (and the reference) number them — the lattice is the same, array for array.
+// In the packing every coordinate has a margin, so the neighbour key along direction j is the
+// packed key plus a constant: neighbours are found by one merge-like walk per direction over the
+// sorted keys instead of hash look-ups.
+
+
+/* LSD radix sort of keys a[0..n) on bits [lo, hi), stable, carrying the payload ia along; tmp,
+ * itmp: n scratch. On return *ka and *ki point to the sorted keys and payload (the input arrays
+ * or the scratch ones). hist: nthreads * 2048 scratch. */
+#ifndef RADIX_BITS
+#define RADIX_BITS 11
+#endif
+static void radix_sort(uint64_t **ka, uint32_t **ki, uint64_t *tmp, uint32_t *itmp, size_t n, int lo, int hi,
+                       size_t *hist) {
+    uint64_t *a = *ka;
+    uint32_t *ia = *ki;
+    const int passes = (hi - lo + RADIX_BITS - 1) / RADIX_BITS;
+    const int db = (hi - lo + passes - 1) / passes;
+    for (int p = 0; p < passes; p++) {
+        const int sh = lo + p * db;
+        const int nb = 1 << (sh + db <= hi ? db : hi - sh);
+        const uint64_t mask = (uint64_t)nb - 1;
+        int skip = 0;
+#pragma omp parallel
+        {
+            const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+            const size_t i0 = n * t / nt, i1 = n * (t + 1) / nt;
+            size_t *h = hist + (size_t)t * 2048;
+            for (int b = 0; b < nb; b++) h[b] = 0;
+            for (size_t i = i0; i < i1; i++) h[(a[i] >> sh) & mask]++;
+#pragma omp barrier
+#pragma omp single
+            {   /* bucket-major, thread-minor offsets; a pass with one bucket is skipped */
+                size_t s = 0;
+                int used = 0;
+                for (int b = 0; b < nb; b++) {
+                    size_t tot = 0;
+                    for (int u = 0; u < nt; u++) {
+                        size_t c = hist[(size_t)u * 2048 + b];
+                        hist[(size_t)u * 2048 + b] = s;
+                        s += c;
+                        tot += c;
+                    }
+                    used += tot > 0;
+                }
+                skip = used <= 1;
+            }
+            if (!skip)
+                for (size_t i = i0; i < i1; i++) {
+                    const size_t o = h[(a[i] >> sh) & mask]++;
+                    tmp[o] = a[i];
+                    itmp[o] = ia[i];
+                }
+        }
+        if (!skip) {
+            uint64_t *x = a;
+            a = tmp;
+            tmp = x;
+            uint32_t *y = ia;
+            ia = itmp;
+            itmp = y;
+        }
+    }
+    *ka = a;
+    *ki = ia;
+}
+
+/* *packed = 0 when the keys do not fit in 64 bits (the caller then uses the hash path). */
+static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, int ref_pad, int *packed) {
+    PROFILE_START;
+    *packed = 0;
+    const int d1 = d + 1;
+    const size_t nc = (size_t)n * d1;
+    const int pad = ref_pad && n % 4;   /* the SSE build's zero-feature padding point */
+    const size_t ne = nc + (pad ? (size_t)d1 : 0);
+    float scale[LATTICE_MAX_D];
+    elevation_scale(d, scale);
+
+    /* 1. range of each stored key coordinate (the elevated coordinates 0..d-1, with margins) */
+    float lo[LATTICE_MAX_D], hi[LATTICE_MAX_D];
+    for (int i = 0; i < d; i++) lo[i] = hi[i] = 0;   /* includes the zero point */
+    if (!pad) {
+        float el[LATTICE_MAX_D + 1];
+        elevate(feat, d, scale, el);
+        for (int i = 0; i < d; i++) lo[i] = hi[i] = el[i];
+    }
+#pragma omp parallel
+    {
+        float tl[LATTICE_MAX_D], th[LATTICE_MAX_D], el[LATTICE_MAX_D + 1];
+        for (int i = 0; i < d; i++) {
+            tl[i] = lo[i];
+            th[i] = hi[i];
+        }
+#pragma omp for schedule(static)
+        for (int p = 0; p < n; p++) {
+            elevate(feat + (size_t)p * d, d, scale, el);
+            for (int i = 0; i < d; i++) {
+                tl[i] = el[i] < tl[i] ? el[i] : tl[i];
+                th[i] = el[i] > th[i] ? el[i] : th[i];
+            }
+        }
+#pragma omp critical
+        for (int i = 0; i < d; i++) {
+            lo[i] = tl[i] < lo[i] ? tl[i] : lo[i];
+            hi[i] = th[i] > hi[i] ? th[i] : hi[i];
+        }
+    }
+    /* a key lies within 1.5(d+1) + d of its elevated coordinate, a neighbour key 1 below or d
+     * above; margins of 4(d+1) + 2 leave room for both */
+    int64_t klo[LATTICE_MAX_D];
+    int sh[LATTICE_MAX_D + 1];
+    int bits = 0;
+    for (int i = 0; i < d; i++) {
+        if (!(fabsf(lo[i]) < 1e9f && fabsf(hi[i]) < 1e9f)) return CARSEG_OK;
+        klo[i] = (int64_t)floorf(lo[i]) - (4 * d1 + 2);
+        const int64_t range = (int64_t)ceilf(hi[i]) + (4 * d1 + 2) - klo[i] + 1;
+        int b = 1;
+        while (((int64_t)1 << b) < range) b++;
+        sh[i] = bits;
+        bits += b;
+        if (bits > 64) return CARSEG_OK;
+    }
+    sh[d] = bits;
+
+    uint64_t *val = cs_malloc(ne * sizeof *val), *tmp = cs_malloc(ne * sizeof *tmp);   /* (ne) keys */
+    uint32_t *idx = cs_malloc(ne * sizeof *idx), *itmp = cs_malloc(ne * sizeof *itmp);  /* (ne) corners */
+    size_t *hist = cs_malloc((size_t)omp_get_max_threads() * 2048 * sizeof *hist);
+    int32_t *gid = NULL, *gstart = NULL, *newid = NULL, *nxt = NULL;
+    uint64_t *ukey = NULL;
+    uint8_t *hasprev = NULL;
+    carseg_status st = CARSEG_OK;
+    L->d = d;
+    L->n = n;
+    L->offset = cs_malloc(nc * sizeof *L->offset);
+    L->bary = cs_malloc(nc * sizeof *L->bary);
+    if (!val || !tmp || !idx || !itmp || !hist || !L->offset || !L->bary) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
+        goto fail;
+    }
+    *packed = 1;
+
+    /* 2. simplices, packed keys */
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < n + pad; p++) {
+        int32_t k[(LATTICE_MAX_D + 1) * LATTICE_MAX_D];
+        float bw[LATTICE_MAX_D + 1];
+        static const float zero[LATTICE_MAX_D];
+        const int real = p < n;
+        simplex_of(real ? feat + (size_t)p * d : zero, d, scale, k, real ? L->bary + (size_t)p * d1 : bw);
+        for (int r = 0; r < d1; r++) {
+            const size_t c = (size_t)p * d1 + r;
+            uint64_t x = 0;
+            for (int i = 0; i < d; i++) x |= (uint64_t)(k[r * d + i] - klo[i]) << sh[i];
+            val[c] = x;
+            idx[c] = (uint32_t)c;
+        }
+    }
+    PT("sorted: simplices");
+
+    /* 3. sort: equal keys adjacent, in corner order */
+    uint64_t *srt = val;
+    uint32_t *sidx = idx;
+    radix_sort(&srt, &sidx, tmp, itmp, ne, 0, bits, hist);
+    PT("sorted: radix sort");
+
+    /* 4. distinct keys (in sorted order: groups g) and first-seen vertex ids */
+    gid = cs_malloc(ne * sizeof *gid);   /* (ne) group of each corner */
+    gstart = cs_malloc((ne + 1) * sizeof *gstart);
+    if (!gid || !gstart) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
+        goto fail;
+    }
+    int32_t m = 0;
+    for (size_t i = 0; i < ne; i++) {
+        if (i == 0 || srt[i] != srt[i - 1]) gstart[m++] = (int32_t)i;
+        gid[sidx[i]] = m - 1;
+    }
+    gstart[m] = (int32_t)ne;
+    L->m = m;
+    newid = cs_malloc((size_t)m * sizeof *newid);
+    ukey = cs_malloc((size_t)m * sizeof *ukey);
+    if (!newid || !ukey) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
+        goto fail;
+    }
+    for (int32_t g = 0; g < m; g++) newid[g] = -1;
+    {
+        int32_t next = 0;
+        for (size_t c = 0; c < ne; c++) {
+            int32_t g = gid[c];
+            if (newid[g] < 0) newid[g] = next++;
+            if (c < nc) L->offset[c] = newid[g] + 1;
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int32_t g = 0; g < m; g++) ukey[g] = srt[gstart[g]];
+    PT("sorted: ids");
+
+    /* 5. neighbours: along direction j the next vertex's key is key - 1 + (d+1) e_j (j = d:
+     * key - 1), i.e. packed key + delta_j; the targets increase with g, so one walk finds them */
+    nxt = cs_malloc((size_t)d1 * m * sizeof *nxt);   /* (d+1, m) next vertex or -1 */
+    hasprev = cs_calloc((size_t)d1 * m, 1);          /* (d+1, m) */
+    if (!nxt || !hasprev) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
+        goto fail;
+    }
+    {
+        const int nblk = 64;
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+        for (int j = 0; j < d1; j++)
+            for (int bi = 0; bi < nblk; bi++) {
+                uint64_t delta = 0;
+                for (int i = 0; i < d; i++) delta -= (uint64_t)1 << sh[i];
+                if (j < d) delta += (uint64_t)d1 << sh[j];
+                const int32_t g0 = (int32_t)((int64_t)m * bi / nblk), g1 = (int32_t)((int64_t)m * (bi + 1) / nblk);
+                if (g0 >= g1) continue;
+                /* first p with ukey[p] >= target of g0 */
+                const uint64_t t0 = ukey[g0] + delta;
+                int32_t a = 0, b = m;
+                while (a < b) {
+                    int32_t mid = a + (b - a) / 2;
+                    if (ukey[mid] < t0) a = mid + 1;
+                    else b = mid;
+                }
+                int32_t p = a;
+                int32_t *nx = nxt + (size_t)j * m;
+                uint8_t *hp = hasprev + (size_t)j * m;
+                for (int32_t g = g0; g < g1; g++) {
+                    const uint64_t t = ukey[g] + delta;
+                    while (p < m && ukey[p] < t) p++;
+                    if (p < m && ukey[p] == t) {
+                        nx[newid[g]] = newid[p];
+                        hp[newid[p]] = 1;   /* written by one g only: keys are distinct */
+                    } else {
+                        nx[newid[g]] = -1;
+                    }
+                }
+            }
+    }
+    cs_free(ukey);
+    ukey = NULL;
+    PT("sorted: neighbours");
+    if ((st = build_chains(L, nxt, hasprev)) != CARSEG_OK) goto fail;
+    cs_free(nxt);
+    cs_free(hasprev);
+    nxt = NULL;
+    hasprev = NULL;
+    PT("sorted: chains");
+
+    /* 6. splat in gather form: each group's corners are already in corner (= point) order */
+    L->sp_start = cs_malloc(((size_t)m + 1) * sizeof *L->sp_start);
+    L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
+    L->sp_w = cs_malloc(nc * sizeof *L->sp_w);
+    if (!L->sp_start || !L->sp_pt || !L->sp_w) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
+        goto fail;
+    }
+    L->sp_start[0] = 0;
+#pragma omp parallel for schedule(static)
+    for (int32_t g = 0; g < m; g++) {   /* real corners of the group (the padding's sort last) */
+        int32_t e = gstart[g + 1];
+        while (e > gstart[g] && sidx[e - 1] >= nc) e--;
+        L->sp_start[newid[g] + 1] = e - gstart[g];
+    }
+    for (int32_t v = 0; v < m; v++) L->sp_start[v + 1] += L->sp_start[v];
+#pragma omp parallel for schedule(static)
+    for (int32_t g = 0; g < m; g++) {
+        int32_t e = L->sp_start[newid[g]];
+        const int32_t e1 = L->sp_start[newid[g] + 1];
+        for (int32_t i = gstart[g]; e < e1; i++, e++) {
+            const size_t c = sidx[i];
+            L->sp_pt[e] = (int32_t)(c / d1);
+            L->sp_w[e] = L->bary[c];
+        }
+    }
+    PT("sorted: csr");
+    st = CARSEG_OK;
+
+fail:
+    cs_free(val);
+    cs_free(tmp);
+    cs_free(idx);
+    cs_free(itmp);
+    cs_free(hist);
+    cs_free(gid);
+    cs_free(gstart);
+    cs_free(newid);
+    cs_free(ukey);
+    cs_free(nxt);
+    cs_free(hasprev);
+    if (st != CARSEG_OK || !*packed) lattice_free(L);
+    return st;
+}
+
+carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad) {
+    TRY(check_args(L, feat, n, d));
+    int packed;
+    TRY(build_sorted(L, feat, n, d, ref_pad, &packed));
+    return packed ? CARSEG_OK : lattice_build_hash(L, feat, n, d, ref_pad);
+}
+
+// ---------------------------------------------------------------------------------------------
 // filtering
 
 /* The vertex buffer holds rows of exactly vs floats (padding rows to aligned widths was measured
@@ -446,115 +791,65 @@ fail:
  * compile-time constant for the common small sizes. */
 size_t lattice_work_floats(const lattice *L, int vs) { return ((size_t)L->m + 1) * (size_t)vs; }
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* for (k = 0; k < n; k++) body, over the value lanes: plain for the short rows instantiated with
+ * a constant width S <= 4 (unrolled), vectorised otherwise (-O2's cost model leaves these loops
+ * scalar). Lanes are independent, so vectorising does not change any rounding. */
+#define VLOOP(S, n, ...)                                               \
+    do {                                                               \
+        if ((S) <= 4) {                                                \
+            for (int k = 0; k < (n); k++) { __VA_ARGS__; }             \
+        } else {                                                       \
+            _Pragma("omp simd") for (int k = 0; k < (n); k++) { __VA_ARGS__; } \
+        }                                                              \
+    } while (0)
 
-/* splat: val[v] = Σ_{points p on v, in point order} w · in[p] (· scale[p] first when given) */
-ALWAYS_INLINE void splat(const lattice *L, const float *in, const float *scale, int vs, int S, float *val) {
-    const int m = L->m;
-#pragma omp parallel for schedule(static)
-    for (int v = 0; v < m; v++) {
-        float *restrict acc = val + ((size_t)v + 1) * S;
-        for (int k = 0; k < S; k++) acc[k] = 0;
-        for (int32_t e = L->sp_start[v]; e < L->sp_start[v + 1]; e++) {
-            const float w = L->sp_w[e];
-            const int32_t p = L->sp_pt[e];
-            const float *x = in + (size_t)p * vs;
-            if (scale) {
-                const float sc = scale[p];
-                for (int k = 0; k < vs; k++) acc[k] += w * (x[k] * sc);
-            } else {
-                for (int k = 0; k < vs; k++) acc[k] += w * x[k];
-            }
-        }
-    }
-}
-
-/* blur: new = old + (n1 + n2) / 2 along each direction, in place along each chain (a missing
- * neighbour counts as zero, as the reference's zero row) */
-ALWAYS_INLINE void blur(const lattice *L, int S, int reverse, float *val) {
-    const int d = L->d;
-    for (int jj = 0; jj <= d; jj++) {
-        const int j = reverse ? d - jj : jj;
-        const int32_t *ch_end = L->ch_v + L->ch_start[L->ch_dir[j + 1]];
-#pragma omp parallel for schedule(dynamic, 256)
-        for (int32_t c = L->ch_dir[j]; c < L->ch_dir[j + 1]; c++) {
-            const int32_t *cv = L->ch_v + L->ch_start[c];
-            const int len = L->ch_start[c + 1] - L->ch_start[c];
-            float b0[128], b1[128];
-            for (int k0 = 0; k0 < S; k0 += 128) {   /* value blocks of 128 */
-                const int kn = S - k0 < 128 ? S - k0 : 128;
-                float *prev = b0, *save = b1;
-                for (int k = 0; k < kn; k++) prev[k] = 0;
-                for (int i = 0; i < len; i++) {
-                    if (cv + i + 8 < ch_end) {   /* the walk jumps around memory: fetch ahead */
-                        const char *pf = (const char *)(val + ((size_t)cv[i + 8] + 1) * S + k0);
-                        for (int b = 0; b < kn * 4; b += 64) __builtin_prefetch(pf + b, 1);
-                    }
-                    float *restrict cur = val + ((size_t)cv[i] + 1) * S + k0;
-                    const float *restrict nx = i + 1 < len ? val + ((size_t)cv[i + 1] + 1) * S + k0 : val;
-                    float *restrict pv = prev, *restrict sv = save;
-                    for (int k = 0; k < kn; k++) {
-                        float o = cur[k];
-                        sv[k] = o;
-                        cur[k] = o + 0.5f * (nx[k] + pv[k]);
-                    }
-                    prev = sv;
-                    save = pv;
-                }
-            }
-        }
-    }
-}
-
-/* acc[0..kn) = sliced value of point i, lanes k0..k0+kn: Σ_j w_j·alpha·val[corner j] in the
- * reference's rounding (its scalar path for vs <= 2, SSE path otherwise). */
-ALWAYS_INLINE void slice_point(const lattice *L, const float *val, int i, int k0, int kn, int vs, int S,
-                               float alpha, float *restrict acc) {
-    const int d1 = L->d + 1;
-    const int32_t *off = L->offset + (size_t)i * d1;
-    const float *bw = L->bary + (size_t)i * d1;
-    if (k0 == 0 && i + 8 < L->n) {   /* corners of a later point: fetch ahead */
-        const int32_t *o8 = off + 8 * d1;
-        for (int j = 0; j < d1; j++) {
-            const char *pf = (const char *)(val + (size_t)o8[j] * S);
-            for (int b = 0; b < S * 4 && b < 512; b += 64) __builtin_prefetch(pf + b);
-        }
-    }
-    for (int k = 0; k < kn; k++) acc[k] = 0;
-    for (int j = 0; j < d1; j++) {
-        const float *x = val + (size_t)off[j] * S + k0;
-        if (vs <= 2) {
-            const float w = bw[j];
-            for (int k = 0; k < kn; k++) acc[k] += w * x[k] * alpha;
-        } else {
-            const float w = bw[j] * alpha;
-            for (int k = 0; k < kn; k++) acc[k] += w * x[k];
-        }
-    }
-}
-
-/* out[i] = slice (mode 0), or out[i] -= -w · (slice · norm[i]) (mode 1, the Potts message) */
-ALWAYS_INLINE void slice(const lattice *L, const float *val, int vs, int S, int mode, const float *norm,
-                         float w, float *out) {
-    const int n = L->n;
-    const float alpha = 1.0f / (1.0f + powf(2.0f, (float)-L->d));
-    const float negw = -w;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float acc[64], *dst = out + (size_t)i * vs;
-        for (int k0 = 0; k0 < vs; k0 += 64) {
-            const int kn = vs - k0 < 64 ? vs - k0 : 64;
-            slice_point(L, val, i, k0, kn, vs, S, alpha, acc);
-            const int ko = vs - k0 < kn ? vs - k0 : kn;
-            if (mode == 0) {
-                for (int k = 0; k < ko; k++) dst[k0 + k] = acc[k];
-            } else {
-                const float s = norm[i];
-                for (int k = 0; k < ko; k++) dst[k0 + k] -= negw * (acc[k] * s);
-            }
-        }
-    }
-}
+/* the filter kernels: one copy per constant row width 1..8 (splat_3, blur_3, ...), and the
+ * runtime width (splat_n, ...) */
+#define KFN(x) x##_1
+#define KW 1
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_2
+#define KW 2
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_3
+#define KW 3
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_4
+#define KW 4
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_5
+#define KW 5
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_6
+#define KW 6
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_7
+#define KW 7
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_8
+#define KW 8
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
+#define KFN(x) x##_n
+#define KW 0
+#include "lattice_kernels.inc"
+#undef KFN
+#undef KW
 
 static carseg_status filter_any(const lattice *L, const float *in, const float *norm, float w, float *out,
                                 int vs, int reverse, int mode, float *work) {
@@ -565,17 +860,22 @@ static carseg_status filter_any(const lattice *L, const float *in, const float *
         if (!work) return set_err(CARSEG_ENOMEM, "lattice_filter: out of memory (%d x %d)", L->m, vs);
     }
     for (int k = 0; k < vs; k++) work[k] = 0;   /* row 0: absent vertices */
-#define FILTER_VS(V)                                  \
-    do {                                              \
-        splat(L, in, norm, V, V, work);               \
-        blur(L, V, reverse, work);                    \
-        slice(L, work, V, V, mode, norm, w, out);     \
+#define FILTER_VS(X)                                    \
+    do {                                                \
+        splat_##X(L, in, norm, vs, work);               \
+        blur_##X(L, vs, reverse, work);                 \
+        slice_##X(L, work, vs, mode, norm, w, out);     \
     } while (0)
     switch (vs) {
     case 1: FILTER_VS(1); break;
     case 2: FILTER_VS(2); break;
     case 3: FILTER_VS(3); break;
-    default: FILTER_VS(vs); break;
+    case 4: FILTER_VS(4); break;
+    case 5: FILTER_VS(5); break;
+    case 6: FILTER_VS(6); break;
+    case 7: FILTER_VS(7); break;
+    case 8: FILTER_VS(8); break;
+    default: FILTER_VS(n); break;
     }
 #undef FILTER_VS
     cs_free(own);

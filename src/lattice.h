@@ -38,8 +38,14 @@ typedef struct {
 /* Builds the lattice of n points with features feat (n, d), point-major.
  * ref_pad: also insert the vertices of the zero-feature point when n is not a multiple of 4, as the
  * reference's SSE construction does for its padding lanes (these vertices carry no value of their
- * own but relay the blur; 1 to reproduce pydensecrf exactly, 0 for the plain algorithm). */
+ * own but relay the blur; 1 to reproduce pydensecrf exactly, 0 for the plain algorithm).
+ * Keys packed into 64 bits and radix-sorted, neighbours by merge walks (in parallel); vertex ids in
+ * first-seen order as the reference. Features whose elevated coordinates reach 2^22 are refused
+ * (CARSEG_EINVAL). */
 carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad);
+/* The same lattice (array for array) built with a hash table: lattice_build's fallback when the
+ * keys do not pack into 64 bits; exposed for tests. */
+carseg_status lattice_build_hash(lattice *L, const float *feat, int n, int d, int ref_pad);
 void lattice_free(lattice *L);
 
 /* Scratch floats that lattice_filter / lattice_filter_potts need for value vectors of vs floats

@@ -160,7 +160,12 @@ carseg_status atomic_open(atomic_file *af, const char *path) {
     size_t n = strlen(path) + 32;
     af->path = cs_strdup(path);
     af->tmp = malloc(n);
-    if (!af->path || !af->tmp) { atomic_abort(af); return set_err(CARSEG_ENOMEM, "%s: out of memory", path); }
+    if (!af->path || !af->tmp) {   /* nothing was created yet: just release */
+        free(af->path);
+        free(af->tmp);
+        memset(af, 0, sizeof *af);
+        return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
+    }
     snprintf(af->tmp, n, "%s.tmp.%ld", path, (long)getpid());
     af->f = fopen(af->tmp, "wb");
     if (!af->f) {
@@ -202,7 +207,7 @@ carseg_status atomic_commit(atomic_file *af) {
 }
 
 carseg_status write_file_atomic(const char *path, const void *data, size_t len) {
-    atomic_file af;
+    atomic_file af = {0};
     TRY(atomic_open(&af, path));
     if (len && fwrite(data, 1, len, af.f) != len) {
         atomic_abort(&af);
@@ -399,7 +404,7 @@ carseg_status npy_write(const char *path, npy_dtype dt, const void *data, int nd
     size_t total = 10 + n + 1;
     size_t pad = (64 - total % 64) % 64;
     size_t hlen = n + pad + 1;
-    atomic_file af;
+    atomic_file af = {0};
     TRY(atomic_open(&af, path));
     uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)(hlen & 255), (uint8_t)(hlen >> 8)};
     fwrite(pre, 1, 10, af.f);
@@ -588,7 +593,8 @@ static json *jvalue(jparser *p) {
         j = jnew(JSON_NULL); p->s += 4;
     } else if (c == 'N' && p->end - p->s >= 3 && memcmp(p->s, "NaN", 3) == 0) {
         j = jnew(JSON_NUM); if (j) j->num = NAN; p->s += 3;   /* Python's json emits NaN */
-    } else if ((c == '-' || c == 'I') && p->end - p->s >= 8 && memcmp(p->s + (c == '-'), "Infinity", 8) == 0) {
+    } else if ((c == '-' || c == 'I') && p->end - p->s >= 8 + (c == '-') &&
+               memcmp(p->s + (c == '-'), "Infinity", 8) == 0) {
         j = jnew(JSON_NUM); if (j) j->num = c == '-' ? -INFINITY : INFINITY; p->s += 8 + (c == '-');
     } else if (c == '-' || (c >= '0' && c <= '9')) {
         char tmp[64];

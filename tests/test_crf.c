@@ -131,6 +131,98 @@ TEST(crf_lattice_basics) {
     CHECK(lattice_build(&L, f, 1, LATTICE_MAX_D + 1, 0) == CARSEG_EINVAL);
 }
 
+/* Two lattices are the same array for array (vertex numbering included). */
+static int lattice_same(const lattice *a, const lattice *b) {
+    if (a->d != b->d || a->n != b->n || a->m != b->m) return 0;
+    const size_t nc = (size_t)a->n * (a->d + 1), nch = (size_t)a->ch_dir[a->d + 1];
+    if (memcmp(a->ch_dir, b->ch_dir, (a->d + 2) * sizeof(int32_t)) ||
+        memcmp(a->ch_start, b->ch_start, (nch + 1) * sizeof(int32_t)))
+        return 0;
+    return !memcmp(a->offset, b->offset, nc * 4) && !memcmp(a->bary, b->bary, nc * 4) &&
+           !memcmp(a->ch_v, b->ch_v, (size_t)a->ch_start[nch] * 4) &&
+           !memcmp(a->sp_start, b->sp_start, ((size_t)a->m + 1) * 4) && !memcmp(a->sp_pt, b->sp_pt, nc * 4) &&
+           !memcmp(a->sp_w, b->sp_w, nc * 4);
+}
+
+TEST(crf_lattice_sorted_equals_hash) {
+    /* lattice_build (packed keys, radix sort, merge walks for the neighbours, in parallel) builds
+     * exactly the lattice of the hash-table construction, padding vertices included, with 1 and 2
+     * threads; keys too wide to pack fall back to the hash path */
+    unsigned r = 7;
+    const int ns[4] = {1, 203, 2000, 2001};
+    const float spread[3] = {0.7f, 6.0f, 90.0f};
+    int nthr = carseg_get_threads();
+    for (int d = 1; d <= 6; d++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int si = 0; si < 3; si++)
+                for (int pad = 0; pad <= 1; pad++) {
+                    const int n = ns[ni];
+                    float *f = malloc((size_t)n * d * sizeof *f);
+                    for (int i = 0; i < n * d; i++) {
+                        r = r * 1664525u + 1013904223u;
+                        /* integer grids (as the Gaussian kernel's) for si == 0, else random */
+                        f[i] = si == 0 ? (float)((i / d) % 37 + (i % d) * ((i / d) / 37)) : spread[si] * ((float)(r >> 8) / 16777216.0f - 0.3f);
+                    }
+                    lattice a, b;
+                    CHECK_OK(lattice_build_hash(&a, f, n, d, pad));
+                    for (int t = 1; t <= 2; t++) {
+                        carseg_set_threads(t);
+                        CHECK_OK(lattice_build(&b, f, n, d, pad));
+                        CHECK_MSG(lattice_same(&a, &b), "d %d n %d spread %d pad %d threads %d: lattices differ", d, n, si, pad, t);
+                        lattice_free(&b);
+                    }
+                    carseg_set_threads(nthr);
+                    lattice_free(&a);
+                    free(f);
+                }
+    /* wide coordinates (keys beyond 64 packed bits at d = 5): the hash path, same result */
+    float big[5 * 50];
+    for (int i = 0; i < 5 * 50; i++) big[i] = (float)((i * 7919) % 1000) * 20.0f - 10000.0f;
+    lattice a, b;
+    CHECK_OK(lattice_build_hash(&a, big, 50, 5, 1));
+    CHECK_OK(lattice_build(&b, big, 50, 5, 1));
+    CHECK(lattice_same(&a, &b));
+    CHECK(a.m > 0);
+    lattice_free(&a);
+    lattice_free(&b);
+    /* beyond 2^22 after elevation the float arithmetic is no longer exact: refused, both paths */
+    big[7] = 2e8f;
+    CHECK(lattice_build(&b, big, 50, 5, 1) == CARSEG_EINVAL);
+    CHECK(lattice_build_hash(&b, big, 50, 5, 1) == CARSEG_EINVAL);
+}
+
+TEST(crf_lattice_widths_agree) {
+    /* the kernels instantiated for constant widths 3..8 give exactly the lanes of the runtime-width
+     * kernels (lanes are independent above width 2), for the plain filter and the Potts message */
+    const int n = 1001, d = 5, W = 13;
+    float *f = malloc((size_t)n * d * sizeof *f), *v = malloc((size_t)n * W * sizeof *v);
+    float *nm = malloc(n * sizeof *nm), *ow = malloc((size_t)n * W * sizeof *ow), *o = malloc((size_t)n * W * sizeof *o);
+    float *x = malloc((size_t)n * W * sizeof *x), *pw = malloc((size_t)n * W * sizeof *pw), *pn = malloc((size_t)n * W * sizeof *pn);
+    unsigned r = 99;
+    for (int i = 0; i < n * d; i++) f[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 16777216.0f * 6.0f;
+    for (int i = 0; i < n * W; i++) v[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 16777216.0f;
+    for (int i = 0; i < n; i++) nm[i] = 0.2f + (float)(i % 7) * 0.1f;
+    lattice L;
+    REQUIRE(lattice_build(&L, f, n, d, 1) == CARSEG_OK);
+    CHECK_OK(lattice_filter(&L, v, ow, W, 0, NULL));
+    for (int i = 0; i < n * W; i++) pw[i] = 0.5f;
+    CHECK_OK(lattice_filter_potts(&L, v, nm, 3.0f, pw, W, NULL));
+    for (int w = 3; w <= 8; w++) {
+        for (int i = 0; i < n; i++) memcpy(x + (size_t)i * w, v + (size_t)i * W, w * sizeof *x);
+        CHECK_OK(lattice_filter(&L, x, o, w, 0, NULL));
+        for (int i = 0; i < n * w; i++) pn[i] = 0.5f;
+        CHECK_OK(lattice_filter_potts(&L, x, nm, 3.0f, pn, w, NULL));
+        size_t bad = 0;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < w; k++)
+                bad += memcmp(o + (size_t)i * w + k, ow + (size_t)i * W + k, 4) != 0 ||
+                       memcmp(pn + (size_t)i * w + k, pw + (size_t)i * W + k, 4) != 0;
+        CHECK_MSG(bad == 0, "width %d: %zu values differ from the runtime-width kernels", w, bad);
+    }
+    lattice_free(&L);
+    free(f), free(v), free(nm), free(ow), free(o), free(x), free(pw), free(pn);
+}
+
 // ---------------------------------------------------------------------------------------------
 // mean field
 

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "classify.h"
+#include "presets.h"
 #include "clip.h"
 #include "image.h"
 #include "models.h"
@@ -13,25 +15,6 @@
 #include "tokenizer.h"
 #include "util.h"
 
-/* CaR's semantic templates (the dataset configs; car_method.md §3.3) */
-static const char *CAR_TEMPLATES[] = {
-    "a clean origami {}.",
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-};
-#define N_CAR_TEMPLATES ((int)(sizeof CAR_TEMPLATES / sizeof *CAR_TEMPLATES))
 
 typedef struct {
     const char **v;
@@ -198,16 +181,6 @@ static void classify_usage(FILE *f) {
             "  --json          print [{\"class\": ..., \"p\": ...}, ...] instead\n");
 }
 
-static char *apply_template(const char *tpl, const char *name) {
-    const char *at = strstr(tpl, "{}");
-    size_t n = strlen(tpl) + strlen(name) + 1;
-    char *s = malloc(n);
-    if (!s) return NULL;
-    if (!at) snprintf(s, n, "%s", tpl);
-    else snprintf(s, n, "%.*s%s%s", (int)(at - tpl), tpl, name, at + 2);
-    return s;
-}
-
 typedef struct { float p; int i; } ranked;
 static int by_p_desc(const void *a, const void *b) {
     const ranked *x = a, *y = b;
@@ -250,8 +223,8 @@ static int cmd_classify(int argc, char **argv) {
         image = argv[i];
     }
     if (!model || !image || classes.n == 0) { classify_usage(stderr); free(class_buf); return 2; }
-    const char **tpl = templates.n ? templates.v : CAR_TEMPLATES;
-    int nt = templates.n ? templates.n : N_CAR_TEMPLATES, nc = classes.n;
+    const char *const *tpl = templates.n ? (const char *const *)templates.v : CAR_TEMPLATES;
+    int nt = templates.n ? templates.n : 15, nc = classes.n;
     clip_model *m;
     carseg_status st = open_model(model, &m);
     if (st) { free(class_buf); return cli_fail_status(st); }
@@ -265,7 +238,7 @@ static int cmd_classify(int argc, char **argv) {
     if (!texts || !tf || !cls || !r || E > 2048) st = set_err(CARSEG_ENOMEM, "out of memory");
     for (int c = 0; st == CARSEG_OK && c < nc; c++)
         for (int t = 0; t < nt; t++)
-            if (!(texts[(size_t)c * nt + t] = apply_template(tpl[t], classes.v[c])))
+            if (!(texts[(size_t)c * nt + t] = car_format(tpl[t], classes.v[c])))
                 st = set_err(CARSEG_ENOMEM, "out of memory");
     if (st == CARSEG_OK) st = tokenize_all(vocab, m, texts, (int)nx, &tok);
     if (st == CARSEG_OK) st = clip_encode_text(m, tok, (int)nx, tf);

@@ -137,14 +137,7 @@ static carseg_status save_labels(const char *path, const uint16_t *lab, int C, i
         free(v);
         return st;
     }
-    if (C > 256) return image_save_png_gray16(path, lab, W, H);
-    uint8_t *idx = malloc(n), pal[256 * 3];
-    if (!idx) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
-    for (size_t i = 0; i < n; i++) idx[i] = (uint8_t)lab[i];
-    voc_palette(pal);
-    st = image_save_png_palette(path, idx, W, H, pal, 256);
-    free(idx);
-    return st;
+    return image_save_labels(path, lab, W, H, C);
 }
 
 static int cmd_crf(int argc, char **argv) {

@@ -453,26 +453,11 @@ static int cmd_segment(int argc, char **argv) {
         int maxlab = 0;
         for (size_t i = 0; i < hw; i++) maxlab = lab[i] > maxlab ? lab[i] : maxlab;
         snprintf(path, sizeof path, "%s/%s.png", out_dir, base);
-        if (nc > 255) {
-            st = image_save_png_gray16(path, lab, im.w, im.h);
-            if (st == CARSEG_OK && dump.dir) {
-                char lp[4200];
-                snprintf(lp, sizeof lp, "%s/labels.png", dump.dir);
-                st = image_save_png_gray16(lp, lab, im.w, im.h);
-            }
-        } else {
-            uint8_t pal[768];
-            voc_palette(pal);
-            uint8_t *l8 = malloc(hw);
-            if (!l8) { st = set_err(CARSEG_ENOMEM, "out of memory"); goto img_fail; }
-            for (size_t i = 0; i < hw; i++) l8[i] = (uint8_t)lab[i];
-            st = image_save_png_palette(path, l8, im.w, im.h, pal, 256);
-            if (st == CARSEG_OK && dump.dir) {
-                char lp[4200];
-                snprintf(lp, sizeof lp, "%s/labels.png", dump.dir);
-                st = image_save_png_palette(lp, l8, im.w, im.h, pal, 256);
-            }
-            free(l8);
+        st = image_save_labels(path, lab, im.w, im.h, nc + 1);
+        if (st == CARSEG_OK && dump.dir) {
+            char lp[4200];
+            snprintf(lp, sizeof lp, "%s/labels.png", dump.dir);
+            st = image_save_labels(lp, lab, im.w, im.h, nc + 1);
         }
         if (st != CARSEG_OK) goto img_fail;
         fprintf(stdout, "%s\n", path);
