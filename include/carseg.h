@@ -250,7 +250,7 @@ typedef struct {
     const char *stuff_prompts; /* prompts of the stuff pass (NULL: same as prompts) */
     int templates;             /* 15 (semantic templates, double softmax) or 0 (one template) */
     int crf;                   /* 1: dense CRF post-processing; 0: argmax of (background, CAMs) */
-    int fix_quirks;            /* 1: fix the reference's bugs Q3, Q4, Q8, Q9, Q17 (see README) */
+    int fix_quirks;            /* 1: fix the reference's bugs Q3, Q4, Q7, Q8, Q9, Q17 (see README) */
     const char *preset;        /* set by carseg_car_preset: its class list and thing/stuff split */
 } carseg_car_opts;
 

@@ -709,6 +709,11 @@ carseg_status cam_grad_full(const cam_image *ci, const float *Tin, int K, float 
 
 int cam_boxes(const float *cam, int gh, int gw, float lambda, int (*boxes)[4], int max_boxes,
               uint8_t *mask) {
+    return cam_boxes_q7(cam, gh, gw, lambda, boxes, max_boxes, mask, 0);
+}
+
+int cam_boxes_q7(const float *cam, int gh, int gw, float lambda, int (*boxes)[4], int max_boxes,
+                 uint8_t *mask, int fix_clamp) {
     int Np = gh * gw;
     uint8_t *s8 = malloc((size_t)Np), *bin = malloc((size_t)Np);
     int *stack = malloc((size_t)Np * sizeof(int));
@@ -766,6 +771,7 @@ int cam_boxes(const float *cam, int gh, int gw, float lambda, int (*boxes)[4], i
         }
         /* boundingRect (x, y, w, h) -> [x, y, min(x+w, gw-1), min(y+h, gh-1)] */
         int bx1 = x1 + 1 < gw - 1 ? x1 + 1 : gw - 1, by1 = y1 + 1 < gh - 1 ? y1 + 1 : gh - 1;
+        if (fix_clamp) bx1 = x1 + 1, by1 = y1 + 1;   /* Q7 fix: the whole component */
         if (boxes && nbox < max_boxes) {
             boxes[nbox][0] = x0, boxes[nbox][1] = y0, boxes[nbox][2] = bx1, boxes[nbox][3] = by1;
         }
@@ -799,7 +805,7 @@ static float maxf(const float *x, int n) {
 
 /* Box masks, refinement with the affinity, min-max, resize to the original size. */
 static carseg_status refine(const cam_image *ci, const float *grid, int n, float lambda,
-                            float *masks) {
+                            int fix_q7, float *masks) {
     int Np = ci->Np;
     float *BC = falloc((size_t)Np * n), *R = falloc((size_t)Np * n), *r1 = falloc(Np);
     uint8_t *B = malloc((size_t)Np);
@@ -810,7 +816,7 @@ static carseg_status refine(const cam_image *ci, const float *grid, int n, float
     /* BC[:, i] = B_i * cam_i: zeroing column j of the affinity = zeroing cam entry j */
     for (int i = 0; i < n; i++) {
         const float *g = grid + (size_t)i * Np;
-        cam_boxes(g, ci->gh, ci->gw, lambda, NULL, 0, B);
+        cam_boxes_q7(g, ci->gh, ci->gw, lambda, NULL, 0, B, fix_q7);
         for (int j = 0; j < Np; j++) BC[(size_t)j * n + i] = B[j] ? g[j] : 0.0f;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Np, n, Np, 1.0f, ci->aff, Np, BC, n,
@@ -880,7 +886,7 @@ carseg_status cam_proposals(cam_image *ci, const float *fg, int n, const float *
         cs_free(g2);
     }
     if (grid_out) memcpy(grid_out, grid, (size_t)n * Np * sizeof(float));
-    st = refine(ci, grid, n, p->lambda, masks);
+    st = refine(ci, grid, n, p->lambda, p->fix_box_clamp, masks);
 done:
     cs_free(T), cs_free(pr), cs_free(U), cs_free(Wc), cs_free(grid);
     free(idx), free(redo);
@@ -926,7 +932,7 @@ carseg_status cam_proposals_naive(const clip_model *gen, const float *x_in, int 
         }
         if (st == CARSEG_OK) {
             if (grid_out) memcpy(grid_out + (size_t)i * Np, g, (size_t)Np * sizeof(float));
-            st = refine(ci, g, 1, p->lambda, masks + (size_t)i * H * W);
+            st = refine(ci, g, 1, p->lambda, p->fix_box_clamp, masks + (size_t)i * H * W);
         }
         cs_free(T), cs_free(pr), cs_free(G), cs_free(g), cs_free(wc);
         cam_image_free(ci);

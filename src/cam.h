@@ -24,6 +24,8 @@ void cam_image_free(cam_image *ci);
 typedef struct {
     float lambda;          /* clipes_threshold (box threshold) */
     float logit_scale;     /* the model's exp(logit_scale) (Q19); <= 0 means take it from the model */
+    int fix_box_clamp;     /* Q7 fix: boxes cover their whole component (the reference clamps the
+                              exclusive end to gw-1/gh-1, so the last grid row/column is never in) */
 } cam_params;
 
 /* fg: (n, E) L2-normalised text features of the live queries; bg: (nb, E) normalised background
@@ -75,6 +77,9 @@ const float *cam_image_affinity(const cam_image *ci);
  * B[y0:y1, x0:x1] (exclusive ends) of every box, else 0. */
 int cam_boxes(const float *cam, int gh, int gw, float lambda, int (*boxes)[4], int max_boxes,
               uint8_t *mask);
+/* The same with the Q7 fix selectable: fix_clamp = 1 gives x1 = x+w, y1 = y+h (no clamp). */
+int cam_boxes_q7(const float *cam, int gh, int gw, float lambda, int (*boxes)[4], int max_boxes,
+                 uint8_t *mask, int fix_clamp);
 
 /* The CLIP-ES refinement matrix from the attention average A (Np, Np), in place: 3 rounds of
  * (column-normalise, row-normalise), symmetrise, square. scratch: Np*Np floats. */

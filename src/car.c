@@ -388,7 +388,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
             if ((s = cam_prepare(c->gen, &im->rgb, &ci_naive)) != CARSEG_OK) goto done;
             ci = ci_naive;
         }
-        cam_params cp = {p->lambda, 0};
+        cam_params cp = {p->lambda, 0, p->fix_box_clamp};
         if (p->refer) {
             for (int j = 0; j < nl && s == CARSEG_OK; j++)
                 s = cam_proposals(ci, fg + (size_t)j * Eg, 1, bgf, nb, &cp, masks + (size_t)j * hw,
@@ -755,7 +755,7 @@ static carseg_status opts_params(const carseg_car_opts *o, car_params *p, car_pa
     p->n_templates = o->templates;
     p->crf = o->crf;
     p->fix_zero_guard = p->fix_duplicates = p->fix_gray = p->fix_crf_colors = p->fix_center_crop =
-        o->fix_quirks;
+        p->fix_box_clamp = o->fix_quirks;
     *sp = *p;
     if (o->stuff_prompts) TRY(vp_parse(o->stuff_prompts, &sp->prompts));
     return CARSEG_OK;

@@ -36,6 +36,8 @@ typedef struct {
                                queries (reference: previous rows, misaligned) */
     int fix_duplicates;     /* Q17: duplicate query strings keep their own masks (reference:
                                the first occurrence gets the last one's mask, others nothing) */
+    int fix_box_clamp;      /* Q7: boxes cover the whole component (reference: last grid row/column
+                               never inside a box, an off-by-one inherited from CLIP-ES) */
     int fix_gray;           /* Q3: the gray prompt with RGB weights (reference: BGR2GRAY on RGB) */
     int fix_crf_colors;     /* Q4: the CRF's colour features are the RGB image (reference: BGR
                                minus the mean, wrapped to uint8) */

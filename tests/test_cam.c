@@ -736,3 +736,23 @@ TEST(cam_prepare_odd_sizes) {
     prepare_vs_naive(m, 304, 64, 4); /* 4x19 grid: L == 77, the whole trunk runs */
     clip_free(m);
 }
+
+/* Q7: the reference's boxes stop one short of the last grid row/column; the fix covers the whole
+ * component. A blob touching the bottom-right corner shows the difference. */
+TEST(cam_boxes_q7_fix) {
+    float m[4 * 5] = {0};
+    for (int y = 2; y < 4; y++)
+        for (int x = 3; x < 5; x++) m[y * 5 + x] = 1.0f;   /* rows 2..3, cols 3..4 (the last) */
+    int boxes[4][4];
+    uint8_t ref[20], fix[20];
+    CHECK(cam_boxes(m, 4, 5, 0.5f, boxes, 4, ref) == 1);
+    CHECK(boxes[0][0] == 3 && boxes[0][1] == 2 && boxes[0][2] == 4 && boxes[0][3] == 3);
+    CHECK(cam_boxes_q7(m, 4, 5, 0.5f, boxes, 4, fix, 1) == 1);
+    CHECK(boxes[0][0] == 3 && boxes[0][1] == 2 && boxes[0][2] == 5 && boxes[0][3] == 4);
+    int nref = 0, nfix = 0;
+    for (int i = 0; i < 20; i++) nref += ref[i], nfix += fix[i];
+    CHECK(nref == 1 && ref[2 * 5 + 3] == 1);   /* only (2, 3): the clamp cuts row 3 and column 4 */
+    CHECK(nfix == 4);
+    for (int y = 2; y < 4; y++)
+        for (int x = 3; x < 5; x++) CHECK(fix[y * 5 + x] == 1);
+}

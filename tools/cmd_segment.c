@@ -49,9 +49,10 @@ static void usage(FILE *f) {
         "  --bg-words LIST      background words, comma separated (default: the reference's 23)\n"
         "  --no-crf             skip the dense CRF (argmax of background and CAMs instead)\n"
         "  --fix LIST           fix reference quirks: q1 (raw names in the CAM every round), q3 (gray\n"
-        "                       prompt with RGB weights), q4 (CRF colours = the RGB image), q8 (no\n"
-        "                       centre crop in the classifier), q9 (zero-mask guard), q17 (duplicates)\n"
-        "  --fix-quirks         all the bug fixes: q3,q4,q8,q9,q17\n"
+        "                       prompt with RGB weights), q4 (CRF colours = the RGB image), q7 (boxes\n"
+        "                       include the last grid row/column), q8 (no centre crop in the\n"
+        "                       classifier), q9 (zero-mask guard), q17 (duplicates)\n"
+        "  --fix-quirks         all the bug fixes: q3,q4,q7,q8,q9,q17\n"
         "  --threads N          compute threads (default: all cores)\n"
         "  --quiet              no progress on stderr\n");
 }
@@ -371,7 +372,8 @@ static int cmd_segment(int argc, char **argv) {
     if (prompts) p.prompts = vp_types;
     if (templates != -1) p.n_templates = templates;
     p.crf = !no_crf;
-    p.fix_zero_guard = p.fix_duplicates = p.fix_gray = p.fix_crf_colors = p.fix_center_crop = fix;
+    p.fix_zero_guard = p.fix_duplicates = p.fix_gray = p.fix_crf_colors = p.fix_center_crop =
+        p.fix_box_clamp = fix;
     if (fixes) {
         slist fl = {0};
         if (sl_split(&fl, fixes)) FAIL("out of memory");
@@ -380,10 +382,11 @@ static int cmd_segment(int argc, char **argv) {
             if (!strcasecmp(f, "q1")) p.cam_raw_names = 1;
             else if (!strcasecmp(f, "q3")) p.fix_gray = 1;
             else if (!strcasecmp(f, "q4")) p.fix_crf_colors = 1;
+            else if (!strcasecmp(f, "q7")) p.fix_box_clamp = 1;
             else if (!strcasecmp(f, "q8")) p.fix_center_crop = 1;
             else if (!strcasecmp(f, "q9")) p.fix_zero_guard = 1;
             else if (!strcasecmp(f, "q17")) p.fix_duplicates = 1;
-            else { sl_free(&fl); FAIL("--fix: unknown quirk '%s' (q1, q3, q4, q8, q9, q17)", f); }
+            else { sl_free(&fl); FAIL("--fix: unknown quirk '%s' (q1, q3, q4, q7, q8, q9, q17)", f); }
         }
         sl_free(&fl);
     }
