@@ -66,7 +66,6 @@ int carseg_get_threads(void);
 
 // ---------------------------------------------------------------------------------------------
 // Models: known checkpoints, cache, download (models.c)
-// (section: add declarations here)
 
 /* Known files: OpenAI's CLIP checkpoints ViT-B/16, ViT-L/14, ViT-B/32, ViT-L/14@336px (kind
  * "clip") and the BPE vocabulary "bpe" (kind "vocab"). Names are matched ignoring case and
@@ -116,10 +115,8 @@ void carseg_models_progress_stderr(const char *what, uint64_t done, uint64_t tot
                                    void *user);
 
 
-
 // ---------------------------------------------------------------------------------------------
 // Tokenizer (tokenizer.c)
-// (section: add declarations here)
 
 /* OpenAI CLIP's BPE tokenizer (simple_tokenizer.py + clip.tokenize), exact except that
  * ftfy.fix_text is not applied (it is the identity on ordinary text; see the README).
@@ -144,7 +141,6 @@ int carseg_tokenizer_encode(const carseg_tokenizer *t, const char *text, int32_t
 int carseg_tokenize(const carseg_tokenizer *t, const char *text, int32_t *out, int ctx);
 
 
-
 // ---------------------------------------------------------------------------------------------
 // Images (image.c)
 
@@ -157,10 +153,8 @@ void carseg_image_free(uint8_t *rgb);
 carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h);
 
 
-
 // ---------------------------------------------------------------------------------------------
 // Model files and CLIP encoders (weights.c, clip.c)
-// (section: add declarations here)
 
 /* A CLIP model (OpenAI ViT architecture; the file formats are in the README: safetensors with
  * OpenAI or Hugging Face names, OpenAI's TorchScript archives, torch.save state dicts). Computation
@@ -190,16 +184,15 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
                                            int n_blocks, float *out);
 
 
-
 // ---------------------------------------------------------------------------------------------
 // Mask proposals: Grad-CAM + affinity (cam.c)
-// (section: add declarations here)
-
+//
+// Internal (src/cam.h): the per-round CAMs of carseg_car_segment are written by the CLI's
+// `segment --dump DIR` (round<k>_cams.npy).
 
 
 // ---------------------------------------------------------------------------------------------
 // Dense CRF (crf.c, lattice.c)
-// (section: add declarations here)
 
 /* Fully connected CRF with Gaussian edge potentials (Krähenbühl & Koltun 2011) as CaR runs it
  * through pydensecrf's DenseCRF2D: Potts compatibility, symmetric normalisation, mean field on the
@@ -227,11 +220,8 @@ carseg_status carseg_crf(const float *probs, int C, int H, int W, const uint8_t 
 void carseg_crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat);
 
 
-
-
 // ---------------------------------------------------------------------------------------------
 // Visual prompts, presets, the CaR method (prompts.c, presets.c, classify.c, car.c)
-// (section: add declarations here)
 
 /* A CaR segmenter: the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
  * (ViT-L/14; may be the same file) and the BPE vocabulary, plus text-feature caches. One
@@ -274,10 +264,8 @@ carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
                                uint8_t *mask, float *scores);
 
 
-
 // ---------------------------------------------------------------------------------------------
 // Evaluation: datasets and metrics (eval.c, datasets.c)
-// (section: add declarations here)
 
 /* Semantic segmentation: a confusion matrix accumulated over a split, scored the way the
  * reference's evaluate.semantic_iou does (or the mmsegmentation way). Rows are ground-truth
@@ -337,7 +325,6 @@ void carseg_refer_summary(const carseg_refer_stats *s, double *miou, double *oio
 /* Intersection and union of two binary masks (nonzero = inside). */
 void carseg_mask_iou(const uint8_t *pred, const uint8_t *gt, size_t n_px, uint64_t *inter,
                      uint64_t *uni);
-
 
 
 #ifdef __cplusplus
