@@ -225,24 +225,8 @@ def scale_cam(img, target=None):
     return np.float32(img)
 
 
-def scoremap2bbox(scoremap, threshold):
-    import cv2
-    height, width = scoremap.shape
-    img = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
-    while True:
-        _, thr = cv2.threshold(src=img, thresh=int(threshold * np.max(img)), maxval=255,
-                               type=cv2.THRESH_BINARY)
-        if thr.max() > 0 or threshold <= 0:
-            break
-        threshold -= 0.1
-    contours = cv2.findContours(image=thr, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[0]
-    if not contours:
-        return [[0, 0, 0, 0]]
-    boxes = []
-    for c in contours:
-        x, y, w, h = cv2.boundingRect(c)
-        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-    return boxes
+# utils.scoremap2bbox (CLIP-ES boxes with the reference's clamp, Q7): shared with cam_ref_torch.py
+from cam_ref_torch import scoremap2bbox  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
