@@ -365,15 +365,19 @@ carseg_status cam_prepare(const clip_model *gen, const image_u8 *rgb, cam_image 
      * context (77); forward_last_layer then applies the last block once more. Kept. */
     int n_trunk = L == CLIP_CONTEXT_LENGTH ? gen->cfg.v_layers : gen->cfg.v_layers - 1;
     float *x = falloc((size_t)3 * gh * P * gw * P), *tok = falloc((size_t)L * C);
-    float *attn = n_trunk > 0 ? falloc((size_t)n_trunk * L * L) : NULL;
+    /* the affinity averages the last AFF_LAST attentions, the last block's included: keep only
+     * the trunk's last AFF_LAST - 1 (same maps, same order, same sums) */
+    int n_keep = n_trunk < AFF_LAST - 1 ? n_trunk : AFF_LAST - 1;
+    float *attn = n_keep > 0 ? falloc((size_t)n_keep * L * L) : NULL;
     carseg_status st = CARSEG_OK;
-    if (!x || !tok || (n_trunk > 0 && !attn)) {
+    if (!x || !tok || (n_keep > 0 && !attn)) {
         st = set_err(CARSEG_ENOMEM, "cam: out of memory (image %dx%d)", rgb->w, rgb->h);
         goto done;
     }
     st = clip_preprocess_exact(rgb, gw * P, gh * P, x);
-    if (st == CARSEG_OK) st = clip_image_trunk(gen, x, gh * P, gw * P, n_trunk, tok, attn);
-    if (st == CARSEG_OK) st = cam_prepare_tokens(gen, tok, gh, gw, attn, n_trunk, rgb->h, rgb->w, out);
+    if (st == CARSEG_OK)
+        st = clip_image_trunk_from(gen, x, gh * P, gw * P, n_trunk, n_trunk - n_keep, tok, attn);
+    if (st == CARSEG_OK) st = cam_prepare_tokens(gen, tok, gh, gw, attn, n_keep, rgb->h, rgb->w, out);
 done:
     cs_free(x);
     cs_free(tok);

@@ -559,6 +559,11 @@ carseg_status clip_encode_image(const clip_model *m, const float *x, int H, int 
 
 carseg_status clip_image_trunk(const clip_model *m, const float *x, int H, int W, int n_blocks,
                                float *tokens_out, float *attn_out) {
+    return clip_image_trunk_from(m, x, H, W, n_blocks, 0, tokens_out, attn_out);
+}
+
+carseg_status clip_image_trunk_from(const clip_model *m, const float *x, int H, int W, int n_blocks,
+                                    int first_attn, float *tokens_out, float *attn_out) {
     TRY(check_size(m, H, W, "clip_image_trunk"));
     const clip_config *c = &m->cfg;
     int C = c->v_width, P = c->v_patch, L = 1 + (H / P) * (W / P);
@@ -570,7 +575,8 @@ carseg_status clip_image_trunk(const clip_model *m, const float *x, int H, int W
     if (st == CARSEG_OK) st = embed_images(m, x, 1, H, W, 1, tokens_out);
     for (int l = 0; st == CARSEG_OK && l < n_blocks; l++)
         block_forward(&m->v_blocks[l], tokens_out, &s, 1, L, C, c->v_mlp, c->v_heads, 0,
-                      attn_out ? attn_out + (size_t)l * L * L : NULL);
+                      attn_out && l >= first_attn ? attn_out + (size_t)(l - first_attn) * L * L
+                                                  : NULL);
     scratch_free(&s);
     return st;
 }

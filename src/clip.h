@@ -93,6 +93,11 @@ void clip_pos_embed(const clip_model *m, int gh, int gw, int round_fp16, float *
  * (n_blocks, L, L) head-averaged attention probabilities of each block, L = 1 + gh*gw. */
 carseg_status clip_image_trunk(const clip_model *m, const float *x, int H, int W, int n_blocks,
                                float *tokens_out, float *attn_out);
+/* The same, keeping only the attentions of blocks first_attn..n_blocks-1 (attn_out holds
+ * n_blocks - first_attn maps): the mask generator needs only the last few, and at large sizes
+ * each map is L*L floats (a 2000x1500 image: 550 MB a block). */
+carseg_status clip_image_trunk_from(const clip_model *m, const float *x, int H, int W, int n_blocks,
+                                    int first_attn, float *tokens_out, float *attn_out);
 
 /* One ResidualAttentionBlock (x += MHA(ln_1(x)); x += MLP(ln_2(x))) on x (B, L, C) in place, with
  * M = MLP width and NH heads; causal for the text tower. attn: (B, L, L) head-averaged attention

@@ -756,3 +756,41 @@ TEST(cam_boxes_q7_fix) {
     for (int y = 2; y < 4; y++)
         for (int x = 3; x < 5; x++) CHECK(fix[y * 5 + x] == 1);
 }
+
+/* cam_prepare keeps only the trunk attentions the affinity averages (the last 7 + the last
+ * block's): with a 12-block generator it must equal the path that stores all 11, bit for bit. */
+TEST(cam_prepare_keeps_only_needed_attentions) {
+    clip_config cfg = {0};
+    cfg.v_width = 64, cfg.v_layers = 12, cfg.v_patch = 16, cfg.v_grid = 14;
+    cfg.t_width = 64, cfg.t_layers = 1, cfg.t_ctx = 77, cfg.t_vocab = 1000, cfg.embed = 16;
+    clip_model *m = NULL;
+    CHECK_OK(clip_init_random(&cfg, 11, &m));
+    REQUIRE(m);
+    unsigned seed = 5;
+    int w = 70, h = 50, P = 16, gh = 4, gw = 5, L = 1 + gh * gw, C = 64, E = 16, n = 3, nb = 2;
+    image_u8 im = {w, h, 3, malloc((size_t)w * h * 3)};
+    for (int i = 0; i < w * h * 3; i++) im.px[i] = (uint8_t)(128 + 127 * test_randf(&seed));
+    float *x = malloc((size_t)3 * gh * P * gw * P * 4), *tok = malloc((size_t)L * C * 4);
+    float *attn = malloc((size_t)11 * L * L * 4), *T = malloc((size_t)(n + nb) * E * 4);
+    for (int i = 0; i < (n + nb) * E; i++) T[i] = test_randf(&seed);
+    CHECK_OK(clip_preprocess_exact(&im, gw * P, gh * P, x));
+    CHECK_OK(clip_image_trunk(m, x, gh * P, gw * P, 11, tok, attn));
+    /* the tail of the full attention list equals what clip_image_trunk_from keeps */
+    float *tok2 = malloc((size_t)L * C * 4), *attn2 = malloc((size_t)7 * L * L * 4);
+    CHECK_OK(clip_image_trunk_from(m, x, gh * P, gw * P, 11, 4, tok2, attn2));
+    CHECK(memcmp(tok, tok2, (size_t)L * C * 4) == 0);
+    CHECK(memcmp(attn + (size_t)4 * L * L, attn2, (size_t)7 * L * L * 4) == 0);
+    cam_image *a = NULL, *b = NULL;
+    CHECK_OK(cam_prepare(m, &im, &a));
+    CHECK_OK(cam_prepare_tokens(m, tok, gh, gw, attn, 11, h, w, &b));
+    REQUIRE(a && b);
+    cam_params prm = {.lambda = 0.4f, .logit_scale = 0};
+    size_t HW = (size_t)h * w;
+    float *m1 = malloc(n * HW * 4), *m2 = malloc(n * HW * 4);
+    CHECK_OK(cam_proposals(a, T, n, T + (size_t)n * E, nb, &prm, m1, NULL, NULL));
+    CHECK_OK(cam_proposals(b, T, n, T + (size_t)n * E, nb, &prm, m2, NULL, NULL));
+    CHECK(memcmp(m1, m2, n * HW * 4) == 0);
+    cam_image_free(a), cam_image_free(b);
+    free(im.px), free(x), free(tok), free(attn), free(T), free(tok2), free(attn2), free(m1), free(m2);
+    clip_free(m);
+}
