@@ -43,6 +43,7 @@ void carseg_crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat) {
 }
 
 void crf_gaussian_features(int W, int H, float sx, float sy, float *out) {
+#pragma omp parallel for schedule(static)
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++) {
             float *f = out + ((size_t)y * W + x) * 2;
@@ -53,6 +54,7 @@ void crf_gaussian_features(int W, int H, float sx, float sy, float *out) {
 
 void crf_bilateral_features(int W, int H, float sx, float sy, float sr, float sg, float sb,
                             const uint8_t *im, float *out) {
+#pragma omp parallel for schedule(static)
     for (int y = 0; y < H; y++)
         for (int x = 0; x < W; x++) {
             size_t i = (size_t)y * W + x;
@@ -122,12 +124,15 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
             st = set_err(CARSEG_ENOMEM, "crf: out of memory (%d pixels)", N);
             goto done;
         }
-        for (int i = 0; i < N; i++) norm[nl][i] = 1.0f;
+        float *nv = norm[nl];
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < N; i++) nv[i] = 1.0f;
         if ((st = lattice_filter(&lat[nl], norm[nl], norm[nl], 1, 0, NULL)) != CARSEG_OK) {
             nl++;
             goto done;
         }
-        for (int i = 0; i < N; i++) norm[nl][i] = (float)(1.0 / sqrt((double)norm[nl][i] + 1e-20));
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < N; i++) nv[i] = (float)(1.0 / sqrt((double)nv[i] + 1e-20));
         w[nl] = k[j].w;
         nl++;
     }
