@@ -748,7 +748,7 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
     size_t *hist = cs_malloc((size_t)omp_get_max_threads() * 2048 * sizeof *hist);
     int32_t *gid = NULL, *gstart = NULL, *newid = NULL, *nxt = NULL;
     uint64_t *ukey = NULL;
-    uint8_t *hasprev = NULL, *first = NULL;
+    uint8_t *hasprev = NULL;
     carseg_status st = CARSEG_OK;
     L->d = d;
     L->n = n;
@@ -791,70 +791,28 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
         st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
         goto fail;
     }
-    /* groups: a chunked parallel scan over the sorted positions */
-    const int ntm = omp_get_max_threads();
-    int64_t *part = cs_malloc(((size_t)ntm + 1) * sizeof *part);
-    first = cs_calloc(ne, 1);   /* (ne) 1 for the first corner of each group */
-    if (!part || !first) {
-        cs_free(part);
-        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
-        goto fail;
-    }
     int32_t m = 0;
-#pragma omp parallel
-    {
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const size_t i0 = ne * t / nt, i1 = ne * (t + 1) / nt;
-        int64_t c = 0;
-        for (size_t i = i0; i < i1; i++) c += i == 0 || srt[i] != srt[i - 1];
-        part[t + 1] = c;
-#pragma omp barrier
-#pragma omp single
-        {
-            part[0] = 0;
-            for (int u = 0; u < nt; u++) part[u + 1] += part[u];
-            m = (int32_t)part[nt];
-        }
-        int32_t g = (int32_t)part[t] - 1;
-        for (size_t i = i0; i < i1; i++) {
-            if (i == 0 || srt[i] != srt[i - 1]) {
-                gstart[++g] = (int32_t)i;
-                first[sidx[i]] = 1;   /* the sort is stable: a group's first corner comes first */
-            }
-            gid[sidx[i]] = g;
-        }
+    for (size_t i = 0; i < ne; i++) {
+        if (i == 0 || srt[i] != srt[i - 1]) gstart[m++] = (int32_t)i;
+        gid[sidx[i]] = m - 1;
     }
     gstart[m] = (int32_t)ne;
     L->m = m;
     newid = cs_malloc((size_t)m * sizeof *newid);
     ukey = cs_malloc((size_t)m * sizeof *ukey);
     if (!newid || !ukey) {
-        cs_free(part);
         st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
         goto fail;
     }
-    /* first-seen vertex ids: groups numbered in the order of their first corners (a second scan) */
-#pragma omp parallel
+    for (int32_t g = 0; g < m; g++) newid[g] = -1;
     {
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const size_t c0 = ne * t / nt, c1 = ne * (t + 1) / nt;
-        int64_t k = 0;
-        for (size_t c = c0; c < c1; c++) k += first[c];
-        part[t + 1] = k;
-#pragma omp barrier
-#pragma omp single
-        {
-            part[0] = 0;
-            for (int u = 0; u < nt; u++) part[u + 1] += part[u];
+        int32_t next = 0;
+        for (size_t c = 0; c < ne; c++) {
+            int32_t g = gid[c];
+            if (newid[g] < 0) newid[g] = next++;
+            if (c < nc) L->offset[c] = newid[g] + 1;
         }
-        int32_t next = (int32_t)part[t];
-        for (size_t c = c0; c < c1; c++)
-            if (first[c]) newid[gid[c]] = next++;
-#pragma omp barrier
-        const size_t e1 = c1 < nc ? c1 : nc;
-        for (size_t c = c0; c < e1; c++) L->offset[c] = newid[gid[c]] + 1;
     }
-    cs_free(part);
 #pragma omp parallel for schedule(static)
     for (int32_t g = 0; g < m; g++) ukey[g] = srt[gstart[g]];
     PT("sorted: ids");
@@ -947,7 +905,6 @@ fail:
     cs_free(hist);
     cs_free(gid);
     cs_free(gstart);
-    cs_free(first);
     cs_free(newid);
     cs_free(ukey);
     cs_free(nxt);
