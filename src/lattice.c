@@ -549,6 +549,132 @@ static void radix_sort(uint64_t **ka, uint32_t **ki, uint64_t *tmp, uint32_t *it
     *ki = ia;
 }
 
+int lattice_allow_dense = 1;
+
+/* The construction for small key ranges (the Gaussian kernel's d = 2 grid lattice): every key
+ * gets a slot in a direct-address table (index = Σ (key_i - klo_i)·stride_i, slot = vertex + 1),
+ * so the vertices are numbered in one walk over the corners in corner order (the reference's
+ * first-seen numbering) and the neighbour of a key along direction j is the slot at index +
+ * delta_j. Same arrays as the sorted construction, without the sort. */
+static carseg_status build_dense(lattice *L, const float *feat, int n, int d, int pad, const float *scale,
+                                 const int64_t *klo, const int64_t *stride, size_t tabn) {
+    PROFILE_START;
+    const int d1 = d + 1;
+    const size_t nc = (size_t)n * d1, ne = nc + (pad ? (size_t)d1 : 0);
+    uint32_t *tab = cs_calloc(tabn, sizeof *tab);         /* (tabn) vertex + 1, 0 = none */
+    uint32_t *ci = cs_malloc(ne * sizeof *ci);            /* (ne) table index of each corner */
+    uint32_t *ukey = NULL;
+    int32_t *nxt = NULL, *cnt = NULL;
+    uint8_t *hasprev = NULL;
+    carseg_status st = CARSEG_OK;
+    L->d = d;
+    L->n = n;
+    L->offset = cs_malloc(nc * sizeof *L->offset);
+    L->bary = cs_malloc(nc * sizeof *L->bary);
+    if (!tab || !ci || !L->offset || !L->bary) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
+        goto fail;
+    }
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < n + pad; p++) {
+        int32_t k[(LATTICE_MAX_D + 1) * LATTICE_MAX_D];
+        float bw[LATTICE_MAX_D + 1];
+        static const float zero[LATTICE_MAX_D];
+        const int real = p < n;
+        simplex_of(real ? feat + (size_t)p * d : zero, d, scale, k, real ? L->bary + (size_t)p * d1 : bw);
+        for (int r = 0; r < d1; r++) {
+            int64_t x = 0;
+            for (int i = 0; i < d; i++) x += (k[r * d + i] - klo[i]) * stride[i];
+            ci[(size_t)p * d1 + r] = (uint32_t)x;
+        }
+    }
+    PT("dense: simplices");
+    /* vertex ids in corner order; real corners per vertex */
+    ukey = cs_malloc(ne * sizeof *ukey);   /* (<= ne) table index of each vertex */
+    cnt = cs_malloc(ne * sizeof *cnt);     /* (<= ne) real corners of each vertex */
+    if (!ukey || !cnt) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
+        goto fail;
+    }
+    uint32_t m = 0;
+    for (size_t c = 0; c < ne; c++) {
+        uint32_t t = tab[ci[c]];
+        if (!t) {
+            ukey[m] = ci[c];
+            cnt[m] = 0;
+            tab[ci[c]] = t = ++m;
+        }
+        if (c < nc) {
+            L->offset[c] = (int32_t)t;
+            cnt[t - 1]++;
+        }
+    }
+    L->m = (int)m;
+    PT("dense: ids");
+
+    /* neighbours: along direction j the next key is key - 1 + (d+1) e_j (j = d: key - 1) */
+    nxt = cs_malloc((size_t)d1 * m * sizeof *nxt);   /* (d+1, m) next vertex or -1 */
+    hasprev = cs_calloc((size_t)d1 * m, 1);          /* (d+1, m) */
+    if (!nxt || !hasprev) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%u vertices)", m);
+        goto fail;
+    }
+    {
+        int64_t delta[LATTICE_MAX_D + 1];
+        for (int j = 0; j < d1; j++) {
+            delta[j] = 0;
+            for (int i = 0; i < d; i++) delta[j] -= stride[i];
+            if (j < d) delta[j] += (int64_t)d1 * stride[j];
+        }
+#pragma omp parallel for schedule(static)
+        for (int32_t v = 0; v < (int32_t)m; v++)
+            for (int j = 0; j < d1; j++) {
+                const uint32_t t = tab[(int64_t)ukey[v] + delta[j]];
+                nxt[(size_t)j * m + v] = (int32_t)t - 1;
+                if (t) hasprev[(size_t)j * m + t - 1] = 1;   /* one predecessor per vertex and j */
+            }
+    }
+    cs_free(tab);
+    tab = NULL;
+    PT("dense: neighbours");
+    if ((st = build_chains(L, nxt, hasprev)) != CARSEG_OK) goto fail;
+    cs_free(nxt);
+    cs_free(hasprev);
+    nxt = NULL;
+    hasprev = NULL;
+    PT("dense: chains");
+
+    /* splat in gather form: corners visited in corner (= point) order */
+    L->sp_start = cs_malloc(((size_t)m + 1) * sizeof *L->sp_start);
+    L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
+    L->sp_w = cs_malloc(nc * sizeof *L->sp_w);
+    if (!L->sp_start || !L->sp_pt || !L->sp_w) {
+        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%u vertices)", m);
+        goto fail;
+    }
+    L->sp_start[0] = 0;
+    for (uint32_t v = 0; v < m; v++) {
+        L->sp_start[v + 1] = L->sp_start[v] + cnt[v];
+        cnt[v] = L->sp_start[v];   /* next free entry */
+    }
+    for (size_t c = 0; c < nc; c++) {
+        const int32_t e = cnt[L->offset[c] - 1]++;
+        L->sp_pt[e] = (int32_t)(c / d1);
+        L->sp_w[e] = L->bary[c];
+    }
+    PT("dense: csr");
+
+fail:
+    cs_free(tab);
+    cs_free(ci);
+    cs_free(ukey);
+    cs_free(cnt);
+    cs_free(nxt);
+    cs_free(hasprev);
+    if (st != CARSEG_OK) lattice_free(L);
+    return st;
+}
+
 /* *packed = 0 when the keys do not fit in 64 bits (the caller then uses the hash path). */
 static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, int ref_pad, int *packed) {
     PROFILE_START;
@@ -605,6 +731,17 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
         if (bits > 64) return CARSEG_OK;
     }
     sh[d] = bits;
+    if (lattice_allow_dense) {   /* small key range: the direct-address table instead of the sort */
+        int64_t stride[LATTICE_MAX_D], tabn = 1;
+        for (int i = 0; i < d && tabn <= (int64_t)4 * (int64_t)ne + 65536; i++) {
+            stride[i] = tabn;
+            tabn *= (int64_t)ceilf(hi[i]) + (4 * d1 + 2) - klo[i] + 1;
+        }
+        if (tabn <= (int64_t)4 * (int64_t)ne + 65536 && tabn < (int64_t)UINT32_MAX) {
+            *packed = 1;
+            return build_dense(L, feat, n, d, pad, scale, klo, stride, (size_t)tabn);
+        }
+    }
 
     uint64_t *val = cs_malloc(ne * sizeof *val), *tmp = cs_malloc(ne * sizeof *tmp);   /* (ne) keys */
     uint32_t *idx = cs_malloc(ne * sizeof *idx), *itmp = cs_malloc(ne * sizeof *itmp);  /* (ne) corners */

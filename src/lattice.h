@@ -46,6 +46,9 @@ carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref
 /* The same lattice (array for array) built with a hash table: lattice_build's fallback when the
  * keys do not pack into 64 bits; exposed for tests. */
 carseg_status lattice_build_hash(lattice *L, const float *feat, int n, int d, int ref_pad);
+/* 1 (default): lattice_build uses a direct-address table instead of the sort when the key range
+ * is small (e.g. the Gaussian kernel's grid); 0: always the sort (for the tests) */
+extern int lattice_allow_dense;
 void lattice_free(lattice *L);
 
 /* Scratch floats that lattice_filter / lattice_filter_potts need for value vectors of vs floats

@@ -165,12 +165,14 @@ TEST(crf_lattice_sorted_equals_hash) {
                     }
                     lattice a, b;
                     CHECK_OK(lattice_build_hash(&a, f, n, d, pad));
-                    for (int t = 1; t <= 2; t++) {
-                        carseg_set_threads(t);
+                    for (int t = 1; t <= 4; t++) {   /* threads 1, 2; sorted, then dense when small */
+                        carseg_set_threads(1 + (t - 1) % 2);
+                        lattice_allow_dense = t > 2;
                         CHECK_OK(lattice_build(&b, f, n, d, pad));
-                        CHECK_MSG(lattice_same(&a, &b), "d %d n %d spread %d pad %d threads %d: lattices differ", d, n, si, pad, t);
+                        CHECK_MSG(lattice_same(&a, &b), "d %d n %d spread %d pad %d threads %d dense %d: lattices differ", d, n, si, pad, 1 + (t - 1) % 2, t > 2);
                         lattice_free(&b);
                     }
+                    lattice_allow_dense = 1;
                     carseg_set_threads(nthr);
                     lattice_free(&a);
                     free(f);
@@ -189,6 +191,36 @@ TEST(crf_lattice_sorted_equals_hash) {
     big[7] = 2e8f;
     CHECK(lattice_build(&b, big, 50, 5, 1) == CARSEG_EINVAL);
     CHECK(lattice_build_hash(&b, big, 50, 5, 1) == CARSEG_EINVAL);
+}
+
+TEST(crf_lattice_gaussian_grid) {
+    /* the Gaussian kernel's lattice (x/sxy, y/sxy on the pixel grid) takes the direct-address
+     * construction; it equals the hash-table and the sorted constructions, odd sizes included */
+    const int wh[7][2] = {{1, 1}, {2, 1}, {1, 7}, {7, 5}, {33, 17}, {64, 48}, {125, 91}};
+    const float sxy[2] = {1.0f, 3.0f};
+    int nthr = carseg_get_threads();
+    for (int s = 0; s < 7; s++)
+        for (int k = 0; k < 2; k++) {
+            const int W = wh[s][0], H = wh[s][1], n = W * H;
+            float *f = malloc((size_t)n * 2 * sizeof *f);
+            crf_gaussian_features(W, H, sxy[k], sxy[k], f);
+            lattice a, b, c;
+            CHECK_OK(lattice_build_hash(&a, f, n, 2, 1));
+            lattice_allow_dense = 0;
+            CHECK_OK(lattice_build(&b, f, n, 2, 1));
+            lattice_allow_dense = 1;
+            for (int t = 1; t <= 2; t++) {
+                carseg_set_threads(t);
+                CHECK_OK(lattice_build(&c, f, n, 2, 1));
+                CHECK_MSG(lattice_same(&a, &c) && lattice_same(&b, &c), "%d x %d sxy %g threads %d: lattices differ",
+                          W, H, (double)sxy[k], t);
+                lattice_free(&c);
+            }
+            carseg_set_threads(nthr);
+            lattice_free(&a);
+            lattice_free(&b);
+            free(f);
+        }
 }
 
 TEST(crf_lattice_widths_agree) {
