@@ -310,6 +310,24 @@ void lattice_free(lattice *L) {
     memset(L, 0, sizeof *L);
 }
 
+/* The common tail of every construction: chains from the neighbour links (which it frees), then
+ * the splat arrays (gather form: contributions grouped by vertex), sp_start zeroed. */
+static carseg_status chains_and_splat_arrays(lattice *L, int32_t **nxt, uint8_t **hasprev,
+                                             size_t m, size_t nc) {
+    carseg_status st = build_chains(L, *nxt, *hasprev);
+    cs_free(*nxt);
+    cs_free(*hasprev);
+    *nxt = NULL;
+    *hasprev = NULL;
+    if (st != CARSEG_OK) return st;
+    L->sp_start = cs_calloc(m + 1, sizeof *L->sp_start);
+    L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
+    L->sp_w = cs_malloc(nc * sizeof *L->sp_w);
+    if (!L->sp_start || !L->sp_pt || !L->sp_w)
+        return set_err(CARSEG_ENOMEM, "lattice: out of memory (%zu vertices)", m);
+    return CARSEG_OK;
+}
+
 static carseg_status check_args(lattice *L, const float *feat, int n, int d) {
     memset(L, 0, sizeof *L);
     if (d < 1 || d > LATTICE_MAX_D)
@@ -441,21 +459,9 @@ carseg_status lattice_build_hash(lattice *L, const float *feat, int n, int d, in
     }
     PT("nbr lookups");
     htab_free(&ht);
-    if ((st = build_chains(L, nxt, hasprev)) != CARSEG_OK) goto fail;
-    cs_free(nxt);
-    cs_free(hasprev);
-    nxt = NULL;
-    hasprev = NULL;
-
-    PT("neighbours+chains");
     /* splat in gather form: contributions grouped by vertex, in point order */
-    L->sp_start = cs_calloc((size_t)m + 1, sizeof *L->sp_start);
-    L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
-    L->sp_w = cs_malloc(nc * sizeof *L->sp_w);
-    if (!L->sp_start || !L->sp_pt || !L->sp_w) {
-        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
-        goto fail;
-    }
+    if ((st = chains_and_splat_arrays(L, &nxt, &hasprev, (size_t)m, nc)) != CARSEG_OK) goto fail;
+    PT("neighbours+chains");
     for (size_t c = 0; c < nc; c++) L->sp_start[L->offset[c]]++;   /* offset is 1-based */
     for (int v = 0; v < m; v++) L->sp_start[v + 1] += L->sp_start[v];
     for (size_t c = 0; c < nc; c++) {
@@ -637,21 +643,9 @@ static carseg_status build_dense(lattice *L, const float *feat, int n, int d, in
     cs_free(tab);
     tab = NULL;
     PT("dense: neighbours");
-    if ((st = build_chains(L, nxt, hasprev)) != CARSEG_OK) goto fail;
-    cs_free(nxt);
-    cs_free(hasprev);
-    nxt = NULL;
-    hasprev = NULL;
-    PT("dense: chains");
-
     /* splat in gather form: corners visited in corner (= point) order */
-    L->sp_start = cs_malloc(((size_t)m + 1) * sizeof *L->sp_start);
-    L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
-    L->sp_w = cs_malloc(nc * sizeof *L->sp_w);
-    if (!L->sp_start || !L->sp_pt || !L->sp_w) {
-        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%u vertices)", m);
-        goto fail;
-    }
+    if ((st = chains_and_splat_arrays(L, &nxt, &hasprev, (size_t)m, nc)) != CARSEG_OK) goto fail;
+    PT("dense: chains");
     L->sp_start[0] = 0;
     for (uint32_t v = 0; v < m; v++) {
         L->sp_start[v + 1] = L->sp_start[v] + cnt[v];
@@ -861,21 +855,9 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
     cs_free(ukey);
     ukey = NULL;
     PT("sorted: neighbours");
-    if ((st = build_chains(L, nxt, hasprev)) != CARSEG_OK) goto fail;
-    cs_free(nxt);
-    cs_free(hasprev);
-    nxt = NULL;
-    hasprev = NULL;
-    PT("sorted: chains");
-
     /* 6. splat in gather form: each group's corners are already in corner (= point) order */
-    L->sp_start = cs_malloc(((size_t)m + 1) * sizeof *L->sp_start);
-    L->sp_pt = cs_malloc(nc * sizeof *L->sp_pt);
-    L->sp_w = cs_malloc(nc * sizeof *L->sp_w);
-    if (!L->sp_start || !L->sp_pt || !L->sp_w) {
-        st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
-        goto fail;
-    }
+    if ((st = chains_and_splat_arrays(L, &nxt, &hasprev, (size_t)m, nc)) != CARSEG_OK) goto fail;
+    PT("sorted: chains");
     L->sp_start[0] = 0;
 #pragma omp parallel for schedule(static)
     for (int32_t g = 0; g < m; g++) {   /* real corners of the group (the padding's sort last) */
