@@ -14,7 +14,7 @@ endif
 ifeq ($(NATIVE),1)
 OPT     += -march=native
 endif
-CFLAGS  += $(CSTD) $(WARN) -Wno-format-truncation $(OPT) -fopenmp -Iinclude -Isrc $(EXTRA_CFLAGS)
+CFLAGS  += $(CSTD) $(WARN) $(OPT) -fopenmp -Iinclude -Isrc $(EXTRA_CFLAGS)
 LDLIBS  += -fopenmp -lopenblas -ljpeg -lpng -lz -lcurl -lcrypto -ltiff -lm -lpthread
 
 ifeq ($(MPI),1)
