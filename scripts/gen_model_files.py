@@ -37,36 +37,9 @@ import torch
 from torch import nn
 
 
-class LayerNorm(nn.LayerNorm):
-    def forward(self, x):
-        t = x.dtype
-        return super().forward(x.type(torch.float32)).type(t)
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
-
-
-class ResidualAttentionBlock(nn.Module):
-    def __init__(self, d_model, n_head, attn_mask=None):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d_model, n_head)
-        self.ln_1 = LayerNorm(d_model)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(d_model * 4, d_model))]))
-        self.ln_2 = LayerNorm(d_model)
-        self.attn_mask = attn_mask
-
-    def attention(self, x):
-        m = self.attn_mask.to(dtype=x.dtype, device=x.device) if self.attn_mask is not None else None
-        return self.attn(x, x, x, need_weights=False, attn_mask=m)[0]
-
-    def forward(self, x):
-        x = x + self.attention(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+# the block of OpenAI's clip/model.py, shared with the engine's reference (scripts/clip_ref.py)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_ref import LayerNorm, ResidualAttentionBlock  # noqa: E402
 
 
 class Transformer(nn.Module):
