@@ -241,6 +241,16 @@ static void simplex_of(const float *f, int d, const float *scale, int32_t *keys,
 
 /* Blur chains from the neighbour relation: nxt (d+1, m) next vertex along each direction or -1,
  * hasprev (d+1, m) whether a vertex is some vertex's next. Fills ch_dir, ch_start, ch_v. */
+/* Simplex of point p; points p >= n are the reference's padding (an all-zero feature vector,
+ * whose barycentric weights are not kept). */
+static void point_simplex(lattice *L, const float *feat, int p, const float *scale, int32_t *k) {
+    static const float zero[LATTICE_MAX_D];
+    float bw[LATTICE_MAX_D + 1];
+    const int d = L->d, real = p < L->n;
+    simplex_of(real ? feat + (size_t)p * d : zero, d, scale, k,
+               real ? L->bary + (size_t)p * (d + 1) : bw);
+}
+
 static carseg_status build_chains(lattice *L, const int32_t *nxt, const uint8_t *hasprev) {
     const int d = L->d, d1 = d + 1, m = L->m;
     const int n = L->n;
@@ -584,10 +594,7 @@ static carseg_status build_dense(lattice *L, const float *feat, int n, int d, in
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < n + pad; p++) {
         int32_t k[(LATTICE_MAX_D + 1) * LATTICE_MAX_D];
-        float bw[LATTICE_MAX_D + 1];
-        static const float zero[LATTICE_MAX_D];
-        const int real = p < n;
-        simplex_of(real ? feat + (size_t)p * d : zero, d, scale, k, real ? L->bary + (size_t)p * d1 : bw);
+        point_simplex(L, feat, p, scale, k);
         for (int r = 0; r < d1; r++) {
             int64_t x = 0;
             for (int i = 0; i < d; i++) x += (k[r * d + i] - klo[i]) * stride[i];
@@ -758,10 +765,7 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < n + pad; p++) {
         int32_t k[(LATTICE_MAX_D + 1) * LATTICE_MAX_D];
-        float bw[LATTICE_MAX_D + 1];
-        static const float zero[LATTICE_MAX_D];
-        const int real = p < n;
-        simplex_of(real ? feat + (size_t)p * d : zero, d, scale, k, real ? L->bary + (size_t)p * d1 : bw);
+        point_simplex(L, feat, p, scale, k);
         for (int r = 0; r < d1; r++) {
             const size_t c = (size_t)p * d1 + r;
             uint64_t x = 0;
