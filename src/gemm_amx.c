@@ -146,11 +146,7 @@ static void ref_dp(float acc[16][16], const uint16_t *a, const uint16_t *b) {
 
 static void store_tile(float *out, int ldo, const float acc[16][16], int rows, int cols, int flags,
                        const float *b) {
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)r * ldo;
-        for (int c = 0; c < cols; c++) o[c] = (flags & NN_ACCUMULATE ? o[c] : 0.0f) + acc[r][c];
-    }
-    nn_bias_gelu(out, ldo, b, rows, cols, (flags & NN_GELU) != 0);
+    nn_epilogue(out, ldo, &acc[0][0], 16, b, rows, cols, flags);
 }
 
 void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,
@@ -384,6 +380,14 @@ void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
     for (int i = 0; i < rb; i++) split_rows(x, N, IC, i, hi, lo);
 }
 
+/* out rows 32 p.., columns 32 cp.. (+)= the sums c (32 x 32), + bias, GELU */
+static void epilogue(float *out, int ldo, int N, int OC, int cp, int p, const float *c,
+                     const float *b, int flags) {
+    int r0 = 32 * p, rows = N - r0 < 32 ? N - r0 : 32;
+    int c0 = 32 * cp, cols = OC - c0 < 32 ? OC - c0 : 32;
+    nn_epilogue(out + (size_t)r0 * ldo + c0, ldo, c, 32, b ? b + c0 : NULL, rows, cols, flags);
+}
+
 static int threads_for(double flops) {
 #ifdef _OPENMP
     if (omp_in_parallel() || flops < 4e6) return 1;
@@ -419,8 +423,8 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
         rg = rg < 1 ? 1 : rg > rp ? rp : rg;
     }
     /* work: the packed activations, then the partial sums: (column pairs, rp, 32, 32) with outer
-     * k chunks, else (threads, rg, 32, 32) */
-    size_t na = (size_t)rb * ks * 512, nacc = (size_t)(nko > 1 ? ncp * rp : nt * rg) * 1024;
+     * k chunks, else (threads, 2, rg, 32, 32) */
+    size_t na = (size_t)rb * ks * 512, nacc = (size_t)(nko > 1 ? ncp * rp : 2 * nt * rg) * 1024;
     size_t abytes = (na * sizeof(uint16_t) * planes + 63) & ~(size_t)63;
     gemm_work local = {0};
     if (!work) work = &local;
@@ -439,18 +443,36 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
-        float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : t * rg) * 1024;
+        float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
         if (cp1 > cp0) tiles_begin();
         for (int p0 = 0; cp1 > cp0 && p0 < rp; p0 += rg) {
             int p1 = p0 + rg < rp ? p0 + rg : rp;
+            /* A column pair's epilogue (out (+)= sums, + bias, GELU) runs interleaved with the
+             * next column pair's first products: its loads and stores of out (strided rows,
+             * cache misses) then overlap with the tile unit's work. */
+            int pend = -1;
+            const float *pend_ac = NULL;
             for (int ko = 0; ko < nko; ko++) {
                 int s1 = (ko + 1) * KO < ks ? (ko + 1) * KO : ks;
                 for (int cp = cp0; cp < cp1; cp++) {
                     int j = 2 * cp, nr = j + 1 < w->nb ? 2 : 1;
-                    /* ac[p - p0]: the sums of row pair p */
-                    float *ac = acc + (nko > 1 ? (size_t)(cp - cp0) * rp * 1024 : 0);
+                    /* ac[p - p0]: the sums of row pair p (double-buffered without outer k
+                     * chunks, for the pending epilogue) */
+                    float *ac = acc + (nko > 1 ? (size_t)(cp - cp0) * rp * 1024
+                                               : (size_t)((cp - cp0) & 1) * rg * 1024);
                     const uint16_t *bh = w->hi + (size_t)j * st;
                     const uint16_t *bl = x3 ? w->lo + (size_t)j * st : NULL;
+                    /* software prefetch of the next column pair's B tiles (this k range, hi then
+                     * lo: 2 contiguous runs) spread over this pair's kernel calls: the weights
+                     * come from DRAM once per forward */
+                    const char *pf = NULL;
+                    int pfn = 0, pf_per = 0;
+                    if (cp + 1 < cp1) {
+                        pf = (const char *)(w->hi + (size_t)(j + 2) * st + (size_t)ko * KO * 512);
+                        pfn = (int)(((size_t)(s1 - ko * KO) * 1024 * (j + 3 < w->nb ? 2 : 1)) / 64);
+                        int calls = ((s1 - ko * KO + kc - 1) / kc) * (p1 - p0);
+                        pf_per = (pfn + calls - 1) / calls;
+                    }
                     for (int s0 = ko * KO; s0 < s1; s0 += kc) {
                         int n = s1 - s0 < kc ? s1 - s0 : kc;
                         size_t kof = (size_t)s0 * 512;
@@ -461,28 +483,23 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                             g_kernels[mr - 1][nr - 1][x3](n, st, a_h, a_l, bh + kof,
                                                           x3 ? bl + kof : NULL,
                                                           ac + (size_t)(p - p0) * 1024, s0 > 0);
+                            if (pfn > 0) {   /* the next column pair's B tiles, into L2 */
+                                int q = pfn < pf_per ? pfn : pf_per;
+                                for (int z = 0; z < q; z++)
+                                    _mm_prefetch(pf + (size_t)z * 64, _MM_HINT_T1);
+                                pf += (size_t)q * 64, pfn -= q;
+                            }
+                            if (pend >= 0 && s0 == ko * KO)
+                                epilogue(out, ldo, N, w->OC, pend, p, pend_ac + (size_t)(p - p0) * 1024,
+                                         b, flags);
                         }
                     }
-                    if (ko < nko - 1) continue;
-                    /* epilogue: out (+)= sums, + bias, GELU */
-                    int c0 = 16 * j, cols = w->OC - c0 < 32 ? w->OC - c0 : 32;
-                    for (int p = p0; p < p1; p++) {
-                        int r0 = 32 * p, rows = N - r0 < 32 ? N - r0 : 32;
-                        float *o = out + (size_t)r0 * ldo + c0;
-                        const float *cb = ac + (size_t)(p - p0) * 1024;
-                        for (int r = 0; r < rows; r++) {
-                            float *orow = o + (size_t)r * ldo;
-                            const float *crow = cb + r * 32;
-                            if (flags & NN_ACCUMULATE)
-                                for (int c = 0; c < cols; c++) orow[c] += crow[c];
-                            else
-                                memcpy(orow, crow, sizeof(float) * cols);
-                        }
-                        nn_bias_gelu(o, ldo, b ? b + c0 : NULL, rows, cols,
-                                     (flags & NN_GELU) != 0);
-                    }
+                    pend = -1;
+                    if (ko == nko - 1) pend = cp, pend_ac = ac;
                 }
             }
+            for (int p = p0; pend >= 0 && p < p1; p++)
+                epilogue(out, ldo, N, w->OC, pend, p, pend_ac + (size_t)(p - p0) * 1024, b, flags);
         }
         if (cp1 > cp0) tiles_end();
     }
