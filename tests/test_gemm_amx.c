@@ -3,6 +3,8 @@
  * everywhere), then the AMX kernels against the emulation and the whole image tower against the
  * upstream fixtures (these SKIP without AMX). */
 #include <math.h>
+#include <stdio.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -401,4 +403,57 @@ TEST(amx_unavailable_error) {
     CHECK(carseg_precision_parse("fp16", &p) == CARSEG_EINVAL);
     CHECK(!strcmp(carseg_precision_name(CARSEG_PRECISION_BF16), "bf16"));
     clip_free(m);
+}
+
+/* CLI: --precision on `carseg embed` (the same option and helper as classify, segment, eval):
+ * bf16x3 meets the parity bar end to end; an unknown value exits 2; AMX unavailable exits 1
+ * with the reason */
+static int run_cmd(const char *cmd, char **out) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t k;
+    while (buf && (k = fread(buf + n, 1, cap - 1 - n, p)) > 0) {
+        n += k;
+        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
+    }
+    if (buf) buf[n] = 0;
+    int st = pclose(p);
+    *out = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(amx_cli_precision) {
+    const char *bin = getenv("CARSEG_BIN");
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    const char *model = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *img = shared_path("data/photos/chelsea.png");
+    if (!bin || !ej || !file_exists(model) || !file_exists(img)) SKIP("CARSEG_BIN or fixtures missing");
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' embed --model '%s' --image '%s' --precision fp64 2>&1", bin,
+             model, img);
+    CHECK(run_cmd(cmd, &out) == 2);
+    CHECK_MSG(out && strstr(out, "--precision"), "output: %s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "CARSEG_NO_AMX=1 '%s' embed --model '%s' --image '%s' "
+             "--precision bf16x3 2>&1", bin, model, img);
+    CHECK(run_cmd(cmd, &out) == 1);
+    CHECK_MSG(out && strstr(out, "carseg: error:") && strstr(out, "AMX"), "output: %s",
+              out ? out : "");
+    free(out);
+    if (gemm_amx_check() != CARSEG_OK) SKIP("no AMX here: the bf16x3 run is skipped");
+    snprintf(cmd, sizeof cmd, "'%s' embed --model '%s' --image '%s' --precision bf16x3", bin,
+             model, img);
+    REQUIRE(run_cmd(cmd, &out) == 0 && out);
+    char err[128];
+    json *o = json_parse(out, strlen(out), err, sizeof err), *j = json_parse_file(ej);
+    REQUIRE(o && j);
+    const json *gi = json_at(json_get(o, "image"), 0), *ri = json_at(json_get(j, "image_features"), 0);
+    REQUIRE(gi && ri && gi->len == ri->len);
+    float *g = malloc(sizeof(float) * gi->len), *r = malloc(sizeof(float) * gi->len);
+    for (size_t i = 0; i < gi->len; i++) g[i] = (float)json_at(gi, i)->num, r[i] = (float)json_at(ri, i)->num;
+    CHECK_CLOSE("embed --precision bf16x3", g, r, gi->len, RTOL_BF16X3, 0);
+    free(g), free(r), free(out);
+    json_free(o), json_free(j);
 }
