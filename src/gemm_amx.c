@@ -405,19 +405,20 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
     int ks = w->ks, rb = (N + 15) / 16, x3 = w->mode == GEMM_BF16X3;
     /* Column pairs (32 outputs) are the threads' work items, a contiguous range per thread.
      * Per column pair the k-steps go in chunks of kc whose B tiles stay in L1 while the row pairs
-     * stream their A tiles from L2. So that those A tiles stay in L2 (<= ~1.5 MB), either the
-     * k-steps go in outer chunks of KO over all rows (the 32 x 32 partial sums of every row pair
-     * and column pair of the thread wait in acc between outer chunks), or, when that acc would be
-     * large (many rows), the rows go in groups of rg row pairs over all k-steps. */
+     * stream their A tiles from L2. So that those A tiles stay in L2, the k-steps go in outer
+     * chunks of KO over all rows (A: <= 768 KB per chunk; the 32 x 32 partial sums of every row
+     * pair and column pair of the thread wait in acc between outer chunks, <= 4 MB), or, when acc
+     * would be larger (many rows and columns), the rows go in groups of rg row pairs over all
+     * k-steps (A: <= 1.5 MB per group). Sizes tuned on Sapphire Rapids (2 MB L2). */
     int ncp = (w->nb + 1) / 2, rp = (rb + 1) / 2;   /* column pairs, row pairs */
     int planes = x3 ? 2 : 1, kc = 4;
-    size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;
+    size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;   /* 1.5 MB */
     int nt = threads_for(2.0 * N * w->OC * w->IC * (x3 ? 3 : 1));
     if (nt > ncp) nt = ncp;
-    int KO = (int)(l2 / ((size_t)rb * 16 * 64 * planes));
+    int KO = (int)(l2 / 2 / ((size_t)rb * 16 * 64 * planes));
     KO = KO < kc ? kc : KO / kc * kc;
     int nko = (ks + KO - 1) / KO, rg = rp;
-    if (nko > 1 && (size_t)((ncp + nt - 1) / nt) * rp * 4096 > ((size_t)1 << 20)) {
+    if (nko > 1 && (size_t)((ncp + nt - 1) / nt) * rp * 4096 > ((size_t)4 << 20)) {
         KO = ks, nko = 1;
         rg = (int)(l2 / ((size_t)32 * 64 * planes * ks));
         rg = rg < 1 ? 1 : rg > rp ? rp : rg;

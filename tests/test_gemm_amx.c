@@ -457,3 +457,35 @@ TEST(amx_cli_precision) {
     free(g), free(r), free(out);
     json_free(o), json_free(j);
 }
+
+/* The blocking paths of gemm_linear at real sizes, against float32 OpenBLAS: outer k chunks
+ * (257 rows, IC 2048) and row groups (769 rows x 3072 outputs: the partial sums would not fit),
+ * with the residual and GELU epilogues; bound 2^-15 sum|x w| (+ float32 rounding). */
+TEST(amx_blocking_paths) {
+    NEED_AMX();
+    const shape sh[] = {{257, 2048, 64}, {769, 768, 3072}};
+    unsigned s = 33;
+    for (int si = 0; si < 2; si++) {
+        int N = sh[si].N, IC = sh[si].IC, OC = sh[si].OC;
+        float *x = malloc(sizeof(float) * N * IC), *w = malloc(sizeof(float) * OC * IC);
+        float *ax = malloc(sizeof(float) * N * IC), *aw = malloc(sizeof(float) * OC * IC);
+        float *b = malloc(sizeof(float) * OC), *got = malloc(sizeof(float) * N * OC);
+        float *ref = malloc(sizeof(float) * N * OC), *mag = malloc(sizeof(float) * N * OC);
+        for (int i = 0; i < N * IC; i++) x[i] = test_randf(&s), ax[i] = fabsf(x[i]);
+        for (int i = 0; i < OC * IC; i++) w[i] = 0.05f * test_randf(&s), aw[i] = fabsf(w[i]);
+        for (int i = 0; i < OC; i++) b[i] = test_randf(&s);
+        for (int i = 0; i < N * OC; i++) got[i] = ref[i] = test_randf(&s);
+        int flags = si == 0 ? NN_ACCUMULATE : NN_GELU;
+        nn_linear_ex(ref, x, w, b, N, IC, OC, flags);
+        nn_linear(mag, ax, aw, NULL, N, IC, OC);
+        gemm_pack p;
+        CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16X3));
+        gemm_linear(got, OC, x, N, &p, b, flags, NULL);
+        int bad = 0;
+        for (int i = 0; i < N * OC; i++)
+            bad += !(fabsf(got[i] - ref[i]) <= ldexp(1, -15) * mag[i] + 1e-6f * (fabsf(ref[i]) + 1));
+        CHECK_MSG(bad == 0, "N %d IC %d OC %d: %d outputs outside the bound", N, IC, OC, bad);
+        gemm_pack_free(&p);
+        free(x), free(w), free(ax), free(aw), free(b), free(got), free(ref), free(mag);
+    }
+}
