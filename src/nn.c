@@ -225,17 +225,17 @@ NN_HOT void nn_bias_gelu(float *restrict o, int ldo, const float *restrict b, in
 
 NN_HOT void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int ldc,
                         const float *restrict b, int rows, int cols, int flags) {
-    int acc = (flags & NN_ACCUMULATE) != 0, gelu = (flags & NN_GELU) != 0;
     for (int i = 0; i < rows; i++) {
         float *r = o + (size_t)i * ldo;
         const float *cr = c + (size_t)i * ldc;
+        if (flags & NN_ACCUMULATE) {
 #pragma omp simd
-        for (int j = 0; j < cols; j++) {
-            float v = acc ? r[j] + cr[j] : cr[j];
-            if (b) v += b[j];
-            r[j] = gelu ? v / (1.0f + expf_fast(-1.702f * v)) : v;
+            for (int j = 0; j < cols; j++) r[j] += cr[j];
+        } else {
+            memcpy(r, cr, sizeof(float) * cols);
         }
     }
+    nn_bias_gelu(o, ldo, b, rows, cols, (flags & NN_GELU) != 0);
 }
 
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
