@@ -489,3 +489,80 @@ TEST(amx_blocking_paths) {
         free(x), free(w), free(ax), free(aw), free(b), free(got), free(ref), free(mag);
     }
 }
+
+/* The image and trunk cases of a gen_clip_fixtures.py manifest (native, non-native and
+ * non-square grids, L and L-1 blocks, trunk tokens + attention) in both AMX modes. Returns the
+ * number of cases checked. */
+static int amx_manifest(const char *dir) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/manifest.json", dir);
+    json *man = json_parse_file(p);
+    if (!man) { CHECK_MSG(0, "%s", carseg_last_error()); return 0; }
+    snprintf(p, sizeof p, "%s/model_f16.safetensors", dir);
+    clip_model *m = NULL;
+    CHECK_OK(clip_load(p, &m));
+    const json *cases = json_get(man, "cases");
+    int done = 0, E = m ? m->cfg.embed : 0, C = m ? m->cfg.v_width : 0;
+    for (int mode = GEMM_BF16X3; m && mode <= GEMM_BF16; mode++) {
+        CHECK_OK(clip_set_precision(m, mode));
+        double rtol = mode == GEMM_BF16X3 ? RTOL_BF16X3 : RTOL_BF16, worst = 0;
+        for (size_t i = 0; cases && i < cases->len; i++) {
+            const json *c = json_at(cases, i);
+            const char *kind = json_str(c, "kind", "");
+            if (!strcmp(kind, "text")) continue;
+            int nd;
+            int64_t sh[8];
+            float *x = NULL, *ref = NULL;
+            snprintf(p, sizeof p, "%s/%s", dir, json_str(c, "input", ""));
+            CHECK_OK(npy_read_f32(p, &x, &nd, sh));
+            snprintf(p, sizeof p, "%s/%s", dir, json_str(c, "expected", ""));
+            CHECK_OK(npy_read_f32(p, &ref, &nd, sh));
+            if (!x || !ref) { free(x), free(ref); continue; }
+            int H = (int)json_num(c, "H", 0), W = (int)json_num(c, "W", 0);
+            int nb = (int)json_num(c, "n_blocks", 0), P = m->cfg.v_patch, L = 1 + (H / P) * (W / P);
+            size_t n = !strcmp(kind, "image") ? (size_t)E : (size_t)L * C;
+            float *got = malloc(sizeof(float) * n);
+            char what[200];
+            snprintf(what, sizeof what, "%s %s %s %dx%d %d blocks", json_str(man, "shape", ""),
+                     mode == GEMM_BF16X3 ? "bf16x3" : "bf16", kind, W, H, nb);
+            if (!strcmp(kind, "image")) CHECK_OK(clip_encode_image(m, x, H, W, nb, got));
+            else CHECK_OK(clip_image_trunk(m, x, H, W, nb, got, NULL));
+            CHECK_CLOSE(what, got, ref, n, rtol, 0);
+            worst = fmax(worst, max_rel(got, ref, n));
+            free(x), free(ref), free(got);
+            done++;
+        }
+        if (getenv("CARSEG_VERBOSE"))
+            fprintf(stderr, "  %s %s: worst max|diff|/max|ref| over the image cases = %.2e\n",
+                    json_str(man, "shape", ""), mode == GEMM_BF16X3 ? "bf16x3" : "bf16", worst);
+    }
+    clip_free(m);
+    json_free(man);
+    return done;
+}
+
+TEST(amx_generated_cases) {
+    NEED_AMX();
+    if (!file_exists("tests/data/clip/manifest.json")) SKIP("tests/data/clip missing (run from the repo root)");
+    CHECK(amx_manifest("tests/data/clip") >= 18);
+}
+
+/* Full-size random ViT-B/16 / ViT-L/14 (CARSEG_HEAVY=B16,L14, as clip_full_size_parity; the
+ * fixtures are generated into the test's temp dir: ~300 MB / ~850 MB, 35-75 s each). */
+TEST(amx_full_size_parity) {
+    const char *h = getenv("CARSEG_HEAVY");
+    if (!h || !*h) SKIP("set CARSEG_HEAVY=B16,L14 to check full-size random ViT-B/16 / ViT-L/14");
+    NEED_AMX();
+    if (system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0)
+        SKIP("/usr/bin/python3 has no torch");
+    const char *names[2][2] = {{"B16", "ViT-B/16"}, {"L14", "ViT-L/14"}};
+    for (int k = 0; k < 2; k++) {
+        if (!strstr(h, names[k][0])) continue;
+        char dir[800], cmd[2000];
+        snprintf(dir, sizeof dir, "%s/%s", test_tmpdir(), names[k][0]);
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/gen_clip_fixtures.py %s --shape %s", dir,
+                 names[k][1]);
+        REQUIRE(system(cmd) == 0);
+        CHECK(amx_manifest(dir) >= 4);
+    }
+}
