@@ -496,7 +496,7 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
      * would be larger (many rows and columns), the rows go in groups of rg row pairs over all
      * k-steps (A: <= 1.5 MB per group). Sizes tuned on Sapphire Rapids (2 MB L2). */
     int ncp = (w->nb + 1) / 2, rp = (rb + 1) / 2;   /* column pairs, row pairs */
-    int planes = x3 ? 2 : 1, kc = 4;
+    int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;   /* B tiles per chunk: 16 KB (bf16x3), 16 KB (bf16) */
     size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;   /* 1.5 MB */
     int nt = threads_for(2.0 * N * w->OC * w->IC * (x3 ? 3 : 1));
     if (nt > ncp) nt = ncp;
