@@ -20,8 +20,8 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
-    defined(__linux__)
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define GEMM_HAVE_AMX 1
 #include <cpuid.h>
 #include <immintrin.h>
@@ -120,14 +120,6 @@ void gemm_work_free(gemm_work *w) {
     cs_free(w->p);
     w->p = NULL;
     w->n = 0;
-}
-
-static int work_reserve(gemm_work *w, size_t n) {
-    if (w->n >= n) return 1;
-    cs_free(w->p);
-    w->p = cs_malloc(n);
-    w->n = w->p ? n : 0;
-    return w->p != NULL;
 }
 
 /* One output tile's (16 x 16) worth of products for k-step s, in the tile unit's order:
@@ -473,6 +465,14 @@ static void epilogue(float *out, int ldo, int N, int OC, int cp, int p, const fl
     nn_epilogue(out + (size_t)r0 * ldo + c0, ldo, c, 32, b ? b + c0 : NULL, rows, cols, flags);
 }
 
+static int work_reserve(gemm_work *w, size_t n) {
+    if (w->n >= n) return 1;
+    cs_free(w->p);
+    w->p = cs_malloc(n);
+    w->n = w->p ? n : 0;
+    return w->p != NULL;
+}
+
 static int threads_for(double flops) {
 #ifdef _OPENMP
     if (omp_in_parallel() || flops < 4e6) return 1;
@@ -596,7 +596,7 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
 
 carseg_status gemm_amx_check(void) {
     return set_err(CARSEG_EINVAL, "AMX precision modes unavailable: this build has no AMX support "
-                   "(x86-64 Linux with GCC 11 or later needed)");
+                   "(x86-64 Linux with GCC 11 / clang 12 or later needed)");
 }
 int gemm_amx_usable(void) { return 0; }
 void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {

@@ -11,7 +11,8 @@
  * whole tiles (IC to a multiple of 32, OC to a multiple of 16); activations are split and packed
  * per call into A tiles. Both layouts are plain C (gemm_split_bf16, gemm_pack_weights) so that they
  * are testable without AMX; gemm_linear_ref computes the same products from the packed data
- * in portable scalar code, in the order the tiles do.
+ * in portable scalar code, in the order of the tile products (the tile unit's own rounding
+ * inside a product differs in the last bits).
  *
  * Packed B layout: column block j (16 output channels), k-step s (32 inputs): one 1 KB tile of
  * 16 rows (input pairs) x 16 columns x 2: element [r][c][p] = w[16 j + c][32 s + 2 r + p],
@@ -65,8 +66,8 @@ size_t gemm_pack_bytes(const gemm_pack *p);
 void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
                  int flags, gemm_work *work);
 
-/* The same product in portable scalar code from the packed weights and the scalar split, with
- * the tile products' order of accumulation (no AMX needed): for tests. */
+/* The same product in portable scalar code from the packed weights and the scalar split, in the
+ * kernels' order of tile products (no AMX needed): for tests. */
 void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                      const float *b, int flags);
 
