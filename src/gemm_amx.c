@@ -76,6 +76,9 @@ void gemm_split_ref(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
                 }
 }
 
+static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC, int j,
+                           int ks);
+
 carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, int mode) {
     memset(p, 0, sizeof *p);
     if (OC <= 0 || IC <= 0 || !w || (mode != GEMM_BF16X3 && mode != GEMM_BF16))
@@ -90,18 +93,23 @@ carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, in
         gemm_pack_free(p);
         return set_err(CARSEG_ENOMEM, "gemm_pack_weights: out of memory (%d x %d)", OC, IC);
     }
-    int nb = p->nb, ks = p->ks;
+    int nb = p->nb, ks = p->ks, vec = gemm_amx_usable();
 #pragma omp parallel for schedule(static) if ((size_t)OC * IC > 65536)
-    for (int j = 0; j < nb; j++)
+    for (int j = 0; j < nb; j++) {
+        if (vec) {   /* the same bits, AVX-512 BF16 (the split of a non-finite value aside) */
+            pack_block_vec(p->hi, p->lo, w, OC, IC, j, ks);
+            continue;
+        }
         for (int s = 0; s < ks; s++)
-            for (int r = 0; r < 16; r++)
-                for (int c = 0; c < 16; c++)
+            for (int c = 0; c < 16; c++)      /* reads: one contiguous row segment per c */
+                for (int r = 0; r < 16; r++)
                     for (int q = 0; q < 2; q++) {
                         int o = 16 * j + c, k = 32 * s + 2 * r + q;
                         size_t d = (((size_t)j * ks + s) * 16 + r) * 32 + 2 * c + q;
                         float v = o < OC && k < IC ? w[(size_t)o * IC + k] : 0.0f;
                         split1(v, &p->hi[d], p->lo ? &p->lo[d] : NULL);
                     }
+    }
     return CARSEG_OK;
 }
 
@@ -447,6 +455,38 @@ AMX_TARGET static void split_rows(const float *x, int N, int IC, int i, uint16_t
     }
 }
 
+/* column block j of w (rows 16 j.., all k-steps) -> B tiles: per output row c, 32 inputs
+ * converted at once and scattered as 16 (k, k+1) pairs to tile rows r = 0..15, column c */
+AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC,
+                                      int j, int ks) {
+    const __m512i idx = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
+                                         48, 32, 16, 0);   /* r * 16 (32-bit units) */
+    for (int s = 0; s < ks; s++) {
+        int k0 = 32 * s, n = IC - k0 < 32 ? IC - k0 : 32;
+        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+        __mmask16 m1 = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
+        size_t t = ((size_t)j * ks + s) * 512;
+        for (int c = 0; c < 16; c++) {
+            int o = 16 * j + c;
+            __mmask16 a = o < OC ? m0 : 0, b = o < OC ? m1 : 0;
+            const float *wr = w + (size_t)(o < OC ? o : 0) * IC + k0;
+            __m512 x0 = _mm512_maskz_loadu_ps(a, wr), x1 = _mm512_maskz_loadu_ps(b, wr + 16);
+            __m512bh h = _mm512_cvtne2ps_pbh(x1, x0);
+            __m512i ix = _mm512_add_epi32(idx, _mm512_set1_epi32(c));
+            _mm512_i32scatter_epi32((void *)(hi + t), ix, (__m512i)h, 4);
+            if (lo) {
+                __m512i hb = (__m512i)h;
+                __m512 h0 = _mm512_castsi512_ps(
+                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hb)), 16));
+                __m512 h1 = _mm512_castsi512_ps(
+                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hb, 1)), 16));
+                __m512bh l = _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));
+                _mm512_i32scatter_epi32((void *)(lo + t), ix, (__m512i)l, 4);
+            }
+        }
+    }
+}
+
 void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
     if (!gemm_amx_usable()) {
         gemm_split_ref(x, N, IC, hi, lo);
@@ -599,6 +639,10 @@ carseg_status gemm_amx_check(void) {
                    "(x86-64 Linux with GCC 11 / clang 12 or later needed)");
 }
 int gemm_amx_usable(void) { return 0; }
+static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC, int j,
+                           int ks) {
+    (void)hi, (void)lo, (void)w, (void)OC, (void)IC, (void)j, (void)ks;   /* never called */
+}
 void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
     gemm_split_ref(x, N, IC, hi, lo);
 }
