@@ -6,6 +6,10 @@
  * (scripts/bench_torch_clip.py, skipped with a message when /usr/bin/python3 lacks torch).
  * A one-thread pass (ViT-B/16 224x224 and its sgemm ceiling) gives an efficiency figure that does
  * not depend on the other core being free.
+ * The AMX precision modes (clip_set_precision: bf16x3 "near fp32", bf16) get their own rows for
+ * the three image cases, in the same run as PyTorch: milliseconds, effective GFLOP/s (the float32
+ * FLOP count over the time), the ratio to PyTorch, and the memory of the packed weights; plus
+ * their one-thread throughput on the block products. Skipped with the reason where AMX is missing.
  * Env: CARSEG_BENCH_REPS (default 5 for carseg, 2 for PyTorch), CARSEG_BENCH_NO_TORCH=1.
  */
 #include <cblas.h>
@@ -18,6 +22,7 @@
 #include <omp.h>
 
 #include "clip.h"
+#include "gemm_amx.h"
 #include "nn.h"
 #include "util.h"
 
@@ -129,6 +134,46 @@ static int32_t *make_prompts(int n, int ctx, double *flops, const clip_config *c
     return t;
 }
 
+/* The four block products through the AMX path (packed once), as block_sgemm_gflops. */
+static double block_amx_gflops(int N, int C, int M, int mode) {
+    float *x = cs_malloc(sizeof(float) * N * M), *w = cs_malloc(sizeof(float) * 3 * C * M);
+    float *y = cs_malloc(sizeof(float) * N * (M > 3 * C ? M : 3 * C));
+    uint64_t s = 1;
+    for (size_t i = 0; i < (size_t)N * M; i++) x[i] = frand(&s);
+    for (size_t i = 0; i < (size_t)3 * C * M; i++) w[i] = 0.02f * frand(&s);
+    gemm_pack p[4];
+    gemm_work wk = {0};
+    if (gemm_pack_weights(&p[0], w, 3 * C, C, mode) || gemm_pack_weights(&p[1], w, C, C, mode) ||
+        gemm_pack_weights(&p[2], w, M, C, mode) || gemm_pack_weights(&p[3], w, C, M, mode)) {
+        fprintf(stderr, "bench_clip: %s\n", carseg_last_error());
+        exit(1);
+    }
+    double flops = 2.0 * N * C * (3.0 * C + C + 2.0 * M);
+    timing t;
+    TIME_BEST(({
+        gemm_linear(y, 3 * C, x, N, &p[0], NULL, 0, &wk);
+        gemm_linear(y, C, x, N, &p[1], NULL, 0, &wk);
+        gemm_linear(y, M, x, N, &p[2], NULL, 0, &wk);
+        gemm_linear(y, C, x, N, &p[3], NULL, 0, &wk);
+    }), t);
+    for (int i = 0; i < 4; i++) gemm_pack_free(&p[i]);
+    gemm_work_free(&wk);
+    cs_free(x), cs_free(w), cs_free(y);
+    return flops / (t.wall * 1e6);
+}
+
+/* peak resident memory of the process (VmHWM), MB; 0 when unknown */
+static double peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
+    fclose(f);
+    return kb / 1024;
+}
+
 /* runs the PyTorch baseline; fills ms per case or returns 0 when unavailable */
 typedef struct { timing b16_224, b16_512, l14_224, text300; char version[32]; } torch_times;
 
@@ -179,6 +224,44 @@ static void row(const char *name, timing t, double gflop, double ceiling, timing
         printf(" | torch %8.1f ms %8.1f cpu-ms  x%.2f (cpu x%.2f)", torch.wall, torch.cpu,
                torch.wall / t.wall, torch.cpu / t.cpu);
     printf("\n");
+}
+
+/* an AMX row: no sgemm ceiling (the FLOP count is float32's; "effective" GFLOP/s) */
+static void row_amx(const char *name, timing t, double gflop, timing torch) {
+    printf("  %-26s %8.1f ms %8.1f cpu-ms %7.2f GFLOP %6.1f eff. GFLOP/s", name, t.wall, t.cpu,
+           gflop, gflop / (t.wall * 1e-3));
+    if (torch.wall > 0)
+        printf(" | torch %8.1f ms  x%.2f (cpu x%.2f)", torch.wall, torch.wall / t.wall,
+               torch.cpu / t.cpu);
+    printf("\n");
+}
+
+/* the image cases in the AMX modes (model m: ViT-B/16 when !l14, else ViT-L/14) */
+static void amx_rows(clip_model *m, int l14, const torch_times *tt) {
+    static const char *names[3] = {"", "bf16x3", "bf16"};
+    float feat[1024];
+    for (int mode = GEMM_BF16X3; mode <= GEMM_BF16; mode++) {
+        if (clip_set_precision(m, mode) != CARSEG_OK) {
+            fprintf(stderr, "bench_clip: %s\n", carseg_last_error());
+            exit(1);
+        }
+        char name[64];
+        if (!l14) {
+            snprintf(name, sizeof name, "ViT-B/16 224x224 %s", names[mode]);
+            row_amx(name, time_image(m, 224, 224, feat), clip_image_flops(&m->cfg, 14, 14, 12) * 1e-9,
+                    tt->b16_224);
+            snprintf(name, sizeof name, "ViT-B/16 512x384 %s", names[mode]);
+            row_amx(name, time_image(m, 384, 512, feat), clip_image_flops(&m->cfg, 24, 32, 12) * 1e-9,
+                    tt->b16_512);
+        } else {
+            snprintf(name, sizeof name, "ViT-L/14 224x224 %s", names[mode]);
+            row_amx(name, time_image(m, 224, 224, feat), clip_image_flops(&m->cfg, 16, 16, 24) * 1e-9,
+                    tt->l14_224);
+        }
+        printf("    packed weights %.0f MB (the tower's float32 weights stay: Grad-CAM reads them)\n",
+               clip_packed_bytes(m) / 1e6);
+    }
+    clip_set_precision(m, GEMM_FP32);
 }
 
 int main(void) {
@@ -235,6 +318,9 @@ int main(void) {
     printf("  (text GFLOP counts each prompt up to its EOT token, as computed; PyTorch runs all 77\n"
            "   positions: %.1f GFLOP)\n", 300 * clip_text_flops(&m->cfg, 77) * 1e-9);
     free(tok), free(tf);
+    int amx = gemm_amx_check() == CARSEG_OK;
+    if (amx) amx_rows(m, 0, &tt);
+    else printf("  (AMX rows skipped: %s)\n", carseg_last_error());
     clip_free(m);
     if (clip_init_random(&cl, 2, &m) != CARSEG_OK) {
         fprintf(stderr, "bench_clip: %s\n", carseg_last_error());
@@ -243,6 +329,7 @@ int main(void) {
     ms = time_image(m, 224, 224, feat);
     row("ViT-L/14 image 224x224", ms, clip_image_flops(&m->cfg, 16, 16, 24) * 1e-9, c_l14,
         tt.l14_224);
+    if (amx) amx_rows(m, 1, &tt);
     clip_free(m);
 
     /* one thread: the efficiency of the tower against sgemm without waiting on a second core */
@@ -255,6 +342,12 @@ int main(void) {
     printf("one thread (sgemm on the block products %.1f GFLOP/s, %.1f per CPU-second):\n", w1, c1);
     row("ViT-B/16 image 224x224", ms, clip_image_flops(&m->cfg, 14, 14, 12) * 1e-9, c1, none);
     clip_free(m);
+    if (amx)
+        printf("  AMX on the block products (effective GFLOP/s): ViT-B/16 197 tokens bf16x3 %.1f, "
+               "bf16 %.1f;\n  ViT-L/14 257 tokens bf16x3 %.1f, bf16 %.1f\n",
+               block_amx_gflops(197, 768, 3072, GEMM_BF16X3), block_amx_gflops(197, 768, 3072, GEMM_BF16),
+               block_amx_gflops(257, 1024, 4096, GEMM_BF16X3), block_amx_gflops(257, 1024, 4096, GEMM_BF16));
     omp_set_num_threads(nt);
+    printf("peak resident memory of this run: %.0f MB\n", peak_rss_mb());
     return 0;
 }

@@ -183,6 +183,30 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
 carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
                                            int n_blocks, float *out);
 
+/* Precision of the image tower's matrix products (patch embedding, attention in/out projections,
+ * MLP; the attention products q k^T and P v, LayerNorm, softmax and the text tower stay float32).
+ *   CARSEG_PRECISION_FP32    the default: float32 products (OpenBLAS sgemm)
+ *   CARSEG_PRECISION_BF16X3  "near fp32" on Intel AMX: each float x = hi + lo (two bf16),
+ *                            x y ~ hi_x hi_y + hi_x lo_y + lo_x hi_y accumulated in float32;
+ *                            ~1e-5 relative error per product (fp16 checkpoints' weights are
+ *                            exactly hi + lo), a few times faster than FP32
+ *   CARSEG_PRECISION_BF16    one bf16 product (~3e-3 relative error per product; fastest)
+ * The AMX modes need a CPU with AMX-TILE and AMX-BF16 (Intel Xeon Sapphire Rapids or later) and
+ * Linux >= 5.16; elsewhere carseg_clip_set_precision fails with CARSEG_EINVAL saying what is
+ * missing (no silent fallback). Setting a mode packs the weights once (bf16x3: about as many
+ * bytes as the float32 tower, bf16: half); it is not thread-safe: set it before sharing the
+ * model. CARSEG_NO_AMX=1 in the environment makes the AMX modes unavailable. */
+typedef enum {
+    CARSEG_PRECISION_FP32 = 0,
+    CARSEG_PRECISION_BF16X3 = 1,
+    CARSEG_PRECISION_BF16 = 2
+} carseg_precision;
+carseg_status carseg_clip_set_precision(carseg_clip *m, carseg_precision p);
+carseg_precision carseg_clip_get_precision(const carseg_clip *m);
+/* "fp32", "bf16x3", "bf16" <-> the enum (parse: EINVAL naming the accepted values). */
+carseg_status carseg_precision_parse(const char *name, carseg_precision *out);
+const char *carseg_precision_name(carseg_precision p);
+
 
 // ---------------------------------------------------------------------------------------------
 // Mask proposals: Grad-CAM + affinity (cam.c)

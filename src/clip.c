@@ -117,8 +117,17 @@ carseg_status clip_from_wfile(const wfile *wf, clip_model **out) {
     return CARSEG_OK;
 }
 
+static void free_packs(clip_model *m) {
+    if (!m->packs) return;
+    for (int i = 0; i < 1 + 5 * m->cfg.v_layers; i++) gemm_pack_free(&m->packs[i]);
+    free(m->packs);
+    m->packs = NULL;
+    for (int l = 0; l < m->cfg.v_layers; l++) m->v_blocks[l].pk = NULL;
+}
+
 void clip_free(clip_model *m) {
     if (!m) return;
+    if (m->v_blocks) free_packs(m);
     if (m->release) m->release(m->owner);
     free(m->v_blocks);
     free(m->t_blocks);
@@ -246,6 +255,7 @@ typedef struct {
     float *att;    /* (BL, C) */
     float *hid;    /* (BL, M) */
     float *probs;  /* (B, NH, L, L) */
+    gemm_work wk;  /* the AMX products' packed activations */
 } scratch;
 
 static carseg_status scratch_alloc(scratch *s, int B, int L, int C, int M, int NH) {
@@ -261,6 +271,15 @@ static carseg_status scratch_alloc(scratch *s, int B, int L, int C, int M, int N
 }
 static void scratch_free(scratch *s) {
     cs_free(s->ln); cs_free(s->qkv); cs_free(s->att); cs_free(s->hid); cs_free(s->probs);
+    gemm_work_free(&s->wk);
+}
+
+/* out (N, OC; row stride ldo) = x (N, IC) @ w^T + b with nn_linear_ex's flags: the packed AMX
+ * product when pk (a reduced precision mode), else float32 (ldo must then be OC). */
+static void linear(float *out, int ldo, const float *x, const float *w, const float *b, int N,
+                   int IC, int OC, int flags, const gemm_pack *pk, gemm_work *wk) {
+    if (pk) gemm_linear(out, ldo, x, N, pk, b, flags, wk);
+    else nn_linear_ex(out, x, w, b, N, IC, OC, flags);
 }
 
 /* One ResidualAttentionBlock on x (B, L, C) in place. avg: (B, L, L) head-averaged attention
@@ -268,13 +287,22 @@ static void scratch_free(scratch *s) {
 static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int L, int C, int M,
                           int NH, int causal, float *avg) {
     size_t BL = (size_t)B * L;
+    const gemm_pack *pk = bk->pk;
     nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
-    nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
+    if (pk) {   /* q and k|v are packed apart (block_forward_rows needs them apart) */
+        gemm_linear(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], bk->in_b, 0, &s->wk);
+        gemm_linear(s->qkv + C, 3 * C, s->ln, (int)BL, &pk[1], bk->in_b + C, 0, &s->wk);
+    } else {
+        nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
+    }
     nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
-    nn_linear_ex(x, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE);
+    linear(x, C, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
+           &s->wk);
     nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);
-    nn_linear_ex(s->hid, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M, NN_GELU);
-    nn_linear_ex(x, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE);
+    linear(s->hid, M, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M, NN_GELU, pk ? &pk[3] : NULL,
+           &s->wk);
+    linear(x, C, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE,
+           pk ? &pk[4] : NULL, &s->wk);
 }
 
 /* The last block when only one row per sequence is read afterwards (CLS for images, EOT for
@@ -287,14 +315,16 @@ static carseg_status block_forward_rows(const clip_block *bk, const float *x, co
     size_t BL = (size_t)B * L;
     int hd = C / NH, C2 = 2 * C;
     float scale = 1.0f / sqrtf((float)hd);
+    const gemm_pack *pk = bk->pk;
     nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
-    nn_linear(s->qkv, s->ln, bk->in_w + (size_t)C * C, bk->in_b + C, (int)BL, C, C2);   /* k | v */
+    linear(s->qkv, C2, s->ln, bk->in_w + (size_t)C * C, bk->in_b + C, (int)BL, C, C2, 0,
+           pk ? &pk[1] : NULL, &s->wk);   /* k | v */
     float *q = cs_malloc(sizeof(float) * ((size_t)3 * B * C + (size_t)B * M));
     if (!q) return set_err(CARSEG_ENOMEM, "clip: out of memory");
     float *att = q + (size_t)B * C, *h2 = att + (size_t)B * C, *hid = h2 + (size_t)B * C;
     for (int b = 0; b < B; b++)
         memcpy(out + (size_t)b * C, s->ln + ((size_t)b * L + row[b]) * C, sizeof(float) * C);
-    nn_linear(q, out, bk->in_w, bk->in_b, B, C, C);
+    linear(q, C, out, bk->in_w, bk->in_b, B, C, C, 0, pk ? &pk[0] : NULL, &s->wk);
     /* one query per (sequence, head): scores over the visible keys, softmax, weighted values */
 #pragma omp parallel for schedule(static) if (B * NH > 1 && (size_t)B * L * C > 65536)
     for (int bh = 0; bh < B * NH; bh++) {
@@ -318,10 +348,11 @@ static carseg_status block_forward_rows(const clip_block *bk, const float *x, co
     }
     for (int b = 0; b < B; b++)
         memcpy(out + (size_t)b * C, x + ((size_t)b * L + row[b]) * C, sizeof(float) * C);
-    nn_linear_ex(out, att, bk->out_w, bk->out_b, B, C, C, NN_ACCUMULATE);
+    linear(out, C, att, bk->out_w, bk->out_b, B, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL, &s->wk);
     nn_layernorm(h2, out, bk->ln2_w, bk->ln2_b, B, C);
-    nn_linear_ex(hid, h2, bk->fc_w, bk->fc_b, B, C, M, NN_GELU);
-    nn_linear_ex(out, hid, bk->proj_w, bk->proj_b, B, M, C, NN_ACCUMULATE);
+    linear(hid, M, h2, bk->fc_w, bk->fc_b, B, C, M, NN_GELU, pk ? &pk[3] : NULL, &s->wk);
+    linear(out, C, hid, bk->proj_w, bk->proj_b, B, M, C, NN_ACCUMULATE, pk ? &pk[4] : NULL,
+           &s->wk);
     cs_free(q);
     return CARSEG_OK;
 }
@@ -500,7 +531,8 @@ static carseg_status embed_images(const clip_model *m, const float *x, int B, in
                                xb + ((size_t)ch * H + py * P + ky) * W + px * P, sizeof(float) * P);
             }
         float *tb = tok + (size_t)b * L * C;
-        nn_sgemm(0, 1, Np, C, K, 1.0f, patches, K, m->conv1, K, 0.0f, tb + C, C);
+        if (m->packs) gemm_linear(tb + C, C, patches, Np, &m->packs[0], NULL, 0, NULL);
+        else nn_sgemm(0, 1, Np, C, K, 1.0f, patches, K, m->conv1, K, 0.0f, tb + C, C);
         memcpy(tb, m->class_emb, sizeof(float) * C);
         for (size_t i = 0; i < (size_t)L * C; i++) tb[i] += pos[i];
         nn_layernorm(tb, tb, m->ln_pre_w, m->ln_pre_b, L, C);
@@ -582,6 +614,51 @@ carseg_status clip_image_trunk_from(const clip_model *m, const float *x, int H, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// precision
+
+carseg_status clip_set_precision(clip_model *m, int precision) {
+    if (precision != GEMM_FP32 && precision != GEMM_BF16X3 && precision != GEMM_BF16)
+        return set_err(CARSEG_EINVAL, "clip_set_precision: unknown precision %d", precision);
+    if (precision == m->precision) return CARSEG_OK;
+    if (precision == GEMM_FP32) {
+        free_packs(m);
+        m->precision = GEMM_FP32;
+        return CARSEG_OK;
+    }
+    TRY(gemm_amx_check());
+    const clip_config *c = &m->cfg;
+    int C = c->v_width, M = c->v_mlp, n = 1 + 5 * c->v_layers;
+    gemm_pack *pk = calloc((size_t)n, sizeof *pk);
+    if (!pk) return set_err(CARSEG_ENOMEM, "clip_set_precision: out of memory");
+    carseg_status st = gemm_pack_weights(&pk[0], m->conv1, C, 3 * c->v_patch * c->v_patch, precision);
+    for (int l = 0; st == CARSEG_OK && l < c->v_layers; l++) {
+        const clip_block *b = &m->v_blocks[l];
+        gemm_pack *q = pk + 1 + 5 * l;
+        st = gemm_pack_weights(&q[0], b->in_w, C, C, precision);
+        if (st == CARSEG_OK) st = gemm_pack_weights(&q[1], b->in_w + (size_t)C * C, 2 * C, C, precision);
+        if (st == CARSEG_OK) st = gemm_pack_weights(&q[2], b->out_w, C, C, precision);
+        if (st == CARSEG_OK) st = gemm_pack_weights(&q[3], b->fc_w, M, C, precision);
+        if (st == CARSEG_OK) st = gemm_pack_weights(&q[4], b->proj_w, C, M, precision);
+    }
+    if (st != CARSEG_OK) {
+        for (int i = 0; i < n; i++) gemm_pack_free(&pk[i]);
+        free(pk);
+        return st;
+    }
+    free_packs(m);
+    m->packs = pk;
+    for (int l = 0; l < c->v_layers; l++) m->v_blocks[l].pk = pk + 1 + 5 * l;
+    m->precision = precision;
+    return CARSEG_OK;
+}
+
+size_t clip_packed_bytes(const clip_model *m) {
+    size_t n = 0;
+    for (int i = 0; m->packs && i < 1 + 5 * m->cfg.v_layers; i++) n += gemm_pack_bytes(&m->packs[i]);
+    return n;
+}
+
+// ---------------------------------------------------------------------------------------------
 // loading
 
 static void release_wfile(void *wf) { wfile_close(wf); }
@@ -647,4 +724,29 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
     if (st == CARSEG_OK) st = clip_encode_image(m, x, S, S, n_blocks, out);
     cs_free(x);
     return st;
+}
+
+carseg_status carseg_clip_set_precision(carseg_clip *m, carseg_precision p) {
+    if (!m) return set_err(CARSEG_EINVAL, "carseg_clip_set_precision: NULL model");
+    return clip_set_precision(m, (int)p);
+}
+
+carseg_precision carseg_clip_get_precision(const carseg_clip *m) {
+    return (carseg_precision)m->precision;
+}
+
+static const char *const g_precision_names[] = {"fp32", "bf16x3", "bf16"};
+
+carseg_status carseg_precision_parse(const char *name, carseg_precision *out) {
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, g_precision_names[i])) {
+            *out = (carseg_precision)i;
+            return CARSEG_OK;
+        }
+    return set_err(CARSEG_EINVAL, "unknown precision '%s' (expected fp32, bf16x3 or bf16)",
+                   name ? name : "(null)");
+}
+
+const char *carseg_precision_name(carseg_precision p) {
+    return (unsigned)p < 3 ? g_precision_names[p] : "?";
 }

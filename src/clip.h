@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 #include "carseg.h"
+#include "gemm_amx.h"
 #include "weights.h"
 
 typedef struct clip_config {
@@ -29,6 +30,9 @@ typedef struct {
     const float *ln2_w, *ln2_b;        /* (C) */
     const float *fc_w, *fc_b;          /* (4C, C), (4C) */
     const float *proj_w, *proj_b;      /* (C, 4C), (C) */
+    /* AMX precision modes (clip_set_precision): packed in_proj rows 0..C (q), rows C..3C (k|v),
+     * out_proj, c_fc, c_proj; NULL in float32 (the default) and for the text tower */
+    const gemm_pack *pk;               /* 5 packs or NULL */
 } clip_block;
 
 typedef struct clip_model {
@@ -47,11 +51,24 @@ typedef struct clip_model {
     const float *ln_final_w, *ln_final_b;
     const float *t_proj;               /* (Ct, E) */
     clip_block *t_blocks;              /* t_layers */
+    /* precision of the image tower's products (GEMM_FP32 default, GEMM_BF16X3, GEMM_BF16) and its
+     * packed weights: conv1 as (C, 3*P*P), then 5 per block (clip_block.pk points into them) */
+    int precision;
+    gemm_pack *packs;                  /* 1 + 5 * v_layers, or NULL */
     /* ownership of the tensors: release(owner) runs in clip_free (wfile_close for clip_load,
      * the weight arena for clip_init_random) */
     void *owner;
     void (*release)(void *owner);
 } clip_model;
+
+/* Sets the precision of the image tower's matrix products (patch embedding, in_proj, out_proj,
+ * c_fc, c_proj; the attention products, LayerNorm, softmax and the text tower stay float32):
+ * GEMM_FP32 (the default, OpenBLAS), GEMM_BF16X3 or GEMM_BF16 (Intel AMX, gemm_amx.h). Packs the
+ * weights once (freeing the previous packs); AMX missing -> CARSEG_EINVAL saying why, the model
+ * unchanged. Not thread-safe: call it before sharing the model. */
+carseg_status clip_set_precision(clip_model *m, int precision);
+/* Bytes held by the packed weights (0 in float32). */
+size_t clip_packed_bytes(const clip_model *m);
 
 /* Loads any supported model file (see weights.h). */
 carseg_status clip_load(const char *path, clip_model **out);

@@ -53,6 +53,15 @@ double cli_num(const char *opt, const char *v) {
     return d;
 }
 
+carseg_precision cli_precision(const char *v) {
+    carseg_precision p;
+    if (carseg_precision_parse(v, &p) != CARSEG_OK) {
+        fprintf(stderr, "carseg: error: --precision expects fp32, bf16x3 or bf16, got '%s'\n", v);
+        exit(2);
+    }
+    return p;
+}
+
 static int cmp_cmd(const void *a, const void *b) {
     return strcmp(((const cli_entry *)a)->name, ((const cli_entry *)b)->name);
 }

@@ -33,11 +33,15 @@ static int strlist_add(strlist *l, const char *s) {
     return 0;
 }
 
-static carseg_status open_model(const char *name, clip_model **m) {
+static carseg_status open_model(const char *name, carseg_precision prec, clip_model **m) {
     char *path = NULL;
     TRY(models_resolve(name, &path));
     carseg_status st = clip_load(path, m);
     free(path);
+    if (st == CARSEG_OK && (st = carseg_clip_set_precision(*m, prec)) != CARSEG_OK) {
+        clip_free(*m);
+        *m = NULL;
+    }
     return st;
 }
 
@@ -103,7 +107,7 @@ static int parse_blocks(const char *v, int *nb) {
 static void embed_usage(FILE *f) {
     fprintf(f,
             "usage: carseg embed --model M [--vocab F] [--text T]... [--image I]... [--blocks N]\n"
-            "                    [--normalize]\n\n"
+            "                    [--normalize] [--precision fp32|bf16x3|bf16]\n\n"
             "Prints CLIP features as JSON: {\"text\": [[...]], \"image\": [[...]]}, one row per\n"
             "--text / --image in the order given, unnormalised (OpenAI encode_text / encode_image).\n"
             "Images go through CLIP's standard preprocessing (bicubic resize of the shorter side,\n"
@@ -111,13 +115,15 @@ static void embed_usage(FILE *f) {
             "  --model M      model name (ViT-B/16, ViT-L/14, ...) or file (.pt, .safetensors)\n"
             "  --vocab F      BPE vocabulary (default: the cached one)\n"
             "  --blocks N     run only the first N image blocks (CaR's classifier: layers-1)\n"
-            "  --normalize    L2-normalise every row\n");
+            "  --normalize    L2-normalise every row\n"
+            CLI_PRECISION_HELP);
 }
 
 static int cmd_embed(int argc, char **argv) {
     const char *model = NULL, *vocab = NULL, *v;
     strlist texts = {0}, images = {0};
     int nb = 0, norm = 0, rc;
+    carseg_precision prec = CARSEG_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
         if (cli_flag(argv, i, "--help") || cli_flag(argv, i, "-h")) { embed_usage(stdout); return 0; }
         if ((v = cli_opt(argc, argv, &i, "--model"))) { model = v; continue; }
@@ -125,13 +131,14 @@ static int cmd_embed(int argc, char **argv) {
         if ((v = cli_opt(argc, argv, &i, "--text"))) { if (strlist_add(&texts, v)) return cli_fail("out of memory"); continue; }
         if ((v = cli_opt(argc, argv, &i, "--image"))) { if (strlist_add(&images, v)) return cli_fail("out of memory"); continue; }
         if ((v = cli_opt(argc, argv, &i, "--blocks"))) { if ((rc = parse_blocks(v, &nb))) return rc; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--precision"))) { prec = cli_precision(v); continue; }
         if (cli_flag(argv, i, "--normalize")) { norm = 1; continue; }
         return cli_fail("embed: unexpected argument %s (see carseg embed --help)", argv[i]);
     }
     if (!model) { embed_usage(stderr); return 2; }
     if (texts.n == 0 && images.n == 0) return cli_fail("embed: nothing to embed (give --text or --image)");
     clip_model *m;
-    carseg_status st = open_model(model, &m);
+    carseg_status st = open_model(model, prec, &m);
     if (st) return cli_fail_status(st);
     int E = m->cfg.embed;
     float *tf = calloc((size_t)texts.n * E + 1, sizeof(float));
@@ -168,7 +175,8 @@ CLI_COMMAND("embed", "CLIP text and image features as JSON", cmd_embed)
 static void classify_usage(FILE *f) {
     fprintf(f,
             "usage: carseg classify --model M IMAGE (--classes a,b,c | --class NAME...)\n"
-            "                       [--template T]... [--vocab F] [--blocks N] [--top K] [--json]\n\n"
+            "                       [--template T]... [--vocab F] [--blocks N] [--top K] [--json]\n"
+            "                       [--precision fp32|bf16x3|bf16]\n\n"
             "Zero-shot classification, the standard CLIP recipe: per class, the mean of the\n"
             "L2-normalised text features over the templates, renormalised; probabilities =\n"
             "softmax(logit_scale * cos(image, class)). Prints the classes ranked, one\n"
@@ -178,7 +186,8 @@ static void classify_usage(FILE *f) {
             "  --template T    a template with {} for the name; repeatable (default: CaR's 15)\n"
             "  --blocks N      image blocks to run (default all; CaR's classifier uses layers-1)\n"
             "  --top K         print only the K most probable classes\n"
-            "  --json          print [{\"class\": ..., \"p\": ...}, ...] instead\n");
+            "  --json          print [{\"class\": ..., \"p\": ...}, ...] instead\n"
+            CLI_PRECISION_HELP);
 }
 
 typedef struct { float p; int i; } ranked;
@@ -192,6 +201,7 @@ static int cmd_classify(int argc, char **argv) {
     strlist classes = {0}, templates = {0};
     char *class_buf = NULL;
     int nb = 0, top = 0, as_json = 0, rc;
+    carseg_precision prec = CARSEG_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
         if (cli_flag(argv, i, "--help") || cli_flag(argv, i, "-h")) { classify_usage(stdout); return 0; }
         if ((v = cli_opt(argc, argv, &i, "--model"))) { model = v; continue; }
@@ -211,6 +221,7 @@ static int cmd_classify(int argc, char **argv) {
             continue;
         }
         if ((v = cli_opt(argc, argv, &i, "--blocks"))) { if ((rc = parse_blocks(v, &nb))) return rc; continue; }
+        if ((v = cli_opt(argc, argv, &i, "--precision"))) { prec = cli_precision(v); continue; }
         if ((v = cli_opt(argc, argv, &i, "--top"))) {
             double d = cli_num("--top", v);
             if (d < 1 || d != (int)d || d > 1e9) return cli_fail("--top must be a positive integer");
@@ -226,7 +237,7 @@ static int cmd_classify(int argc, char **argv) {
     const char *const *tpl = templates.n ? (const char *const *)templates.v : CAR_TEMPLATES;
     int nt = templates.n ? templates.n : 15, nc = classes.n;
     clip_model *m;
-    carseg_status st = open_model(model, &m);
+    carseg_status st = open_model(model, prec, &m);
     if (st) { free(class_buf); return cli_fail_status(st); }
     int E = m->cfg.embed;
     size_t nx = (size_t)nt * nc;

@@ -134,7 +134,8 @@ static carseg_status resolve(const char *given, const char *dflt, char **out) {
 
 /* Loads the models named by the options (defaults: the preset's) and builds the job. */
 static carseg_status car_pred_open(predictor *P, const dataset *ds, const char *preset,
-                                   const char *gen_m, const char *cls_m, const char *vocab) {
+                                   const char *gen_m, const char *cls_m, const char *vocab,
+                                   carseg_precision prec) {
     const char *pn = preset ? preset : preset_for(ds->name);
     const car_preset *pr = preset_find(pn);
     if (!pr) return set_err(CARSEG_EINVAL, "no CaR preset '%s' (give --preset)", pn);
@@ -161,6 +162,9 @@ static carseg_status car_pred_open(predictor *P, const dataset *ds, const char *
         if (!strcmp(gp, cp)) c->cls = c->gen;
         else st = clip_load(cp, &c->cls);
     }
+    /* the towers' precision (Grad-CAM's backward stays float32) */
+    if (!st) st = carseg_clip_set_precision(c->gen, prec);
+    if (!st) st = carseg_clip_set_precision(c->cls, prec);
     if (!st) st = tok_open(vp, &c->tok);
     if (!st) st = car_ctx_new(c->gen, c->cls, c->tok, &c->ctx);
     free(gp);
@@ -506,8 +510,9 @@ static void usage(FILE *f) {
         "  --fresh               ignore an existing journal in --out (start over)\n"
         "  --fsync               fsync the journal after every sample (power-loss safe)\n"
         "  --quiet               no progress on stderr\n"
-        "  --preset P, --generator M, --classifier M, --vocab F: the method's settings (used when the\n"
-        "                        built-in CaR predictor runs; not needed with --predictions)\n\n"
+        "  --preset P, --generator M, --classifier M, --vocab F, --precision fp32|bf16x3|bf16: the\n"
+        "                        method's settings (used when the built-in CaR predictor runs; not\n"
+        "                        needed with --predictions); --precision: see carseg segment --help\n\n"
         "The journal (DIR/journal.jsonl) records every finished sample; rerunning the same command\n"
         "resumes where a killed run stopped. MPI build (make MPI=1): mpirun -np N build-mpi/carseg\n"
         "eval ... splits samples across ranks dynamically; rank 0 owns the journal.\n\ndatasets:\n");
@@ -646,6 +651,7 @@ static int cmd_eval(int argc, char **argv) {
     long limit = 0;
     int save = 0, fresh = 0, fsync_each = 0, quiet = 0;
     const char *method_opt = NULL, *preset = NULL, *gen_m = NULL, *cls_m = NULL, *vocab = NULL;
+    carseg_precision prec = CARSEG_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
         const char *v, *arg = argv[i];
         if ((v = cli_opt(argc, argv, &i, "--dataset"))) name = v;
@@ -661,6 +667,7 @@ static int cmd_eval(int argc, char **argv) {
         else if ((v = cli_opt(argc, argv, &i, "--generator"))) gen_m = v, method_opt = arg;
         else if ((v = cli_opt(argc, argv, &i, "--classifier"))) cls_m = v, method_opt = arg;
         else if ((v = cli_opt(argc, argv, &i, "--vocab"))) vocab = v, method_opt = arg;
+        else if ((v = cli_opt(argc, argv, &i, "--precision"))) prec = cli_precision(v), method_opt = arg;
         else if (cli_flag(argv, i, "--save-predictions")) save = 1;
         else if (cli_flag(argv, i, "--fix-ade847")) o.fix_ade847 = 1;
         else if (cli_flag(argv, i, "--per-sentence")) o.per_sentence = 1;
@@ -711,7 +718,7 @@ static int cmd_eval(int argc, char **argv) {
     if (preds) {
         P = (predictor){"predictions", pred_dir_predict, NULL, (void *)preds};
     } else {
-        if ((st = car_pred_open(&P, &R.ds, preset, gen_m, cls_m, vocab))) {
+        if ((st = car_pred_open(&P, &R.ds, preset, gen_m, cls_m, vocab, prec))) {
             if (P.close) P.close(&P);
             EVAL_FAIL_ST(st);
         }

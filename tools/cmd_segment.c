@@ -54,6 +54,7 @@ static void usage(FILE *f) {
         "                       classifier), q9 (zero-mask guard), q17 (duplicates)\n"
         "  --fix-quirks         all the bug fixes: q3,q4,q7,q8,q9,q17\n"
         "  --threads N          compute threads (default: all cores)\n"
+        CLI_PRECISION_HELP
         "  --quiet              no progress on stderr\n");
 }
 
@@ -264,6 +265,7 @@ static int cmd_segment(int argc, char **argv) {
     double eta = -1, theta = -2, lambda = -1;
     int templates = -1, no_crf = 0, fix = 0, quiet = 0, threads = 0, have_classes = 0, have_bg = 0;
     int rc = 1;
+    carseg_precision prec = CARSEG_PRECISION_FP32;
     clip_model *gen = NULL, *cls = NULL;
     tokenizer *tok = NULL;
     car_ctx *ctx = NULL;
@@ -290,6 +292,7 @@ static int cmd_segment(int argc, char **argv) {
         else if ((v = cli_opt(argc, argv, &i, "--templates"))) templates = (int)cli_num("--templates", v);
         else if ((v = cli_opt(argc, argv, &i, "--bg-words"))) { have_bg = 1; if (sl_split(&bgw, v)) FAIL("out of memory"); }
         else if ((v = cli_opt(argc, argv, &i, "--threads"))) threads = (int)cli_num("--threads", v);
+        else if ((v = cli_opt(argc, argv, &i, "--precision"))) prec = cli_precision(v);
         else if (cli_flag(argv, i, "--no-crf")) no_crf = 1;
         else if (cli_flag(argv, i, "--fix-quirks")) fix = 1;
         else if ((v = cli_opt(argc, argv, &i, "--fix"))) fixes = v;
@@ -344,6 +347,9 @@ static int cmd_segment(int argc, char **argv) {
     if ((st = clip_load(gbuf, &gen)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
     if (!strcmp(gbuf, cbuf)) cls = gen;
     else if ((st = clip_load(cbuf, &cls)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
+    /* the towers' precision (Grad-CAM's backward on the generator's last block stays float32) */
+    if ((st = carseg_clip_set_precision(gen, prec)) != CARSEG_OK ||
+        (st = carseg_clip_set_precision(cls, prec)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
     if (gen->cfg.v_patch <= 0 || gen->cfg.v_layers < 2 || cls->cfg.v_layers < 1) {
         rc = cli_fail("%s: not a CLIP vision transformer usable as mask generator", gbuf);
         goto out;

@@ -1,0 +1,85 @@
+/* gemm_amx.h — reduced-precision matrix products on Intel AMX (AMX-TILE + AMX-BF16) for the
+ * linear layers of the CLIP image tower (nn.Linear: out = x @ w^T + b).
+ *
+ * Two modes besides the default float32 (nn.c / OpenBLAS):
+ *   GEMM_BF16X3  each float x = hi + lo, hi = bf16(x), lo = bf16(x - hi) (round to nearest even);
+ *                C += A_hi B_hi + A_hi B_lo + A_lo B_hi, accumulated in float32 in the AMX tiles.
+ *                ~1e-5 relative error ("near fp32"); fp16 weights are exactly hi + lo.
+ *   GEMM_BF16    C += A_hi B_hi only (~1e-2 relative error, 3x fewer tile products).
+ *
+ * Weights are packed once (gemm_pack_weights) into the AMX B-tile VNNI layout, zero-padded to
+ * whole tiles (IC to a multiple of 32, OC to a multiple of 16); activations are split and packed
+ * per call into A tiles. Both layouts are plain C (gemm_split_bf16, gemm_pack_weights) so that they
+ * are testable without AMX; gemm_linear_ref computes the same products from the packed data
+ * in portable scalar code, in the order of the tile products (the tile unit's own rounding
+ * inside a product differs in the last bits).
+ *
+ * Packed B layout: column block j (16 output channels), k-step s (32 inputs): one 1 KB tile of
+ * 16 rows (input pairs) x 16 columns x 2: element [r][c][p] = w[16 j + c][32 s + 2 r + p],
+ * at ((j * ks + s) * 16 + r) * 32 + 2 c + p. Packed A layout: row block i (16 rows), k-step s:
+ * [r][k] = x[16 i + r][32 s + k] at ((i * ks + s) * 16 + r) * 32 + k.
+ *
+ * AMX needs the CPU feature bits, the OS's XSAVE support for tile data and a per-process
+ * permission (arch_prctl ARCH_REQ_XCOMP_PERM); gemm_amx_check() does all three once.
+ * CARSEG_NO_AMX=1 in the environment makes carseg behave as on a machine without AMX.
+ */
+#ifndef CARSEG_GEMM_AMX_H
+#define CARSEG_GEMM_AMX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "carseg.h"
+
+enum { GEMM_FP32 = 0, GEMM_BF16X3 = 1, GEMM_BF16 = 2 };
+
+typedef struct {
+    int mode;            /* GEMM_BF16X3 or GEMM_BF16 */
+    int OC, IC;          /* logical output / input channels */
+    int nb, ks;          /* column blocks of 16 (ceil(OC/16)), k-steps of 32 (ceil(IC/32)) */
+    uint16_t *hi, *lo;   /* (nb, ks, 16, 32) bf16 each; lo NULL in GEMM_BF16 */
+} gemm_pack;
+
+/* Per-call scratch of gemm_linear (the packed activations), reused across calls. */
+typedef struct {
+    void *p;
+    size_t n;
+} gemm_work;
+void gemm_work_free(gemm_work *w);
+
+/* CARSEG_OK when AMX can run in this process (features, OS support, permission granted); else
+ * CARSEG_EINVAL with a message saying what is missing. Thread-safe; the checks run once. */
+carseg_status gemm_amx_check(void);
+/* Whether the hardware and OS allow AMX here (ignores CARSEG_NO_AMX; the kernels' own check). */
+int gemm_amx_usable(void);
+
+/* Packs w (OC rows of IC floats, row stride IC) for `mode`. p is overwritten (free with
+ * gemm_pack_free). Sub-ranges of a larger matrix: pass w + first_row * IC and the row count. */
+carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, int mode);
+void gemm_pack_free(gemm_pack *p);
+size_t gemm_pack_bytes(const gemm_pack *p);
+
+/* out (N, OC; row stride ldo) = x (N, IC; row stride IC) @ w^T + b, with nn_linear_ex's
+ * flags (NN_ACCUMULATE: out += ...; NN_GELU: QuickGELU after the bias). b may be NULL.
+ * Requires gemm_amx_check() == CARSEG_OK (the caller checked when it packed). work: scratch kept
+ * between calls (may be NULL). OpenMP over column blocks; serial inside a parallel region. */
+void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
+                 int flags, gemm_work *work);
+
+/* The same product in portable scalar code from the packed weights and the scalar split, in the
+ * kernels' order of tile products (no AMX needed): for tests. */
+void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,
+                     const float *b, int flags);
+
+/* float -> bf16 bits, round to nearest even, denormals to signed zero (as VCVTNE2PS2BF16 and the
+ * AMX units treat them), NaN stays NaN; and back. */
+uint16_t gemm_f32_to_bf16(float x);
+float gemm_bf16_to_f32(uint16_t h);
+
+/* Splits and packs x (N, IC) into A tiles: hi (and lo unless NULL) each (ceil(N/16), ks, 16, 32);
+ * padding rows and columns are zero. gemm_split_ref: portable; gemm_split: AVX-512 BF16 when AMX
+ * is usable (the same bits), else the portable one. */
+void gemm_split_ref(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo);
+void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo);
+
+#endif

@@ -1,0 +1,568 @@
+/* test_gemm_amx.c — the AMX precision modes (gemm_amx.c, clip_set_precision): bf16 rounding and
+ * the hi/lo split, the packed layouts, the portable emulation against float64 sums (these run
+ * everywhere), then the AMX kernels against the emulation and the whole image tower against the
+ * upstream fixtures (these SKIP without AMX). */
+#include <math.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "clip.h"
+#include "gemm_amx.h"
+#include "image.h"
+#include "nn.h"
+#include "util.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+TEST(amx_bf16_rounding) {
+    CHECK(gemm_f32_to_bf16(1.0f) == 0x3f80);
+    CHECK(gemm_f32_to_bf16(-2.0f) == 0xc000);
+    CHECK(gemm_f32_to_bf16(bits_f32(0x3f808000u)) == 0x3f80);   /* tie -> even */
+    CHECK(gemm_f32_to_bf16(bits_f32(0x3f818000u)) == 0x3f82);   /* tie -> even (up) */
+    CHECK(gemm_f32_to_bf16(bits_f32(0x3f808001u)) == 0x3f81);   /* above the tie */
+    CHECK(gemm_f32_to_bf16(bits_f32(0x7f7fffffu)) == 0x7f80);   /* FLT_MAX rounds to inf */
+    CHECK(gemm_f32_to_bf16(INFINITY) == 0x7f80);
+    CHECK(gemm_f32_to_bf16(-INFINITY) == 0xff80);
+    CHECK(isnan(gemm_bf16_to_f32(gemm_f32_to_bf16(NAN))));
+    CHECK(gemm_f32_to_bf16(bits_f32(0x00400000u)) == 0x0000);   /* denormal -> +0 */
+    CHECK(gemm_f32_to_bf16(bits_f32(0x80400000u)) == 0x8000);   /* denormal -> -0 */
+    CHECK(gemm_bf16_to_f32(0x3f80) == 1.0f);
+}
+
+/* hi + lo: exact for fp16 values (the official checkpoints), within 2^-17 relative otherwise */
+TEST(amx_split_error) {
+    unsigned s = 11;
+    enum { N = 3, K = 77 };
+    float x[N * K];
+    uint16_t hi[16 * 96], lo[16 * 96];
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < N * K; i++) {
+            float v = test_randf(&s) * powf(2.0f, (float)(i % 40) - 20.0f);
+            x[i] = pass ? v : nn_round_fp16(v);
+        }
+        gemm_split_ref(x, N, K, hi, lo);
+        int ks = (K + 31) / 32, bad = 0, pad = 0;
+        for (int r = 0; r < 16; r++)
+            for (int k = 0; k < 32 * ks; k++) {
+                size_t o = ((size_t)(k / 32) * 16 + r) * 32 + k % 32;
+                float sum = gemm_bf16_to_f32(hi[o]) + gemm_bf16_to_f32(lo[o]);
+                if (r >= N || k >= K) { pad += hi[o] != 0 || lo[o] != 0; continue; }
+                float v = x[r * K + k];
+                if (pass ? fabsf(sum - v) > ldexpf(fabsf(v), -17) : sum != v) bad++;
+            }
+        CHECK_MSG(bad == 0, "pass %d: %d values not within bound", pass, bad);
+        CHECK_MSG(pad == 0, "%d padding values not zero", pad);
+    }
+}
+
+/* the B-tile layout, element by element, with odd sizes (padding of OC to 16 and IC to 32) */
+TEST(amx_pack_layout) {
+    enum { OC = 19, IC = 37 };
+    float w[OC * IC];
+    unsigned s = 5;
+    for (int i = 0; i < OC * IC; i++) w[i] = test_randf(&s);
+    gemm_pack p;
+    CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16X3));
+    REQUIRE(p.nb == 2 && p.ks == 2 && p.lo);
+    CHECK(gemm_pack_bytes(&p) == (size_t)2 * 2 * 1024 * 2);
+    int bad = 0;
+    for (int o = 0; o < 32; o++)
+        for (int k = 0; k < 64; k++) {
+            int j = o / 16, c = o % 16, st = k / 32, r = (k % 32) / 2, q = k % 2;
+            size_t d = (((size_t)j * p.ks + st) * 16 + r) * 32 + 2 * c + q;
+            float v = o < OC && k < IC ? w[o * IC + k] : 0.0f;
+            uint16_t h = gemm_f32_to_bf16(v), l = gemm_f32_to_bf16(v - gemm_bf16_to_f32(h));
+            bad += p.hi[d] != h || p.lo[d] != l;
+        }
+    CHECK_MSG(bad == 0, "%d packed values misplaced", bad);
+    gemm_pack_free(&p);
+    CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16));
+    CHECK(p.lo == NULL && gemm_pack_bytes(&p) == (size_t)2 * 2 * 1024);
+    gemm_pack_free(&p);
+    CHECK(gemm_pack_weights(&p, w, 0, IC, GEMM_BF16) == CARSEG_EINVAL);
+    CHECK(gemm_pack_weights(&p, w, OC, IC, GEMM_FP32) == CARSEG_EINVAL);
+}
+
+typedef struct { int N, IC, OC; } shape;
+static const shape SHAPES[] = {{1, 1, 1},   {1, 64, 48},  {15, 31, 15}, {16, 32, 16},
+                               {17, 33, 17}, {33, 70, 50}, {5, 588, 40}, {40, 96, 33},
+                               {70, 128, 96}};
+
+/* out = act(resid + x w^T + b) in float64; *mag = sum |x||w| per element (for error bounds) */
+static void naive(double *out, double *mag, const float *x, const float *w, const float *b,
+                  const float *resid, int N, int IC, int OC, int ldw, int flags) {
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < OC; o++) {
+            double acc = 0, m = 0;
+            for (int k = 0; k < IC; k++) {
+                double t = (double)x[(size_t)i * IC + k] * w[(size_t)o * ldw + k];
+                acc += t, m += fabs(t);
+            }
+            if (flags & NN_ACCUMULATE) acc += resid[(size_t)i * OC + o];
+            if (b) acc += b[o];
+            if (flags & NN_GELU) acc = acc / (1.0 + exp(-1.702 * acc));
+            out[(size_t)i * OC + o] = acc;
+            mag[(size_t)i * OC + o] = m + fabs(b ? b[o] : 0) + (flags & NN_ACCUMULATE ? fabs(resid[(size_t)i * OC + o]) : 0);
+        }
+}
+
+/* Runs fn(out) for every shape, flags and mode, checks |out - exact| <= rel(mode) * sum|x w|. */
+static void check_against_exact(int use_amx) {
+    unsigned s = 3;
+    for (size_t si = 0; si < sizeof SHAPES / sizeof *SHAPES; si++) {
+        shape sh = SHAPES[si];
+        float *x = malloc(sizeof(float) * sh.N * sh.IC), *w = malloc(sizeof(float) * sh.OC * sh.IC);
+        float *b = malloc(sizeof(float) * sh.OC), *out = malloc(sizeof(float) * sh.N * sh.OC);
+        float *resid = malloc(sizeof(float) * sh.N * sh.OC);
+        double *ref = malloc(sizeof(double) * sh.N * sh.OC), *mag = malloc(sizeof(double) * sh.N * sh.OC);
+        for (int i = 0; i < sh.N * sh.IC; i++) x[i] = test_randf(&s);
+        for (int i = 0; i < sh.OC * sh.IC; i++) w[i] = 0.1f * test_randf(&s);
+        for (int i = 0; i < sh.OC; i++) b[i] = test_randf(&s);
+        for (int i = 0; i < sh.N * sh.OC; i++) resid[i] = test_randf(&s);
+        for (int mode = GEMM_BF16X3; mode <= GEMM_BF16; mode++) {
+            gemm_pack p;
+            CHECK_OK(gemm_pack_weights(&p, w, sh.OC, sh.IC, mode));
+            /* per product ~2^-16 (bf16x3: the dropped lo*lo and the residues), ~2^-8 (bf16),
+             * plus the float32 accumulation */
+            double rel = (mode == GEMM_BF16X3 ? ldexp(1, -15) : ldexp(1, -7)) + sh.IC * ldexp(1, -23);
+            for (int flags = 0; flags < 4; flags++) {
+                if (flags == 3) continue;
+                memcpy(out, resid, sizeof(float) * sh.N * sh.OC);
+                const float *bias = flags == 0 && si % 2 ? NULL : b;
+                if (use_amx) gemm_linear(out, sh.OC, x, sh.N, &p, bias, flags, NULL);
+                else gemm_linear_ref(out, sh.OC, x, sh.N, &p, bias, flags);
+                naive(ref, mag, x, w, bias, resid, sh.N, sh.IC, sh.OC, sh.IC, flags);
+                int bad = 0;
+                double worst = 0;
+                for (int i = 0; i < sh.N * sh.OC; i++) {
+                    double e = fabs(out[i] - ref[i]), tol = rel * mag[i] + 1e-6 * fabs(ref[i]);
+                    if (!(e <= tol)) bad++;
+                    if (mag[i] > 0) worst = fmax(worst, e / mag[i]);
+                }
+                CHECK_MSG(bad == 0, "%s mode %d N %d IC %d OC %d flags %d: %d outside the bound "
+                          "(worst |err|/sum|xw| %.2e)", use_amx ? "AMX" : "emulation", mode, sh.N,
+                          sh.IC, sh.OC, flags, bad, worst);
+            }
+            gemm_pack_free(&p);
+        }
+        free(x), free(w), free(b), free(out), free(resid), free(ref), free(mag);
+    }
+}
+
+/* the portable emulation of the tile products (runs everywhere) */
+TEST(amx_emulation_error_bounds) { check_against_exact(0); }
+
+#define NEED_AMX()                                                                      \
+    do {                                                                                \
+        if (gemm_amx_check() != CARSEG_OK) {                                            \
+            char why_[400];                                                             \
+            snprintf(why_, sizeof why_, "no AMX here: %s", carseg_last_error());        \
+            SKIP(why_);                                                                 \
+        }                                                                               \
+    } while (0)
+
+TEST(amx_kernel_error_bounds) {
+    NEED_AMX();
+    check_against_exact(1);
+}
+
+/* AMX kernels vs the emulation: the same products, summed in another order inside the unit */
+TEST(amx_kernel_matches_emulation) {
+    NEED_AMX();
+    unsigned s = 9;
+    const shape sh[] = {{1, 768, 40}, {17, 33, 17}, {40, 588, 33}, {33, 1100, 17}, {64, 96, 200}};
+    for (size_t si = 0; si < sizeof sh / sizeof *sh; si++) {
+        int N = sh[si].N, IC = sh[si].IC, OC = sh[si].OC;
+        float *x = malloc(sizeof(float) * N * IC), *w = malloc(sizeof(float) * OC * IC);
+        float *a = malloc(sizeof(float) * N * OC), *r = malloc(sizeof(float) * N * OC);
+        for (int i = 0; i < N * IC; i++) x[i] = test_randf(&s);
+        for (int i = 0; i < OC * IC; i++) w[i] = 0.05f * test_randf(&s);
+        /* the vector split is the scalar one, bit for bit */
+        int rb = (N + 15) / 16, ks = (IC + 31) / 32;
+        size_t na = (size_t)rb * ks * 512;
+        uint16_t *h1 = malloc(na * 2), *l1 = malloc(na * 2), *h2 = malloc(na * 2), *l2 = malloc(na * 2);
+        gemm_split(x, N, IC, h1, l1);
+        gemm_split_ref(x, N, IC, h2, l2);
+        CHECK_MSG(!memcmp(h1, h2, na * 2) && !memcmp(l1, l2, na * 2), "split differs (N %d IC %d)",
+                  N, IC);
+        free(h1), free(l1), free(h2), free(l2);
+        for (int mode = GEMM_BF16X3; mode <= GEMM_BF16; mode++) {
+            gemm_pack p;
+            CHECK_OK(gemm_pack_weights(&p, w, OC, IC, mode));
+            gemm_linear(a, OC, x, N, &p, NULL, 0, NULL);
+            gemm_linear_ref(r, OC, x, N, &p, NULL, 0);
+            double worst = 0;
+            for (int i = 0; i < N; i++)
+                for (int o = 0; o < OC; o++) {
+                    double m = 0;
+                    for (int k = 0; k < IC; k++) m += fabs((double)x[i * IC + k] * w[o * IC + k]);
+                    worst = fmax(worst, fabs(a[i * OC + o] - r[i * OC + o]) / (m > 0 ? m : 1));
+                }
+            CHECK_MSG(worst <= IC * ldexp(1, -23), "mode %d N %d IC %d OC %d: AMX vs emulation "
+                      "%.2e of sum|xw|", mode, N, IC, OC, worst);
+            gemm_pack_free(&p);
+        }
+        free(x), free(w), free(a), free(r);
+    }
+}
+
+/* sub-ranges of a weight matrix (in_proj's q and k|v rows) into a wider output (ldo), and the
+ * result independent of the thread count (each output is one thread's) */
+TEST(amx_subrange_and_threads) {
+    NEED_AMX();
+    enum { N = 50, C = 40 };
+    unsigned s = 21;
+    float *x = malloc(sizeof(float) * N * C), *w = malloc(sizeof(float) * 3 * C * C);
+    float *b = malloc(sizeof(float) * 3 * C);
+    float *o1 = malloc(sizeof(float) * N * 3 * C), *o2 = malloc(sizeof(float) * N * 3 * C);
+    float *full = malloc(sizeof(float) * N * 3 * C);
+    for (int i = 0; i < N * C; i++) x[i] = test_randf(&s);
+    for (int i = 0; i < 3 * C * C; i++) w[i] = 0.1f * test_randf(&s);
+    for (int i = 0; i < 3 * C; i++) b[i] = test_randf(&s);
+    gemm_pack q, kv, all;
+    CHECK_OK(gemm_pack_weights(&q, w, C, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&kv, w + C * C, 2 * C, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&all, w, 3 * C, C, GEMM_BF16X3));
+    int nt = carseg_get_threads();
+    gemm_work wk = {0};
+    for (int t = 1; t <= 2; t++) {
+        carseg_set_threads(t);
+        float *o = t == 1 ? o1 : o2;
+        for (int i = 0; i < N * 3 * C; i++) o[i] = NAN;
+        gemm_linear(o, 3 * C, x, N, &q, b, 0, &wk);
+        gemm_linear(o + C, 3 * C, x, N, &kv, b + C, 0, &wk);
+    }
+    carseg_set_threads(nt);
+    CHECK_MSG(!memcmp(o1, o2, sizeof(float) * N * 3 * C), "1 and 2 threads differ");
+    nn_linear_naive(full, x, w, b, N, C, 3 * C);
+    CHECK_CLOSE("q | k | v from two packed sub-ranges", o1, full, (size_t)N * 3 * C, 1e-5, 0);
+    gemm_linear(o2, 3 * C, x, N, &all, b, 0, &wk);
+    CHECK_MSG(!memcmp(o1, o2, sizeof(float) * N * 3 * C), "sub-range packs differ from the whole");
+    gemm_work_free(&wk);
+    gemm_pack_free(&q), gemm_pack_free(&kv), gemm_pack_free(&all);
+    free(x), free(w), free(b), free(o1), free(o2), free(full);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the image tower
+
+static clip_model *fixture_model(void) {
+    const char *p = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    if (!p || !file_exists(p)) return NULL;
+    clip_model *m = NULL;
+    if (clip_load(p, &m) != CARSEG_OK) fprintf(stderr, "  %s\n", carseg_last_error());
+    return m;
+}
+
+static double max_rel(const float *got, const float *ref, size_t n) {
+    double mx = 0, d = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i])), d = fmax(d, fabs(got[i] - ref[i]));
+    return mx > 0 ? d / mx : d;
+}
+
+/* the bar for bf16x3 (as the float32 parity tests); bf16's own */
+#define RTOL_BF16X3 1e-4
+#define RTOL_BF16 1e-2
+
+/* image features of the three upstream images (expected.json) and the CaR trunk fixtures */
+static void tower_parity(int mode, double rtol) {
+    NEED_AMX();
+    clip_model *m = fixture_model();
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    if (!m || !ej) { clip_free(m); SKIP("fixtures/clip_sg missing"); }
+    CHECK_OK(clip_set_precision(m, mode));
+    CHECK(m->precision == mode && clip_packed_bytes(m) > 0);
+    json *j = json_parse_file(ej);
+    REQUIRE(j);
+    static const char *paths[] = {"data/photos/chelsea.png",
+                                  "data/voc_mini/VOCdevkit/VOC2012/JPEGImages/2011_000025.jpg",
+                                  "data/photos/camera.png"};
+    int E = m->cfg.embed, S = m->cfg.v_patch * m->cfg.v_grid;
+    const json *feats = json_get(j, "image_features");
+    REQUIRE(feats && feats->len == 3);
+    float *x = malloc(sizeof(float) * 3 * S * S), *got = malloc(sizeof(float) * 3 * E);
+    float *ref = malloc(sizeof(float) * 3 * E);
+    for (int i = 0; i < 3; i++) {
+        image_u8 im;
+        CHECK_OK(image_load_rgb(shared_path(paths[i]), &im));
+        CHECK_OK(clip_preprocess(&im, S, x));
+        CHECK_OK(clip_encode_image(m, x, S, S, 0, got + (size_t)i * E));
+        image_free(&im);
+        for (int k = 0; k < E; k++) ref[i * E + k] = (float)json_at(json_at(feats, i), k)->num;
+    }
+    char what[200];
+    snprintf(what, sizeof what, "%s image_features", mode == GEMM_BF16X3 ? "bf16x3" : "bf16");
+    CHECK_CLOSE(what, got, ref, (size_t)3 * E, rtol, 0);
+    if (getenv("CARSEG_VERBOSE"))
+        fprintf(stderr, "  %s: max|diff|/max|ref| = %.2e\n", what, max_rel(got, ref, (size_t)3 * E));
+    free(x), free(got), free(ref);
+    json_free(j);
+    /* the CaR generator trunk (resized positional embedding, L-1 blocks, attentions) */
+    static const char *cases[] = {"chelsea_voc", "coffee300_voc", "astronaut_cocolike"};
+    for (int c = 0; c < 3; c++) {
+        char p[300];
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_input.npy", cases[c]);
+        const char *ip = shared_path(p);
+        if (!ip || !file_exists(ip)) continue;
+        float *in, *r;
+        int nd;
+        int64_t xs[8], sh[8];
+        CHECK_OK(npy_read_f32(ip, &in, &nd, xs));
+        int H = (int)xs[nd - 2], W = (int)xs[nd - 1], P = m->cfg.v_patch;
+        int L = 1 + (H / P) * (W / P), C = m->cfg.v_width, nb = m->cfg.v_layers - 1;
+        float *tok = malloc(sizeof(float) * L * C), *att = malloc(sizeof(float) * nb * L * L);
+        CHECK_OK(clip_image_trunk(m, in, H, W, nb, tok, att));
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_trunk_out.npy", cases[c]);
+        CHECK_OK(npy_read_f32(shared_path(p), &r, &nd, sh));
+        snprintf(what, sizeof what, "%s %s gen_trunk_out", mode == GEMM_BF16X3 ? "bf16x3" : "bf16",
+                 cases[c]);
+        CHECK_CLOSE(what, tok, r, (size_t)L * C, rtol, 0);
+        if (getenv("CARSEG_VERBOSE"))
+            fprintf(stderr, "  %s: max|diff|/max|ref| = %.2e\n", what, max_rel(tok, r, (size_t)L * C));
+        free(r);
+        snprintf(p, sizeof p, "fixtures/car/%s/iter01/gen_trunk_attn.npy", cases[c]);
+        if (file_exists(shared_path(p))) {
+            CHECK_OK(npy_read_f32(shared_path(p), &r, &nd, sh));
+            snprintf(what, sizeof what, "%s %s gen_trunk_attn",
+                     mode == GEMM_BF16X3 ? "bf16x3" : "bf16", cases[c]);
+            CHECK_CLOSE(what, att, r, (size_t)nb * L * L, rtol, 0);
+            if (getenv("CARSEG_VERBOSE"))
+                fprintf(stderr, "  %s: max|diff|/max|ref| = %.2e\n", what,
+                        max_rel(att, r, (size_t)nb * L * L));
+            free(r);
+        }
+        free(in), free(tok), free(att);
+    }
+    clip_free(m);
+}
+
+TEST(amx_tower_parity_bf16x3) { tower_parity(GEMM_BF16X3, RTOL_BF16X3); }
+TEST(amx_tower_parity_bf16) { tower_parity(GEMM_BF16, RTOL_BF16); }
+
+/* the default stays float32 and bit for bit the same after switching modes back and forth; the
+ * text tower is never affected */
+TEST(amx_fp32_default_unchanged) {
+    clip_model *m = fixture_model();
+    if (!m) SKIP("fixtures/clip_sg missing");
+    CHECK(m->precision == GEMM_FP32 && carseg_clip_get_precision(m) == CARSEG_PRECISION_FP32);
+    CHECK(clip_packed_bytes(m) == 0);
+    int S = m->cfg.v_patch * m->cfg.v_grid, E = m->cfg.embed;
+    float *x = malloc(sizeof(float) * 3 * S * S), *a = malloc(sizeof(float) * E);
+    float *b = malloc(sizeof(float) * E), *c = malloc(sizeof(float) * E);
+    unsigned s = 1;
+    for (int i = 0; i < 3 * S * S; i++) x[i] = test_randf(&s);
+    CHECK_OK(clip_encode_image(m, x, S, S, 0, a));
+    /* two prompts, the largest id last (the EOT position is the argmax) */
+    int ctx = m->cfg.t_ctx;
+    int32_t *tk = calloc((size_t)2 * ctx, sizeof(int32_t));
+    tk[0] = 1, tk[1] = 5, tk[2] = 7, tk[3] = m->cfg.t_vocab - 1;
+    tk[ctx] = 1, tk[ctx + 1] = m->cfg.t_vocab - 1;
+    float *t1 = malloc(sizeof(float) * 2 * E), *t2 = malloc(sizeof(float) * 2 * E);
+    CHECK_OK(clip_encode_text(m, tk, 2, t1));
+    if (gemm_amx_check() == CARSEG_OK) {
+        CHECK_OK(carseg_clip_set_precision(m, CARSEG_PRECISION_BF16));
+        CHECK_OK(clip_encode_image(m, x, S, S, 0, c));
+        CHECK_MSG(memcmp(a, c, sizeof(float) * E) != 0, "bf16 gave the float32 result bit for bit");
+        CHECK_OK(clip_encode_text(m, tk, 2, t2));
+        CHECK_MSG(!memcmp(t1, t2, sizeof(float) * 2 * E), "the text tower changed");
+        CHECK_OK(carseg_clip_set_precision(m, CARSEG_PRECISION_BF16X3));
+        CHECK_OK(carseg_clip_set_precision(m, CARSEG_PRECISION_FP32));
+        CHECK(clip_packed_bytes(m) == 0);
+    }
+    CHECK_OK(clip_encode_image(m, x, S, S, 0, b));
+    CHECK_MSG(!memcmp(a, b, sizeof(float) * E), "float32 not bit-identical after a mode switch");
+    free(x), free(a), free(b), free(c), free(t1), free(t2), free(tk);
+    clip_free(m);
+}
+
+/* asking for AMX where it is unavailable: a clear error, the model untouched */
+TEST(amx_unavailable_error) {
+    clip_model *m = fixture_model();
+    if (!m) SKIP("fixtures/clip_sg missing");
+    setenv("CARSEG_NO_AMX", "1", 1);
+    carseg_status st = carseg_clip_set_precision(m, CARSEG_PRECISION_BF16X3);
+    unsetenv("CARSEG_NO_AMX");
+    CHECK(st == CARSEG_EINVAL);
+    CHECK_MSG(strstr(carseg_last_error(), "AMX") != NULL, "message: %s", carseg_last_error());
+    CHECK(m->precision == GEMM_FP32 && m->packs == NULL);
+    CHECK(carseg_clip_set_precision(m, (carseg_precision)7) == CARSEG_EINVAL);
+    carseg_precision p;
+    CHECK_OK(carseg_precision_parse("bf16x3", &p));
+    CHECK(p == CARSEG_PRECISION_BF16X3);
+    CHECK(carseg_precision_parse("fp16", &p) == CARSEG_EINVAL);
+    CHECK(!strcmp(carseg_precision_name(CARSEG_PRECISION_BF16), "bf16"));
+    clip_free(m);
+}
+
+/* CLI: --precision on `carseg embed` (the same option and helper as classify, segment, eval):
+ * bf16x3 meets the parity bar end to end; an unknown value exits 2; AMX unavailable exits 1
+ * with the reason */
+static int run_cmd(const char *cmd, char **out) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t k;
+    while (buf && (k = fread(buf + n, 1, cap - 1 - n, p)) > 0) {
+        n += k;
+        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
+    }
+    if (buf) buf[n] = 0;
+    int st = pclose(p);
+    *out = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(amx_cli_precision) {
+    const char *bin = getenv("CARSEG_BIN");
+    const char *ej = shared_path("fixtures/clip_sg/expected.json");
+    const char *model = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *img = shared_path("data/photos/chelsea.png");
+    if (!bin || !ej || !file_exists(model) || !file_exists(img)) SKIP("CARSEG_BIN or fixtures missing");
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "'%s' embed --model '%s' --image '%s' --precision fp64 2>&1", bin,
+             model, img);
+    CHECK(run_cmd(cmd, &out) == 2);
+    CHECK_MSG(out && strstr(out, "--precision"), "output: %s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "CARSEG_NO_AMX=1 '%s' embed --model '%s' --image '%s' "
+             "--precision bf16x3 2>&1", bin, model, img);
+    CHECK(run_cmd(cmd, &out) == 1);
+    CHECK_MSG(out && strstr(out, "carseg: error:") && strstr(out, "AMX"), "output: %s",
+              out ? out : "");
+    free(out);
+    if (gemm_amx_check() != CARSEG_OK) SKIP("no AMX here: the bf16x3 run is skipped");
+    snprintf(cmd, sizeof cmd, "'%s' embed --model '%s' --image '%s' --precision bf16x3", bin,
+             model, img);
+    REQUIRE(run_cmd(cmd, &out) == 0 && out);
+    char err[128];
+    json *o = json_parse(out, strlen(out), err, sizeof err), *j = json_parse_file(ej);
+    REQUIRE(o && j);
+    const json *gi = json_at(json_get(o, "image"), 0), *ri = json_at(json_get(j, "image_features"), 0);
+    REQUIRE(gi && ri && gi->len == ri->len);
+    float *g = malloc(sizeof(float) * gi->len), *r = malloc(sizeof(float) * gi->len);
+    for (size_t i = 0; i < gi->len; i++) g[i] = (float)json_at(gi, i)->num, r[i] = (float)json_at(ri, i)->num;
+    CHECK_CLOSE("embed --precision bf16x3", g, r, gi->len, RTOL_BF16X3, 0);
+    free(g), free(r), free(out);
+    json_free(o), json_free(j);
+}
+
+/* The blocking paths of gemm_linear at real sizes, against float32 OpenBLAS: outer k chunks
+ * (257 rows, IC 2048) and row groups (769 rows x 3072 outputs: the partial sums would not fit),
+ * with the residual and GELU epilogues; bound 2^-15 sum|x w| (+ float32 rounding). */
+TEST(amx_blocking_paths) {
+    NEED_AMX();
+    const shape sh[] = {{257, 2048, 64}, {769, 768, 3072}};
+    unsigned s = 33;
+    for (int si = 0; si < 2; si++) {
+        int N = sh[si].N, IC = sh[si].IC, OC = sh[si].OC;
+        float *x = malloc(sizeof(float) * N * IC), *w = malloc(sizeof(float) * OC * IC);
+        float *ax = malloc(sizeof(float) * N * IC), *aw = malloc(sizeof(float) * OC * IC);
+        float *b = malloc(sizeof(float) * OC), *got = malloc(sizeof(float) * N * OC);
+        float *ref = malloc(sizeof(float) * N * OC), *mag = malloc(sizeof(float) * N * OC);
+        for (int i = 0; i < N * IC; i++) x[i] = test_randf(&s), ax[i] = fabsf(x[i]);
+        for (int i = 0; i < OC * IC; i++) w[i] = 0.05f * test_randf(&s), aw[i] = fabsf(w[i]);
+        for (int i = 0; i < OC; i++) b[i] = test_randf(&s);
+        for (int i = 0; i < N * OC; i++) got[i] = ref[i] = test_randf(&s);
+        int flags = si == 0 ? NN_ACCUMULATE : NN_GELU;
+        nn_linear_ex(ref, x, w, b, N, IC, OC, flags);
+        nn_linear(mag, ax, aw, NULL, N, IC, OC);
+        gemm_pack p;
+        CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16X3));
+        gemm_linear(got, OC, x, N, &p, b, flags, NULL);
+        int bad = 0;
+        for (int i = 0; i < N * OC; i++)
+            bad += !(fabsf(got[i] - ref[i]) <= ldexp(1, -15) * mag[i] + 1e-6f * (fabsf(ref[i]) + 1));
+        CHECK_MSG(bad == 0, "N %d IC %d OC %d: %d outputs outside the bound", N, IC, OC, bad);
+        gemm_pack_free(&p);
+        free(x), free(w), free(ax), free(aw), free(b), free(got), free(ref), free(mag);
+    }
+}
+
+/* The image and trunk cases of a gen_clip_fixtures.py manifest (native, non-native and
+ * non-square grids, L and L-1 blocks, trunk tokens + attention) in both AMX modes. Returns the
+ * number of cases checked. */
+static int amx_manifest(const char *dir) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/manifest.json", dir);
+    json *man = json_parse_file(p);
+    if (!man) { CHECK_MSG(0, "%s", carseg_last_error()); return 0; }
+    snprintf(p, sizeof p, "%s/model_f16.safetensors", dir);
+    clip_model *m = NULL;
+    CHECK_OK(clip_load(p, &m));
+    const json *cases = json_get(man, "cases");
+    int done = 0, E = m ? m->cfg.embed : 0, C = m ? m->cfg.v_width : 0;
+    for (int mode = GEMM_BF16X3; m && mode <= GEMM_BF16; mode++) {
+        CHECK_OK(clip_set_precision(m, mode));
+        double rtol = mode == GEMM_BF16X3 ? RTOL_BF16X3 : RTOL_BF16, worst = 0;
+        for (size_t i = 0; cases && i < cases->len; i++) {
+            const json *c = json_at(cases, i);
+            const char *kind = json_str(c, "kind", "");
+            if (!strcmp(kind, "text")) continue;
+            int nd;
+            int64_t sh[8];
+            float *x = NULL, *ref = NULL;
+            snprintf(p, sizeof p, "%s/%s", dir, json_str(c, "input", ""));
+            CHECK_OK(npy_read_f32(p, &x, &nd, sh));
+            snprintf(p, sizeof p, "%s/%s", dir, json_str(c, "expected", ""));
+            CHECK_OK(npy_read_f32(p, &ref, &nd, sh));
+            if (!x || !ref) { free(x), free(ref); continue; }
+            int H = (int)json_num(c, "H", 0), W = (int)json_num(c, "W", 0);
+            int nb = (int)json_num(c, "n_blocks", 0), P = m->cfg.v_patch, L = 1 + (H / P) * (W / P);
+            size_t n = !strcmp(kind, "image") ? (size_t)E : (size_t)L * C;
+            float *got = malloc(sizeof(float) * n);
+            char what[200];
+            snprintf(what, sizeof what, "%s %s %s %dx%d %d blocks", json_str(man, "shape", ""),
+                     mode == GEMM_BF16X3 ? "bf16x3" : "bf16", kind, W, H, nb);
+            if (!strcmp(kind, "image")) CHECK_OK(clip_encode_image(m, x, H, W, nb, got));
+            else CHECK_OK(clip_image_trunk(m, x, H, W, nb, got, NULL));
+            CHECK_CLOSE(what, got, ref, n, rtol, 0);
+            worst = fmax(worst, max_rel(got, ref, n));
+            free(x), free(ref), free(got);
+            done++;
+        }
+        if (getenv("CARSEG_VERBOSE"))
+            fprintf(stderr, "  %s %s: worst max|diff|/max|ref| over the image cases = %.2e\n",
+                    json_str(man, "shape", ""), mode == GEMM_BF16X3 ? "bf16x3" : "bf16", worst);
+    }
+    clip_free(m);
+    json_free(man);
+    return done;
+}
+
+TEST(amx_generated_cases) {
+    NEED_AMX();
+    if (!file_exists("tests/data/clip/manifest.json")) SKIP("tests/data/clip missing (run from the repo root)");
+    CHECK(amx_manifest("tests/data/clip") >= 18);
+}
+
+/* Full-size random ViT-B/16 / ViT-L/14 (CARSEG_HEAVY=B16,L14, as clip_full_size_parity; the
+ * fixtures are generated into the test's temp dir: ~300 MB / ~850 MB, 35-75 s each). */
+TEST(amx_full_size_parity) {
+    const char *h = getenv("CARSEG_HEAVY");
+    if (!h || !*h) SKIP("set CARSEG_HEAVY=B16,L14 to check full-size random ViT-B/16 / ViT-L/14");
+    NEED_AMX();
+    if (system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0)
+        SKIP("/usr/bin/python3 has no torch");
+    const char *names[2][2] = {{"B16", "ViT-B/16"}, {"L14", "ViT-L/14"}};
+    for (int k = 0; k < 2; k++) {
+        if (!strstr(h, names[k][0])) continue;
+        char dir[800], cmd[2000];
+        snprintf(dir, sizeof dir, "%s/%s", test_tmpdir(), names[k][0]);
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/gen_clip_fixtures.py %s --shape %s", dir,
+                 names[k][1]);
+        REQUIRE(system(cmd) == 0);
+        CHECK(amx_manifest(dir) >= 4);
+    }
+}
