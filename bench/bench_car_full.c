@@ -6,6 +6,8 @@
  * count, GFLOP/s (wall and per CPU-second), peak RSS against the weights' size, load average.
  *
  * usage: bench_car_full [threads (0 = OpenMP default)] [theta]
+ * BENCH_PRECISION=fp32|bf16x3|bf16 (environment): the towers' precision mode (AMX modes need an AMX
+ * CPU; the packing time is reported apart and not counted in the stages).
  * theta: random weights give near-uniform classifier probabilities (about 1/n per query), so the
  * voc preset's 0.6 would drop all but the argmax fallback; the default picks a threshold under
  * which this image and seed go 20 -> k -> k (see the printed rounds). Skips when the image or the
@@ -108,6 +110,17 @@ int main(int argc, char **argv) {
         return 1;
     }
     double ms_init = now_ms() - t0;
+    carseg_precision prec = CARSEG_PRECISION_FP32;
+    double ms_pack = 0;
+    if (getenv("BENCH_PRECISION")) {
+        double tp = now_ms();
+        if (carseg_precision_parse(getenv("BENCH_PRECISION"), &prec) != CARSEG_OK ||
+            clip_set_precision(gen, prec) != CARSEG_OK || clip_set_precision(cls, prec) != CARSEG_OK) {
+            fprintf(stderr, "bench_car_full: %s\n", carseg_last_error());
+            return 1;
+        }
+        ms_pack = now_ms() - tp;
+    }
     double wbytes = 4 * (n_params(&gen->cfg) + n_params(&cls->cfg));
     double rss_models = maxrss_mb();
 
@@ -166,8 +179,8 @@ int main(int argc, char **argv) {
     double f_all = f_trunk + f_cls + f_text;
 
     printf("bench_car_full: %s %dx%d, 20 VOC classes, voc preset (theta %.4g: random weights), "
-           "B/16 generator + L/14 classifier (random, fp32), %d threads\n",
-           ip, im.w, im.h, p.theta, carseg_get_threads());
+           "B/16 generator + L/14 classifier (random, %s; packing %.0f ms), %d threads\n",
+           ip, im.w, im.h, p.theta, carseg_precision_name(prec), ms_pack, carseg_get_threads());
     printf("  load average %.2f -> %.2f (this machine has %ld cores); model init %.0f ms\n", l0, l1,
            sysconf(_SC_NPROCESSORS_ONLN), ms_init);
     printf("  stage             wall ms    CPU ms   GFLOP  GFLOP per CPU-s\n");
