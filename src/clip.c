@@ -295,7 +295,8 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     } else {
         nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
     }
-    nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
+    if (!pk || causal || !gemm_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, pk[0].mode))
+        nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
     linear(x, C, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
            &s->wk);
     nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);

@@ -76,8 +76,8 @@ void gemm_split_ref(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
                 }
 }
 
-static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC, int j,
-                           int ks);
+static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, size_t ldw, int OC, int IC,
+                           int j, int ks);
 
 carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, int mode) {
     memset(p, 0, sizeof *p);
@@ -97,7 +97,7 @@ carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, in
 #pragma omp parallel for schedule(static) if ((size_t)OC * IC > 65536)
     for (int j = 0; j < nb; j++) {
         if (vec) {   /* the same bits, AVX-512 BF16 (the split of a non-finite value aside) */
-            pack_block_vec(p->hi, p->lo, w, OC, IC, j, ks);
+            pack_block_vec(p->hi, p->lo, w, (size_t)IC, OC, IC, j, ks);
             continue;
         }
         for (int s = 0; s < ks; s++)
@@ -457,8 +457,8 @@ AMX_TARGET static void split_rows(const float *x, int N, int IC, int i, uint16_t
 
 /* column block j of w (rows 16 j.., all k-steps) -> B tiles: per output row c, 32 inputs
  * converted at once and scattered as 16 (k, k+1) pairs to tile rows r = 0..15, column c */
-AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC,
-                                      int j, int ks) {
+AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, size_t ldw,
+                                      int OC, int IC, int j, int ks) {
     const __m512i idx = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
                                          48, 32, 16, 0);   /* r * 16 (32-bit units) */
     for (int s = 0; s < ks; s++) {
@@ -469,7 +469,7 @@ AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w
         for (int c = 0; c < 16; c++) {
             int o = 16 * j + c;
             __mmask16 a = o < OC ? m0 : 0, b = o < OC ? m1 : 0;
-            const float *wr = w + (size_t)(o < OC ? o : 0) * IC + k0;
+            const float *wr = w + (size_t)(o < OC ? o : 0) * ldw + k0;
             __m512 x0 = _mm512_maskz_loadu_ps(a, wr), x1 = _mm512_maskz_loadu_ps(b, wr + 16);
             __m512bh h = _mm512_cvtne2ps_pbh(x1, x0);
             __m512i ix = _mm512_add_epi32(idx, _mm512_set1_epi32(c));
@@ -575,7 +575,7 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
      * would be larger (many rows and columns), the rows go in groups of rg row pairs over all
      * k-steps (A: <= 1.5 MB per group). Sizes tuned on Sapphire Rapids (2 MB L2). */
     int ncp = (w->nb + 1) / 2, rp = (rb + 1) / 2;   /* column pairs, row pairs */
-    int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;   /* B tiles per chunk: 16 KB (bf16x3), 16 KB (bf16) */
+    int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;
     size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;   /* 1.5 MB */
     int nt = threads_for(2.0 * N * w->OC * w->IC * (x3 ? 3 : 1));
     if (nt > ncp) nt = ncp;
@@ -671,6 +671,113 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
     gemm_work_free(&local);
 }
 
+// ---------------------------------------------------------------------------------------------
+// attention
+
+/* V (L keys, hd channels; row stride ld) -> the B tiles of P V: column block j (16 channels),
+ * k-step s (32 keys): [r][c][p] = v[32 s + 2 r + p][16 j + c] (keys >= L: zero). hd % 16 == 0. */
+AMX_TARGET static void pack_v(uint16_t *hi, uint16_t *lo, const float *v, size_t ld, int L, int hd,
+                              int ks) {
+    __m512i idx;   /* word 2 c + p <- word 16 p + c of [bf16(row 2r) | bf16(row 2r+1)] */
+    {
+        uint16_t t[32] __attribute__((aligned(64)));
+        for (int c = 0; c < 16; c++) t[2 * c] = (uint16_t)c, t[2 * c + 1] = (uint16_t)(16 + c);
+        idx = _mm512_load_si512((const void *)t);
+    }
+    for (int j = 0; j < hd / 16; j++)
+        for (int s = 0; s < ks; s++)
+            for (int r = 0; r < 16; r++) {
+                int k0 = 32 * s + 2 * r;
+                __m512 x0 = k0 < L ? _mm512_loadu_ps(v + (size_t)k0 * ld + 16 * j) : _mm512_setzero_ps();
+                __m512 x1 = k0 + 1 < L ? _mm512_loadu_ps(v + (size_t)(k0 + 1) * ld + 16 * j)
+                                       : _mm512_setzero_ps();
+                __m512bh h = _mm512_cvtne2ps_pbh(x1, x0);
+                size_t o = (((size_t)j * ks + s) * 16 + r) * 32;
+                _mm512_storeu_si512((void *)(hi + o), _mm512_permutexvar_epi16(idx, (__m512i)h));
+                if (lo) {
+                    __m512i hb = (__m512i)h;
+                    __m512 h0 = _mm512_castsi512_ps(
+                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hb)), 16));
+                    __m512 h1 = _mm512_castsi512_ps(
+                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hb, 1)), 16));
+                    __m512bh l = _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));
+                    _mm512_storeu_si512((void *)(lo + o), _mm512_permutexvar_epi16(idx, (__m512i)l));
+                }
+            }
+}
+
+/* C (N, OC; row stride ldo) = A B from packed tiles: A (ceil(N/16), ks, 16, 32), B (ceil(OC/16),
+ * ks, 16, 32) (hi and, with x3, lo planes), 2 x 2 tiles at a time through cb (32 x 32 floats) */
+static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16_t *ah,
+                          const uint16_t *al, const uint16_t *bh, const uint16_t *bl, int x3,
+                          float *cb) {
+    int rb = (N + 15) / 16, nb = (OC + 15) / 16;
+    size_t st = (size_t)ks * 512;
+    for (int cp = 0; 2 * cp < nb; cp++) {
+        int j = 2 * cp, nr = j + 1 < nb ? 2 : 1;
+        for (int p = 0; 2 * p < rb; p++) {
+            int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
+            g_kernels[mr - 1][nr - 1][x3](ks, st, ah + i * st, x3 ? al + i * st : NULL, bh + j * st,
+                                          x3 ? bl + j * st : NULL, cb, 0);
+            epilogue(c, ldo, N, OC, cp, p, cb, NULL, 0);
+        }
+    }
+}
+
+int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                   int NH, int mode) {
+    int hd = NH > 0 ? C / NH : 0;
+    if (B <= 0 || L <= 0 || hd <= 0 || hd % 16 || hd * NH != C || !gemm_amx_usable() ||
+        (mode != GEMM_BF16X3 && mode != GEMM_BF16))
+        return 0;
+    int x3 = mode == GEMM_BF16X3, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
+    /* per thread: q scaled (L, hd), its A tiles, K's B tiles, P's A tiles, V's B tiles, cb */
+    size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
+    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)rb * ksp * 1024;
+    size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
+    size_t per = nq + planes * (nqa + nk + npa + nv) + 4096;
+    int nt = threads_for(4.0 * B * NH * L * L * hd);
+    if (nt > B * NH) nt = B * NH;
+    char *mem = cs_malloc(per * nt);
+    if (!mem) return 0;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        char *m = mem + per * t;
+        float *qs = (float *)m;
+        uint16_t *qh = (uint16_t *)(m + nq), *ql = x3 ? qh + nqa / 2 : NULL;
+        uint16_t *kh = qh + planes * nqa / 2, *kl = x3 ? kh + nk / 2 : NULL;
+        uint16_t *ph = kh + planes * nk / 2, *pl = x3 ? ph + npa / 2 : NULL;
+        uint16_t *vh = ph + planes * npa / 2, *vl = x3 ? vh + nv / 2 : NULL;
+        float *cb = (float *)(vh + planes * nv / 2);
+        tiles_begin();
+#pragma omp for schedule(dynamic, 1)
+        for (int bh = 0; bh < B * NH; bh++) {
+            int b = bh / NH, h = bh % NH;
+            const float *q = qkv + (size_t)b * L * C3 + h * hd, *k = q + C, *v = q + 2 * C;
+            float *P = probs + (size_t)bh * L * L;
+            for (int i = 0; i < L; i++)
+                for (int c = 0; c < hd; c++) qs[(size_t)i * hd + c] = q[(size_t)i * C3 + c] * scale;
+            for (int i = 0; i < rb; i++) split_rows(qs, L, hd, i, qh, ql);
+            for (int j = 0; j < rb; j++) pack_block_vec(kh, kl, k, (size_t)C3, L, hd, j, ksq);
+            tiles_product(P, L, L, L, ksq, qh, ql, kh, kl, x3, cb);   /* S = q k^T / sqrt(hd) */
+            nn_softmax_rows(P, L, L);
+            for (int i = 0; i < rb; i++) split_rows(P, L, L, i, ph, pl);
+            pack_v(vh, vl, v, (size_t)C3, L, hd, ksp);
+            tiles_product(out + (size_t)b * L * C + h * hd, C, L, hd, ksp, ph, pl, vh, vl, x3, cb);
+        }
+        tiles_end();
+    }
+    cs_free(mem);
+    if (avg) nn_attention_avg(avg, probs, B, L, NH);
+    return 1;
+}
+
 #else /* no AMX in this build */
 
 carseg_status gemm_amx_check(void) {
@@ -678,9 +785,14 @@ carseg_status gemm_amx_check(void) {
                    "(x86-64 Linux with GCC 11 / clang 12 or later needed)");
 }
 int gemm_amx_usable(void) { return 0; }
-static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC, int j,
-                           int ks) {
-    (void)hi, (void)lo, (void)w, (void)OC, (void)IC, (void)j, (void)ks;   /* never called */
+static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, size_t ldw, int OC, int IC,
+                           int j, int ks) {
+    (void)hi, (void)lo, (void)w, (void)ldw, (void)OC, (void)IC, (void)j, (void)ks;   /* never called */
+}
+int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                   int NH, int mode) {
+    (void)out, (void)probs, (void)avg, (void)qkv, (void)B, (void)L, (void)C, (void)NH, (void)mode;
+    return 0;
 }
 void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
     gemm_split_ref(x, N, IC, hi, lo);
