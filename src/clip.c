@@ -295,7 +295,9 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     } else {
         nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
     }
-    if (!pk || causal || !gemm_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, pk[0].mode))
+    /* AMX attention: probs are only scratch here unless avg is wanted */
+    if (!pk || causal ||
+        !gemm_attention(s->att, avg ? s->probs : NULL, avg, s->qkv, B, L, C, NH, pk[0].mode))
         nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
     linear(x, C, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
            &s->wk);

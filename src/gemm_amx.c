@@ -706,17 +706,18 @@ AMX_TARGET static void pack_v(uint16_t *hi, uint16_t *lo, const float *v, size_t
             }
 }
 
-/* C (N, OC; row stride ldo) = A B from packed tiles: A (ceil(N/16), ks, 16, 32), B (ceil(OC/16),
- * ks, 16, 32) (hi and, with x3, lo planes), 2 x 2 tiles at a time through cb (32 x 32 floats) */
+/* C (N, OC; row stride ldo) = A B from packed tiles: A (ceil(N/16), ks, 16, 32) from row tile
+ * i0 on, B (ceil(OC/16), ks, 16, 32) (hi and, with x3, lo planes), rows 32 p0 .. 32 p0 + N - 1 of
+ * C (relative to c), 2 x 2 tiles at a time through cb (32 x 32 floats) */
 static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16_t *ah,
                           const uint16_t *al, const uint16_t *bh, const uint16_t *bl, int x3,
                           float *cb) {
     int rb = (N + 15) / 16, nb = (OC + 15) / 16;
     size_t st = (size_t)ks * 512;
-    for (int cp = 0; 2 * cp < nb; cp++) {
-        int j = 2 * cp, nr = j + 1 < nb ? 2 : 1;
-        for (int p = 0; 2 * p < rb; p++) {
-            int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
+    for (int p = 0; 2 * p < rb; p++) {
+        int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
+        for (int cp = 0; 2 * cp < nb; cp++) {
+            int j = 2 * cp, nr = j + 1 < nb ? 2 : 1;
             g_kernels[mr - 1][nr - 1][x3](ks, st, ah + i * st, x3 ? al + i * st : NULL, bh + j * st,
                                           x3 ? bl + j * st : NULL, cb, 0);
             epilogue(c, ldo, N, OC, cp, p, cb, NULL, 0);
@@ -733,12 +734,15 @@ int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B
     int x3 = mode == GEMM_BF16X3, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hd);
     int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
-    /* per thread: q scaled (L, hd), its A tiles, K's B tiles, P's A tiles, V's B tiles, cb */
+    /* per thread: q scaled (L, hd), its A tiles, K's B tiles, V's B tiles, the A tiles of one
+     * block of 32 rows of P, cb, that block of P (32, L) */
     size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
-    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)rb * ksp * 1024;
+    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)2 * ksp * 1024;
     size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
-    size_t per = nq + planes * (nqa + nk + npa + nv) + 4096;
+    size_t ns = ((size_t)32 * L * 4 + 63) & ~(size_t)63;
+    size_t per = nq + planes * (nqa + nk + npa + nv) + 4096 + ns;
     int nt = threads_for(4.0 * B * NH * L * L * hd);
+    if (avg && !probs) return 0;
     if (nt > B * NH) nt = B * NH;
     char *mem = cs_malloc(per * nt);
     if (!mem) return 0;
@@ -754,22 +758,29 @@ int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B
         uint16_t *kh = qh + planes * nqa / 2, *kl = x3 ? kh + nk / 2 : NULL;
         uint16_t *ph = kh + planes * nk / 2, *pl = x3 ? ph + npa / 2 : NULL;
         uint16_t *vh = ph + planes * npa / 2, *vl = x3 ? vh + nv / 2 : NULL;
-        float *cb = (float *)(vh + planes * nv / 2);
+        float *cb = (float *)(vh + planes * nv / 2), *Pr = cb + 1024;   /* Pr: (32, L) */
+        size_t sq = (size_t)2 * ksq * 512;   /* a row pair of q's A tiles */
         tiles_begin();
 #pragma omp for schedule(dynamic, 1)
         for (int bh = 0; bh < B * NH; bh++) {
             int b = bh / NH, h = bh % NH;
             const float *q = qkv + (size_t)b * L * C3 + h * hd, *k = q + C, *v = q + 2 * C;
-            float *P = probs + (size_t)bh * L * L;
+            float *o = out + (size_t)b * L * C + h * hd;
             for (int i = 0; i < L; i++)
                 for (int c = 0; c < hd; c++) qs[(size_t)i * hd + c] = q[(size_t)i * C3 + c] * scale;
             for (int i = 0; i < rb; i++) split_rows(qs, L, hd, i, qh, ql);
             for (int j = 0; j < rb; j++) pack_block_vec(kh, kl, k, (size_t)C3, L, hd, j, ksq);
-            tiles_product(P, L, L, L, ksq, qh, ql, kh, kl, x3, cb);   /* S = q k^T / sqrt(hd) */
-            nn_softmax_rows(P, L, L);
-            for (int i = 0; i < rb; i++) split_rows(P, L, L, i, ph, pl);
             pack_v(vh, vl, v, (size_t)C3, L, hd, ksp);
-            tiles_product(out + (size_t)b * L * C + h * hd, C, L, hd, ksp, ph, pl, vh, vl, x3, cb);
+            /* per block of 32 query rows, while its rows of P are in cache: S = q k^T / sqrt(hd),
+             * softmax, P's A tiles, out = P v */
+            for (int p = 0; 32 * p < L; p++) {
+                int r0 = 32 * p, n = L - r0 < 32 ? L - r0 : 32;
+                tiles_product(Pr, L, n, L, ksq, qh + p * sq, x3 ? ql + p * sq : NULL, kh, kl, x3, cb);
+                nn_softmax_rows(Pr, n, L);
+                if (probs) memcpy(probs + ((size_t)bh * L + r0) * L, Pr, sizeof(float) * n * L);
+                for (int i = 0; 16 * i < n; i++) split_rows(Pr, n, L, i, ph, pl);
+                tiles_product(o + (size_t)r0 * C, C, n, hd, ksp, ph, pl, vh, vl, x3, cb);
+            }
         }
         tiles_end();
     }

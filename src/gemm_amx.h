@@ -73,8 +73,9 @@ void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack
 
 /* nn_attention (non-causal) with both products, S = q k^T / sqrt(hd) and out = P v, in `mode`
  * (GEMM_BF16X3 or GEMM_BF16) on AMX: q, k, P and v split like the linear layers' activations,
- * float32 sums, nn.c's softmax; probs and avg as nn_attention. Requires hd = C / NH a multiple
- * of 16. Returns 1 when done, 0 when it cannot run here (no AMX, other shapes, out of memory:
+ * float32 sums, nn.c's softmax; probs and avg as nn_attention, except that probs may be NULL
+ * when avg is (the probabilities then stay in a per-thread block of 32 rows, in cache).
+ * Requires hd = C / NH a multiple of 16. Returns 1 when done, 0 when it cannot run here (no AMX, other shapes, out of memory:
  * the caller then runs nn_attention). OpenMP over (batch, head); each one thread's. */
 int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
                    int NH, int mode);

@@ -294,6 +294,9 @@ TEST(amx_attention_vs_fp32) {
             carseg_set_threads(nt);
             CHECK_MSG(!memcmp(o, o2, sizeof(float) * no) && !memcmp(p, p2, sizeof(float) * np),
                       "L %d mode %d: 1 and 2 threads differ", L, mode);
+            /* without probs (the forward's case): the same outputs */
+            CHECK(gemm_attention(o2, NULL, NULL, qkv, B, L, C, NH, mode) == 1);
+            CHECK_MSG(!memcmp(o, o2, sizeof(float) * no), "L %d mode %d: probs NULL differs", L, mode);
             double d = max_abs_diff(o, r, no, &m);
             CHECK_MSG(d <= tol * m, "L %d mode %d: out max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
             d = max_abs_diff(p, pr, np, &m);
