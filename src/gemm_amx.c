@@ -270,17 +270,17 @@ AMX_TARGET static void tiles_begin(void) { _tile_loadconfig(&g_tile_cfg); }
 
 AMX_TARGET static void tiles_end(void) { _tile_release(); }
 
-/* mr x nr output tiles (mr, nr in {1, 2}) over n k-steps into cb (32 x 32 floats, stride 32),
+/* mr x nr output tiles (mr, nr in {1, 2}) over n k-steps into cb (32 x 32 floats, row stride ldc),
  * starting from cb's values when load_c, else from zero. ah/al: A tiles of the first row block at
  * the first k-step (the next row block is st elements further); bh/bl: B tiles likewise. */
 #define AMX_KERNEL(NAME, MR, NR, X3)                                                              \
     AMX_TARGET static void NAME(int n, size_t st, const uint16_t *ah, const uint16_t *al,         \
-                                const uint16_t *bh, const uint16_t *bl, float *cb, int load_c) {  \
+                                const uint16_t *bh, const uint16_t *bl, float *cb, int ldc, int load_c) {  \
         if (load_c) {                                                                             \
-            _tile_loadd(0, cb, 128);                                                              \
-            if (NR > 1) _tile_loadd(1, cb + 16, 128);                                             \
-            if (MR > 1) _tile_loadd(2, cb + 16 * 32, 128);                                        \
-            if (MR > 1 && NR > 1) _tile_loadd(3, cb + 16 * 32 + 16, 128);                         \
+            _tile_loadd(0, cb, 4 * ldc);                                                              \
+            if (NR > 1) _tile_loadd(1, cb + 16, 4 * ldc);                                             \
+            if (MR > 1) _tile_loadd(2, cb + 16 * ldc, 4 * ldc);                                        \
+            if (MR > 1 && NR > 1) _tile_loadd(3, cb + 16 * ldc + 16, 4 * ldc);                         \
         } else {                                                                                  \
             _tile_zero(0);                                                                        \
             if (NR > 1) _tile_zero(1);                                                            \
@@ -317,10 +317,10 @@ AMX_TARGET static void tiles_end(void) { _tile_release(); }
                 if (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);                                    \
             }                                                                                     \
         }                                                                                         \
-        _tile_stored(0, cb, 128);                                                                 \
-        if (NR > 1) _tile_stored(1, cb + 16, 128);                                                \
-        if (MR > 1) _tile_stored(2, cb + 16 * 32, 128);                                           \
-        if (MR > 1 && NR > 1) _tile_stored(3, cb + 16 * 32 + 16, 128);                            \
+        _tile_stored(0, cb, 4 * ldc);                                                                 \
+        if (NR > 1) _tile_stored(1, cb + 16, 4 * ldc);                                                \
+        if (MR > 1) _tile_stored(2, cb + 16 * ldc, 4 * ldc);                                           \
+        if (MR > 1 && NR > 1) _tile_stored(3, cb + 16 * ldc + 16, 4 * ldc);                            \
     }
 
 AMX_KERNEL(k11, 1, 1, 0)
@@ -336,10 +336,10 @@ AMX_KERNEL(k21x3, 2, 1, 1)
  * products in the same order per output tile as AMX_KERNEL. */
 #define C_INIT()                                                                                  \
     if (load_c) {                                                                                 \
-        _tile_loadd(0, cb, 128);                                                                  \
-        _tile_loadd(1, cb + 16, 128);                                                             \
-        _tile_loadd(2, cb + 16 * 32, 128);                                                        \
-        _tile_loadd(3, cb + 16 * 32 + 16, 128);                                                   \
+        _tile_loadd(0, cb, 4 * ldc);                                                                  \
+        _tile_loadd(1, cb + 16, 4 * ldc);                                                             \
+        _tile_loadd(2, cb + 16 * ldc, 4 * ldc);                                                        \
+        _tile_loadd(3, cb + 16 * ldc + 16, 4 * ldc);                                                   \
     } else {                                                                                      \
         _tile_zero(0);                                                                            \
         _tile_zero(1);                                                                            \
@@ -347,13 +347,13 @@ AMX_KERNEL(k21x3, 2, 1, 1)
         _tile_zero(3);                                                                            \
     }
 #define C_STORE()                                                                                 \
-    _tile_stored(0, cb, 128);                                                                     \
-    _tile_stored(1, cb + 16, 128);                                                                \
-    _tile_stored(2, cb + 16 * 32, 128);                                                           \
-    _tile_stored(3, cb + 16 * 32 + 16, 128);
+    _tile_stored(0, cb, 4 * ldc);                                                                     \
+    _tile_stored(1, cb + 16, 4 * ldc);                                                                \
+    _tile_stored(2, cb + 16 * ldc, 4 * ldc);                                                           \
+    _tile_stored(3, cb + 16 * ldc + 16, 4 * ldc);
 
 AMX_TARGET static void k22(int n, size_t st, const uint16_t *ah, const uint16_t *al,
-                           const uint16_t *bh, const uint16_t *bl, float *cb, int load_c) {
+                           const uint16_t *bh, const uint16_t *bl, float *cb, int ldc, int load_c) {
     (void)al, (void)bl;
     C_INIT();
     _tile_loadd(4, ah, 64);
@@ -379,7 +379,7 @@ AMX_TARGET static void k22(int n, size_t st, const uint16_t *ah, const uint16_t 
 
 /* per k-step: A_lo B_hi, A_hi B_hi, A_hi B_lo (tiles 4/5: A, 6/7: B) */
 AMX_TARGET static void k22x3(int n, size_t st, const uint16_t *ah, const uint16_t *al,
-                             const uint16_t *bh, const uint16_t *bl, float *cb, int load_c) {
+                             const uint16_t *bh, const uint16_t *bl, float *cb, int ldc, int load_c) {
     C_INIT();
     _tile_loadd(4, al, 64);
     _tile_loadd(6, bh, 64);
@@ -418,7 +418,7 @@ AMX_TARGET static void k22x3(int n, size_t st, const uint16_t *ah, const uint16_
 }
 
 typedef void (*amx_kernel)(int, size_t, const uint16_t *, const uint16_t *, const uint16_t *,
-                           const uint16_t *, float *, int);
+                           const uint16_t *, float *, int, int);
 static const amx_kernel g_kernels[2][2][2] = {{{k11, k11x3}, {k12, k12x3}},
                                               {{k21, k21x3}, {k22, k22x3}}};
 
@@ -647,7 +647,7 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                             const uint16_t *a_l = x3 ? al + (size_t)i * st + kof : NULL;
                             g_kernels[mr - 1][nr - 1][x3](n, st, a_h, a_l, bh + kof,
                                                           x3 ? bl + kof : NULL,
-                                                          ac + (size_t)(p - p0) * 1024, s0 > 0);
+                                                          ac + (size_t)(p - p0) * 1024, 32, s0 > 0);
                             if (pfn > 0) {   /* the next column pair's B tiles, into L2 */
                                 int q = pfn < pf_per ? pfn : pf_per;
                                 for (int z = 0; z < q; z++)
@@ -706,9 +706,9 @@ AMX_TARGET static void pack_v(uint16_t *hi, uint16_t *lo, const float *v, size_t
             }
 }
 
-/* C (N, OC; row stride ldo) = A B from packed tiles: A (ceil(N/16), ks, 16, 32) from row tile
- * i0 on, B (ceil(OC/16), ks, 16, 32) (hi and, with x3, lo planes), rows 32 p0 .. 32 p0 + N - 1 of
- * C (relative to c), 2 x 2 tiles at a time through cb (32 x 32 floats) */
+/* c (N, OC; row stride ldo) = A B from packed tiles: A (ceil(N/16), ks, 16, 32), B (ceil(OC/16),
+ * ks, 16, 32) (hi and, with x3, lo planes), 2 x 2 tiles at a time: stored straight into c where
+ * the 32 x 32 block is whole, else through cb (32 x 32 floats) and the epilogue */
 static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16_t *ah,
                           const uint16_t *al, const uint16_t *bh, const uint16_t *bl, int x3,
                           float *cb) {
@@ -718,8 +718,13 @@ static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16
         int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
         for (int cp = 0; 2 * cp < nb; cp++) {
             int j = 2 * cp, nr = j + 1 < nb ? 2 : 1;
-            g_kernels[mr - 1][nr - 1][x3](ks, st, ah + i * st, x3 ? al + i * st : NULL, bh + j * st,
-                                          x3 ? bl + j * st : NULL, cb, 0);
+            const uint16_t *a_l = x3 ? al + i * st : NULL, *b_l = x3 ? bl + j * st : NULL;
+            if (32 * p + 32 <= N && 32 * cp + 32 <= OC) {   /* a whole block: tiles straight to c */
+                g_kernels[1][1][x3](ks, st, ah + i * st, a_l, bh + j * st, b_l,
+                                    c + (size_t)32 * p * ldo + 32 * cp, ldo, 0);
+                continue;
+            }
+            g_kernels[mr - 1][nr - 1][x3](ks, st, ah + i * st, a_l, bh + j * st, b_l, cb, 32, 0);
             epilogue(c, ldo, N, OC, cp, p, cb, NULL, 0);
         }
     }
