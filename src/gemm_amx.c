@@ -600,13 +600,15 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
     }
     uint16_t *ah = work->p, *al = x3 ? ah + na : NULL;
     float *acc_all = (float *)((char *)work->p + abytes);
-    gemm_split(x, N, w->IC, ah, al);
+    /* one parallel region: the split of x (the rows shared out, then a barrier), the products */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int t = 0, T = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
+#pragma omp for schedule(static)
+        for (int i = 0; i < rb; i++) split_rows(x, N, w->IC, i, ah, al);
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
         float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
         if (cp1 > cp0) tiles_begin();
