@@ -290,8 +290,12 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     const gemm_pack *pk = bk->pk;
     nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
     if (pk) {   /* q and k|v are packed apart (block_forward_rows needs them apart) */
-        gemm_linear(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], bk->in_b, 0, &s->wk);
-        gemm_linear(s->qkv + C, 3 * C, s->ln, (int)BL, &pk[1], bk->in_b + C, 0, &s->wk);
+        if (C % 32 == 0) {
+            gemm_linear2(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], &pk[1], bk->in_b, 0, &s->wk);
+        } else {
+            gemm_linear(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], bk->in_b, 0, &s->wk);
+            gemm_linear(s->qkv + C, 3 * C, s->ln, (int)BL, &pk[1], bk->in_b + C, 0, &s->wk);
+        }
     } else {
         nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
     }

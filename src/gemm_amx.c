@@ -562,8 +562,21 @@ static int threads_for(double flops) {
 #endif
 }
 
-void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
-                 int flags, gemm_work *work) {
+/* One or two packs side by side (w2 may be NULL): the second's columns follow the first's, whose
+ * OC is then a multiple of 32 (column pairs do not straddle them). */
+typedef struct {
+    const gemm_pack *a, *b;
+    int nb, OC, IC, ks, mode;
+} packs2;
+
+static const uint16_t *pk_plane(const packs2 *w, int j, int lo, size_t st) {
+    const gemm_pack *p = w->a;
+    if (j >= w->a->nb) p = w->b, j -= w->a->nb;
+    return (lo ? p->lo : p->hi) + (size_t)j * st;
+}
+
+static void linear_packs(float *out, int ldo, const float *x, int N, const packs2 *w,
+                         const float *b, int flags, gemm_work *work) {
     if (N <= 0) return;
     CS_ASSERT(gemm_amx_usable());
     int ks = w->ks, rb = (N + 15) / 16, x3 = w->mode == GEMM_BF16X3;
@@ -595,7 +608,8 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
     if (!work) work = &local;
     if (!work_reserve(work, abytes + nacc * sizeof(float))) {
         /* out of memory for the scratch (a few MB): the scalar path, slow, same sums */
-        gemm_linear_ref(out, ldo, x, N, w, b, flags);
+        gemm_linear_ref(out, ldo, x, N, w->a, b, flags);
+        if (w->b) gemm_linear_ref(out + w->a->OC, ldo, x, N, w->b, b ? b + w->a->OC : NULL, flags);
         return;
     }
     uint16_t *ah = work->p, *al = x3 ? ah + na : NULL;
@@ -627,15 +641,15 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                      * chunks, for the pending epilogue) */
                     float *ac = acc + (nko > 1 ? (size_t)(cp - cp0) * rp * 1024
                                                : (size_t)((cp - cp0) & 1) * rg * 1024);
-                    const uint16_t *bh = w->hi + (size_t)j * st;
-                    const uint16_t *bl = x3 ? w->lo + (size_t)j * st : NULL;
+                    const uint16_t *bh = pk_plane(w, j, 0, st);
+                    const uint16_t *bl = x3 ? pk_plane(w, j, 1, st) : NULL;
                     /* software prefetch of the next column pair's B tiles (this k range, hi then
                      * lo: 2 contiguous runs) spread over this pair's kernel calls: the weights
                      * come from DRAM once per forward */
                     const char *pf = NULL;
                     int pfn = 0, pf_per = 0;
                     if (cp + 1 < cp1) {
-                        pf = (const char *)(w->hi + (size_t)(j + 2) * st + (size_t)ko * KO * 512);
+                        pf = (const char *)(pk_plane(w, j + 2, 0, st) + (size_t)ko * KO * 512);
                         pfn = (int)(((size_t)(s1 - ko * KO) * 1024 * (j + 3 < w->nb ? 2 : 1)) / 64);
                         int calls = ((s1 - ko * KO + kc - 1) / kc) * (p1 - p0);
                         pf_per = (pfn + calls - 1) / calls;
@@ -671,6 +685,19 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
         if (cp1 > cp0) tiles_end();
     }
     gemm_work_free(&local);
+}
+
+void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
+                 int flags, gemm_work *work) {
+    packs2 p = {w, NULL, w->nb, w->OC, w->IC, w->ks, w->mode};
+    linear_packs(out, ldo, x, N, &p, b, flags, work);
+}
+
+void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
+                  const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
+    CS_ASSERT(w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode);
+    packs2 p = {w1, w2, w1->nb + w2->nb, w1->OC + w2->OC, w1->IC, w1->ks, w1->mode};
+    linear_packs(out, ldo, x, N, &p, b, flags, work);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,6 +846,12 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                  int flags, gemm_work *work) {
     (void)work;
     gemm_linear_ref(out, ldo, x, N, w, b, flags);
+}
+void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
+                  const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
+    (void)work;
+    gemm_linear_ref(out, ldo, x, N, w1, b, flags);
+    gemm_linear_ref(out + w1->OC, ldo, x, N, w2, b ? b + w1->OC : NULL, flags);
 }
 
 #endif

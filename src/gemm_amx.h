@@ -66,6 +66,12 @@ size_t gemm_pack_bytes(const gemm_pack *p);
 void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
                  int flags, gemm_work *work);
 
+/* gemm_linear with the output channels of two packs side by side (w1's, then w2's; b covers
+ * both), in one parallel region and one split of x: in_proj's q and k|v. w1->OC must be a multiple
+ * of 32, the input channels and modes equal. The same bits as two gemm_linear calls. */
+void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
+                  const gemm_pack *w2, const float *b, int flags, gemm_work *work);
+
 /* The same product in portable scalar code from the packed weights and the scalar split, in the
  * kernels' order of tile products (no AMX needed): for tests. */
 void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,

@@ -249,6 +249,20 @@ TEST(amx_subrange_and_threads) {
     CHECK_CLOSE("q | k | v from two packed sub-ranges", o1, full, (size_t)N * 3 * C, 1e-5, 0);
     gemm_linear(o2, 3 * C, x, N, &all, b, 0, &wk);
     CHECK_MSG(!memcmp(o1, o2, sizeof(float) * N * 3 * C), "sub-range packs differ from the whole");
+    /* q and k|v side by side in one call (q's OC a multiple of 32): the same bits */
+    gemm_pack q2, kv2;
+    enum { C2 = 64 };
+    CHECK_OK(gemm_pack_weights(&q2, w, C2, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&kv2, w + C2 * C, 3 * C - C2, C, GEMM_BF16X3));
+    for (int i = 0; i < N * 3 * C; i++) o2[i] = NAN;
+    gemm_linear2(o2, 3 * C, x, N, &q2, &kv2, b, 0, &wk);
+    float *o3 = malloc(sizeof(float) * N * 3 * C);
+    gemm_linear(o3, 3 * C, x, N, &q2, b, 0, &wk);
+    gemm_linear(o3 + C2, 3 * C, x, N, &kv2, b + C2, 0, &wk);
+    CHECK_MSG(!memcmp(o2, o3, sizeof(float) * N * 3 * C), "gemm_linear2 differs from two calls");
+    CHECK_CLOSE("gemm_linear2", o2, full, (size_t)N * 3 * C, 1e-5, 0);
+    free(o3);
+    gemm_pack_free(&q2), gemm_pack_free(&kv2);
     gemm_work_free(&wk);
     gemm_pack_free(&q), gemm_pack_free(&kv), gemm_pack_free(&all);
     free(x), free(w), free(b), free(o1), free(o2), free(full);
