@@ -290,12 +290,19 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
     const gemm_pack *pk = bk->pk;
     nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
     if (pk) {   /* q and k|v are packed apart (block_forward_rows needs them apart) */
-        gemm_linear(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], bk->in_b, 0, &s->wk);
-        gemm_linear(s->qkv + C, 3 * C, s->ln, (int)BL, &pk[1], bk->in_b + C, 0, &s->wk);
+        if (C % 32 == 0) {
+            gemm_linear2(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], &pk[1], bk->in_b, 0, &s->wk);
+        } else {
+            gemm_linear(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], bk->in_b, 0, &s->wk);
+            gemm_linear(s->qkv + C, 3 * C, s->ln, (int)BL, &pk[1], bk->in_b + C, 0, &s->wk);
+        }
     } else {
         nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
     }
-    nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
+    /* AMX attention: probs are only scratch here unless avg is wanted */
+    if (!pk || causal ||
+        !gemm_attention(s->att, avg ? s->probs : NULL, avg, s->qkv, B, L, C, NH, pk[0].mode))
+        nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
     linear(x, C, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
            &s->wk);
     nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);

@@ -76,8 +76,8 @@ void gemm_split_ref(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
                 }
 }
 
-static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC, int j,
-                           int ks);
+static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, size_t ldw, int OC, int IC,
+                           int j, int ks);
 
 carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, int mode) {
     memset(p, 0, sizeof *p);
@@ -97,7 +97,7 @@ carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, in
 #pragma omp parallel for schedule(static) if ((size_t)OC * IC > 65536)
     for (int j = 0; j < nb; j++) {
         if (vec) {   /* the same bits, AVX-512 BF16 (the split of a non-finite value aside) */
-            pack_block_vec(p->hi, p->lo, w, OC, IC, j, ks);
+            pack_block_vec(p->hi, p->lo, w, (size_t)IC, OC, IC, j, ks);
             continue;
         }
         for (int s = 0; s < ks; s++)
@@ -270,17 +270,17 @@ AMX_TARGET static void tiles_begin(void) { _tile_loadconfig(&g_tile_cfg); }
 
 AMX_TARGET static void tiles_end(void) { _tile_release(); }
 
-/* mr x nr output tiles (mr, nr in {1, 2}) over n k-steps into cb (32 x 32 floats, stride 32),
+/* mr x nr output tiles (mr, nr in {1, 2}) over n k-steps into cb (32 x 32 floats, row stride ldc),
  * starting from cb's values when load_c, else from zero. ah/al: A tiles of the first row block at
  * the first k-step (the next row block is st elements further); bh/bl: B tiles likewise. */
 #define AMX_KERNEL(NAME, MR, NR, X3)                                                              \
     AMX_TARGET static void NAME(int n, size_t st, const uint16_t *ah, const uint16_t *al,         \
-                                const uint16_t *bh, const uint16_t *bl, float *cb, int load_c) {  \
+                                const uint16_t *bh, const uint16_t *bl, float *cb, int ldc, int load_c) {  \
         if (load_c) {                                                                             \
-            _tile_loadd(0, cb, 128);                                                              \
-            if (NR > 1) _tile_loadd(1, cb + 16, 128);                                             \
-            if (MR > 1) _tile_loadd(2, cb + 16 * 32, 128);                                        \
-            if (MR > 1 && NR > 1) _tile_loadd(3, cb + 16 * 32 + 16, 128);                         \
+            _tile_loadd(0, cb, 4 * ldc);                                                              \
+            if (NR > 1) _tile_loadd(1, cb + 16, 4 * ldc);                                             \
+            if (MR > 1) _tile_loadd(2, cb + 16 * ldc, 4 * ldc);                                        \
+            if (MR > 1 && NR > 1) _tile_loadd(3, cb + 16 * ldc + 16, 4 * ldc);                         \
         } else {                                                                                  \
             _tile_zero(0);                                                                        \
             if (NR > 1) _tile_zero(1);                                                            \
@@ -317,10 +317,10 @@ AMX_TARGET static void tiles_end(void) { _tile_release(); }
                 if (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);                                    \
             }                                                                                     \
         }                                                                                         \
-        _tile_stored(0, cb, 128);                                                                 \
-        if (NR > 1) _tile_stored(1, cb + 16, 128);                                                \
-        if (MR > 1) _tile_stored(2, cb + 16 * 32, 128);                                           \
-        if (MR > 1 && NR > 1) _tile_stored(3, cb + 16 * 32 + 16, 128);                            \
+        _tile_stored(0, cb, 4 * ldc);                                                                 \
+        if (NR > 1) _tile_stored(1, cb + 16, 4 * ldc);                                                \
+        if (MR > 1) _tile_stored(2, cb + 16 * ldc, 4 * ldc);                                           \
+        if (MR > 1 && NR > 1) _tile_stored(3, cb + 16 * ldc + 16, 4 * ldc);                            \
     }
 
 AMX_KERNEL(k11, 1, 1, 0)
@@ -336,10 +336,10 @@ AMX_KERNEL(k21x3, 2, 1, 1)
  * products in the same order per output tile as AMX_KERNEL. */
 #define C_INIT()                                                                                  \
     if (load_c) {                                                                                 \
-        _tile_loadd(0, cb, 128);                                                                  \
-        _tile_loadd(1, cb + 16, 128);                                                             \
-        _tile_loadd(2, cb + 16 * 32, 128);                                                        \
-        _tile_loadd(3, cb + 16 * 32 + 16, 128);                                                   \
+        _tile_loadd(0, cb, 4 * ldc);                                                                  \
+        _tile_loadd(1, cb + 16, 4 * ldc);                                                             \
+        _tile_loadd(2, cb + 16 * ldc, 4 * ldc);                                                        \
+        _tile_loadd(3, cb + 16 * ldc + 16, 4 * ldc);                                                   \
     } else {                                                                                      \
         _tile_zero(0);                                                                            \
         _tile_zero(1);                                                                            \
@@ -347,13 +347,13 @@ AMX_KERNEL(k21x3, 2, 1, 1)
         _tile_zero(3);                                                                            \
     }
 #define C_STORE()                                                                                 \
-    _tile_stored(0, cb, 128);                                                                     \
-    _tile_stored(1, cb + 16, 128);                                                                \
-    _tile_stored(2, cb + 16 * 32, 128);                                                           \
-    _tile_stored(3, cb + 16 * 32 + 16, 128);
+    _tile_stored(0, cb, 4 * ldc);                                                                     \
+    _tile_stored(1, cb + 16, 4 * ldc);                                                                \
+    _tile_stored(2, cb + 16 * ldc, 4 * ldc);                                                           \
+    _tile_stored(3, cb + 16 * ldc + 16, 4 * ldc);
 
 AMX_TARGET static void k22(int n, size_t st, const uint16_t *ah, const uint16_t *al,
-                           const uint16_t *bh, const uint16_t *bl, float *cb, int load_c) {
+                           const uint16_t *bh, const uint16_t *bl, float *cb, int ldc, int load_c) {
     (void)al, (void)bl;
     C_INIT();
     _tile_loadd(4, ah, 64);
@@ -379,7 +379,7 @@ AMX_TARGET static void k22(int n, size_t st, const uint16_t *ah, const uint16_t 
 
 /* per k-step: A_lo B_hi, A_hi B_hi, A_hi B_lo (tiles 4/5: A, 6/7: B) */
 AMX_TARGET static void k22x3(int n, size_t st, const uint16_t *ah, const uint16_t *al,
-                             const uint16_t *bh, const uint16_t *bl, float *cb, int load_c) {
+                             const uint16_t *bh, const uint16_t *bl, float *cb, int ldc, int load_c) {
     C_INIT();
     _tile_loadd(4, al, 64);
     _tile_loadd(6, bh, 64);
@@ -418,7 +418,7 @@ AMX_TARGET static void k22x3(int n, size_t st, const uint16_t *ah, const uint16_
 }
 
 typedef void (*amx_kernel)(int, size_t, const uint16_t *, const uint16_t *, const uint16_t *,
-                           const uint16_t *, float *, int);
+                           const uint16_t *, float *, int, int);
 static const amx_kernel g_kernels[2][2][2] = {{{k11, k11x3}, {k12, k12x3}},
                                               {{k21, k21x3}, {k22, k22x3}}};
 
@@ -457,8 +457,8 @@ AMX_TARGET static void split_rows(const float *x, int N, int IC, int i, uint16_t
 
 /* column block j of w (rows 16 j.., all k-steps) -> B tiles: per output row c, 32 inputs
  * converted at once and scattered as 16 (k, k+1) pairs to tile rows r = 0..15, column c */
-AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC,
-                                      int j, int ks) {
+AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, size_t ldw,
+                                      int OC, int IC, int j, int ks) {
     const __m512i idx = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
                                          48, 32, 16, 0);   /* r * 16 (32-bit units) */
     for (int s = 0; s < ks; s++) {
@@ -469,7 +469,7 @@ AMX_TARGET static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w
         for (int c = 0; c < 16; c++) {
             int o = 16 * j + c;
             __mmask16 a = o < OC ? m0 : 0, b = o < OC ? m1 : 0;
-            const float *wr = w + (size_t)(o < OC ? o : 0) * IC + k0;
+            const float *wr = w + (size_t)(o < OC ? o : 0) * ldw + k0;
             __m512 x0 = _mm512_maskz_loadu_ps(a, wr), x1 = _mm512_maskz_loadu_ps(b, wr + 16);
             __m512bh h = _mm512_cvtne2ps_pbh(x1, x0);
             __m512i ix = _mm512_add_epi32(idx, _mm512_set1_epi32(c));
@@ -497,12 +497,51 @@ void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
     for (int i = 0; i < rb; i++) split_rows(x, N, IC, i, hi, lo);
 }
 
-/* out rows 32 p.., columns 32 cp.. (+)= the sums c (32 x 32), + bias, GELU */
-static void epilogue(float *out, int ldo, int N, int OC, int cp, int p, const float *c,
-                     const float *b, int flags) {
+/* QuickGELU x sigmoid(1.702 x) = x / (1 + exp(-1.702 x)) on 16 floats: nn.c's expf_fast
+ * (Cephes: x = n ln2 + r, degree-6 polynomial, 2^n from the exponent bits) with fused
+ * multiply-adds, so within an ulp or two of nn_quickgelu, not bit-identical to it. */
+AMX_TARGET static inline __m512 gelu16(__m512 x) {
+    __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(-1.702f));
+    y = _mm512_min_ps(y, _mm512_set1_ps(88.3762626647949f));
+    y = _mm512_max_ps(y, _mm512_set1_ps(-87.3365447504f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), y);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512 e = _mm512_scalef_ps(p, n);   /* p 2^n */
+    return _mm512_div_ps(x, _mm512_add_ps(e, _mm512_set1_ps(1.0f)));
+}
+
+/* out rows 32 p.., columns 32 cp.. (+)= the sums c (32 x 32), + bias, GELU: one pass over the
+ * block, 16 floats at a time (out + c, then + b, then GELU: nn_epilogue's order) */
+AMX_TARGET static void epilogue(float *out, int ldo, int N, int OC, int cp, int p, const float *c,
+                                const float *b, int flags) {
     int r0 = 32 * p, rows = N - r0 < 32 ? N - r0 : 32;
     int c0 = 32 * cp, cols = OC - c0 < 32 ? OC - c0 : 32;
-    nn_epilogue(out + (size_t)r0 * ldo + c0, ldo, c, 32, b ? b + c0 : NULL, rows, cols, flags);
+    __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
+    __mmask16 m1 = (__mmask16)(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    if (b) b0 = _mm512_maskz_loadu_ps(m0, b + c0), b1 = _mm512_maskz_loadu_ps(m1, b + c0 + 16);
+    int acc = (flags & NN_ACCUMULATE) != 0, gelu = (flags & NN_GELU) != 0;
+    float *o = out + (size_t)r0 * ldo + c0;
+    for (int i = 0; i < rows; i++, o += ldo, c += 32) {
+        __m512 v0 = _mm512_load_ps(c), v1 = _mm512_load_ps(c + 16);
+        if (acc) {
+            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), v0);
+            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + 16), v1);
+        }
+        if (b) v0 = _mm512_add_ps(v0, b0), v1 = _mm512_add_ps(v1, b1);
+        if (gelu) v0 = gelu16(v0), v1 = gelu16(v1);
+        _mm512_mask_storeu_ps(o, m0, v0);
+        _mm512_mask_storeu_ps(o + 16, m1, v1);
+    }
 }
 
 static int work_reserve(gemm_work *w, size_t n) {
@@ -523,8 +562,21 @@ static int threads_for(double flops) {
 #endif
 }
 
-void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
-                 int flags, gemm_work *work) {
+/* One or two packs side by side (w2 may be NULL): the second's columns follow the first's, whose
+ * OC is then a multiple of 32 (column pairs do not straddle them). */
+typedef struct {
+    const gemm_pack *a, *b;
+    int nb, OC, IC, ks, mode;
+} packs2;
+
+static const uint16_t *pk_plane(const packs2 *w, int j, int lo, size_t st) {
+    const gemm_pack *p = w->a;
+    if (j >= w->a->nb) p = w->b, j -= w->a->nb;
+    return (lo ? p->lo : p->hi) + (size_t)j * st;
+}
+
+static void linear_packs(float *out, int ldo, const float *x, int N, const packs2 *w,
+                         const float *b, int flags, gemm_work *work) {
     if (N <= 0) return;
     CS_ASSERT(gemm_amx_usable());
     int ks = w->ks, rb = (N + 15) / 16, x3 = w->mode == GEMM_BF16X3;
@@ -536,7 +588,7 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
      * would be larger (many rows and columns), the rows go in groups of rg row pairs over all
      * k-steps (A: <= 1.5 MB per group). Sizes tuned on Sapphire Rapids (2 MB L2). */
     int ncp = (w->nb + 1) / 2, rp = (rb + 1) / 2;   /* column pairs, row pairs */
-    int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;   /* B tiles per chunk: 16 KB (bf16x3), 16 KB (bf16) */
+    int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;
     size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;   /* 1.5 MB */
     int nt = threads_for(2.0 * N * w->OC * w->IC * (x3 ? 3 : 1));
     if (nt > ncp) nt = ncp;
@@ -556,18 +608,21 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
     if (!work) work = &local;
     if (!work_reserve(work, abytes + nacc * sizeof(float))) {
         /* out of memory for the scratch (a few MB): the scalar path, slow, same sums */
-        gemm_linear_ref(out, ldo, x, N, w, b, flags);
+        gemm_linear_ref(out, ldo, x, N, w->a, b, flags);
+        if (w->b) gemm_linear_ref(out + w->a->OC, ldo, x, N, w->b, b ? b + w->a->OC : NULL, flags);
         return;
     }
     uint16_t *ah = work->p, *al = x3 ? ah + na : NULL;
     float *acc_all = (float *)((char *)work->p + abytes);
-    gemm_split(x, N, w->IC, ah, al);
+    /* one parallel region: the split of x (the rows shared out, then a barrier), the products */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         int t = 0, T = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
+#pragma omp for schedule(static)
+        for (int i = 0; i < rb; i++) split_rows(x, N, w->IC, i, ah, al);
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
         float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
         if (cp1 > cp0) tiles_begin();
@@ -586,15 +641,15 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                      * chunks, for the pending epilogue) */
                     float *ac = acc + (nko > 1 ? (size_t)(cp - cp0) * rp * 1024
                                                : (size_t)((cp - cp0) & 1) * rg * 1024);
-                    const uint16_t *bh = w->hi + (size_t)j * st;
-                    const uint16_t *bl = x3 ? w->lo + (size_t)j * st : NULL;
+                    const uint16_t *bh = pk_plane(w, j, 0, st);
+                    const uint16_t *bl = x3 ? pk_plane(w, j, 1, st) : NULL;
                     /* software prefetch of the next column pair's B tiles (this k range, hi then
                      * lo: 2 contiguous runs) spread over this pair's kernel calls: the weights
                      * come from DRAM once per forward */
                     const char *pf = NULL;
                     int pfn = 0, pf_per = 0;
                     if (cp + 1 < cp1) {
-                        pf = (const char *)(w->hi + (size_t)(j + 2) * st + (size_t)ko * KO * 512);
+                        pf = (const char *)(pk_plane(w, j + 2, 0, st) + (size_t)ko * KO * 512);
                         pfn = (int)(((size_t)(s1 - ko * KO) * 1024 * (j + 3 < w->nb ? 2 : 1)) / 64);
                         int calls = ((s1 - ko * KO + kc - 1) / kc) * (p1 - p0);
                         pf_per = (pfn + calls - 1) / calls;
@@ -608,7 +663,7 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                             const uint16_t *a_l = x3 ? al + (size_t)i * st + kof : NULL;
                             g_kernels[mr - 1][nr - 1][x3](n, st, a_h, a_l, bh + kof,
                                                           x3 ? bl + kof : NULL,
-                                                          ac + (size_t)(p - p0) * 1024, s0 > 0);
+                                                          ac + (size_t)(p - p0) * 1024, 32, s0 > 0);
                             if (pfn > 0) {   /* the next column pair's B tiles, into L2 */
                                 int q = pfn < pf_per ? pfn : pf_per;
                                 for (int z = 0; z < q; z++)
@@ -632,6 +687,142 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
     gemm_work_free(&local);
 }
 
+void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
+                 int flags, gemm_work *work) {
+    packs2 p = {w, NULL, w->nb, w->OC, w->IC, w->ks, w->mode};
+    linear_packs(out, ldo, x, N, &p, b, flags, work);
+}
+
+void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
+                  const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
+    CS_ASSERT(w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode);
+    packs2 p = {w1, w2, w1->nb + w2->nb, w1->OC + w2->OC, w1->IC, w1->ks, w1->mode};
+    linear_packs(out, ldo, x, N, &p, b, flags, work);
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention
+
+/* V (L keys, hd channels; row stride ld) -> the B tiles of P V: column block j (16 channels),
+ * k-step s (32 keys): [r][c][p] = v[32 s + 2 r + p][16 j + c] (keys >= L: zero). hd % 16 == 0. */
+AMX_TARGET static void pack_v(uint16_t *hi, uint16_t *lo, const float *v, size_t ld, int L, int hd,
+                              int ks) {
+    __m512i idx;   /* word 2 c + p <- word 16 p + c of [bf16(row 2r) | bf16(row 2r+1)] */
+    {
+        uint16_t t[32] __attribute__((aligned(64)));
+        for (int c = 0; c < 16; c++) t[2 * c] = (uint16_t)c, t[2 * c + 1] = (uint16_t)(16 + c);
+        idx = _mm512_load_si512((const void *)t);
+    }
+    for (int j = 0; j < hd / 16; j++)
+        for (int s = 0; s < ks; s++)
+            for (int r = 0; r < 16; r++) {
+                int k0 = 32 * s + 2 * r;
+                __m512 x0 = k0 < L ? _mm512_loadu_ps(v + (size_t)k0 * ld + 16 * j) : _mm512_setzero_ps();
+                __m512 x1 = k0 + 1 < L ? _mm512_loadu_ps(v + (size_t)(k0 + 1) * ld + 16 * j)
+                                       : _mm512_setzero_ps();
+                __m512bh h = _mm512_cvtne2ps_pbh(x1, x0);
+                size_t o = (((size_t)j * ks + s) * 16 + r) * 32;
+                _mm512_storeu_si512((void *)(hi + o), _mm512_permutexvar_epi16(idx, (__m512i)h));
+                if (lo) {
+                    __m512i hb = (__m512i)h;
+                    __m512 h0 = _mm512_castsi512_ps(
+                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hb)), 16));
+                    __m512 h1 = _mm512_castsi512_ps(
+                        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hb, 1)), 16));
+                    __m512bh l = _mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0));
+                    _mm512_storeu_si512((void *)(lo + o), _mm512_permutexvar_epi16(idx, (__m512i)l));
+                }
+            }
+}
+
+/* c (N, OC; row stride ldo) = A B from packed tiles: A (ceil(N/16), ks, 16, 32), B (ceil(OC/16),
+ * ks, 16, 32) (hi and, with x3, lo planes), 2 x 2 tiles at a time: stored straight into c where
+ * the 32 x 32 block is whole, else through cb (32 x 32 floats) and the epilogue */
+static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16_t *ah,
+                          const uint16_t *al, const uint16_t *bh, const uint16_t *bl, int x3,
+                          float *cb) {
+    int rb = (N + 15) / 16, nb = (OC + 15) / 16;
+    size_t st = (size_t)ks * 512;
+    for (int p = 0; 2 * p < rb; p++) {
+        int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
+        for (int cp = 0; 2 * cp < nb; cp++) {
+            int j = 2 * cp, nr = j + 1 < nb ? 2 : 1;
+            const uint16_t *a_l = x3 ? al + i * st : NULL, *b_l = x3 ? bl + j * st : NULL;
+            if (32 * p + 32 <= N && 32 * cp + 32 <= OC) {   /* a whole block: tiles straight to c */
+                g_kernels[1][1][x3](ks, st, ah + i * st, a_l, bh + j * st, b_l,
+                                    c + (size_t)32 * p * ldo + 32 * cp, ldo, 0);
+                continue;
+            }
+            g_kernels[mr - 1][nr - 1][x3](ks, st, ah + i * st, a_l, bh + j * st, b_l, cb, 32, 0);
+            epilogue(c, ldo, N, OC, cp, p, cb, NULL, 0);
+        }
+    }
+}
+
+int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                   int NH, int mode) {
+    int hd = NH > 0 ? C / NH : 0;
+    if (B <= 0 || L <= 0 || hd <= 0 || hd % 16 || hd * NH != C || !gemm_amx_usable() ||
+        (mode != GEMM_BF16X3 && mode != GEMM_BF16))
+        return 0;
+    int x3 = mode == GEMM_BF16X3, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
+    /* per thread: q scaled (L, hd), its A tiles, K's B tiles, V's B tiles, the A tiles of one
+     * block of 32 rows of P, cb, that block of P (32, L) */
+    size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
+    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)2 * ksp * 1024;
+    size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
+    size_t ns = ((size_t)32 * L * 4 + 63) & ~(size_t)63;
+    size_t per = nq + planes * (nqa + nk + npa + nv) + 4096 + ns;
+    int nt = threads_for(4.0 * B * NH * L * L * hd);
+    if (avg && !probs) return 0;
+    if (nt > B * NH) nt = B * NH;
+    char *mem = cs_malloc(per * nt);
+    if (!mem) return 0;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        char *m = mem + per * t;
+        float *qs = (float *)m;
+        uint16_t *qh = (uint16_t *)(m + nq), *ql = x3 ? qh + nqa / 2 : NULL;
+        uint16_t *kh = qh + planes * nqa / 2, *kl = x3 ? kh + nk / 2 : NULL;
+        uint16_t *ph = kh + planes * nk / 2, *pl = x3 ? ph + npa / 2 : NULL;
+        uint16_t *vh = ph + planes * npa / 2, *vl = x3 ? vh + nv / 2 : NULL;
+        float *cb = (float *)(vh + planes * nv / 2), *Pr = cb + 1024;   /* Pr: (32, L) */
+        size_t sq = (size_t)2 * ksq * 512;   /* a row pair of q's A tiles */
+        tiles_begin();
+#pragma omp for schedule(dynamic, 1)
+        for (int bh = 0; bh < B * NH; bh++) {
+            int b = bh / NH, h = bh % NH;
+            const float *q = qkv + (size_t)b * L * C3 + h * hd, *k = q + C, *v = q + 2 * C;
+            float *o = out + (size_t)b * L * C + h * hd;
+            for (int i = 0; i < L; i++)
+                for (int c = 0; c < hd; c++) qs[(size_t)i * hd + c] = q[(size_t)i * C3 + c] * scale;
+            for (int i = 0; i < rb; i++) split_rows(qs, L, hd, i, qh, ql);
+            for (int j = 0; j < rb; j++) pack_block_vec(kh, kl, k, (size_t)C3, L, hd, j, ksq);
+            pack_v(vh, vl, v, (size_t)C3, L, hd, ksp);
+            /* per block of 32 query rows, while its rows of P are in cache: S = q k^T / sqrt(hd),
+             * softmax, P's A tiles, out = P v */
+            for (int p = 0; 32 * p < L; p++) {
+                int r0 = 32 * p, n = L - r0 < 32 ? L - r0 : 32;
+                tiles_product(Pr, L, n, L, ksq, qh + p * sq, x3 ? ql + p * sq : NULL, kh, kl, x3, cb);
+                nn_softmax_rows(Pr, n, L);
+                if (probs) memcpy(probs + ((size_t)bh * L + r0) * L, Pr, sizeof(float) * n * L);
+                for (int i = 0; 16 * i < n; i++) split_rows(Pr, n, L, i, ph, pl);
+                tiles_product(o + (size_t)r0 * C, C, n, hd, ksp, ph, pl, vh, vl, x3, cb);
+            }
+        }
+        tiles_end();
+    }
+    cs_free(mem);
+    if (avg) nn_attention_avg(avg, probs, B, L, NH);
+    return 1;
+}
+
 #else /* no AMX in this build */
 
 carseg_status gemm_amx_check(void) {
@@ -639,9 +830,14 @@ carseg_status gemm_amx_check(void) {
                    "(x86-64 Linux with GCC 11 / clang 12 or later needed)");
 }
 int gemm_amx_usable(void) { return 0; }
-static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, int OC, int IC, int j,
-                           int ks) {
-    (void)hi, (void)lo, (void)w, (void)OC, (void)IC, (void)j, (void)ks;   /* never called */
+static void pack_block_vec(uint16_t *hi, uint16_t *lo, const float *w, size_t ldw, int OC, int IC,
+                           int j, int ks) {
+    (void)hi, (void)lo, (void)w, (void)ldw, (void)OC, (void)IC, (void)j, (void)ks;   /* never called */
+}
+int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                   int NH, int mode) {
+    (void)out, (void)probs, (void)avg, (void)qkv, (void)B, (void)L, (void)C, (void)NH, (void)mode;
+    return 0;
 }
 void gemm_split(const float *x, int N, int IC, uint16_t *hi, uint16_t *lo) {
     gemm_split_ref(x, N, IC, hi, lo);
@@ -650,6 +846,12 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                  int flags, gemm_work *work) {
     (void)work;
     gemm_linear_ref(out, ldo, x, N, w, b, flags);
+}
+void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
+                  const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
+    (void)work;
+    gemm_linear_ref(out, ldo, x, N, w1, b, flags);
+    gemm_linear_ref(out + w1->OC, ldo, x, N, w2, b ? b + w1->OC : NULL, flags);
 }
 
 #endif

@@ -66,10 +66,25 @@ size_t gemm_pack_bytes(const gemm_pack *p);
 void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
                  int flags, gemm_work *work);
 
+/* gemm_linear with the output channels of two packs side by side (w1's, then w2's; b covers
+ * both), in one parallel region and one split of x: in_proj's q and k|v. w1->OC must be a multiple
+ * of 32, the input channels and modes equal. The same bits as two gemm_linear calls. */
+void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
+                  const gemm_pack *w2, const float *b, int flags, gemm_work *work);
+
 /* The same product in portable scalar code from the packed weights and the scalar split, in the
  * kernels' order of tile products (no AMX needed): for tests. */
 void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,
                      const float *b, int flags);
+
+/* nn_attention (non-causal) with both products, S = q k^T / sqrt(hd) and out = P v, in `mode`
+ * (GEMM_BF16X3 or GEMM_BF16) on AMX: q, k, P and v split like the linear layers' activations,
+ * float32 sums, nn.c's softmax; probs and avg as nn_attention, except that probs may be NULL
+ * when avg is (the probabilities then stay in a per-thread block of 32 rows, in cache).
+ * Requires hd = C / NH a multiple of 16. Returns 1 when done, 0 when it cannot run here (no AMX, other shapes, out of memory:
+ * the caller then runs nn_attention). OpenMP over (batch, head); each one thread's. */
+int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                   int NH, int mode);
 
 /* float -> bf16 bits, round to nearest even, denormals to signed zero (as VCVTNE2PS2BF16 and the
  * AMX units treat them), NaN stays NaN; and back. */

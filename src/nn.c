@@ -143,6 +143,10 @@ NN_HOT static void softmax_row(float *restrict x, int n) {
     for (int j = 0; j < n; j++) x[j] *= inv;
 }
 
+void nn_softmax_rows(float *x, int rows, int cols) {
+    for (int i = 0; i < rows; i++) softmax_row(x + (size_t)i * cols, cols);
+}
+
 void nn_softmax(float *x, int rows, int cols) {
 #pragma omp parallel for schedule(static) if ((size_t)rows * cols > 65536)
     for (int i = 0; i < rows; i++) softmax_row(x + (size_t)i * cols, cols);
@@ -311,7 +315,10 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
                     C3, 0.0f, out + ((size_t)b * L + r0) * C + h * hd, C);
     }
     blas_solo_end(prev);
-    if (!avg) return;
+    if (avg) nn_attention_avg(avg, probs, B, L, NH);
+}
+
+void nn_attention_avg(float *avg, const float *probs, int B, int L, int NH) {
     float fnh = (float)NH;
 #pragma omp parallel for schedule(static) if ((size_t)B * L * L * NH > 65536)
     for (int bi = 0; bi < B * L; bi++) {

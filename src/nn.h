@@ -49,6 +49,8 @@ void nn_quickgelu(float *x, size_t n);
 
 /* Row-wise softmax in place: x (rows, cols). */
 void nn_softmax(float *x, int rows, int cols);
+/* The same, serial (for callers inside their own parallel region). */
+void nn_softmax_rows(float *x, int rows, int cols);
 
 /* Row-wise L2 normalisation in place: x (rows, cols) <- x / ||x|| (rows of zeros stay zero). */
 void nn_l2norm(float *x, int rows, int cols);
@@ -66,6 +68,8 @@ float nn_expf(float x);
  *   causal: mask j > i (CLIP's text tower). Head dim = C / NH; q is scaled by 1/sqrt(head dim). */
 void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
                   int NH, int causal);
+/* avg (B, L, L) = probs (B, NH, L, L) summed over the heads / NH (nn_attention's avg). */
+void nn_attention_avg(float *avg, const float *probs, int B, int L, int NH);
 
 /* Float32 -> fp16 (round to nearest even, subnormals, inf/nan) -> float32. */
 float nn_round_fp16(float x);

@@ -249,9 +249,81 @@ TEST(amx_subrange_and_threads) {
     CHECK_CLOSE("q | k | v from two packed sub-ranges", o1, full, (size_t)N * 3 * C, 1e-5, 0);
     gemm_linear(o2, 3 * C, x, N, &all, b, 0, &wk);
     CHECK_MSG(!memcmp(o1, o2, sizeof(float) * N * 3 * C), "sub-range packs differ from the whole");
+    /* q and k|v side by side in one call (q's OC a multiple of 32): the same bits */
+    gemm_pack q2, kv2;
+    enum { C2 = 64 };
+    CHECK_OK(gemm_pack_weights(&q2, w, C2, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&kv2, w + C2 * C, 3 * C - C2, C, GEMM_BF16X3));
+    for (int i = 0; i < N * 3 * C; i++) o2[i] = NAN;
+    gemm_linear2(o2, 3 * C, x, N, &q2, &kv2, b, 0, &wk);
+    float *o3 = malloc(sizeof(float) * N * 3 * C);
+    gemm_linear(o3, 3 * C, x, N, &q2, b, 0, &wk);
+    gemm_linear(o3 + C2, 3 * C, x, N, &kv2, b + C2, 0, &wk);
+    CHECK_MSG(!memcmp(o2, o3, sizeof(float) * N * 3 * C), "gemm_linear2 differs from two calls");
+    CHECK_CLOSE("gemm_linear2", o2, full, (size_t)N * 3 * C, 1e-5, 0);
+    free(o3);
+    gemm_pack_free(&q2), gemm_pack_free(&kv2);
     gemm_work_free(&wk);
     gemm_pack_free(&q), gemm_pack_free(&kv), gemm_pack_free(&all);
     free(x), free(w), free(b), free(o1), free(o2), free(full);
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n, double *mref) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    *mref = m;
+    return d;
+}
+
+/* gemm_attention (both products on AMX) against nn_attention in float32: outputs, per-head
+ * probabilities and their head average, odd and tile-straddling lengths, two sequences; the
+ * result independent of the thread count; shapes it does not take are declined (returns 0). */
+TEST(amx_attention_vs_fp32) {
+    NEED_AMX();
+    enum { B = 2, NH = 2, HD = 64, C = NH * HD };
+    const int Ls[] = {1, 17, 33, 50, 97};
+    unsigned s = 31;
+    int nt = carseg_get_threads();
+    for (size_t li = 0; li < sizeof Ls / sizeof *Ls; li++) {
+        int L = Ls[li];
+        size_t nq = (size_t)B * L * 3 * C, no = (size_t)B * L * C, np = (size_t)B * NH * L * L;
+        float *qkv = malloc(sizeof(float) * nq), *o = malloc(sizeof(float) * no);
+        float *r = malloc(sizeof(float) * no), *o2 = malloc(sizeof(float) * no);
+        float *p = malloc(sizeof(float) * np), *pr = malloc(sizeof(float) * np);
+        float *p2 = malloc(sizeof(float) * np);
+        float *a = malloc(sizeof(float) * B * L * L), *ar = malloc(sizeof(float) * B * L * L);
+        for (size_t i = 0; i < nq; i++) qkv[i] = 3.0f * test_randf(&s);
+        nn_attention(r, pr, ar, qkv, B, L, C, NH, 0);
+        for (int mode = GEMM_BF16X3; mode <= GEMM_BF16; mode++) {
+            double tol = mode == GEMM_BF16X3 ? 1e-4 : 3e-2, m;   /* the bar; bf16 */
+            carseg_set_threads(1);
+            for (size_t i = 0; i < no; i++) o[i] = NAN;
+            CHECK(gemm_attention(o, p, a, qkv, B, L, C, NH, mode) == 1);
+            carseg_set_threads(2);
+            for (size_t i = 0; i < no; i++) o2[i] = NAN;
+            CHECK(gemm_attention(o2, p2, NULL, qkv, B, L, C, NH, mode) == 1);
+            carseg_set_threads(nt);
+            CHECK_MSG(!memcmp(o, o2, sizeof(float) * no) && !memcmp(p, p2, sizeof(float) * np),
+                      "L %d mode %d: 1 and 2 threads differ", L, mode);
+            /* without probs (the forward's case): the same outputs */
+            CHECK(gemm_attention(o2, NULL, NULL, qkv, B, L, C, NH, mode) == 1);
+            CHECK_MSG(!memcmp(o, o2, sizeof(float) * no), "L %d mode %d: probs NULL differs", L, mode);
+            double d = max_abs_diff(o, r, no, &m);
+            CHECK_MSG(d <= tol * m, "L %d mode %d: out max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
+            d = max_abs_diff(p, pr, np, &m);
+            CHECK_MSG(d <= tol * m, "L %d mode %d: probs max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
+            d = max_abs_diff(a, ar, (size_t)B * L * L, &m);
+            CHECK_MSG(d <= tol * m, "L %d mode %d: avg max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
+            if (getenv("CARSEG_VERBOSE"))
+                fprintf(stderr, "  L %d mode %d: out %.2e\n", L, mode, max_abs_diff(o, r, no, &m) / m);
+        }
+        free(qkv), free(o), free(r), free(o2), free(p), free(pr), free(p2), free(a), free(ar);
+    }
+    float dummy[3 * 40 * 2] = {0}, out[40 * 2], pr[2 * 2 * 2];
+    CHECK(gemm_attention(out, pr, NULL, dummy, 1, 2, 40, 2, GEMM_BF16X3) == 0);   /* hd 20 */
 }
 
 // ---------------------------------------------------------------------------------------------
