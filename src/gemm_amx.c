@@ -575,8 +575,15 @@ static const uint16_t *pk_plane(const packs2 *w, int j, int lo, size_t st) {
     return (lo ? p->lo : p->hi) + (size_t)j * st;
 }
 
+/* ln: when not NULL, x's rows go through nn_layernorm (ln->w, ln->b) into ln->out first, a block
+ * of 16 rows at a time inside the parallel region, and the product reads ln->out */
+typedef struct {
+    const float *w, *b;
+    float *out;
+} ln_pre;
+
 static void linear_packs(float *out, int ldo, const float *x, int N, const packs2 *w,
-                         const float *b, int flags, gemm_work *work) {
+                         const float *b, int flags, gemm_work *work, const ln_pre *ln) {
     if (N <= 0) return;
     CS_ASSERT(gemm_amx_usable());
     int ks = w->ks, rb = (N + 15) / 16, x3 = w->mode == GEMM_BF16X3;
@@ -608,6 +615,7 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
     if (!work) work = &local;
     if (!work_reserve(work, abytes + nacc * sizeof(float))) {
         /* out of memory for the scratch (a few MB): the scalar path, slow, same sums */
+        if (ln) nn_layernorm(ln->out, x, ln->w, ln->b, N, w->IC), x = ln->out;
         gemm_linear_ref(out, ldo, x, N, w->a, b, flags);
         if (w->b) gemm_linear_ref(out + w->a->OC, ldo, x, N, w->b, b ? b + w->a->OC : NULL, flags);
         return;
@@ -622,7 +630,16 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
 #pragma omp for schedule(static)
-        for (int i = 0; i < rb; i++) split_rows(x, N, w->IC, i, ah, al);
+        for (int i = 0; i < rb; i++) {
+            if (ln) {   /* rows 16 i..: nn_layernorm row by row, so the same bits as one call */
+                size_t o = (size_t)16 * i * w->IC;
+                nn_layernorm(ln->out + o, x + o, ln->w, ln->b, N - 16 * i < 16 ? N - 16 * i : 16,
+                             w->IC);
+                split_rows(ln->out, N, w->IC, i, ah, al);
+            } else {
+                split_rows(x, N, w->IC, i, ah, al);
+            }
+        }
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
         float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
         if (cp1 > cp0) tiles_begin();
@@ -690,14 +707,24 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
 void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
                  int flags, gemm_work *work) {
     packs2 p = {w, NULL, w->nb, w->OC, w->IC, w->ks, w->mode};
-    linear_packs(out, ldo, x, N, &p, b, flags, work);
+    linear_packs(out, ldo, x, N, &p, b, flags, work, NULL);
+}
+
+void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_w,
+                    const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
+                    const float *b, int flags, gemm_work *work) {
+    CS_ASSERT(!w2 || (w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode));
+    packs2 p = {w1, w2, w1->nb + (w2 ? w2->nb : 0), w1->OC + (w2 ? w2->OC : 0), w1->IC, w1->ks,
+                w1->mode};
+    ln_pre ln = {ln_w, ln_b, ln_out};
+    linear_packs(out, ldo, x, N, &p, b, flags, work, &ln);
 }
 
 void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
                   const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
     CS_ASSERT(w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode);
     packs2 p = {w1, w2, w1->nb + w2->nb, w1->OC + w2->OC, w1->IC, w1->ks, w1->mode};
-    linear_packs(out, ldo, x, N, &p, b, flags, work);
+    linear_packs(out, ldo, x, N, &p, b, flags, work, NULL);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -852,6 +879,14 @@ void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w
     (void)work;
     gemm_linear_ref(out, ldo, x, N, w1, b, flags);
     gemm_linear_ref(out + w1->OC, ldo, x, N, w2, b ? b + w1->OC : NULL, flags);
+}
+void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_w,
+                    const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
+                    const float *b, int flags, gemm_work *work) {
+    (void)work;
+    nn_layernorm(ln_out, x, ln_w, ln_b, N, w1->IC);
+    gemm_linear_ref(out, ldo, ln_out, N, w1, b, flags);
+    if (w2) gemm_linear_ref(out + w1->OC, ldo, ln_out, N, w2, b ? b + w1->OC : NULL, flags);
 }
 
 #endif

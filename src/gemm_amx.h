@@ -72,6 +72,14 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
 void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
                   const gemm_pack *w2, const float *b, int flags, gemm_work *work);
 
+/* ln_out (N, IC) = nn_layernorm(x, ln_w, ln_b), then gemm_linear2 (w2 non-NULL) or gemm_linear
+ * (w2 NULL) on ln_out: the LayerNorm runs inside the product's parallel region (16 rows at a
+ * time, before each block's split), saving a fork/join. The same bits as the separate calls.
+ * x and ln_out must not overlap. */
+void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_w,
+                    const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
+                    const float *b, int flags, gemm_work *work);
+
 /* The same product in portable scalar code from the packed weights and the scalar split, in the
  * kernels' order of tile products (no AMX needed): for tests. */
 void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,

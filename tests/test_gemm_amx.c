@@ -268,6 +268,51 @@ TEST(amx_subrange_and_threads) {
     free(x), free(w), free(b), free(o1), free(o2), free(full);
 }
 
+/* gemm_linear_ln (LayerNorm inside the product's parallel region) = nn_layernorm then
+ * gemm_linear2 / gemm_linear, bit for bit, with 1 and 2 threads; rows not a multiple of 16 */
+TEST(amx_linear_ln_same_bits) {
+    NEED_AMX();
+    enum { N = 201, IC = 128, O1 = 64, O2 = 192, OC = O1 + O2 };
+    unsigned s = 33;
+    float *x = malloc(sizeof(float) * N * IC), *w = malloc(sizeof(float) * OC * IC);
+    float *b = malloc(sizeof(float) * OC), *lw = malloc(sizeof(float) * IC);
+    float *lb = malloc(sizeof(float) * IC), *ln = malloc(sizeof(float) * N * IC);
+    float *ln2 = malloc(sizeof(float) * N * IC), *ref = malloc(sizeof(float) * N * OC);
+    float *o = malloc(sizeof(float) * N * OC);
+    for (int i = 0; i < N * IC; i++) x[i] = 3 * test_randf(&s) + 0.5f;
+    for (int i = 0; i < OC * IC; i++) w[i] = 0.1f * test_randf(&s);
+    for (int i = 0; i < OC; i++) b[i] = test_randf(&s);
+    for (int i = 0; i < IC; i++) lw[i] = 1 + 0.2f * test_randf(&s), lb[i] = 0.1f * test_randf(&s);
+    gemm_pack p1, p2, pall;
+    CHECK_OK(gemm_pack_weights(&p1, w, O1, IC, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&p2, w + O1 * IC, O2, IC, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&pall, w, OC, IC, GEMM_BF16X3));
+    gemm_work wk = {0};
+    nn_layernorm(ln, x, lw, lb, N, IC);
+    int nt = carseg_get_threads();
+    for (int t = 1; t <= 2; t++) {
+        carseg_set_threads(t);
+        /* two packs side by side, plain */
+        gemm_linear2(ref, OC, ln, N, &p1, &p2, b, 0, &wk);
+        for (int i = 0; i < N * OC; i++) o[i] = NAN;
+        for (int i = 0; i < N * IC; i++) ln2[i] = NAN;
+        gemm_linear_ln(o, OC, x, N, lw, lb, ln2, &p1, &p2, b, 0, &wk);
+        CHECK_MSG(!memcmp(ln, ln2, sizeof(float) * N * IC), "threads %d: ln_out differs", t);
+        CHECK_MSG(!memcmp(o, ref, sizeof(float) * N * OC), "threads %d: linear2 + ln differs", t);
+        /* one pack, GELU; then accumulate */
+        gemm_linear(ref, OC, ln, N, &pall, b, NN_GELU, &wk);
+        gemm_linear_ln(o, OC, x, N, lw, lb, ln2, &pall, NULL, b, NN_GELU, &wk);
+        CHECK_MSG(!memcmp(o, ref, sizeof(float) * N * OC), "threads %d: linear + ln differs", t);
+        gemm_linear(ref, OC, ln, N, &pall, b, NN_ACCUMULATE, &wk);
+        gemm_linear_ln(o, OC, x, N, lw, lb, ln2, &pall, NULL, b, NN_ACCUMULATE, &wk);
+        CHECK_MSG(!memcmp(o, ref, sizeof(float) * N * OC), "threads %d: accumulate differs", t);
+    }
+    carseg_set_threads(nt);
+    gemm_work_free(&wk);
+    gemm_pack_free(&p1), gemm_pack_free(&p2), gemm_pack_free(&pall);
+    free(x), free(w), free(b), free(lw), free(lb), free(ln), free(ln2), free(ref), free(o);
+}
+
 static double max_abs_diff(const float *a, const float *b, size_t n, double *mref) {
     double d = 0, m = 0;
     for (size_t i = 0; i < n; i++) {
