@@ -288,6 +288,11 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
                           int NH, int causal, float *avg) {
     size_t BL = (size_t)B * L;
     const gemm_pack *pk = bk->pk;
+    if (pk && !causal && !avg) {   /* the whole block in one parallel region */
+        gemm_block_w bw = {pk, bk->ln1_w, bk->ln1_b, bk->in_b, bk->out_b, bk->ln2_w, bk->ln2_b,
+                           bk->fc_b, bk->proj_b};
+        if (gemm_block(x, s->ln, s->qkv, s->att, s->hid, B, L, C, M, NH, &bw, &s->wk)) return;
+    }
     if (pk) {   /* q and k|v are packed apart (block_forward_rows needs them apart) */
         if (C % 32 == 0) {   /* ln_1 inside the product's parallel region */
             gemm_linear_ln(s->qkv, 3 * C, x, (int)BL, bk->ln1_w, bk->ln1_b, s->ln, &pk[0], &pk[1],
