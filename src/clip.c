@@ -288,15 +288,22 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
                           int NH, int causal, float *avg) {
     size_t BL = (size_t)B * L;
     const gemm_pack *pk = bk->pk;
-    nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
+    if (pk && !causal && !avg) {   /* the whole block in one parallel region */
+        gemm_block_w bw = {pk, bk->ln1_w, bk->ln1_b, bk->in_b, bk->out_b, bk->ln2_w, bk->ln2_b,
+                           bk->fc_b, bk->proj_b};
+        if (gemm_block(x, s->ln, s->qkv, s->att, s->hid, B, L, C, M, NH, &bw, &s->wk)) return;
+    }
     if (pk) {   /* q and k|v are packed apart (block_forward_rows needs them apart) */
-        if (C % 32 == 0) {
-            gemm_linear2(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], &pk[1], bk->in_b, 0, &s->wk);
+        if (C % 32 == 0) {   /* ln_1 inside the product's parallel region */
+            gemm_linear_ln(s->qkv, 3 * C, x, (int)BL, bk->ln1_w, bk->ln1_b, s->ln, &pk[0], &pk[1],
+                           bk->in_b, 0, &s->wk);
         } else {
-            gemm_linear(s->qkv, 3 * C, s->ln, (int)BL, &pk[0], bk->in_b, 0, &s->wk);
+            gemm_linear_ln(s->qkv, 3 * C, x, (int)BL, bk->ln1_w, bk->ln1_b, s->ln, &pk[0], NULL,
+                           bk->in_b, 0, &s->wk);
             gemm_linear(s->qkv + C, 3 * C, s->ln, (int)BL, &pk[1], bk->in_b + C, 0, &s->wk);
         }
     } else {
+        nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
         nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
     }
     /* AMX attention: probs are only scratch here unless avg is wanted */
@@ -305,9 +312,13 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
         nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
     linear(x, C, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
            &s->wk);
-    nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);
-    linear(s->hid, M, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M, NN_GELU, pk ? &pk[3] : NULL,
-           &s->wk);
+    if (pk) {   /* ln_2 inside c_fc's parallel region */
+        gemm_linear_ln(s->hid, M, x, (int)BL, bk->ln2_w, bk->ln2_b, s->ln, &pk[3], NULL, bk->fc_b,
+                       NN_GELU, &s->wk);
+    } else {
+        nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);
+        nn_linear_ex(s->hid, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M, NN_GELU);
+    }
     linear(x, C, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE,
            pk ? &pk[4] : NULL, &s->wk);
 }

@@ -575,10 +575,22 @@ static const uint16_t *pk_plane(const packs2 *w, int j, int lo, size_t st) {
     return (lo ? p->lo : p->hi) + (size_t)j * st;
 }
 
-static void linear_packs(float *out, int ldo, const float *x, int N, const packs2 *w,
-                         const float *b, int flags, gemm_work *work) {
-    if (N <= 0) return;
-    CS_ASSERT(gemm_amx_usable());
+/* ln: when not NULL, x's rows go through nn_layernorm (ln->w, ln->b) into ln->out first, a block
+ * of 16 rows at a time inside the parallel region, and the product reads ln->out */
+typedef struct {
+    const float *w, *b;
+    float *out;
+} ln_pre;
+
+/* The blocking of one product for nt threads: sizes, then (lin_bind) the pointers into work */
+typedef struct {
+    int ks, rb, x3, ncp, rp, planes, kc, nt, KO, nko, rg;
+    size_t st, na, abytes, bytes;
+    uint16_t *ah, *al;
+    float *acc_all;
+} lin_plan;
+
+static void lin_plan_make(lin_plan *pl, int N, const packs2 *w, int nt) {
     int ks = w->ks, rb = (N + 15) / 16, x3 = w->mode == GEMM_BF16X3;
     /* Column pairs (32 outputs) are the threads' work items, a contiguous range per thread.
      * Per column pair the k-steps go in chunks of kc whose B tiles stay in L1 while the row pairs
@@ -590,8 +602,6 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
     int ncp = (w->nb + 1) / 2, rp = (rb + 1) / 2;   /* column pairs, row pairs */
     int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;
     size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;   /* 1.5 MB */
-    int nt = threads_for(2.0 * N * w->OC * w->IC * (x3 ? 3 : 1));
-    if (nt > ncp) nt = ncp;
     int KO = (int)(l2 / 2 / ((size_t)rb * 16 * 64 * planes));
     KO = KO < kc ? kc : KO / kc * kc;
     int nko = (ks + KO - 1) / KO, rg = rp;
@@ -604,25 +614,42 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
      * k chunks, else (threads, 2, rg, 32, 32) */
     size_t na = (size_t)rb * ks * 512, nacc = (size_t)(nko > 1 ? ncp * rp : 2 * nt * rg) * 1024;
     size_t abytes = (na * sizeof(uint16_t) * planes + 63) & ~(size_t)63;
-    gemm_work local = {0};
-    if (!work) work = &local;
-    if (!work_reserve(work, abytes + nacc * sizeof(float))) {
-        /* out of memory for the scratch (a few MB): the scalar path, slow, same sums */
-        gemm_linear_ref(out, ldo, x, N, w->a, b, flags);
-        if (w->b) gemm_linear_ref(out + w->a->OC, ldo, x, N, w->b, b ? b + w->a->OC : NULL, flags);
-        return;
-    }
-    uint16_t *ah = work->p, *al = x3 ? ah + na : NULL;
-    float *acc_all = (float *)((char *)work->p + abytes);
-    /* one parallel region: the split of x (the rows shared out, then a barrier), the products */
-#pragma omp parallel num_threads(nt) if (nt > 1)
+    *pl = (lin_plan){ks, rb, x3, ncp, rp, planes, kc, nt, KO, nko, rg, st, na, abytes,
+                     abytes + nacc * sizeof(float), NULL, NULL, NULL};
+}
+
+static void lin_bind(lin_plan *pl, gemm_work *work) {
+    pl->ah = work->p, pl->al = pl->x3 ? pl->ah + pl->na : NULL;
+    pl->acc_all = (float *)((char *)work->p + pl->abytes);
+}
+
+/* The product, run by every thread of a team of pl->nt threads (or by one thread outside a
+ * parallel region when pl->nt == 1): the split of x (the rows shared out, then a barrier), then
+ * the products. Ends without a barrier. */
+static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int N,
+                    const packs2 *w, const float *b, int flags, const ln_pre *ln) {
+    int ks = pl->ks, rb = pl->rb, x3 = pl->x3, ncp = pl->ncp, rp = pl->rp, kc = pl->kc;
+    int KO = pl->KO, nko = pl->nko, rg = pl->rg;
+    size_t st = pl->st;
+    uint16_t *ah = pl->ah, *al = pl->al;
+    float *acc_all = pl->acc_all;
     {
         int t = 0, T = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
+        CS_ASSERT(T == pl->nt);
 #pragma omp for schedule(static)
-        for (int i = 0; i < rb; i++) split_rows(x, N, w->IC, i, ah, al);
+        for (int i = 0; i < rb; i++) {
+            if (ln) {   /* rows 16 i..: nn_layernorm row by row, so the same bits as one call */
+                size_t o = (size_t)16 * i * w->IC;
+                nn_layernorm(ln->out + o, x + o, ln->w, ln->b, N - 16 * i < 16 ? N - 16 * i : 16,
+                             w->IC);
+                split_rows(ln->out, N, w->IC, i, ah, al);
+            } else {
+                split_rows(x, N, w->IC, i, ah, al);
+            }
+        }
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
         float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
         if (cp1 > cp0) tiles_begin();
@@ -684,20 +711,54 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
         }
         if (cp1 > cp0) tiles_end();
     }
+}
+
+static void linear_packs(float *out, int ldo, const float *x, int N, const packs2 *w,
+                         const float *b, int flags, gemm_work *work, const ln_pre *ln) {
+    if (N <= 0) return;
+    CS_ASSERT(gemm_amx_usable());
+    int nt = threads_for(2.0 * N * w->OC * w->IC * (w->mode == GEMM_BF16X3 ? 3 : 1));
+    if (nt > (w->nb + 1) / 2) nt = (w->nb + 1) / 2;
+    lin_plan pl;
+    lin_plan_make(&pl, N, w, nt);
+    gemm_work local = {0};
+    if (!work) work = &local;
+    if (!work_reserve(work, pl.bytes)) {
+        /* out of memory for the scratch (a few MB): the scalar path, slow, same sums */
+        if (ln) nn_layernorm(ln->out, x, ln->w, ln->b, N, w->IC), x = ln->out;
+        gemm_linear_ref(out, ldo, x, N, w->a, b, flags);
+        if (w->b) gemm_linear_ref(out + w->a->OC, ldo, x, N, w->b, b ? b + w->a->OC : NULL, flags);
+        return;
+    }
+    lin_bind(&pl, work);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    lin_run(&pl, out, ldo, x, N, w, b, flags, ln);
     gemm_work_free(&local);
 }
+
+
 
 void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
                  int flags, gemm_work *work) {
     packs2 p = {w, NULL, w->nb, w->OC, w->IC, w->ks, w->mode};
-    linear_packs(out, ldo, x, N, &p, b, flags, work);
+    linear_packs(out, ldo, x, N, &p, b, flags, work, NULL);
+}
+
+void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_w,
+                    const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
+                    const float *b, int flags, gemm_work *work) {
+    CS_ASSERT(!w2 || (w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode));
+    packs2 p = {w1, w2, w1->nb + (w2 ? w2->nb : 0), w1->OC + (w2 ? w2->OC : 0), w1->IC, w1->ks,
+                w1->mode};
+    ln_pre ln = {ln_w, ln_b, ln_out};
+    linear_packs(out, ldo, x, N, &p, b, flags, work, &ln);
 }
 
 void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
                   const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
     CS_ASSERT(w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode);
     packs2 p = {w1, w2, w1->nb + w2->nb, w1->OC + w2->OC, w1->IC, w1->ks, w1->mode};
-    linear_packs(out, ldo, x, N, &p, b, flags, work);
+    linear_packs(out, ldo, x, N, &p, b, flags, work, NULL);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,28 +820,34 @@ static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16
     }
 }
 
-int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
-                   int NH, int mode) {
-    int hd = NH > 0 ? C / NH : 0;
-    if (B <= 0 || L <= 0 || hd <= 0 || hd % 16 || hd * NH != C || !gemm_amx_usable() ||
-        (mode != GEMM_BF16X3 && mode != GEMM_BF16))
-        return 0;
-    int x3 = mode == GEMM_BF16X3, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hd);
+/* per-thread scratch bytes of the attention: q scaled (L, hd), its A tiles, K's B tiles, V's B
+ * tiles, the A tiles of one block of 32 rows of P, cb, that block of P (32, L) */
+static size_t attn_per_thread(int L, int hd, int x3) {
     int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
-    /* per thread: q scaled (L, hd), its A tiles, K's B tiles, V's B tiles, the A tiles of one
-     * block of 32 rows of P, cb, that block of P (32, L) */
     size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
     size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)2 * ksp * 1024;
     size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
     size_t ns = ((size_t)32 * L * 4 + 63) & ~(size_t)63;
-    size_t per = nq + planes * (nqa + nk + npa + nv) + 4096 + ns;
-    int nt = threads_for(4.0 * B * NH * L * L * hd);
-    if (avg && !probs) return 0;
-    if (nt > B * NH) nt = B * NH;
-    char *mem = cs_malloc(per * nt);
-    if (!mem) return 0;
-#pragma omp parallel num_threads(nt) if (nt > 1)
+    return nq + planes * (nqa + nk + npa + nv) + 4096 + ns;
+}
+
+static int attn_accepts(int B, int L, int C, int NH, int mode) {
+    int hd = NH > 0 ? C / NH : 0;
+    return B > 0 && L > 0 && hd > 0 && hd % 16 == 0 && hd * NH == C && gemm_amx_usable() &&
+           (mode == GEMM_BF16X3 || mode == GEMM_BF16);
+}
+
+/* The attention, run by every thread of the current team (heads shared out dynamically, then
+ * the omp for's barrier); mem: attn_per_thread bytes per thread of the team */
+static void attn_run(char *mem, float *out, float *probs, const float *qkv, int B, int L, int C,
+                     int NH, int x3) {
+    int hd = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
+    size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
+    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)2 * ksp * 1024;
+    size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
+    size_t per = attn_per_thread(L, hd, x3);
     {
         int t = 0;
 #ifdef _OPENMP
@@ -818,8 +885,65 @@ int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B
         }
         tiles_end();
     }
+}
+
+int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
+                   int NH, int mode) {
+    if (!attn_accepts(B, L, C, NH, mode) || (avg && !probs)) return 0;
+    int hd = C / NH, x3 = mode == GEMM_BF16X3;
+    size_t per = attn_per_thread(L, hd, x3);
+    int nt = threads_for(4.0 * B * NH * L * L * hd);
+    if (nt > B * NH) nt = B * NH;
+    char *mem = cs_malloc(per * nt);
+    if (!mem) return 0;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    attn_run(mem, out, probs, qkv, B, L, C, NH, x3);
     cs_free(mem);
     if (avg) nn_attention_avg(avg, probs, B, L, NH);
+    return 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// a whole residual attention block in one parallel region
+
+int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, int L, int C,
+               int M, int NH, const gemm_block_w *bw, gemm_work *work) {
+    const gemm_pack *pk = bw->pk;
+    int mode = pk[0].mode, N = B * L;
+    if (C % 32 || !attn_accepts(B, L, C, NH, mode)) return 0;
+    int x3 = mode == GEMM_BF16X3;
+    packs2 wq = {&pk[0], &pk[1], pk[0].nb + pk[1].nb, pk[0].OC + pk[1].OC, C, pk[0].ks, mode};
+    packs2 wo = {&pk[2], NULL, pk[2].nb, pk[2].OC, pk[2].IC, pk[2].ks, mode};
+    packs2 wf = {&pk[3], NULL, pk[3].nb, pk[3].OC, pk[3].IC, pk[3].ks, mode};
+    packs2 wp = {&pk[4], NULL, pk[4].nb, pk[4].OC, pk[4].IC, pk[4].ks, mode};
+    double flops = 2.0 * N * C * (4.0 * C + 2.0 * M) * (x3 ? 3 : 1);
+    int nt = threads_for(flops);
+    lin_plan pq, po, pf, pp;
+    lin_plan_make(&pq, N, &wq, nt), lin_plan_make(&po, N, &wo, nt);
+    lin_plan_make(&pf, N, &wf, nt), lin_plan_make(&pp, N, &wp, nt);
+    size_t need = pq.bytes;
+    need = po.bytes > need ? po.bytes : need;
+    need = pf.bytes > need ? pf.bytes : need;
+    need = pp.bytes > need ? pp.bytes : need;
+    if (!work_reserve(work, need)) return 0;
+    lin_bind(&pq, work), lin_bind(&po, work), lin_bind(&pf, work), lin_bind(&pp, work);
+    char *mem = cs_malloc(attn_per_thread(L, C / NH, x3) * nt);
+    if (!mem) return 0;
+    ln_pre ln1 = {bw->ln1_w, bw->ln1_b, ln}, ln2 = {bw->ln2_w, bw->ln2_b, ln};
+    /* each step reads what the previous one wrote: a barrier between them (the attention's omp
+     * for ends with one); the products share work's buffers */
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        lin_run(&pq, qkv, 3 * C, x, N, &wq, bw->in_b, 0, &ln1);
+#pragma omp barrier
+        attn_run(mem, att, NULL, qkv, B, L, C, NH, x3);
+        lin_run(&po, x, C, att, N, &wo, bw->out_b, NN_ACCUMULATE, NULL);
+#pragma omp barrier
+        lin_run(&pf, hid, M, x, N, &wf, bw->fc_b, NN_GELU, &ln2);
+#pragma omp barrier
+        lin_run(&pp, x, C, hid, N, &wp, bw->proj_b, NN_ACCUMULATE, NULL);
+    }
+    cs_free(mem);
     return 1;
 }
 
@@ -852,6 +976,20 @@ void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w
     (void)work;
     gemm_linear_ref(out, ldo, x, N, w1, b, flags);
     gemm_linear_ref(out + w1->OC, ldo, x, N, w2, b ? b + w1->OC : NULL, flags);
+}
+int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, int L, int C,
+               int M, int NH, const gemm_block_w *bw, gemm_work *work) {
+    (void)x, (void)ln, (void)qkv, (void)att, (void)hid, (void)B, (void)L, (void)C, (void)M;
+    (void)NH, (void)bw, (void)work;
+    return 0;
+}
+void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_w,
+                    const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
+                    const float *b, int flags, gemm_work *work) {
+    (void)work;
+    nn_layernorm(ln_out, x, ln_w, ln_b, N, w1->IC);
+    gemm_linear_ref(out, ldo, ln_out, N, w1, b, flags);
+    if (w2) gemm_linear_ref(out + w1->OC, ldo, ln_out, N, w2, b ? b + w1->OC : NULL, flags);
 }
 
 #endif

@@ -72,6 +72,27 @@ void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w,
 void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
                   const gemm_pack *w2, const float *b, int flags, gemm_work *work);
 
+/* ln_out (N, IC) = nn_layernorm(x, ln_w, ln_b), then gemm_linear2 (w2 non-NULL) or gemm_linear
+ * (w2 NULL) on ln_out: the LayerNorm runs inside the product's parallel region (16 rows at a
+ * time, before each block's split), saving a fork/join. The same bits as the separate calls.
+ * x and ln_out must not overlap. */
+void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_w,
+                    const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
+                    const float *b, int flags, gemm_work *work);
+
+/* One ResidualAttentionBlock (non-causal, no attention maps) on x (B, L, C) in place, in one
+ * parallel region with barriers between the steps: ln_1 + in_proj (gemm_linear_ln, q and k|v),
+ * gemm_attention, out_proj (accumulated into x), ln_2 + c_fc + QuickGELU, c_proj (accumulated).
+ * Scratch: ln (BL, C), qkv (BL, 3C), att (BL, C), hid (BL, M). The same bits as those calls one
+ * by one. Returns 0, having done nothing, where it declines (C % 32, heads gemm_attention does
+ * not take, out of memory): the caller then runs the steps itself. */
+typedef struct {
+    const gemm_pack *pk;   /* 5 packs: q, k|v (in_proj rows C.. 3C), out_proj, c_fc, c_proj */
+    const float *ln1_w, *ln1_b, *in_b, *out_b, *ln2_w, *ln2_b, *fc_b, *proj_b;
+} gemm_block_w;
+int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, int L, int C,
+               int M, int NH, const gemm_block_w *bw, gemm_work *work);
+
 /* The same product in portable scalar code from the packed weights and the scalar split, in the
  * kernels' order of tile products (no AMX needed): for tests. */
 void gemm_linear_ref(float *out, int ldo, const float *x, int N, const gemm_pack *w,

@@ -268,6 +268,101 @@ TEST(amx_subrange_and_threads) {
     free(x), free(w), free(b), free(o1), free(o2), free(full);
 }
 
+/* gemm_linear_ln (LayerNorm inside the product's parallel region) = nn_layernorm then
+ * gemm_linear2 / gemm_linear, bit for bit, with 1 and 2 threads; rows not a multiple of 16 */
+TEST(amx_linear_ln_same_bits) {
+    NEED_AMX();
+    enum { N = 201, IC = 128, O1 = 64, O2 = 192, OC = O1 + O2 };
+    unsigned s = 33;
+    float *x = malloc(sizeof(float) * N * IC), *w = malloc(sizeof(float) * OC * IC);
+    float *b = malloc(sizeof(float) * OC), *lw = malloc(sizeof(float) * IC);
+    float *lb = malloc(sizeof(float) * IC), *ln = malloc(sizeof(float) * N * IC);
+    float *ln2 = malloc(sizeof(float) * N * IC), *ref = malloc(sizeof(float) * N * OC);
+    float *o = malloc(sizeof(float) * N * OC);
+    for (int i = 0; i < N * IC; i++) x[i] = 3 * test_randf(&s) + 0.5f;
+    for (int i = 0; i < OC * IC; i++) w[i] = 0.1f * test_randf(&s);
+    for (int i = 0; i < OC; i++) b[i] = test_randf(&s);
+    for (int i = 0; i < IC; i++) lw[i] = 1 + 0.2f * test_randf(&s), lb[i] = 0.1f * test_randf(&s);
+    gemm_pack p1, p2, pall;
+    CHECK_OK(gemm_pack_weights(&p1, w, O1, IC, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&p2, w + O1 * IC, O2, IC, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&pall, w, OC, IC, GEMM_BF16X3));
+    gemm_work wk = {0};
+    nn_layernorm(ln, x, lw, lb, N, IC);
+    int nt = carseg_get_threads();
+    for (int t = 1; t <= 2; t++) {
+        carseg_set_threads(t);
+        /* two packs side by side, plain */
+        gemm_linear2(ref, OC, ln, N, &p1, &p2, b, 0, &wk);
+        for (int i = 0; i < N * OC; i++) o[i] = NAN;
+        for (int i = 0; i < N * IC; i++) ln2[i] = NAN;
+        gemm_linear_ln(o, OC, x, N, lw, lb, ln2, &p1, &p2, b, 0, &wk);
+        CHECK_MSG(!memcmp(ln, ln2, sizeof(float) * N * IC), "threads %d: ln_out differs", t);
+        CHECK_MSG(!memcmp(o, ref, sizeof(float) * N * OC), "threads %d: linear2 + ln differs", t);
+        /* one pack, GELU; then accumulate */
+        gemm_linear(ref, OC, ln, N, &pall, b, NN_GELU, &wk);
+        gemm_linear_ln(o, OC, x, N, lw, lb, ln2, &pall, NULL, b, NN_GELU, &wk);
+        CHECK_MSG(!memcmp(o, ref, sizeof(float) * N * OC), "threads %d: linear + ln differs", t);
+        gemm_linear(ref, OC, ln, N, &pall, b, NN_ACCUMULATE, &wk);
+        gemm_linear_ln(o, OC, x, N, lw, lb, ln2, &pall, NULL, b, NN_ACCUMULATE, &wk);
+        CHECK_MSG(!memcmp(o, ref, sizeof(float) * N * OC), "threads %d: accumulate differs", t);
+    }
+    carseg_set_threads(nt);
+    gemm_work_free(&wk);
+    gemm_pack_free(&p1), gemm_pack_free(&p2), gemm_pack_free(&pall);
+    free(x), free(w), free(b), free(lw), free(lb), free(ln), free(ln2), free(ref), free(o);
+}
+
+/* gemm_block (a whole block in one parallel region) = the steps one by one, bit for bit, with 1
+ * and 2 threads */
+TEST(amx_block_same_bits) {
+    NEED_AMX();
+    enum { B = 2, L = 50, C = 64, NH = 4, M = 256, N = B * L };
+    unsigned s = 44;
+    size_t nw = (size_t)4 * C * C + 2 * (size_t)M * C;
+    float *w = malloc(sizeof(float) * nw), *bias = malloc(sizeof(float) * (5 * C + M));
+    float *lnp = malloc(sizeof(float) * 4 * C), *x0 = malloc(sizeof(float) * N * C);
+    float *x = malloc(sizeof(float) * N * C), *xr = malloc(sizeof(float) * N * C);
+    float *ln = malloc(sizeof(float) * N * C), *qkv = malloc(sizeof(float) * N * 3 * C);
+    float *att = malloc(sizeof(float) * N * C), *hid = malloc(sizeof(float) * N * M);
+    for (size_t i = 0; i < nw; i++) w[i] = 0.1f * test_randf(&s);
+    for (int i = 0; i < 5 * C + M; i++) bias[i] = 0.1f * test_randf(&s);
+    for (int i = 0; i < 4 * C; i++) lnp[i] = (i / C) % 2 ? 0.1f * test_randf(&s) : 1 + 0.2f * test_randf(&s);
+    for (int i = 0; i < N * C; i++) x0[i] = test_randf(&s);
+    gemm_pack pk[5];
+    CHECK_OK(gemm_pack_weights(&pk[0], w, C, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&pk[1], w + C * C, 2 * C, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&pk[2], w + 3 * C * C, C, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&pk[3], w + 4 * C * C, M, C, GEMM_BF16X3));
+    CHECK_OK(gemm_pack_weights(&pk[4], w + 4 * C * C + M * C, C, M, GEMM_BF16X3));
+    const float *in_b = bias, *out_b = bias + 3 * C, *fc_b = bias + 4 * C, *proj_b = fc_b + M;
+    gemm_block_w bw = {pk, lnp, lnp + C, in_b, out_b, lnp + 2 * C, lnp + 3 * C, fc_b, proj_b};
+    gemm_work wk = {0};
+    int nt = carseg_get_threads();
+    for (int t = 1; t <= 2; t++) {
+        carseg_set_threads(t);
+        memcpy(xr, x0, sizeof(float) * N * C);
+        gemm_linear_ln(qkv, 3 * C, xr, N, bw.ln1_w, bw.ln1_b, ln, &pk[0], &pk[1], in_b, 0, &wk);
+        REQUIRE(gemm_attention(att, NULL, NULL, qkv, B, L, C, NH, GEMM_BF16X3));
+        gemm_linear(xr, C, att, N, &pk[2], out_b, NN_ACCUMULATE, &wk);
+        gemm_linear_ln(hid, M, xr, N, bw.ln2_w, bw.ln2_b, ln, &pk[3], NULL, fc_b, NN_GELU, &wk);
+        gemm_linear(xr, C, hid, N, &pk[4], proj_b, NN_ACCUMULATE, &wk);
+        memcpy(x, x0, sizeof(float) * N * C);
+        REQUIRE(gemm_block(x, ln, qkv, att, hid, B, L, C, M, NH, &bw, &wk));
+        CHECK_MSG(!memcmp(x, xr, sizeof(float) * N * C), "threads %d: gemm_block differs", t);
+        CHECK(memcmp(x, x0, sizeof(float) * N * C) != 0);
+    }
+    carseg_set_threads(nt);
+    /* shapes it does not take: declined, x untouched */
+    memcpy(x, x0, sizeof(float) * N * C);
+    CHECK(!gemm_block(x, ln, qkv, att, hid, B, L, C, M, 8, &bw, &wk));   /* hd 8 */
+    CHECK(!memcmp(x, x0, sizeof(float) * N * C));
+    gemm_work_free(&wk);
+    for (int i = 0; i < 5; i++) gemm_pack_free(&pk[i]);
+    free(w), free(bias), free(lnp), free(x0), free(x), free(xr), free(ln), free(qkv), free(att);
+    free(hid);
+}
+
 static double max_abs_diff(const float *a, const float *b, size_t n, double *mref) {
     double d = 0, m = 0;
     for (size_t i = 0; i < n; i++) {
