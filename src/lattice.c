@@ -747,8 +747,7 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
     uint64_t *val = cs_malloc(ne * sizeof *val), *tmp = cs_malloc(ne * sizeof *tmp);   /* (ne) keys */
     uint32_t *idx = cs_malloc(ne * sizeof *idx), *itmp = cs_malloc(ne * sizeof *itmp);  /* (ne) corners */
     size_t *hist = cs_malloc((size_t)omp_get_max_threads() * 2048 * sizeof *hist);
-    int32_t *gid = NULL, *gstart = NULL, *newid = NULL, *nxt = NULL, *tcount = NULL;
-    uint8_t *first = NULL;
+    int32_t *gid = NULL, *gstart = NULL, *newid = NULL, *nxt = NULL;
     uint64_t *ukey = NULL;
     uint8_t *hasprev = NULL;
     carseg_status st = CARSEG_OK;
@@ -783,62 +782,34 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
     radix_sort(&srt, &sidx, tmp, itmp, ne, 0, bits, hist);
     PT("sorted: radix sort");
 
-    /* 4. distinct keys (in sorted order: groups g) and first-seen vertex ids, in parallel: each
-     * thread numbers what lies in its share after all have counted. A group's first corner is its
-     * smallest (the sort is stable), so a group's first-seen id is the rank of its first corner
-     * among the groups' first corners. */
+    /* 4. distinct keys (in sorted order: groups g) and first-seen vertex ids */
     gid = cs_malloc(ne * sizeof *gid);   /* (ne) group of each corner */
     gstart = cs_malloc((ne + 1) * sizeof *gstart);
-    first = cs_calloc(ne, 1);            /* (ne) 1 = the first corner of its group */
-    tcount = cs_calloc((size_t)omp_get_max_threads() + 1, sizeof *tcount);
-    newid = cs_malloc(ne * sizeof *newid);
-    if (!gid || !gstart || !first || !tcount || !newid) {
+    if (!gid || !gstart) {
         st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points, d = %d)", n, d);
         goto fail;
     }
     int32_t m = 0;
-#pragma omp parallel
-    {
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const size_t i0 = ne * t / nt, i1 = ne * (t + 1) / nt;
-        int32_t c = 0;
-        for (size_t i = i0; i < i1; i++) c += i == 0 || srt[i] != srt[i - 1];
-        tcount[t + 1] = c;
-#pragma omp barrier
-#pragma omp single
-        {
-            for (int u = 0; u < nt; u++) tcount[u + 1] += tcount[u];
-            m = tcount[nt];
-        }
-        int32_t g = tcount[t] - 1;
-        for (size_t i = i0; i < i1; i++) {
-            if (i == 0 || srt[i] != srt[i - 1]) {
-                gstart[++g] = (int32_t)i;
-                first[sidx[i]] = 1;
-            }
-            gid[sidx[i]] = g;
-        }
-#pragma omp barrier
-        c = 0;
-        for (size_t i = i0; i < i1; i++) c += first[i];
-#pragma omp barrier
-        tcount[t + 1] = c;
-#pragma omp barrier
-#pragma omp single
-        for (int u = 0; u < nt; u++) tcount[u + 1] += tcount[u];
-        int32_t r = tcount[t];
-        for (size_t i = i0; i < i1; i++)
-            if (first[i]) newid[gid[i]] = r++;
-#pragma omp barrier
-        const size_t e1 = i1 < nc ? i1 : nc;
-        for (size_t i = i0; i < e1; i++) L->offset[i] = newid[gid[i]] + 1;
+    for (size_t i = 0; i < ne; i++) {
+        if (i == 0 || srt[i] != srt[i - 1]) gstart[m++] = (int32_t)i;
+        gid[sidx[i]] = m - 1;
     }
     gstart[m] = (int32_t)ne;
     L->m = m;
+    newid = cs_malloc((size_t)m * sizeof *newid);
     ukey = cs_malloc((size_t)m * sizeof *ukey);
-    if (!ukey) {
+    if (!newid || !ukey) {
         st = set_err(CARSEG_ENOMEM, "lattice: out of memory (%d vertices)", m);
         goto fail;
+    }
+    for (int32_t g = 0; g < m; g++) newid[g] = -1;
+    {
+        int32_t next = 0;
+        for (size_t c = 0; c < ne; c++) {
+            int32_t g = gid[c];
+            if (newid[g] < 0) newid[g] = next++;
+            if (c < nc) L->offset[c] = newid[g] + 1;
+        }
     }
 #pragma omp parallel for schedule(static)
     for (int32_t g = 0; g < m; g++) ukey[g] = srt[gstart[g]];
@@ -921,8 +892,6 @@ fail:
     cs_free(gid);
     cs_free(gstart);
     cs_free(newid);
-    cs_free(tcount);
-    cs_free(first);
     cs_free(ukey);
     cs_free(nxt);
     cs_free(hasprev);
