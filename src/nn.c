@@ -212,8 +212,8 @@ void nn_layernorm(float *out, const float *x, const float *w, const float *b, in
     for (int i = 0; i < N; i++) layernorm_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C);
 }
 
-NN_HOT void nn_bias_gelu(float *restrict o, int ldo, const float *restrict b, int rows, int cols,
-                         int gelu) {
+NN_HOT static void bias_gelu_block(float *restrict o, int ldo, const float *restrict b, int rows,
+                                   int cols, int gelu) {
     for (int i = 0; i < rows; i++) {
         float *r = o + (size_t)i * ldo;
         if (b) {
@@ -239,7 +239,7 @@ NN_HOT void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int
             memcpy(r, cr, sizeof(float) * cols);
         }
     }
-    nn_bias_gelu(o, ldo, b, rows, cols, (flags & NN_GELU) != 0);
+    bias_gelu_block(o, ldo, b, rows, cols, (flags & NN_GELU) != 0);
 }
 
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
@@ -258,11 +258,11 @@ void nn_linear_ex(float *out, const float *x, const float *w, const float *b, in
         if (split_n) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, e - s, IC, 1.0f, x, IC,
                         w + (size_t)s * IC, IC, beta, out + s, OC);
-            nn_bias_gelu(out + s, OC, b ? b + s : NULL, N, e - s, gelu);
+            bias_gelu_block(out + s, OC, b ? b + s : NULL, N, e - s, gelu);
         } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, e - s, OC, IC, 1.0f,
                         x + (size_t)s * IC, IC, w, IC, beta, out + (size_t)s * OC, OC);
-            nn_bias_gelu(out + (size_t)s * OC, OC, b, e - s, OC, gelu);
+            bias_gelu_block(out + (size_t)s * OC, OC, b, e - s, OC, gelu);
         }
     }
     blas_solo_end(prev);

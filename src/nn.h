@@ -32,12 +32,10 @@ void nn_linear(float *out, const float *x, const float *w, const float *b, int N
 enum { NN_ACCUMULATE = 1, NN_GELU = 2 };
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
                   int flags);
-/* The epilogue of nn_linear_ex on a block o (rows, cols; row stride ldo): o += b (b may be NULL),
- * then QuickGELU when gelu. For other product kernels (gemm_amx.c). */
-void nn_bias_gelu(float *o, int ldo, const float *b, int rows, int cols, int gelu);
-/* The same epilogue fused with the product's sums c (rows, cols; row stride ldc): o = c (or
- * o + c with NN_ACCUMULATE), + b, QuickGELU with NN_GELU; the same float operations in the same
- * order as nn_linear_ex's. */
+/* nn_linear_ex's epilogue for other product kernels (gemm_amx.c), on a block o (rows, cols; row
+ * stride ldo) and the product's sums c (rows, cols; row stride ldc): o = c (or o + c with
+ * NN_ACCUMULATE), + b (b may be NULL), QuickGELU with NN_GELU; the same float operations in the
+ * same order as nn_linear_ex's. */
 void nn_epilogue(float *o, int ldo, const float *c, int ldc, const float *b, int rows, int cols,
                  int flags);
 /* The naive triple loop twin of nn_linear, for tests. */
