@@ -20,13 +20,13 @@
  */
 #include "cam.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "image.h"
 #include "imgproc.h"
+#include "nn.h"
 #include "util.h"
 
 #define CAM_EPS 1e-15          /* cam.py _EPSILON */
@@ -66,8 +66,7 @@ struct cam_image {
 /* out (M, N) = in (M, K) @ W^T + b, W (N, K) as in a PyTorch Linear. */
 static void linear(float *out, const float *in, const float *W, const float *b, int M, int K,
                    int N) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, K, W, K, 0.0f, out,
-                N);
+    nn_sgemm(0, 1, M, N, K, 1.0f, in, K, W, K, 0.0f, out, N);
     if (b) {
 #pragma omp parallel for if ((size_t)M * N > OMP_MIN_WORK)
         for (int i = 0; i < M; i++)
@@ -188,8 +187,7 @@ static carseg_status head_forward(cam_image *ci) {
     for (int h = 0; h < nh; h++) {
         float *Ph = ci->P + (size_t)h * L * L;
         const float *q = ci->qkv + h * hd, *k = ci->qkv + C + h * hd, *v = ci->qkv + 2 * C + h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, hd, scale, q, 3 * C, k, 3 * C,
-                    0.0f, Ph, L);
+        nn_sgemm(0, 1, L, L, hd, scale, q, 3 * C, k, 3 * C, 0.0f, Ph, L);
 #pragma omp parallel for if ((size_t)L * L > OMP_MIN_WORK)
         for (int t = 0; t < L; t++) {
             float *row = Ph + (size_t)t * L;
@@ -198,8 +196,7 @@ static carseg_status head_forward(cam_image *ci) {
             for (int u = 1; u < L; u++) s += row[u];
             ci->prow[(size_t)h * L + t] = (float)s;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, hd, L, 1.0f, Ph, L, v, 3 * C,
-                    0.0f, ci->o + h * hd, C);
+        nn_sgemm(0, 0, L, hd, L, 1.0f, Ph, L, v, 3 * C, 0.0f, ci->o + h * hd, C);
     }
     /* head-averaged attention (PyTorch MHA need_weights=True) */
 #pragma omp parallel for if ((size_t)L * L * nh > OMP_MIN_WORK)
@@ -222,8 +219,7 @@ static carseg_status head_forward(cam_image *ci) {
     linear(tmp, hpre, B->proj_w, B->proj_b, L, F, C);
     for (size_t i = 0; i < (size_t)L * C; i++) x2[i] += tmp[i]; /* x3 */
     layernorm(tmp, ci->xh3, ci->rs3, x2, m->ln_post_w, m->ln_post_b, L, C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, F, C, 1.0f, ci->xh3, C, B->proj_w, F,
-                0.0f, ci->xw, F);
+    nn_sgemm(0, 0, L, F, C, 1.0f, ci->xh3, C, B->proj_w, F, 0.0f, ci->xw, F);
     double *pool = calloc((size_t)C, sizeof(double));
     if (!pool) {
         st = set_err(CARSEG_ENOMEM, "cam: out of memory");
@@ -271,8 +267,7 @@ void cam_affinity_refine(float *A, int n, float *scratch) {
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++)
             scratch[(size_t)i * n + j] = (A[(size_t)i * n + j] + A[(size_t)j * n + i]) / 2;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, scratch, n, scratch, n,
-                0.0f, A, n);
+    nn_sgemm(0, 0, n, n, n, 1.0f, scratch, n, scratch, n, 0.0f, A, n);
 }
 
 /* Average the last 8 of [trunk attentions..., last attention] without the CLS row/column. */
@@ -431,13 +426,11 @@ static void back_to_x3(const cam_image *ci, const float *U, int n, float *G3, fl
             ge[(size_t)r * E + k] = (float)((u[k] - ci->en[k] * dot) / ci->enorm);
     }
     /* d pooled = ge @ proj^T; g~ = ln_post_w * d pooled / Np (same for every patch token) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, C, E, 1.0f, ge, E, m->v_proj, E, 0.0f,
-                v, C);
+    nn_sgemm(0, 1, n, C, E, 1.0f, ge, E, m->v_proj, E, 0.0f, v, C);
     for (int r = 0; r < n; r++)
         for (int c = 0; c < C; c++) v[(size_t)r * C + c] *= m->ln_post_w[c] / Np;
     /* D[r, t] = g~_r . xhat3_t */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, C, 1.0f, v, C, ci->xh3, C, 0.0f, D,
-                L);
+    nn_sgemm(0, 1, n, L, C, 1.0f, v, C, ci->xh3, C, 0.0f, D, L);
 #pragma omp parallel for collapse(2) if ((size_t)n * L * C > OMP_MIN_WORK)
     for (int r = 0; r < n; r++)
         for (int t = 0; t < L; t++) {
@@ -472,8 +465,7 @@ static void back_mlp_attnout(const cam_image *ci, const float *G3, int M, const 
     const clip_block *B = &ci->m->v_blocks[ci->m->cfg.v_layers - 1];
     int C = ci->C, F = ci->F, L = ci->L;
     if (!AW)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, F, C, 1.0f, G3, C, B->proj_w, F,
-                    0.0f, gg, F);
+        nn_sgemm(0, 0, M, F, C, 1.0f, G3, C, B->proj_w, F, 0.0f, gg, F);
 #pragma omp parallel for if ((size_t)M * F > OMP_MIN_WORK)
     for (int i = 0; i < M; i++) {
         int t = i % L, r = i / L;
@@ -491,8 +483,8 @@ static void back_mlp_attnout(const cam_image *ci, const float *G3, int M, const 
             for (int j = 0; j < F; j++) g[j] *= d[j];
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, C, F, 1.0f, gg, F, B->fc_w, C, 0.0f,
-                go, C); /* go used as scratch: d/d ln_2 output */
+    /* go used as scratch: d/d ln_2 output */
+    nn_sgemm(0, 0, M, C, F, 1.0f, gg, F, B->fc_w, C, 0.0f, go, C);
 #pragma omp parallel for if ((size_t)M * C > OMP_MIN_WORK)
     for (int i = 0; i < M; i++) {
         int t = i % L;
@@ -501,8 +493,7 @@ static void back_mlp_attnout(const cam_image *ci, const float *G3, int M, const 
         layernorm_back_row(g, go + (size_t)i * C, ci->xh2 + (size_t)t * C, ci->rs2[t], B->ln2_w, C,
                            1);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, C, C, 1.0f, g2, C, B->out_w, C, 0.0f,
-                go, C);
+    nn_sgemm(0, 0, M, C, C, 1.0f, g2, C, B->out_w, C, 0.0f, go, C);
 }
 
 /* Hoisted backward: rows U (n, E) -> Wc (n, C) = mean over patch tokens of d loss / d a.
@@ -537,8 +528,7 @@ static carseg_status backward_hoisted(const cam_image *ci, const float *U, int n
         int nr = n - r0 < chunk ? n - r0 : chunk;
         int M = nr * L;
         back_to_x3(ci, U + (size_t)r0 * ci->E, nr, G3, A, Beta);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, F, C, 1.0f, A, C, B->proj_w, F,
-                    0.0f, AW, F);
+        nn_sgemm(0, 0, nr, F, C, 1.0f, A, C, B->proj_w, F, 0.0f, AW, F);
         back_mlp_attnout(ci, G3, M, AW, Beta, gg, g2, go);
         memset(sq, 0, (size_t)nr * 3 * C * sizeof(float));
         for (int h = 0; h < nh; h++) {
@@ -564,8 +554,7 @@ static carseg_status backward_hoisted(const cam_image *ci, const float *U, int n
                     zr[hd] = (float)c;
                 }
             }
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, nr * (hd + 1), L, 1.0f, Ph, L,
-                        Z, zc, 0.0f, Y, zc);
+            nn_sgemm(1, 0, L, nr * (hd + 1), L, 1.0f, Ph, L, Z, zc, 0.0f, Y, zc);
 #pragma omp parallel for if ((size_t)nr * L * hd > OMP_MIN_WORK)
             for (int r = 0; r < nr; r++) {
                 double aq[512], ak[512], av[512];
@@ -599,8 +588,8 @@ static carseg_status backward_hoisted(const cam_image *ci, const float *U, int n
                 }
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, C, 3 * C, 1.0f / Np, sq, 3 * C,
-                    B->in_w, C, 0.0f, Wc + (size_t)r0 * C, C);
+        nn_sgemm(0, 0, nr, C, 3 * C, 1.0f / Np, sq, 3 * C, B->in_w, C, 0.0f, Wc + (size_t)r0 * C,
+                 C);
     }
     cs_free(G3), cs_free(gg), cs_free(g2), cs_free(go), cs_free(Z), cs_free(Y), cs_free(sq);
     cs_free(A), cs_free(AW), cs_free(Beta);
@@ -626,8 +615,7 @@ static carseg_status backward_full_row(const cam_image *ci, const float *u, floa
         const float *q = ci->qkv + h * hd, *k = ci->qkv + C + h * hd, *v = ci->qkv + 2 * C + h * hd;
         const float *gh = go + h * hd;
         /* gP = go_h v_h^T; gS = P * (gP - rowsum(gP * P)) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, hd, 1.0f, gh, C, v, 3 * C, 0.0f,
-                    gP, L);
+        nn_sgemm(0, 1, L, L, hd, 1.0f, gh, C, v, 3 * C, 0.0f, gP, L);
         for (int t = 0; t < L; t++) {
             float *g = gP + (size_t)t * L;
             const float *p = Ph + (size_t)t * L;
@@ -635,15 +623,11 @@ static carseg_status backward_full_row(const cam_image *ci, const float *u, floa
             for (int u2 = 0; u2 < L; u2++) s += (double)g[u2] * p[u2];
             for (int u2 = 0; u2 < L; u2++) g[u2] = (float)(p[u2] * (g[u2] - s));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, hd, L, isd, gP, L, k, 3 * C,
-                    0.0f, gqkv + h * hd, 3 * C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, L, isd, gP, L, q, 3 * C, 0.0f,
-                    gqkv + C + h * hd, 3 * C);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, L, 1.0f, Ph, L, gh, C, 0.0f,
-                    gqkv + 2 * C + h * hd, 3 * C);
+        nn_sgemm(0, 0, L, hd, L, isd, gP, L, k, 3 * C, 0.0f, gqkv + h * hd, 3 * C);
+        nn_sgemm(1, 0, L, hd, L, isd, gP, L, q, 3 * C, 0.0f, gqkv + C + h * hd, 3 * C);
+        nn_sgemm(1, 0, L, hd, L, 1.0f, Ph, L, gh, C, 0.0f, gqkv + 2 * C + h * hd, 3 * C);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, C, 3 * C, 1.0f, gqkv, 3 * C, B->in_w,
-                C, 0.0f, G, C);
+    nn_sgemm(0, 0, L, C, 3 * C, 1.0f, gqkv, 3 * C, B->in_w, C, 0.0f, G, C);
     cs_free(G3), cs_free(gg), cs_free(g2), cs_free(go), cs_free(gqkv), cs_free(gP);
     return CARSEG_OK;
 }
@@ -670,8 +654,7 @@ static carseg_status patch_grad_means(cam_image *ci, const float *U, int n, floa
         ci->Mb = Mb;
     }
     if (!ci->Mb) return backward_hoisted(ci, U, n, Wc);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, E, 1.0f, U, E, ci->Mb, C, 0.0f,
-                Wc, C);
+    nn_sgemm(0, 0, n, C, E, 1.0f, U, E, ci->Mb, C, 0.0f, Wc, C);
     return CARSEG_OK;
 }
 
@@ -791,8 +774,7 @@ int cam_boxes_q7(const float *cam, int gh, int gw, float lambda, int (*boxes)[4]
 /* From the Grad-CAM weights of each query to the Grad-CAM grid (ReLU, min-max). */
 static void gradcam_grid(const cam_image *ci, const float *Wc, int n, float *grid) {
     int C = ci->C, Np = ci->Np;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, Np, C, 1.0f, Wc, C, ci->a + C, C, 0.0f,
-                grid, Np);
+    nn_sgemm(0, 1, n, Np, C, 1.0f, Wc, C, ci->a + C, C, 0.0f, grid, Np);
     for (int r = 0; r < n; r++) {
         float *g = grid + (size_t)r * Np;
         for (int i = 0; i < Np; i++) g[i] = g[i] > 0 ? g[i] : 0;
@@ -823,8 +805,7 @@ static carseg_status refine(const cam_image *ci, const float *grid, int n, float
         cam_boxes_q7(g, ci->gh, ci->gw, lambda, NULL, 0, B, fix_q7);
         for (int j = 0; j < Np; j++) BC[(size_t)j * n + i] = B[j] ? g[j] : 0.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Np, n, Np, 1.0f, ci->aff, Np, BC, n,
-                0.0f, R, n);
+    nn_sgemm(0, 0, Np, n, Np, 1.0f, ci->aff, Np, BC, n, 0.0f, R, n);
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < Np; j++) r1[j] = R[(size_t)j * n + i];
         minmax(r1, Np);

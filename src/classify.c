@@ -3,12 +3,12 @@
  * forward_clip / CLIPWrapper.forward (use_cls_token=True, repeat_last=False). */
 #include "classify.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "image.h"
+#include "nn.h"
 #include "util.h"
 
 char *car_format(const char *tpl, const char *q) {
@@ -217,8 +217,7 @@ void cls_probs(const float *img, int n, const float *txt, int T, int E, float sc
     memset(P, 0, sizeof(float) * (size_t)n * n);
     for (int t = 0; t < T; t++) {
         /* L = scale * img @ txt_t^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, E, scale, img, E,
-                    txt + (size_t)t * n * E, E, 0.0f, L, n);
+        nn_sgemm(0, 1, n, n, E, scale, img, E, txt + (size_t)t * n * E, E, 0.0f, L, n);
         for (int i = 0; i < n; i++) {
             float *S = L + (size_t)i * n;
             softmax_row(S, n);

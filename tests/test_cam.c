@@ -794,3 +794,44 @@ TEST(cam_prepare_keeps_only_needed_attentions) {
     free(im.px), free(x), free(tok), free(attn), free(T), free(tok2), free(attn2), free(m1), free(m2);
     clip_free(m);
 }
+
+/* The proposals do not depend on the thread count. At a 24 x 32 grid (L = 769) with 64-wide heads
+ * OpenBLAS's own threading gives P·V products whose last bits depend on its thread count; the
+ * generator runs every product through nn_sgemm (fixed column blocks, single-threaded OpenBLAS
+ * calls), so one thread (OpenMP and OpenBLAS) and two give the same masks, bit for bit. */
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+TEST(cam_thread_count_invariant) {
+    clip_config cfg = {0};
+    cfg.v_width = 64, cfg.v_layers = 3, cfg.v_patch = 16, cfg.v_grid = 14;
+    cfg.t_width = 64, cfg.t_layers = 1, cfg.t_ctx = 77, cfg.t_vocab = 1000, cfg.embed = 16;
+    clip_model *m = NULL;
+    CHECK_OK(clip_init_random(&cfg, 13, &m));
+    REQUIRE(m);
+    unsigned seed = 9;
+    int w = 512, h = 384, E = 16, n = 3, nb = 2;
+    image_u8 im = {w, h, 3, malloc((size_t)w * h * 3)};
+    for (int i = 0; i < w * h * 3; i++) im.px[i] = (uint8_t)(128 + 127 * test_randf(&seed));
+    float *T = malloc((size_t)(n + nb) * E * 4);
+    for (int i = 0; i < (n + nb) * E; i++) T[i] = test_randf(&seed);
+    size_t HW = (size_t)h * w;
+    float *mk[2] = {malloc(n * HW * 4), malloc(n * HW * 4)};
+    float *gr[2] = {malloc((size_t)n * 24 * 32 * 4), malloc((size_t)n * 24 * 32 * 4)};
+    int nt = carseg_get_threads(), bt = openblas_get_num_threads();
+    cam_params prm = {.lambda = 0.4f, .logit_scale = 0};
+    for (int t = 1; t <= 2; t++) {
+        carseg_set_threads(t);
+        openblas_set_num_threads(t);
+        cam_image *ci = NULL;
+        CHECK_OK(cam_prepare(m, &im, &ci));
+        REQUIRE(ci);
+        CHECK_OK(cam_proposals(ci, T, n, T + (size_t)n * E, nb, &prm, mk[t - 1], gr[t - 1], NULL));
+        cam_image_free(ci);
+    }
+    carseg_set_threads(nt);
+    openblas_set_num_threads(bt);
+    CHECK_MSG(!memcmp(gr[0], gr[1], (size_t)n * 24 * 32 * 4), "Grad-CAM grids of 1 and 2 threads differ");
+    CHECK_MSG(!memcmp(mk[0], mk[1], n * HW * 4), "masks of 1 and 2 threads differ");
+    free(im.px), free(T), free(mk[0]), free(mk[1]), free(gr[0]), free(gr[1]);
+    clip_free(m);
+}
