@@ -120,7 +120,10 @@ carseg_status crf_inference(const float *unary, int N, int C, const crf_kernel *
      * that slows the bilateral construction after it by ~10 ms (page faults); order-free otherwise */
     for (int l = nl - 1; l >= 0; l--) {
         const int j = kj[l];
-        if ((st = lattice_build(&lat[l], k[j].feat, N, k[j].d, 1)) != CARSEG_OK) {
+        const int gw = k[j].grid_w;
+        st = gw > 0 && N % gw == 0 ? lattice_build_grid(&lat[l], k[j].feat, gw, N / gw, k[j].d, 1)
+                                   : lattice_build(&lat[l], k[j].feat, N, k[j].d, 1);
+        if (st != CARSEG_OK) {
             err_prefix("crf kernel %d", j);
             goto done;
         }
@@ -223,7 +226,9 @@ carseg_status crf_run(const float *probs, int C, int H, int W, const uint8_t *fe
     }
     crf_gaussian_features(W, H, p->pos_sxy, p->pos_sxy, fg);
     if (fb) crf_bilateral_features(W, H, p->bi_sxy, p->bi_sxy, p->bi_srgb, p->bi_srgb, p->bi_srgb, feat, fb);
-    crf_kernel k[2] = {{2, fg, p->pos_w}, {5, fb, fb ? p->bi_w : 0}};
+    /* the bilateral lattice numbered over pixel tiles (lattice_build_grid: same bits, ~5 % less
+     * time for 3 labels on two threads); the Gaussian one gained nothing measurable from it */
+    crf_kernel k[2] = {{2, fg, p->pos_w, 0}, {5, fb, fb ? p->bi_w : 0, W}};
     if ((st = crf_inference(u, (int)N, C, k, 2, p->iters, q)) != CARSEG_OK) goto done;
 
     if (labels)

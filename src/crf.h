@@ -32,6 +32,8 @@ typedef struct {
     int d;
     const float *feat;   /* (N, d) */
     float w;
+    int grid_w;          /* > 0: the variables are the pixels of a grid_w-wide image in raster
+                            order (lattice_build_grid: same results, faster); 0: any points */
 } crf_kernel;
 
 /* Mean field as DenseCRF::inference: Q = softmax(-U); iters times

@@ -573,7 +573,8 @@ int lattice_allow_dense = 1;
  * first-seen numbering) and the neighbour of a key along direction j is the slot at index +
  * delta_j. Same arrays as the sorted construction, without the sort. */
 static carseg_status build_dense(lattice *L, const float *feat, int n, int d, int pad, const float *scale,
-                                 const int64_t *klo, const int64_t *stride, size_t tabn) {
+                                 const int64_t *klo, const int64_t *stride, size_t tabn,
+                                 const int32_t *ord) {
     PROFILE_START;
     const int d1 = d + 1;
     const size_t nc = (size_t)n * d1, ne = nc + (pad ? (size_t)d1 : 0);
@@ -610,18 +611,20 @@ static carseg_status build_dense(lattice *L, const float *feat, int n, int d, in
         goto fail;
     }
     uint32_t m = 0;
-    for (size_t c = 0; c < ne; c++) {
-        uint32_t t = tab[ci[c]];
-        if (!t) {
-            ukey[m] = ci[c];
-            cnt[m] = 0;
-            tab[ci[c]] = t = ++m;
+    for (size_t k = 0; k < (size_t)n + (pad ? 1 : 0); k++)   /* points in visiting order (ord) */
+        for (int r = 0; r < d1; r++) {
+            const size_t c = (ord && k < (size_t)n ? (size_t)ord[k] : k) * d1 + r;
+            uint32_t t = tab[ci[c]];
+            if (!t) {
+                ukey[m] = ci[c];
+                cnt[m] = 0;
+                tab[ci[c]] = t = ++m;
+            }
+            if (c < nc) {
+                L->offset[c] = (int32_t)t;
+                cnt[t - 1]++;
+            }
         }
-        if (c < nc) {
-            L->offset[c] = (int32_t)t;
-            cnt[t - 1]++;
-        }
-    }
     L->m = (int)m;
     PT("dense: ids");
 
@@ -677,7 +680,8 @@ fail:
 }
 
 /* *packed = 0 when the keys do not fit in 64 bits (the caller then uses the hash path). */
-static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, int ref_pad, int *packed) {
+static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, int ref_pad, int *packed,
+                                  const int32_t *ord) {
     PROFILE_START;
     *packed = 0;
     const int d1 = d + 1;
@@ -740,7 +744,7 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
         }
         if (tabn <= (int64_t)4 * (int64_t)ne + 65536 && tabn < (int64_t)UINT32_MAX) {
             *packed = 1;
-            return build_dense(L, feat, n, d, pad, scale, klo, stride, (size_t)tabn);
+            return build_dense(L, feat, n, d, pad, scale, klo, stride, (size_t)tabn, ord);
         }
     }
 
@@ -805,11 +809,13 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
     for (int32_t g = 0; g < m; g++) newid[g] = -1;
     {
         int32_t next = 0;
-        for (size_t c = 0; c < ne; c++) {
-            int32_t g = gid[c];
-            if (newid[g] < 0) newid[g] = next++;
-            if (c < nc) L->offset[c] = newid[g] + 1;
-        }
+        for (size_t k = 0; k < (size_t)n + (pad ? 1 : 0); k++)   /* points in visiting order (ord) */
+            for (int r = 0; r < d1; r++) {
+                const size_t c = (ord && k < (size_t)n ? (size_t)ord[k] : k) * d1 + r;
+                int32_t g = gid[c];
+                if (newid[g] < 0) newid[g] = next++;
+                if (c < nc) L->offset[c] = newid[g] + 1;
+            }
     }
 #pragma omp parallel for schedule(static)
     for (int32_t g = 0; g < m; g++) ukey[g] = srt[gstart[g]];
@@ -902,7 +908,32 @@ fail:
 carseg_status lattice_build(lattice *L, const float *feat, int n, int d, int ref_pad) {
     TRY(check_args(L, feat, n, d));
     int packed;
-    TRY(build_sorted(L, feat, n, d, ref_pad, &packed));
+    TRY(build_sorted(L, feat, n, d, ref_pad, &packed, NULL));
+    return packed ? CARSEG_OK : lattice_build_hash(L, feat, n, d, ref_pad);
+}
+
+carseg_status lattice_build_grid(lattice *L, const float *feat, int W, int H, int d, int ref_pad) {
+    if (W < 1 || H < 1 || (int64_t)W * H > INT32_MAX) {
+        memset(L, 0, sizeof *L);
+        return set_err(CARSEG_EINVAL, "lattice: grid %d x %d", W, H);
+    }
+    const int n = W * H;
+    TRY(check_args(L, feat, n, d));
+    /* the points in tiles of LATTICE_TILE x LATTICE_TILE pixels, tiles and the pixels inside
+     * each in raster order */
+    int32_t *ord = cs_malloc((size_t)n * sizeof *ord);
+    if (!ord) return set_err(CARSEG_ENOMEM, "lattice: out of memory (%d points)", n);
+    {
+        size_t k = 0;
+        for (int ty = 0; ty < H; ty += LATTICE_TILE)
+            for (int tx = 0; tx < W; tx += LATTICE_TILE)
+                for (int y = ty; y < ty + LATTICE_TILE && y < H; y++)
+                    for (int x = tx; x < tx + LATTICE_TILE && x < W; x++) ord[k++] = y * W + x;
+    }
+    int packed;
+    carseg_status st = build_sorted(L, feat, n, d, ref_pad, &packed, ord);
+    cs_free(ord);
+    TRY(st);
     return packed ? CARSEG_OK : lattice_build_hash(L, feat, n, d, ref_pad);
 }
 

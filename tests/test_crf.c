@@ -223,6 +223,69 @@ TEST(crf_lattice_gaussian_grid) {
         }
 }
 
+TEST(crf_lattice_grid_numbering) {
+    /* lattice_build_grid numbers the vertices over pixel tiles: the same lattice up to that
+     * permutation (same corners, weights and vertex count; a one-to-one map between the ids), and
+     * filtering gives the same bits, for the bilateral-like d = 5 (sorted construction) and the
+     * Gaussian grid (direct-address construction), padded or not, 1 and 2 threads */
+    const int wh[6][2] = {{1, 1}, {7, 5}, {33, 17}, {64, 64}, {125, 91}, {97, 33}};
+    int nthr = carseg_get_threads();
+    unsigned r = 11;
+    for (int s = 0; s < 6; s++)
+        for (int kind = 0; kind < 2; kind++)
+            for (int pad = 0; pad <= 1; pad++) {
+                const int W = wh[s][0], H = wh[s][1], n = W * H, d = kind ? 5 : 2;
+                float *f = malloc((size_t)n * d * sizeof *f);
+                uint8_t *im = malloc((size_t)n * 3);
+                for (int i = 0; i < n * 3; i++) im[i] = (uint8_t)((i / 3 % W) * 5 + (i / 3 / W) * 3 + ((unsigned)(16 + 15 * test_randf(&r)) & 31));
+                if (kind) crf_bilateral_features(W, H, 9, 9, 3, 3, 3, im, f);
+                else crf_gaussian_features(W, H, 1, 1, f);
+                lattice a, b;
+                CHECK_OK(lattice_build(&a, f, n, d, pad));
+                const size_t nc = (size_t)n * (d + 1);
+                int32_t *map = malloc(((size_t)a.m + 1) * sizeof *map);
+                for (int t = 1; t <= 2; t++) {
+                    carseg_set_threads(t);
+                    CHECK_OK(lattice_build_grid(&b, f, W, H, d, pad));
+                    CHECK(b.m == a.m && b.n == a.n && b.ch_start[b.ch_dir[d + 1]] == a.ch_start[a.ch_dir[d + 1]]);
+                    CHECK(!memcmp(a.bary, b.bary, nc * sizeof(float)));
+                    for (int v = 0; v <= a.m; v++) map[v] = -1;
+                    int bij = 1, moved = 0;
+                    for (size_t c = 0; c < nc && bij; c++) {
+                        const int32_t x = a.offset[c], y = b.offset[c];
+                        if (map[x] < 0) map[x] = y;
+                        bij &= map[x] == y;
+                        moved |= x != y;
+                    }
+                    CHECK_MSG(bij, "%d x %d d %d: the numberings are not one-to-one", W, H, d);
+                    /* tiles of 32 pixels change the order once a row is wider than a tile */
+                    if (W > LATTICE_TILE && H > 1) CHECK_MSG(moved, "%d x %d d %d: numbering unchanged", W, H, d);
+                    for (int vs = 1; vs <= 21; vs += 10) {
+                        float *in = malloc((size_t)n * vs * 4), *o1 = malloc((size_t)n * vs * 4);
+                        float *o2 = malloc((size_t)n * vs * 4), *nrm = malloc((size_t)n * 4);
+                        for (int i = 0; i < n * vs; i++) in[i] = test_randf(&r);
+                        for (int i = 0; i < n; i++) nrm[i] = 0.5f + 0.25f * test_randf(&r);
+                        CHECK_OK(lattice_filter(&a, in, o1, vs, 0, NULL));
+                        CHECK_OK(lattice_filter(&b, in, o2, vs, 0, NULL));
+                        CHECK_MSG(!memcmp(o1, o2, (size_t)n * vs * 4), "%d x %d d %d vs %d: filters differ", W, H, d, vs);
+                        for (int i = 0; i < n * vs; i++) o1[i] = o2[i] = test_randf(&r);
+                        memcpy(o2, o1, (size_t)n * vs * 4);
+                        CHECK_OK(lattice_filter_potts(&a, in, nrm, 3, o1, vs, NULL));
+                        CHECK_OK(lattice_filter_potts(&b, in, nrm, 3, o2, vs, NULL));
+                        CHECK_MSG(!memcmp(o1, o2, (size_t)n * vs * 4), "%d x %d d %d vs %d: Potts messages differ", W, H, d, vs);
+                        free(in), free(o1), free(o2), free(nrm);
+                    }
+                    lattice_free(&b);
+                }
+                carseg_set_threads(nthr);
+                lattice_free(&a);
+                free(map), free(f), free(im);
+            }
+    lattice b;
+    CHECK(lattice_build_grid(&b, NULL, 0, 5, 2, 1) == CARSEG_EINVAL);
+    CHECK(lattice_build_grid(&b, NULL, 70000, 70000, 2, 1) == CARSEG_EINVAL);
+}
+
 TEST(crf_lattice_widths_agree) {
     /* the kernels instantiated for constant widths 3..8 give exactly the lanes of the runtime-width
      * kernels (lanes are independent above width 2), for the plain filter and the Potts message */
