@@ -64,6 +64,12 @@ void carseg_set_log_level(int max_level);
 void carseg_set_threads(int n);
 int carseg_get_threads(void);
 
+/* Each thread that runs a CLIP tower keeps that call's activation buffers (about 20 MB for one
+ * ViT-L/14 image, more for batches) for its next call instead of returning them to the system:
+ * fresh pages cost ~5 % of a ViT-L/14 forward. They are freed when the thread exits, or now, for
+ * the calling thread, by carseg_release_memory(). */
+void carseg_release_memory(void);
+
 // ---------------------------------------------------------------------------------------------
 // Models: known checkpoints, cache, download (models.c)
 

@@ -103,6 +103,99 @@ void *cs_malloc(size_t n) {
     if (posix_memalign(&p, 64, n ? n : 1) != 0) return NULL;
     return p;
 }
+/* Per-thread spare blocks (util.h): one per tag and thread, handed back to the same thread's next
+ * call; freed at thread exit and by carseg_release_memory. Off under AddressSanitizer, so that a
+ * use after give stays visible. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CS_UNDER_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define CS_UNDER_ASAN 1
+#endif
+#ifndef CS_UNDER_ASAN
+#include <pthread.h>
+#define CS_SPARE_TAGS 4
+typedef struct {
+    void *p[CS_SPARE_TAGS];
+    size_t n[CS_SPARE_TAGS];
+} spare_set;
+static pthread_key_t g_spare_key;
+static pthread_once_t g_spare_once = PTHREAD_ONCE_INIT;
+static int g_spare_ok;
+static void spare_destroy(void *v) {
+    spare_set *s = v;
+    for (int i = 0; i < CS_SPARE_TAGS; i++) cs_free(s->p[i]);
+    free(s);
+}
+static void spare_key_init(void) { g_spare_ok = pthread_key_create(&g_spare_key, spare_destroy) == 0; }
+static spare_set *spare_get(int create) {
+    pthread_once(&g_spare_once, spare_key_init);
+    if (!g_spare_ok) return NULL;
+    spare_set *s = pthread_getspecific(g_spare_key);
+    if (!s && create) {
+        s = calloc(1, sizeof *s);
+        if (s && pthread_setspecific(g_spare_key, s) != 0) {
+            free(s);
+            s = NULL;
+        }
+    }
+    return s;
+}
+#endif
+
+void *cs_spare_take(int tag, size_t n, size_t *cap) {
+#ifndef CS_UNDER_ASAN
+    spare_set *s = tag >= 0 && tag < CS_SPARE_TAGS ? spare_get(0) : NULL;
+    if (s && s->p[tag] && s->n[tag] >= n) {
+        void *p = s->p[tag];
+        *cap = s->n[tag];
+        s->p[tag] = NULL;
+        s->n[tag] = 0;
+        return p;
+    }
+#else
+    (void)tag;
+#endif
+    *cap = 0;
+    if (!n) return NULL;
+    void *p = cs_malloc(n);
+    if (p) *cap = n;
+    return p;
+}
+
+void cs_spare_give(int tag, void *p, size_t cap) {
+    if (!p) return;
+#ifndef CS_UNDER_ASAN
+    spare_set *s = tag >= 0 && tag < CS_SPARE_TAGS ? spare_get(1) : NULL;
+    if (s) {
+        if (s->p[tag] && s->n[tag] >= cap) {   /* keep the larger block */
+            cs_free(p);
+            return;
+        }
+        cs_free(s->p[tag]);
+        s->p[tag] = p;
+        s->n[tag] = cap;
+        return;
+    }
+#else
+    (void)tag, (void)cap;
+#endif
+    cs_free(p);
+}
+
+void carseg_release_memory(void) {
+#ifndef CS_UNDER_ASAN
+    spare_set *s = spare_get(0);
+    for (int i = 0; s && i < CS_SPARE_TAGS; i++) {
+        cs_free(s->p[i]);
+        s->p[i] = NULL;
+        s->n[i] = 0;
+    }
+#endif
+}
+
 void *cs_calloc(size_t count, size_t size) {
     size_t n;
     if (!cs_mul_ok(&n, count, size, 1)) return NULL;

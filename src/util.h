@@ -41,6 +41,15 @@ void cs_assert_fail(const char *file, int line, const char *expr);
 void *cs_malloc(size_t n);                     /* 64-byte aligned, free with cs_free */
 void *cs_calloc(size_t count, size_t size);    /* 64-byte aligned, zeroed, overflow-checked */
 void cs_free(void *p);
+/* Per-thread spare blocks for call-sized scratch that every call of some kind needs again (a
+ * CLIP forward's activations): cs_spare_take returns the calling thread's spare block of this tag
+ * when it holds at least n bytes (its size in *cap), else a new cs_malloc block of n bytes (NULL
+ * when n == 0); cs_spare_give keeps p as the thread's spare of this tag (the larger of the old and
+ * the new; the other is freed). Blocks from the kernel come as fresh pages: page faults and
+ * zeroing on every call otherwise. Freed at thread exit and by carseg_release_memory(). */
+enum { CS_SPARE_CLIP_ACT = 0, CS_SPARE_GEMM_WORK = 1 };
+void *cs_spare_take(int tag, size_t n, size_t *cap);
+void cs_spare_give(int tag, void *p, size_t cap);
 char *cs_strdup(const char *s);
 /* a*b*c with overflow check; returns 0 and sets *out only when it fits in size_t */
 int cs_mul_ok(size_t *out, size_t a, size_t b, size_t c);

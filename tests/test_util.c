@@ -1,4 +1,5 @@
 /* test_util.c — .npy and JSON readers/writers, atomic writes. */
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -112,4 +113,61 @@ TEST(util_npy_fortran_order) {
     CHECK_OK(npy_read_f32(path, &a, &nd, sh));
     for (int i = 0; i < 6; i++) CHECK_NEAR(a[i], i, 0);
     free(a);
+}
+
+/* cs_spare_take / cs_spare_give: one spare block per tag and thread; the larger block is kept; a
+ * request larger than the spare gets a new block; another thread does not see this thread's
+ * spare; carseg_release_memory empties this thread's spares. (Under AddressSanitizer the spares
+ * are off and every take is a new block: only the sizes are checked then.) */
+#if defined(__SANITIZE_ADDRESS__)
+#define SPARES_ON 0
+#else
+#define SPARES_ON 1
+#endif
+static void *spare_other_thread(void *arg) {
+    size_t k;
+    void *x = cs_spare_take(CS_SPARE_GEMM_WORK, 0, &k);
+    *(int *)arg = x != NULL;
+    cs_spare_give(CS_SPARE_GEMM_WORK, x, k);
+    cs_spare_give(CS_SPARE_GEMM_WORK, cs_malloc(1 << 16), 1 << 16);   /* kept until the thread exits */
+    return NULL;
+}
+
+TEST(util_spare_blocks) {
+    carseg_release_memory();
+    size_t cap;
+    CHECK(cs_spare_take(CS_SPARE_GEMM_WORK, 0, &cap) == NULL && cap == 0);   /* nothing kept yet */
+    void *a = cs_spare_take(CS_SPARE_GEMM_WORK, 1000, &cap);
+    REQUIRE(a);
+    CHECK(cap == 1000 && ((uintptr_t)a & 63) == 0);
+    memset(a, 1, 1000);
+    cs_spare_give(CS_SPARE_GEMM_WORK, a, cap);
+    void *b = cs_spare_take(CS_SPARE_GEMM_WORK, 500, &cap);   /* fits: the same block */
+    REQUIRE(b);
+    if (SPARES_ON) CHECK(b == a && cap == 1000);
+    cs_spare_give(CS_SPARE_GEMM_WORK, b, cap);
+    void *c = cs_spare_take(CS_SPARE_GEMM_WORK, 4000, &cap);   /* too small: a new block */
+    REQUIRE(c);
+    CHECK(cap == 4000);
+    memset(c, 2, 4000);
+    cs_spare_give(CS_SPARE_GEMM_WORK, c, cap);   /* replaces the 1000-byte spare */
+    void *small = cs_malloc(100);
+    cs_spare_give(CS_SPARE_GEMM_WORK, small, 100);   /* smaller than the spare: freed */
+    void *d = cs_spare_take(CS_SPARE_GEMM_WORK, 0, &cap);
+    if (SPARES_ON) CHECK(d == c && cap == 4000);
+    else CHECK(d == NULL);
+    cs_spare_give(CS_SPARE_GEMM_WORK, d, cap);
+    /* another thread does not see this thread's spare (and its own is freed when it exits) */
+    pthread_t th;
+    int saw = -1;
+    REQUIRE(pthread_create(&th, NULL, spare_other_thread, &saw) == 0);
+    pthread_join(th, NULL);
+    CHECK(saw == 0);
+    if (SPARES_ON) {   /* still this thread's */
+        void *e = cs_spare_take(CS_SPARE_GEMM_WORK, 0, &cap);
+        CHECK(e == c);
+        cs_spare_give(CS_SPARE_GEMM_WORK, e, cap);
+    }
+    carseg_release_memory();
+    CHECK(cs_spare_take(CS_SPARE_GEMM_WORK, 0, &cap) == NULL);
 }
