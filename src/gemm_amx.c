@@ -627,7 +627,7 @@ static void lin_bind(lin_plan *pl, gemm_work *work) {
  * parallel region when pl->nt == 1): the split of x (the rows shared out, then a barrier), then
  * the products. Ends without a barrier. */
 static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int N,
-                    const packs2 *w, const float *b, int flags, const ln_pre *ln) {
+                    const packs2 *w, const float *b, int flags, const ln_pre *ln, cs_barrier *bar) {
     int ks = pl->ks, rb = pl->rb, x3 = pl->x3, ncp = pl->ncp, rp = pl->rp, kc = pl->kc;
     int KO = pl->KO, nko = pl->nko, rg = pl->rg;
     size_t st = pl->st;
@@ -639,8 +639,8 @@ static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int
         t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
         CS_ASSERT(T == pl->nt);
-#pragma omp for schedule(static)
-        for (int i = 0; i < rb; i++) {
+        /* the row blocks of the split in contiguous ranges (as schedule(static)), then a barrier */
+        for (int i = (int)((long)rb * t / T); i < (int)((long)rb * (t + 1) / T); i++) {
             if (ln) {   /* rows 16 i..: nn_layernorm row by row, so the same bits as one call */
                 size_t o = (size_t)16 * i * w->IC;
                 nn_layernorm(ln->out + o, x + o, ln->w, ln->b, N - 16 * i < 16 ? N - 16 * i : 16,
@@ -649,6 +649,10 @@ static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int
             } else {
                 split_rows(x, N, w->IC, i, ah, al);
             }
+        }
+        if (bar) cs_barrier_wait(bar);
+        else {
+#pragma omp barrier
         }
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
         float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
@@ -732,7 +736,7 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
     }
     lin_bind(&pl, work);
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    lin_run(&pl, out, ldo, x, N, w, b, flags, ln);
+    lin_run(&pl, out, ldo, x, N, w, b, flags, ln, NULL);
     gemm_work_free(&local);
 }
 
@@ -840,7 +844,7 @@ static int attn_accepts(int B, int L, int C, int NH, int mode) {
 /* The attention, run by every thread of the current team (heads shared out dynamically, then
  * the omp for's barrier); mem: attn_per_thread bytes per thread of the team */
 static void attn_run(char *mem, float *out, float *probs, const float *qkv, int B, int L, int C,
-                     int NH, int x3) {
+                     int NH, int x3, cs_barrier *bar) {
     int hd = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hd);
     int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
@@ -862,7 +866,7 @@ static void attn_run(char *mem, float *out, float *probs, const float *qkv, int 
         float *cb = (float *)(vh + planes * nv / 2), *Pr = cb + 1024;   /* Pr: (32, L) */
         size_t sq = (size_t)2 * ksq * 512;   /* a row pair of q's A tiles */
         tiles_begin();
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (int bh = 0; bh < B * NH; bh++) {
             int b = bh / NH, h = bh % NH;
             const float *q = qkv + (size_t)b * L * C3 + h * hd, *k = q + C, *v = q + 2 * C;
@@ -884,6 +888,10 @@ static void attn_run(char *mem, float *out, float *probs, const float *qkv, int 
             }
         }
         tiles_end();
+        if (bar) cs_barrier_wait(bar);
+        else {
+#pragma omp barrier
+        }
     }
 }
 
@@ -897,7 +905,7 @@ int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B
     char *mem = cs_malloc(per * nt);
     if (!mem) return 0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    attn_run(mem, out, probs, qkv, B, L, C, NH, x3);
+    attn_run(mem, out, probs, qkv, B, L, C, NH, x3, NULL);
     cs_free(mem);
     if (avg) nn_attention_avg(avg, probs, B, L, NH);
     return 1;
@@ -932,16 +940,18 @@ int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, i
     ln_pre ln1 = {bw->ln1_w, bw->ln1_b, ln}, ln2 = {bw->ln2_w, bw->ln2_b, ln};
     /* each step reads what the previous one wrote: a barrier between them (the attention's omp
      * for ends with one); the products share work's buffers */
+    cs_barrier bar;
+    cs_barrier_init(&bar, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        lin_run(&pq, qkv, 3 * C, x, N, &wq, bw->in_b, 0, &ln1);
-#pragma omp barrier
-        attn_run(mem, att, NULL, qkv, B, L, C, NH, x3);
-        lin_run(&po, x, C, att, N, &wo, bw->out_b, NN_ACCUMULATE, NULL);
-#pragma omp barrier
-        lin_run(&pf, hid, M, x, N, &wf, bw->fc_b, NN_GELU, &ln2);
-#pragma omp barrier
-        lin_run(&pp, x, C, hid, N, &wp, bw->proj_b, NN_ACCUMULATE, NULL);
+    {   /* lin_run asserts that the team has nt threads */
+        lin_run(&pq, qkv, 3 * C, x, N, &wq, bw->in_b, 0, &ln1, &bar);
+        cs_barrier_wait(&bar);
+        attn_run(mem, att, NULL, qkv, B, L, C, NH, x3, &bar);
+        lin_run(&po, x, C, att, N, &wo, bw->out_b, NN_ACCUMULATE, NULL, &bar);
+        cs_barrier_wait(&bar);
+        lin_run(&pf, hid, M, x, N, &wf, bw->fc_b, NN_GELU, &ln2, &bar);
+        cs_barrier_wait(&bar);
+        lin_run(&pp, x, C, hid, N, &wp, bw->proj_b, NN_ACCUMULATE, NULL, &bar);
     }
     cs_free(mem);
     return 1;

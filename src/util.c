@@ -3,6 +3,8 @@
 #include "util.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <sched.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -10,6 +12,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -194,6 +200,70 @@ void carseg_release_memory(void) {
         s->n[i] = 0;
     }
 #endif
+}
+
+static long g_spin_ns = -1;
+void cs_barrier_init(cs_barrier *b, int n) {
+    long v = __atomic_load_n(&g_spin_ns, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("CARSEG_SPIN_US");
+        v = e && *e ? atol(e) * 1000 : 50000;
+        v = v < 0 ? 0 : v > 10000000 ? 10000000 : v;
+        __atomic_store_n(&g_spin_ns, v, __ATOMIC_RELAXED);
+    }
+    atomic_init(&b->arrived, 0);
+    atomic_init(&b->gen, 0);
+    atomic_init(&b->sleepers, 0);
+    b->n = n;
+    b->spin_ns = v;
+}
+
+static long mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Arrivals are counted; the last arrival resets the count and bumps the generation (release),
+ * the others wait for the generation to change (acquire). The count is reset before the bump,
+ * so a thread that leaves and arrives at the next barrier at once counts for that one. A waiter
+ * registers as a sleeper before its last check of the generation, and the last arrival reads the
+ * sleepers after its bump (all sequentially consistent): either the waiter sees the new
+ * generation, or the last arrival sees the sleeper and wakes it. */
+void cs_barrier_wait(cs_barrier *b) {
+    if (b->n <= 1) return;
+    const int g = atomic_load(&b->gen);
+    if (atomic_fetch_add(&b->arrived, 1) == b->n - 1) {
+        atomic_store(&b->arrived, 0);
+        atomic_fetch_add(&b->gen, 1);
+#ifdef __linux__
+        if (atomic_load(&b->sleepers) > 0) syscall(SYS_futex, (int *)&b->gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#endif
+        return;
+    }
+    if (b->spin_ns > 0) {
+        const long t0 = mono_ns();
+        for (int i = 1;; i++) {
+            if (atomic_load_explicit(&b->gen, memory_order_acquire) != g) return;
+            cpu_relax();
+            if (!(i & 63) && mono_ns() - t0 > b->spin_ns) break;
+        }
+    }
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->gen) == g) {
+#ifdef __linux__
+        syscall(SYS_futex, (int *)&b->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+#else
+        sched_yield();
+#endif
+    }
+    atomic_fetch_sub(&b->sleepers, 1);
 }
 
 void *cs_calloc(size_t count, size_t size) {

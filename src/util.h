@@ -50,6 +50,22 @@ void cs_free(void *p);
 enum { CS_SPARE_CLIP_ACT = 0, CS_SPARE_GEMM_WORK = 1 };
 void *cs_spare_take(int tag, size_t n, size_t *cap);
 void cs_spare_give(int tag, void *p, size_t cap);
+
+/* A barrier for the n threads of a team inside one OpenMP parallel region, used instead of
+ * `omp barrier` where a region holds many steps (gemm_block: ~10 per transformer block). The
+ * waiters spin (pause loop) for up to spin_ns, then sleep (Linux futex; sched_yield elsewhere).
+ * libgomp's barriers under OMP_WAIT_POLICY=passive sleep at once, so each costs a wake-up through
+ * the kernel; the bounded spin catches a partner that arrives microseconds later and costs a
+ * descheduled partner's waiter at most spin_ns of CPU. cs_barrier_init takes spin_ns from
+ * CARSEG_SPIN_US (microseconds, read once; default 50; 0 = sleep at once). */
+#include <stdatomic.h>
+typedef struct {
+    atomic_int arrived, gen, sleepers;
+    int n;
+    long spin_ns;
+} cs_barrier;
+void cs_barrier_init(cs_barrier *b, int n);
+void cs_barrier_wait(cs_barrier *b);
 char *cs_strdup(const char *s);
 /* a*b*c with overflow check; returns 0 and sets *out only when it fits in size_t */
 int cs_mul_ok(size_t *out, size_t a, size_t b, size_t c);

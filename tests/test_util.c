@@ -1,4 +1,5 @@
 /* test_util.c — .npy and JSON readers/writers, atomic writes. */
+#include <omp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -170,4 +171,40 @@ TEST(util_spare_blocks) {
     }
     carseg_release_memory();
     CHECK(cs_spare_take(CS_SPARE_GEMM_WORK, 0, &cap) == NULL);
+}
+
+/* cs_barrier: no thread leaves a barrier before all have arrived, over many back-to-back
+ * barriers, with teams of 2 and 3 threads, sleeping at once (spin 0), after a short spin and
+ * after a spin longer than any wait here (the futex path and the spin path both run). */
+TEST(util_barrier) {
+    enum { ROUNDS = 400 };
+    const long spins[3] = {0, 2000, 1000000};
+    for (int nt = 2; nt <= 3; nt++)
+        for (int si = 0; si < 3; si++) {
+            cs_barrier bar;
+            cs_barrier_init(&bar, nt);
+            bar.spin_ns = spins[si];
+            int slot[3] = {0, 0, 0}, bad = 0, team = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : bad)
+            {
+                int t = omp_get_thread_num();
+#pragma omp single
+                team = omp_get_num_threads();
+                if (team == nt) {
+                    for (int r = 1; r <= ROUNDS; r++) {
+                        __atomic_store_n(&slot[t], r, __ATOMIC_RELAXED);
+                        cs_barrier_wait(&bar);
+                        for (int u = 0; u < nt; u++) bad += __atomic_load_n(&slot[u], __ATOMIC_RELAXED) != r;
+                        cs_barrier_wait(&bar);
+                    }
+                }
+            }
+            if (team != nt) {
+                SKIP("OpenMP gave a team of %d threads, not %d", team, nt);
+            }
+            CHECK_MSG(bad == 0, "%d threads, spin %ld ns: %d early departures", nt, spins[si], bad);
+        }
+    cs_barrier one;
+    cs_barrier_init(&one, 1);
+    cs_barrier_wait(&one);   /* a team of one never waits */
 }
