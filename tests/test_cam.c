@@ -684,11 +684,27 @@ TEST(cam_fixture_from_image) {
     clip_free(m);
 }
 
+/* A random generator of ViT-B/16 patch size with a small width and a one-block text tower. */
+static clip_model *small_generator(int width, int layers, unsigned seed) {
+    clip_config cfg = {0};
+    cfg.v_width = width, cfg.v_layers = layers, cfg.v_patch = 16, cfg.v_grid = 14;
+    cfg.t_width = 64, cfg.t_layers = 1, cfg.t_ctx = 77, cfg.t_vocab = 1000, cfg.embed = width == 64 ? 16 : 32;
+    clip_model *m = NULL;
+    if (clip_init_random(&cfg, seed, &m) != CARSEG_OK) return NULL;
+    return m;
+}
+
+/* A w x h RGB image of random pixels (free im.px). */
+static image_u8 random_image(int w, int h, unsigned *seed) {
+    image_u8 im = {w, h, 3, malloc((size_t)w * h * 3)};
+    for (int i = 0; i < w * h * 3; i++) im.px[i] = (uint8_t)(128 + 127 * test_randf(seed));
+    return im;
+}
+
 /* cam_prepare on tiny and odd images (17x23 px: a 2x2 grid from a ceil16 upsize) equals the
  * naive path run on the trunk's own outputs */
 static void prepare_vs_naive(const clip_model *m, int w, int h, unsigned seed) {
-    image_u8 im = {w, h, 3, malloc((size_t)w * h * 3)};
-    for (int i = 0; i < w * h * 3; i++) im.px[i] = (uint8_t)(128 + 127 * test_randf(&seed));
+    image_u8 im = random_image(w, h, &seed);
     int P = m->cfg.v_patch, gh = (h + P - 1) / P, gw = (w + P - 1) / P, L = 1 + gh * gw;
     /* the reference runs every block in the trunk when L == 77 (then the last one again) */
     int C = m->cfg.v_width, E = m->cfg.embed, n = 3, nb = 2;
@@ -724,11 +740,7 @@ static void prepare_vs_naive(const clip_model *m, int w, int h, unsigned seed) {
 }
 
 TEST(cam_prepare_odd_sizes) {
-    clip_config cfg = {0};
-    cfg.v_width = 128, cfg.v_layers = 3, cfg.v_patch = 16, cfg.v_grid = 14;
-    cfg.t_width = 64, cfg.t_layers = 1, cfg.t_ctx = 77, cfg.t_vocab = 1000, cfg.embed = 32;
-    clip_model *m = NULL;
-    CHECK_OK(clip_init_random(&cfg, 3, &m));
+    clip_model *m = small_generator(128, 3, 3);
     REQUIRE(m);
     prepare_vs_naive(m, 23, 17, 1);  /* 17x23 px -> 32x32 -> 2x2 grid */
     prepare_vs_naive(m, 16, 16, 2);  /* a single patch */
@@ -760,16 +772,11 @@ TEST(cam_boxes_q7_fix) {
 /* cam_prepare keeps only the trunk attentions the affinity averages (the last 7 + the last
  * block's): with a 12-block generator it must equal the path that stores all 11, bit for bit. */
 TEST(cam_prepare_keeps_only_needed_attentions) {
-    clip_config cfg = {0};
-    cfg.v_width = 64, cfg.v_layers = 12, cfg.v_patch = 16, cfg.v_grid = 14;
-    cfg.t_width = 64, cfg.t_layers = 1, cfg.t_ctx = 77, cfg.t_vocab = 1000, cfg.embed = 16;
-    clip_model *m = NULL;
-    CHECK_OK(clip_init_random(&cfg, 11, &m));
+    clip_model *m = small_generator(64, 12, 11);
     REQUIRE(m);
     unsigned seed = 5;
     int w = 70, h = 50, P = 16, gh = 4, gw = 5, L = 1 + gh * gw, C = 64, E = 16, n = 3, nb = 2;
-    image_u8 im = {w, h, 3, malloc((size_t)w * h * 3)};
-    for (int i = 0; i < w * h * 3; i++) im.px[i] = (uint8_t)(128 + 127 * test_randf(&seed));
+    image_u8 im = random_image(w, h, &seed);
     float *x = malloc((size_t)3 * gh * P * gw * P * 4), *tok = malloc((size_t)L * C * 4);
     float *attn = malloc((size_t)11 * L * L * 4), *T = malloc((size_t)(n + nb) * E * 4);
     for (int i = 0; i < (n + nb) * E; i++) T[i] = test_randf(&seed);
@@ -802,16 +809,11 @@ TEST(cam_prepare_keeps_only_needed_attentions) {
 void openblas_set_num_threads(int);
 int openblas_get_num_threads(void);
 TEST(cam_thread_count_invariant) {
-    clip_config cfg = {0};
-    cfg.v_width = 64, cfg.v_layers = 3, cfg.v_patch = 16, cfg.v_grid = 14;
-    cfg.t_width = 64, cfg.t_layers = 1, cfg.t_ctx = 77, cfg.t_vocab = 1000, cfg.embed = 16;
-    clip_model *m = NULL;
-    CHECK_OK(clip_init_random(&cfg, 13, &m));
+    clip_model *m = small_generator(64, 3, 13);
     REQUIRE(m);
     unsigned seed = 9;
     int w = 512, h = 384, E = 16, n = 3, nb = 2;
-    image_u8 im = {w, h, 3, malloc((size_t)w * h * 3)};
-    for (int i = 0; i < w * h * 3; i++) im.px[i] = (uint8_t)(128 + 127 * test_randf(&seed));
+    image_u8 im = random_image(w, h, &seed);
     float *T = malloc((size_t)(n + nb) * E * 4);
     for (int i = 0; i < (n + nb) * E; i++) T[i] = test_randf(&seed);
     size_t HW = (size_t)h * w;
