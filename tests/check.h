@@ -98,6 +98,14 @@ const char *shared_path(const char *rel);
 /* A fresh empty temporary directory for the current test (removed at exit unless KEEP_TMP=1). */
 const char *test_tmpdir(void);
 
+/* The opt-in full-size CLIP fixtures (CARSEG_HEAVY=B16,L14): heavy_skip_reason() is NULL when
+ * they can run (CARSEG_HEAVY set, /usr/bin/python3 with torch), else why not (the test SKIPs with
+ * it); heavy_fixture(k, dir, n) for k = 0 (ViT-B/16), 1 (ViT-L/14): 0 when CARSEG_HEAVY does not
+ * name it, 1 when scripts/gen_clip_fixtures.py wrote its random-weight fixtures into dir (a fresh
+ * temp dir), -1 when that failed. */
+const char *heavy_skip_reason(void);
+int heavy_fixture(int k, char *dir, size_t n);
+
 /* Uniform random in [-1, 1) from a simple deterministic generator. */
 float test_randf(unsigned *state);
 

@@ -64,6 +64,23 @@ const char *test_tmpdir(void) {
     return buf;
 }
 
+const char *heavy_skip_reason(void) {
+    const char *h = getenv("CARSEG_HEAVY");
+    if (!h || !*h) return "set CARSEG_HEAVY=B16,L14 to check full-size random ViT-B/16 / ViT-L/14";
+    if (system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0) return "/usr/bin/python3 has no torch";
+    return NULL;
+}
+
+int heavy_fixture(int k, char *dir, size_t n) {
+    static const char *names[2][2] = {{"B16", "ViT-B/16"}, {"L14", "ViT-L/14"}};
+    const char *h = getenv("CARSEG_HEAVY");
+    if (k < 0 || k > 1 || !h || !strstr(h, names[k][0])) return 0;
+    char cmd[2000];
+    snprintf(dir, n, "%s/%s", test_tmpdir(), names[k][0]);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/gen_clip_fixtures.py %s --shape %s", dir, names[k][1]);
+    return system(cmd) == 0 ? 1 : -1;
+}
+
 float test_randf(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xFFFFFF) / (float)(1 << 23) - 1.0f;

@@ -490,19 +490,13 @@ TEST(clip_generated_cases) {
 /* Full-size shapes with random weights: CARSEG_HEAVY=B16 (and/or L14) generates them with
  * /usr/bin/python3 scripts/gen_clip_fixtures.py into the test's temp dir (~300 MB / ~850 MB). */
 TEST(clip_full_size_parity) {
-    const char *h = getenv("CARSEG_HEAVY");
-    if (!h || !*h) SKIP("set CARSEG_HEAVY=B16,L14 to check full-size random ViT-B/16 / ViT-L/14");
-    if (system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0)
-        SKIP("/usr/bin/python3 has no torch");
-    const char *names[2][2] = {{"B16", "ViT-B/16"}, {"L14", "ViT-L/14"}};
+    const char *why = heavy_skip_reason();
+    if (why) SKIP("%s", why);
     for (int k = 0; k < 2; k++) {
-        if (!strstr(h, names[k][0])) continue;
-        char dir[800], cmd[2000];
-        snprintf(dir, sizeof dir, "%s/%s", test_tmpdir(), names[k][0]);
-        snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/gen_clip_fixtures.py %s --shape %s", dir,
-                 names[k][1]);
-        REQUIRE(system(cmd) == 0);
-        CHECK(run_manifest(dir) >= 4);
+        char dir[800];
+        int r = heavy_fixture(k, dir, sizeof dir);
+        REQUIRE(r >= 0);
+        if (r) CHECK(run_manifest(dir) >= 4);
     }
 }
 
