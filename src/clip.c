@@ -264,7 +264,7 @@ typedef struct {
  * enough: every forward needs the same buffers again, and fresh ones from the kernel cost page
  * faults and zeroing (3600 per ViT-L/14 forward, ~5 % of its time). */
 static carseg_status scratch_alloc(scratch *s, int B, int L, int C, int M, int NH) {
-    size_t BL = (size_t)B * L, off[6], n = 0;
+    size_t BL = (size_t)B * L, off[5], n = 0;
     const size_t sz[5] = {BL * C, BL * 3 * C, BL * C, BL * M, (size_t)B * NH * L * L};
     for (int i = 0; i < 5; i++) {
         off[i] = n;

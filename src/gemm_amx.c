@@ -626,6 +626,16 @@ static void lin_bind(lin_plan *pl, gemm_work *work) {
 /* The product, run by every thread of a team of pl->nt threads (or by one thread outside a
  * parallel region when pl->nt == 1): the split of x (the rows shared out, then a barrier), then
  * the products. Ends without a barrier. */
+/* The barrier between two steps of a parallel region: gemm_block's cs_barrier (bounded spin,
+ * then futex) when bar is given, else OpenMP's. */
+static void step_barrier(cs_barrier *bar) {
+    if (bar) {
+        cs_barrier_wait(bar);
+        return;
+    }
+#pragma omp barrier
+}
+
 static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int N,
                     const packs2 *w, const float *b, int flags, const ln_pre *ln, cs_barrier *bar) {
     int ks = pl->ks, rb = pl->rb, x3 = pl->x3, ncp = pl->ncp, rp = pl->rp, kc = pl->kc;
@@ -650,10 +660,7 @@ static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int
                 split_rows(x, N, w->IC, i, ah, al);
             }
         }
-        if (bar) cs_barrier_wait(bar);
-        else {
-#pragma omp barrier
-        }
+        step_barrier(bar);
         int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
         float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
         if (cp1 > cp0) tiles_begin();
@@ -842,7 +849,7 @@ static int attn_accepts(int B, int L, int C, int NH, int mode) {
 }
 
 /* The attention, run by every thread of the current team (heads shared out dynamically, then
- * the omp for's barrier); mem: attn_per_thread bytes per thread of the team */
+ * step_barrier(bar)); mem: attn_per_thread bytes per thread of the team */
 static void attn_run(char *mem, float *out, float *probs, const float *qkv, int B, int L, int C,
                      int NH, int x3, cs_barrier *bar) {
     int hd = C / NH, C3 = 3 * C;
@@ -888,10 +895,7 @@ static void attn_run(char *mem, float *out, float *probs, const float *qkv, int 
             }
         }
         tiles_end();
-        if (bar) cs_barrier_wait(bar);
-        else {
-#pragma omp barrier
-        }
+        step_barrier(bar);
     }
 }
 
@@ -938,8 +942,8 @@ int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, i
     char *mem = cs_malloc(attn_per_thread(L, C / NH, x3) * nt);
     if (!mem) return 0;
     ln_pre ln1 = {bw->ln1_w, bw->ln1_b, ln}, ln2 = {bw->ln2_w, bw->ln2_b, ln};
-    /* each step reads what the previous one wrote: a barrier between them (the attention's omp
-     * for ends with one); the products share work's buffers */
+    /* each step reads what the previous one wrote: a barrier between them (lin_run has one
+     * after its split, attn_run one at its end); the products share work's buffers */
     cs_barrier bar;
     cs_barrier_init(&bar, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)

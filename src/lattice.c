@@ -611,9 +611,9 @@ static carseg_status build_dense(lattice *L, const float *feat, int n, int d, in
         goto fail;
     }
     uint32_t m = 0;
-    for (size_t k = 0; k < (size_t)n + (pad ? 1 : 0); k++)   /* points in visiting order (ord) */
-        for (int r = 0; r < d1; r++) {
-            const size_t c = (ord && k < (size_t)n ? (size_t)ord[k] : k) * d1 + r;
+    for (size_t k = 0; k < (size_t)n + (pad ? 1 : 0); k++) {   /* points in visiting order (ord) */
+        const size_t c0 = (ord && k < (size_t)n ? (size_t)ord[k] : k) * d1;
+        for (size_t c = c0; c < c0 + d1; c++) {
             uint32_t t = tab[ci[c]];
             if (!t) {
                 ukey[m] = ci[c];
@@ -625,6 +625,7 @@ static carseg_status build_dense(lattice *L, const float *feat, int n, int d, in
                 cnt[t - 1]++;
             }
         }
+    }
     L->m = (int)m;
     PT("dense: ids");
 
@@ -809,13 +810,14 @@ static carseg_status build_sorted(lattice *L, const float *feat, int n, int d, i
     for (int32_t g = 0; g < m; g++) newid[g] = -1;
     {
         int32_t next = 0;
-        for (size_t k = 0; k < (size_t)n + (pad ? 1 : 0); k++)   /* points in visiting order (ord) */
-            for (int r = 0; r < d1; r++) {
-                const size_t c = (ord && k < (size_t)n ? (size_t)ord[k] : k) * d1 + r;
+        for (size_t k = 0; k < (size_t)n + (pad ? 1 : 0); k++) {   /* points in visiting order (ord) */
+            const size_t c0 = (ord && k < (size_t)n ? (size_t)ord[k] : k) * d1;
+            for (size_t c = c0; c < c0 + d1; c++) {
                 int32_t g = gid[c];
                 if (newid[g] < 0) newid[g] = next++;
                 if (c < nc) L->offset[c] = newid[g] + 1;
             }
+        }
     }
 #pragma omp parallel for schedule(static)
     for (int32_t g = 0; g < m; g++) ukey[g] = srt[gstart[g]];

@@ -7,6 +7,7 @@
 #ifndef CARSEG_UTIL_H
 #define CARSEG_UTIL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -58,7 +59,6 @@ void cs_spare_give(int tag, void *p, size_t cap);
  * the kernel; the bounded spin catches a partner that arrives microseconds later and costs a
  * descheduled partner's waiter at most spin_ns of CPU. cs_barrier_init takes spin_ns from
  * CARSEG_SPIN_US (microseconds, read once; default 50; 0 = sleep at once). */
-#include <stdatomic.h>
 typedef struct {
     atomic_int arrived, gen, sleepers;
     int n;
