@@ -151,7 +151,7 @@ static void fill_random(float *p, size_t n, float std, uint64_t *s) {
         uint64_t r = rng_next(s);
         float a = (float)(r & 0xffff) / 32768.0f - 1.0f, b = (float)((r >> 16) & 0xffff) / 32768.0f - 1.0f;
         float c = (float)((r >> 32) & 0xffff) / 32768.0f - 1.0f, d = (float)(r >> 48) / 32768.0f - 1.0f;
-        p[i] = k * 0.5f * (a + b + c + d);
+        p[i] = nn_round_fp16(k * 0.5f * (a + b + c + d));   /* fp16 values, as OpenAI's files */
     }
 }
 
@@ -648,16 +648,60 @@ carseg_status clip_image_trunk_from(const clip_model *m, const float *x, int H, 
 // ---------------------------------------------------------------------------------------------
 // precision
 
+/* The float32 matrices of the image blocks whose bf16x3 planes moved into them (move_planes),
+ * back from the planes; the packs stay, borrowing nothing after. ENOMEM (nothing changed) when
+ * the scratch of one matrix cannot be had. */
+static carseg_status restore_planes(clip_model *m) {
+    int n = 1 + 5 * m->cfg.v_layers;
+    size_t big = 0;
+    for (int i = 0; m->packs && i < n; i++)
+        if (m->packs[i].moved && (size_t)m->packs[i].OC * m->packs[i].IC > big)
+            big = (size_t)m->packs[i].OC * m->packs[i].IC;
+    if (!big) return CARSEG_OK;
+    float *tmp = cs_malloc(big * sizeof(float));
+    if (!tmp) return set_err(CARSEG_ENOMEM, "clip_set_precision: out of memory (restoring the "
+                                            "float32 weights)");
+    for (int i = 0; i < n; i++) {
+        gemm_pack *p = &m->packs[i];
+        if (!p->moved) continue;
+        gemm_unpack_weights(p, tmp);
+        float *w = (float *)p->hi;   /* the matrix's own memory */
+        memcpy(w, tmp, (size_t)p->OC * p->IC * sizeof(float));
+        memset(p, 0, sizeof *p);     /* borrowed planes: nothing to free */
+    }
+    cs_free(tmp);
+    return CARSEG_OK;
+}
+
+/* bf16x3 packs that hold their matrix losslessly (fp16 checkpoints) move into the matrix's
+ * memory, so that the mode costs no memory beyond the float32 weights. Only for a model that owns
+ * its tensors, and not for the last block (Grad-CAM runs it, forward and backward, in float32
+ * from the float32 weights) nor the patch embedding (small; its K is often not a multiple of 32).
+ * While moved, a block's float32 pointers of those matrices hold the planes: every image-tower
+ * path reads the packs when there are packs (block_forward, block_forward_rows). */
+static void move_planes(clip_model *m) {
+    if (!m->release || m->precision != GEMM_BF16X3) return;
+    int C = m->cfg.v_width;
+    for (int l = 0; l + 1 < m->cfg.v_layers; l++) {
+        clip_block *b = &m->v_blocks[l];
+        gemm_pack *q = m->packs + 1 + 5 * l;
+        float *mem[5] = {(float *)b->in_w, (float *)b->in_w + (size_t)C * C, (float *)b->out_w,
+                         (float *)b->fc_w, (float *)b->proj_w};
+        for (int i = 0; i < 5; i++)
+            if (gemm_pack_lossless(&q[i], mem[i])) gemm_pack_move(&q[i], mem[i]);
+    }
+}
+
 carseg_status clip_set_precision(clip_model *m, int precision) {
     if (precision != GEMM_FP32 && precision != GEMM_BF16X3 && precision != GEMM_BF16)
         return set_err(CARSEG_EINVAL, "clip_set_precision: unknown precision %d", precision);
     if (precision == m->precision) return CARSEG_OK;
-    if (precision == GEMM_FP32) {
-        free_packs(m);
-        m->precision = GEMM_FP32;
-        return CARSEG_OK;
-    }
-    TRY(gemm_amx_check());
+    if (precision != GEMM_FP32) TRY(gemm_amx_check());
+    /* back to float32 weights first (the new packs are made from them) */
+    TRY(restore_planes(m));
+    free_packs(m);
+    m->precision = GEMM_FP32;
+    if (precision == GEMM_FP32) return CARSEG_OK;
     const clip_config *c = &m->cfg;
     int C = c->v_width, M = c->v_mlp, n = 1 + 5 * c->v_layers;
     gemm_pack *pk = calloc((size_t)n, sizeof *pk);
@@ -677,16 +721,17 @@ carseg_status clip_set_precision(clip_model *m, int precision) {
         free(pk);
         return st;
     }
-    free_packs(m);
     m->packs = pk;
     for (int l = 0; l < c->v_layers; l++) m->v_blocks[l].pk = pk + 1 + 5 * l;
     m->precision = precision;
+    move_planes(m);
     return CARSEG_OK;
 }
 
 size_t clip_packed_bytes(const clip_model *m) {
     size_t n = 0;
-    for (int i = 0; m->packs && i < 1 + 5 * m->cfg.v_layers; i++) n += gemm_pack_bytes(&m->packs[i]);
+    for (int i = 0; m->packs && i < 1 + 5 * m->cfg.v_layers; i++)
+        if (!m->packs[i].moved) n += gemm_pack_bytes(&m->packs[i]);
     return n;
 }
 

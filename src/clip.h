@@ -65,9 +65,13 @@ typedef struct clip_model {
  * c_fc, c_proj; the attention products, LayerNorm, softmax and the text tower stay float32):
  * GEMM_FP32 (the default, OpenBLAS), GEMM_BF16X3 or GEMM_BF16 (Intel AMX, gemm_amx.h). Packs the
  * weights once (freeing the previous packs); AMX missing -> CARSEG_EINVAL saying why, the model
- * unchanged. Not thread-safe: call it before sharing the model. */
+ * unchanged; out of memory while packing -> CARSEG_ENOMEM, the model then in float32. In bf16x3,
+ * a model that owns its tensors keeps the packs of lossless matrices (fp16 checkpoints: all but
+ * the last block's, whose float32 weights Grad-CAM needs) in the float32 matrices' own memory,
+ * and back to float32 restores those matrices bit for bit. Not thread-safe: call it before
+ * sharing the model. */
 carseg_status clip_set_precision(clip_model *m, int precision);
-/* Bytes held by the packed weights (0 in float32). */
+/* Bytes the packed weights hold beyond the float32 weights (0 in float32). */
 size_t clip_packed_bytes(const clip_model *m);
 
 /* Loads any supported model file (see weights.h). */
@@ -80,7 +84,8 @@ void clip_free(clip_model *m);
 carseg_status clip_from_wfile(const wfile *wf, clip_model **out);
 
 /* A model of the given shapes with random weights (deterministic in seed; for benchmarks and
- * tests): Gaussian-like weights with std 0.02, LayerNorm weights 1 and biases 0, logit scale 100
+ * tests): Gaussian-like weights with std 0.02 rounded through fp16 (as OpenAI's checkpoints),
+ * LayerNorm weights 1 and biases 0, logit scale 100
  * unless cfg->logit_scale > 0. Fields v_mlp and *_heads are derived when 0. */
 carseg_status clip_init_random(const clip_config *cfg, unsigned seed, clip_model **out);
 

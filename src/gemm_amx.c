@@ -115,9 +115,56 @@ carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, in
 
 void gemm_pack_free(gemm_pack *p) {
     if (!p) return;
+    if (!p->moved) {
+        cs_free(p->hi);
+        cs_free(p->lo);
+    }
+    memset(p, 0, sizeof *p);
+}
+
+/* element (o, k) of a pack: plane offset in the B-tile layout */
+static inline size_t pack_at(const gemm_pack *p, int o, int k) {
+    return (((size_t)(o / 16) * p->ks + k / 32) * 16 + (k % 32) / 2) * 32 + 2 * (o % 16) + k % 2;
+}
+
+/* hi + lo as float; lo == +0 keeps hi's sign of zero */
+static inline float unsplit1(uint16_t hi, uint16_t lo) {
+    return lo ? gemm_bf16_to_f32(hi) + gemm_bf16_to_f32(lo) : gemm_bf16_to_f32(hi);
+}
+
+void gemm_unpack_weights(const gemm_pack *p, float *w) {
+    int OC = p->OC, IC = p->IC;
+#pragma omp parallel for schedule(static) if ((size_t)OC * IC > 65536)
+    for (int o = 0; o < OC; o++)
+        for (int k = 0; k < IC; k++) {
+            size_t d = pack_at(p, o, k);
+            w[(size_t)o * IC + k] = unsplit1(p->hi[d], p->lo ? p->lo[d] : 0);
+        }
+}
+
+int gemm_pack_lossless(const gemm_pack *p, const float *w) {
+    if (p->mode != GEMM_BF16X3 || !p->lo || p->moved || p->OC % 16 || p->IC % 32) return 0;
+    int OC = p->OC, IC = p->IC, bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if ((size_t)OC * IC > 65536)
+    for (int o = 0; o < OC; o++)
+        for (int k = 0; k < IC; k++) {
+            size_t d = pack_at(p, o, k);
+            float v = unsplit1(p->hi[d], p->lo[d]);
+            bad |= memcmp(&v, &w[(size_t)o * IC + k], sizeof v) != 0;
+        }
+    return !bad;
+}
+
+void gemm_pack_move(gemm_pack *p, void *mem) {
+    size_t n = (size_t)p->nb * p->ks * 512;
+    CS_ASSERT(p->mode == GEMM_BF16X3 && p->lo && !p->moved &&
+              n * 2 * sizeof(uint16_t) == (size_t)p->OC * p->IC * sizeof(float));
+    uint16_t *hi = mem, *lo = hi + n;
+    memcpy(hi, p->hi, n * sizeof(uint16_t));
+    memcpy(lo, p->lo, n * sizeof(uint16_t));
     cs_free(p->hi);
     cs_free(p->lo);
-    memset(p, 0, sizeof *p);
+    p->hi = hi, p->lo = lo, p->moved = 1;
 }
 
 size_t gemm_pack_bytes(const gemm_pack *p) {

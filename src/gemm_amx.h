@@ -38,6 +38,7 @@ typedef struct {
     int OC, IC;          /* logical output / input channels */
     int nb, ks;          /* column blocks of 16 (ceil(OC/16)), k-steps of 32 (ceil(IC/32)) */
     uint16_t *hi, *lo;   /* (nb, ks, 16, 32) bf16 each; lo NULL in GEMM_BF16 */
+    int moved;           /* the planes live in the float32 matrix's memory (gemm_pack_move) */
 } gemm_pack;
 
 /* Per-call scratch of gemm_linear (the packed activations), reused across calls. */
@@ -58,6 +59,17 @@ int gemm_amx_usable(void);
 carseg_status gemm_pack_weights(gemm_pack *p, const float *w, int OC, int IC, int mode);
 void gemm_pack_free(gemm_pack *p);
 size_t gemm_pack_bytes(const gemm_pack *p);
+
+/* bf16x3 packs of fp16 checkpoints hold the weights losslessly (hi + lo has 16 significant bits,
+ * fp16 11), so the float32 matrix need not be kept beside them:
+ * gemm_pack_lossless: p is bf16x3, its planes take exactly the matrix's bytes (OC % 16 == 0,
+ * IC % 32 == 0) and gemm_unpack_weights gives back w bit for bit (signed zeros included).
+ * gemm_pack_move: the planes move into mem, the OC * IC floats of the matrix they were packed
+ * from (overwritten); p then borrows them (gemm_pack_free leaves them). Needs lossless.
+ * gemm_unpack_weights: w (OC, IC) = hi + lo (bf16x3) or hi (bf16). */
+int gemm_pack_lossless(const gemm_pack *p, const float *w);
+void gemm_pack_move(gemm_pack *p, void *mem);
+void gemm_unpack_weights(const gemm_pack *p, float *w);
 
 /* out (N, OC; row stride ldo) = x (N, IC; row stride IC) @ w^T + b, with nn_linear_ex's
  * flags (NN_ACCUMULATE: out += ...; NN_GELU: QuickGELU after the bias). b may be NULL.

@@ -14,6 +14,7 @@
 #include "image.h"
 #include "nn.h"
 #include "util.h"
+#include "weights.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -551,6 +552,109 @@ TEST(amx_fp32_default_unchanged) {
     CHECK_MSG(!memcmp(a, b, sizeof(float) * E), "float32 not bit-identical after a mode switch");
     free(x), free(a), free(b), free(c), free(t1), free(t2), free(tk);
     clip_free(m);
+}
+
+/* bf16x3 planes that hold a matrix losslessly (fp16 values) move into the matrix's memory and
+ * give the same products; anything that would lose a bit stays apart (runs everywhere) */
+TEST(amx_pack_move_lossless) {
+    enum { OC = 32, IC = 64 };
+    float *w = malloc(sizeof(float) * OC * IC), *back = malloc(sizeof(float) * OC * IC);
+    float *mem = malloc(sizeof(float) * OC * IC), *x = malloc(sizeof(float) * 5 * IC);
+    float o1[5 * OC], o2[5 * OC];
+    unsigned s = 7;
+    for (int i = 0; i < OC * IC; i++) w[i] = nn_round_fp16(test_randf(&s) * 0.1f);
+    w[3] = -0.0f, w[4] = 0.0f, w[5] = nn_round_fp16(6e-8f), w[6] = 65504.0f, w[7] = -65504.0f;
+    for (int i = 0; i < 5 * IC; i++) x[i] = test_randf(&s);
+    gemm_pack p, q;
+    CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16X3));
+    CHECK(gemm_pack_lossless(&p, w));
+    gemm_unpack_weights(&p, back);
+    CHECK_MSG(!memcmp(back, w, sizeof(float) * OC * IC), "hi + lo is not the matrix bit for bit");
+    gemm_linear_ref(o1, OC, x, 5, &p, NULL, 0);
+    memcpy(mem, w, sizeof(float) * OC * IC);
+    CHECK_OK(gemm_pack_weights(&q, mem, OC, IC, GEMM_BF16X3));
+    gemm_pack_move(&q, mem);
+    CHECK(q.moved && (void *)q.hi == (void *)mem && gemm_pack_bytes(&q) == sizeof(float) * OC * IC);
+    gemm_linear_ref(o2, OC, x, 5, &q, NULL, 0);
+    CHECK_MSG(!memcmp(o1, o2, sizeof o1), "the moved planes give other products");
+    gemm_unpack_weights(&q, back);
+    CHECK_MSG(!memcmp(back, w, sizeof(float) * OC * IC), "unpacking the moved planes");
+    CHECK(!gemm_pack_lossless(&q, back));   /* already moved */
+    gemm_pack_free(&q);                     /* borrowed: frees nothing (ASan: no bad free) */
+    gemm_pack_free(&p);
+    /* one value that hi + lo cannot hold (more than 8 significant bits left after hi), a float32
+     * of 24 significant bits, a denormal (the bf16 conversion flushes it): kept apart */
+    float keep[3] = {1.0f + 0x1p-9f + 0x1p-20f, 1.0f / 3.0f, 0x1p-140f};
+    for (int k = 0; k < 3; k++) {
+        float v = w[100];
+        w[100] = keep[k];
+        CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16X3));
+        CHECK_MSG(!gemm_pack_lossless(&p, w), "value %d taken as lossless", k);
+        gemm_pack_free(&p);
+        w[100] = v;
+    }
+    /* padded shapes and bf16 never move */
+    CHECK_OK(gemm_pack_weights(&p, w, OC - 8, IC, GEMM_BF16X3));
+    CHECK(!gemm_pack_lossless(&p, w));
+    gemm_pack_free(&p);
+    CHECK_OK(gemm_pack_weights(&p, w, OC, IC - 16, GEMM_BF16X3));
+    CHECK(!gemm_pack_lossless(&p, w));
+    gemm_pack_free(&p);
+    CHECK_OK(gemm_pack_weights(&p, w, OC, IC, GEMM_BF16));
+    CHECK(!gemm_pack_lossless(&p, w));
+    gemm_pack_free(&p);
+    free(w), free(back), free(mem), free(x);
+}
+
+/* a model that owns its fp16 tensors keeps the bf16x3 planes in the float32 matrices' memory:
+ * the same features as packs kept apart (a model on a borrowed wfile), no memory beyond the
+ * last block's and the patch embedding's packs, and float32 restored bit for bit */
+TEST(amx_bf16x3_weights_in_place) {
+    NEED_AMX();
+    const char *path = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    if (!path || !file_exists(path)) SKIP("fixtures/clip_sg missing");
+    clip_model *m = NULL, *o = NULL;
+    wfile *wf = NULL;
+    CHECK_OK(clip_load(path, &m));
+    CHECK_OK(wfile_open(path, &wf));
+    CHECK_OK(clip_from_wfile(wf, &o));
+    REQUIRE(m && o);
+    const clip_config *c = &m->cfg;
+    int S = c->v_patch * c->v_grid, E = c->embed, C = c->v_width, M = c->v_mlp;
+    size_t nfc = (size_t)M * C;
+    float *fc0 = malloc(sizeof(float) * nfc), *x = malloc(sizeof(float) * 3 * S * S);
+    float *a = malloc(sizeof(float) * E), *b = malloc(sizeof(float) * E);
+    float *a32 = malloc(sizeof(float) * E), *b32 = malloc(sizeof(float) * E);
+    memcpy(fc0, m->v_blocks[0].fc_w, sizeof(float) * nfc);
+    unsigned s = 3;
+    for (int i = 0; i < 3 * S * S; i++) x[i] = test_randf(&s);
+    CHECK_OK(clip_encode_image(o, x, S, S, 0, b32));
+    CHECK_OK(clip_set_precision(m, GEMM_BF16X3));
+    CHECK_OK(clip_set_precision(o, GEMM_BF16X3));
+    for (int l = 0; l < c->v_layers; l++)
+        for (int i = 0; i < 5; i++)
+            CHECK_MSG(m->v_blocks[l].pk[i].moved == (l + 1 < c->v_layers) && !o->v_blocks[l].pk[i].moved,
+                      "block %d pack %d: moved %d", l, i, m->v_blocks[l].pk[i].moved);
+    size_t last = 0;
+    for (int i = 0; i < 5; i++) last += gemm_pack_bytes(&m->v_blocks[c->v_layers - 1].pk[i]);
+    CHECK(clip_packed_bytes(m) == gemm_pack_bytes(&m->packs[0]) + last);
+    CHECK(clip_packed_bytes(o) > clip_packed_bytes(m));
+    CHECK_OK(clip_encode_image(m, x, S, S, 0, a));
+    CHECK_OK(clip_encode_image(o, x, S, S, 0, b));
+    CHECK_MSG(!memcmp(a, b, sizeof(float) * E), "moved planes: other features");
+    CHECK_MSG(memcmp(a, b32, sizeof(float) * E) != 0, "bf16x3 gave the float32 features");
+    CHECK_OK(clip_set_precision(m, GEMM_BF16));   /* via the restored float32 weights */
+    CHECK_MSG(!memcmp(m->v_blocks[0].fc_w, fc0, sizeof(float) * nfc), "c_fc not restored");
+    CHECK_OK(clip_set_precision(m, GEMM_BF16X3));
+    CHECK_OK(clip_set_precision(m, GEMM_FP32));
+    CHECK(clip_packed_bytes(m) == 0);
+    CHECK_MSG(!memcmp(m->v_blocks[0].fc_w, fc0, sizeof(float) * nfc), "c_fc not restored");
+    CHECK_OK(clip_encode_image(m, x, S, S, 0, a32));
+    CHECK_MSG(!memcmp(a32, b32, sizeof(float) * E), "float32 features after the round trip");
+    free(fc0), free(x), free(a), free(b), free(a32), free(b32);
+    clip_free(m);
+    clip_free(o);
+    wfile_close(wf);
 }
 
 /* asking for AMX where it is unavailable: a clear error, the model untouched */
