@@ -649,47 +649,46 @@ carseg_status clip_image_trunk_from(const clip_model *m, const float *x, int H, 
 // precision
 
 /* The float32 matrices of the image blocks whose bf16x3 planes moved into them (move_planes),
- * back from the planes; the packs stay, borrowing nothing after. ENOMEM (nothing changed) when
- * the scratch of one matrix cannot be had. */
-static carseg_status restore_planes(clip_model *m) {
+ * back from the planes; those packs are emptied (they borrowed the memory). tmp: scratch of
+ * the largest matrix, or NULL to allocate it here (ENOMEM, nothing changed, when that fails). */
+static carseg_status restore_planes(clip_model *m, float *tmp) {
     int n = 1 + 5 * m->cfg.v_layers;
     size_t big = 0;
     for (int i = 0; m->packs && i < n; i++)
         if (m->packs[i].moved && (size_t)m->packs[i].OC * m->packs[i].IC > big)
             big = (size_t)m->packs[i].OC * m->packs[i].IC;
     if (!big) return CARSEG_OK;
-    float *tmp = cs_malloc(big * sizeof(float));
-    if (!tmp) return set_err(CARSEG_ENOMEM, "clip_set_precision: out of memory (restoring the "
-                                            "float32 weights)");
+    float *own = tmp ? NULL : cs_malloc(big * sizeof(float));
+    if (!tmp && !own)
+        return set_err(CARSEG_ENOMEM, "clip_set_precision: out of memory (restoring the float32 "
+                                      "weights)");
+    if (!tmp) tmp = own;
     for (int i = 0; i < n; i++) {
         gemm_pack *p = &m->packs[i];
         if (!p->moved) continue;
         gemm_unpack_weights(p, tmp);
-        float *w = (float *)p->hi;   /* the matrix's own memory */
-        memcpy(w, tmp, (size_t)p->OC * p->IC * sizeof(float));
-        memset(p, 0, sizeof *p);     /* borrowed planes: nothing to free */
+        memcpy(p->hi, tmp, (size_t)p->OC * p->IC * sizeof(float));   /* the matrix's memory */
+        memset(p, 0, sizeof *p);
     }
-    cs_free(tmp);
+    cs_free(own);
     return CARSEG_OK;
 }
 
 /* bf16x3 packs that hold their matrix losslessly (fp16 checkpoints) move into the matrix's
- * memory, so that the mode costs no memory beyond the float32 weights. Only for a model that owns
- * its tensors, and not for the last block (Grad-CAM runs it, forward and backward, in float32
- * from the float32 weights) nor the patch embedding (small; its K is often not a multiple of 32).
- * While moved, a block's float32 pointers of those matrices hold the planes: every image-tower
- * path reads the packs when there are packs (block_forward, block_forward_rows). */
-static void move_planes(clip_model *m) {
-    if (!m->release || m->precision != GEMM_BF16X3) return;
-    int C = m->cfg.v_width;
-    for (int l = 0; l + 1 < m->cfg.v_layers; l++) {
-        clip_block *b = &m->v_blocks[l];
-        gemm_pack *q = m->packs + 1 + 5 * l;
-        float *mem[5] = {(float *)b->in_w, (float *)b->in_w + (size_t)C * C, (float *)b->out_w,
-                         (float *)b->fc_w, (float *)b->proj_w};
-        for (int i = 0; i < 5; i++)
-            if (gemm_pack_lossless(&q[i], mem[i])) gemm_pack_move(&q[i], mem[i]);
-    }
+ * memory, so that the mode costs no memory beyond the float32 weights; block l's right after it
+ * is packed, so that at most one block's packs are held apart at a time. Only for a model that
+ * owns its tensors, and not for the last block (Grad-CAM runs it, forward and backward, in
+ * float32 from the float32 weights) nor the patch embedding (small; its K is often not a multiple
+ * of 32). While moved, a block's float32 pointers of those matrices hold the planes: every
+ * image-tower path reads the packs when there are packs (block_forward, block_forward_rows). */
+static void move_planes(const clip_model *m, int l, gemm_pack *q, int precision) {
+    if (!m->release || precision != GEMM_BF16X3 || l + 1 >= m->cfg.v_layers) return;
+    const clip_block *b = &m->v_blocks[l];
+    size_t C = (size_t)m->cfg.v_width;
+    float *mem[5] = {(float *)b->in_w, (float *)b->in_w + C * C, (float *)b->out_w,
+                     (float *)b->fc_w, (float *)b->proj_w};
+    for (int i = 0; i < 5; i++)
+        if (gemm_pack_lossless(&q[i], mem[i])) gemm_pack_move(&q[i], mem[i]);
 }
 
 carseg_status clip_set_precision(clip_model *m, int precision) {
@@ -698,14 +697,20 @@ carseg_status clip_set_precision(clip_model *m, int precision) {
     if (precision == m->precision) return CARSEG_OK;
     if (precision != GEMM_FP32) TRY(gemm_amx_check());
     /* back to float32 weights first (the new packs are made from them) */
-    TRY(restore_planes(m));
+    TRY(restore_planes(m, NULL));
     free_packs(m);
     m->precision = GEMM_FP32;
     if (precision == GEMM_FP32) return CARSEG_OK;
     const clip_config *c = &m->cfg;
     int C = c->v_width, M = c->v_mlp, n = 1 + 5 * c->v_layers;
     gemm_pack *pk = calloc((size_t)n, sizeof *pk);
-    if (!pk) return set_err(CARSEG_ENOMEM, "clip_set_precision: out of memory");
+    /* scratch to put moved planes back should packing fail half-way */
+    size_t big = (size_t)(M > 2 * C ? M : 2 * C) * C;   /* the largest of the five matrices */
+    float *undo = precision == GEMM_BF16X3 && m->release ? cs_malloc(sizeof(float) * big) : NULL;
+    if (!pk || (precision == GEMM_BF16X3 && m->release && !undo)) {
+        free(pk), cs_free(undo);
+        return set_err(CARSEG_ENOMEM, "clip_set_precision: out of memory");
+    }
     carseg_status st = gemm_pack_weights(&pk[0], m->conv1, C, 3 * c->v_patch * c->v_patch, precision);
     for (int l = 0; st == CARSEG_OK && l < c->v_layers; l++) {
         const clip_block *b = &m->v_blocks[l];
@@ -715,16 +720,20 @@ carseg_status clip_set_precision(clip_model *m, int precision) {
         if (st == CARSEG_OK) st = gemm_pack_weights(&q[2], b->out_w, C, C, precision);
         if (st == CARSEG_OK) st = gemm_pack_weights(&q[3], b->fc_w, M, C, precision);
         if (st == CARSEG_OK) st = gemm_pack_weights(&q[4], b->proj_w, C, M, precision);
+        if (st == CARSEG_OK) move_planes(m, l, q, precision);
     }
     if (st != CARSEG_OK) {
+        m->packs = pk;   /* planes already moved go back into their matrices */
+        restore_planes(m, undo);
+        m->packs = NULL;
         for (int i = 0; i < n; i++) gemm_pack_free(&pk[i]);
-        free(pk);
+        free(pk), cs_free(undo);
         return st;
     }
+    cs_free(undo);
     m->packs = pk;
     for (int l = 0; l < c->v_layers; l++) m->v_blocks[l].pk = pk + 1 + 5 * l;
     m->precision = precision;
-    move_planes(m);
     return CARSEG_OK;
 }
 
