@@ -122,37 +122,47 @@ void gemm_pack_free(gemm_pack *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* element (o, k) of a pack: plane offset in the B-tile layout */
-static inline size_t pack_at(const gemm_pack *p, int o, int k) {
-    return (((size_t)(o / 16) * p->ks + k / 32) * 16 + (k % 32) / 2) * 32 + 2 * (o % 16) + k % 2;
-}
-
 /* hi + lo as float; lo == +0 keeps hi's sign of zero */
 static inline float unsplit1(uint16_t hi, uint16_t lo) {
     return lo ? gemm_bf16_to_f32(hi) + gemm_bf16_to_f32(lo) : gemm_bf16_to_f32(hi);
 }
 
-void gemm_unpack_weights(const gemm_pack *p, float *w) {
-    int OC = p->OC, IC = p->IC;
-#pragma omp parallel for schedule(static) if ((size_t)OC * IC > 65536)
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < IC; k++) {
-            size_t d = pack_at(p, o, k);
-            w[(size_t)o * IC + k] = unsplit1(p->hi[d], p->lo ? p->lo[d] : 0);
+/* Walks column block j of a pack in its own order (tile by tile, row by row: the planes read
+ * sequentially, w within a 16 x 32 window): unpack (w written) or compare (w read; the number
+ * of elements that hi + lo does not give back bit for bit). Elements outside OC x IC are not
+ * visited. */
+static size_t unpack_block(const gemm_pack *p, int j, float *w, const float *cmp) {
+    int OC = p->OC, IC = p->IC, ks = p->ks;
+    size_t bad = 0;
+    for (int s = 0; s < ks; s++)
+        for (int r = 0; r < 16; r++) {
+            size_t d = (((size_t)j * ks + s) * 16 + r) * 32;
+            for (int c = 0; c < 16 && 16 * j + c < OC; c++)
+                for (int q = 0; q < 2; q++) {
+                    int k = 32 * s + 2 * r + q;
+                    if (k >= IC) continue;
+                    size_t e = (size_t)(16 * j + c) * IC + k;
+                    float v = unsplit1(p->hi[d + 2 * c + q], p->lo ? p->lo[d + 2 * c + q] : 0);
+                    if (cmp) bad += memcmp(&v, &cmp[e], sizeof v) != 0;
+                    else w[e] = v;
+                }
         }
+    return bad;
+}
+
+void gemm_unpack_weights(const gemm_pack *p, float *w) {
+    int nb = p->nb;
+#pragma omp parallel for schedule(static) if ((size_t)p->OC * p->IC > 65536)
+    for (int j = 0; j < nb; j++) unpack_block(p, j, w, NULL);
 }
 
 int gemm_pack_lossless(const gemm_pack *p, const float *w) {
     if (p->mode != GEMM_BF16X3 || !p->lo || p->moved || p->OC % 16 || p->IC % 32) return 0;
-    int OC = p->OC, IC = p->IC, bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if ((size_t)OC * IC > 65536)
-    for (int o = 0; o < OC; o++)
-        for (int k = 0; k < IC; k++) {
-            size_t d = pack_at(p, o, k);
-            float v = unsplit1(p->hi[d], p->lo[d]);
-            bad |= memcmp(&v, &w[(size_t)o * IC + k], sizeof v) != 0;
-        }
-    return !bad;
+    int nb = p->nb;
+    size_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad) if ((size_t)p->OC * p->IC > 65536)
+    for (int j = 0; j < nb; j++) bad += unpack_block(p, j, NULL, w);
+    return bad == 0;
 }
 
 void gemm_pack_move(gemm_pack *p, void *mem) {
