@@ -258,8 +258,13 @@ static void amx_rows(clip_model *m, int l14, const torch_times *tt) {
             row_amx(name, time_image(m, 224, 224, feat), clip_image_flops(&m->cfg, 16, 16, 24) * 1e-9,
                     tt->l14_224);
         }
-        printf("    packed weights %.0f MB (the tower's float32 weights stay: Grad-CAM reads them)\n",
-               clip_packed_bytes(m) / 1e6);
+        if (mode == GEMM_BF16X3)
+            printf("    packed weights: %.0f MB beyond the float32 weights (the lossless planes live in "
+                   "the float32 matrices; the last block and the patch embedding apart)\n",
+                   clip_packed_bytes(m) / 1e6);
+        else
+            printf("    packed weights %.0f MB beside the float32 weights (Grad-CAM reads those)\n",
+                   clip_packed_bytes(m) / 1e6);
     }
     clip_set_precision(m, GEMM_FP32);
 }
