@@ -199,17 +199,26 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
  *   CARSEG_PRECISION_BF16    one bf16 product (~3e-3 relative error per product; fastest)
  * The AMX modes need a CPU with AMX-TILE and AMX-BF16 (Intel Xeon Sapphire Rapids or later) and
  * Linux >= 5.16; elsewhere carseg_clip_set_precision fails with CARSEG_EINVAL saying what is
- * missing (no silent fallback). Setting a mode packs the weights once (bf16x3: about as many
- * bytes as the float32 tower, bf16: half); it is not thread-safe: set it before sharing the
- * model. CARSEG_NO_AMX=1 in the environment makes the AMX modes unavailable. */
+ * missing (no silent fallback; AUTO below is the explicit fallback). Setting a mode packs the
+ * weights once (ViT-L/14: about 0.8 s); it is not thread-safe: set it before sharing the
+ * model. CARSEG_NO_AMX=1 in the environment makes the AMX modes unavailable.
+ *   CARSEG_PRECISION_AUTO    bf16x3 where AMX runs, else fp32 (never an error for want of AMX:
+ *                            for scripts that run on mixed machines); get_precision then says
+ *                            which mode was taken.
+ * Memory: bf16x3 keeps the planes of matrices that hi + lo holds exactly (every weight of an fp16
+ * checkpoint, and of float32 files converted from one) in the float32 matrices' own memory, so a
+ * model loaded with carseg_clip_load costs only its last block's and patch embedding's packs
+ * more (ViT-L/14: 53 MB); back to fp32 restores those matrices bit for bit. bf16 packs take half
+ * the tower's float32 bytes beside them. */
 typedef enum {
     CARSEG_PRECISION_FP32 = 0,
     CARSEG_PRECISION_BF16X3 = 1,
-    CARSEG_PRECISION_BF16 = 2
+    CARSEG_PRECISION_BF16 = 2,
+    CARSEG_PRECISION_AUTO = 3
 } carseg_precision;
 carseg_status carseg_clip_set_precision(carseg_clip *m, carseg_precision p);
-carseg_precision carseg_clip_get_precision(const carseg_clip *m);
-/* "fp32", "bf16x3", "bf16" <-> the enum (parse: EINVAL naming the accepted values). */
+carseg_precision carseg_clip_get_precision(const carseg_clip *m);   /* never AUTO */
+/* "fp32", "bf16x3", "bf16", "auto" <-> the enum (parse: EINVAL naming the accepted values). */
 carseg_status carseg_precision_parse(const char *name, carseg_precision *out);
 const char *carseg_precision_name(carseg_precision p);
 

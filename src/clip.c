@@ -814,6 +814,8 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
 
 carseg_status carseg_clip_set_precision(carseg_clip *m, carseg_precision p) {
     if (!m) return set_err(CARSEG_EINVAL, "carseg_clip_set_precision: NULL model");
+    if (p == CARSEG_PRECISION_AUTO) p = gemm_amx_check() == CARSEG_OK ? CARSEG_PRECISION_BF16X3
+                                                                      : CARSEG_PRECISION_FP32;
     return clip_set_precision(m, (int)p);
 }
 
@@ -821,18 +823,18 @@ carseg_precision carseg_clip_get_precision(const carseg_clip *m) {
     return (carseg_precision)m->precision;
 }
 
-static const char *const g_precision_names[] = {"fp32", "bf16x3", "bf16"};
+static const char *const g_precision_names[] = {"fp32", "bf16x3", "bf16", "auto"};
 
 carseg_status carseg_precision_parse(const char *name, carseg_precision *out) {
-    for (int i = 0; name && i < 3; i++)
+    for (int i = 0; name && i < 4; i++)
         if (!strcmp(name, g_precision_names[i])) {
             *out = (carseg_precision)i;
             return CARSEG_OK;
         }
-    return set_err(CARSEG_EINVAL, "unknown precision '%s' (expected fp32, bf16x3 or bf16)",
+    return set_err(CARSEG_EINVAL, "unknown precision '%s' (expected fp32, bf16x3, bf16 or auto)",
                    name ? name : "(null)");
 }
 
 const char *carseg_precision_name(carseg_precision p) {
-    return (unsigned)p < 3 ? g_precision_names[p] : "?";
+    return (unsigned)p < 4 ? g_precision_names[p] : "?";
 }

@@ -6,6 +6,7 @@
 
 #include "car.h"
 #include "check.h"
+#include "gemm_amx.h"
 #include "classify.h"
 #include "clip.h"
 #include "image.h"
@@ -397,13 +398,21 @@ TEST(car_cli_segment) {
     snprintf(path, sizeof path, "%s/out/input.json", dir);
     json *j = json_parse_file(path);
     CHECK(j && json_num(j, "rounds", 0) == 3);
+    CHECK_MSG(j && !strcmp(json_str(j, "precision", ""), "fp32"), "precision: %s",
+              j ? json_str(j, "precision", "(none)") : "(no json)");
     json_free(j);
     /* referring mode with a referring preset */
     snprintf(cmd, sizeof cmd,
              "%s segment %s --preset refcoco --refer 'a cup of coffee' --refer 'the cup' "
-             "--generator %s --classifier %s --vocab %s --out %s/ref --quiet > /dev/null",
-             bin, ip, g, c, v, dir);
+             "--generator %s --classifier %s --vocab %s --out %s/ref --quiet --precision auto "
+             "> /dev/null", bin, ip, g, c, v, dir);
     CHECK(system(cmd) == 0);
+    snprintf(path, sizeof path, "%s/ref/input.json", dir);
+    j = json_parse_file(path);   /* auto: bf16x3 where AMX runs, else fp32 */
+    const char *want = gemm_amx_check() == CARSEG_OK ? "bf16x3" : "fp32";
+    CHECK_MSG(j && !strcmp(json_str(j, "precision", ""), want), "precision: %s, expected %s",
+              j ? json_str(j, "precision", "(none)") : "(no json)", want);
+    json_free(j);
     snprintf(path, sizeof path, "%s/ref/input.png", dir);
     CHECK_OK(image_load_indexed(path, &lab));
     if (lab.px) {

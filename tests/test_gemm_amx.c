@@ -676,6 +676,26 @@ TEST(amx_unavailable_error) {
     clip_free(m);
 }
 
+/* auto: bf16x3 where AMX runs, float32 (not an error) where it does not */
+TEST(amx_precision_auto) {
+    carseg_precision p;
+    CHECK_OK(carseg_precision_parse("auto", &p));
+    CHECK(p == CARSEG_PRECISION_AUTO && !strcmp(carseg_precision_name(p), "auto"));
+    CHECK(carseg_precision_parse("avto", &p) == CARSEG_EINVAL);
+    CHECK_MSG(strstr(carseg_last_error(), "auto") != NULL, "message: %s", carseg_last_error());
+    clip_model *m = fixture_model();
+    if (!m) SKIP("fixtures/clip_sg missing");
+    setenv("CARSEG_NO_AMX", "1", 1);
+    carseg_status st = carseg_clip_set_precision(m, CARSEG_PRECISION_AUTO);
+    unsetenv("CARSEG_NO_AMX");
+    CHECK_OK(st);
+    CHECK(carseg_clip_get_precision(m) == CARSEG_PRECISION_FP32 && m->packs == NULL);
+    CHECK_OK(carseg_clip_set_precision(m, CARSEG_PRECISION_AUTO));
+    CHECK(carseg_clip_get_precision(m) ==
+          (gemm_amx_check() == CARSEG_OK ? CARSEG_PRECISION_BF16X3 : CARSEG_PRECISION_FP32));
+    clip_free(m);
+}
+
 /* CLI: --precision on `carseg embed` (the same option and helper as classify, segment, eval):
  * bf16x3 meets the parity bar end to end; an unknown value exits 2; AMX unavailable exits 1
  * with the reason */

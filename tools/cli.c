@@ -56,7 +56,7 @@ double cli_num(const char *opt, const char *v) {
 carseg_precision cli_precision(const char *v) {
     carseg_precision p;
     if (carseg_precision_parse(v, &p) != CARSEG_OK) {
-        fprintf(stderr, "carseg: error: --precision expects fp32, bf16x3 or bf16, got '%s'\n", v);
+        fprintf(stderr, "carseg: error: --precision expects fp32, bf16x3, bf16 or auto, got '%s'\n", v);
         exit(2);
     }
     return p;

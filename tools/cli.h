@@ -21,11 +21,13 @@ int cli_fail_status(carseg_status st);
 const char *cli_opt(int argc, char **argv, int *i, const char *name);
 int cli_flag(char **argv, int i, const char *name);
 double cli_num(const char *opt, const char *v);   /* strict number parse; exits(2) on junk */
-/* --precision VALUE (fp32, bf16x3, bf16; exits(2) on anything else) for the commands that run
+/* --precision VALUE (fp32, bf16x3, bf16, auto; exits(2) on anything else) for the commands that run
  * image towers; applied with carseg_clip_set_precision after loading. */
 carseg_precision cli_precision(const char *v);
 #define CLI_PRECISION_HELP                                                                      \
-    "  --precision P        image tower products: fp32 (default), bf16x3 (near fp32) or bf16\n" \
-    "                       (fastest); the bf16 modes need Intel AMX (see README)\n"
+    "  --precision P        image tower products: fp32 (default, the reference's arithmetic),\n" \
+    "                       bf16x3 (near fp32, ~3x faster), bf16 (fastest) or auto (bf16x3\n"  \
+    "                       where the CPU has Intel AMX, else fp32); bf16x3/bf16 fail\n"      \
+    "                       without AMX (see README)\n"
 
 #endif

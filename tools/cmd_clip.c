@@ -107,7 +107,7 @@ static int parse_blocks(const char *v, int *nb) {
 static void embed_usage(FILE *f) {
     fprintf(f,
             "usage: carseg embed --model M [--vocab F] [--text T]... [--image I]... [--blocks N]\n"
-            "                    [--normalize] [--precision fp32|bf16x3|bf16]\n\n"
+            "                    [--normalize] [--precision fp32|bf16x3|bf16|auto]\n\n"
             "Prints CLIP features as JSON: {\"text\": [[...]], \"image\": [[...]]}, one row per\n"
             "--text / --image in the order given, unnormalised (OpenAI encode_text / encode_image).\n"
             "Images go through CLIP's standard preprocessing (bicubic resize of the shorter side,\n"
@@ -176,7 +176,7 @@ static void classify_usage(FILE *f) {
     fprintf(f,
             "usage: carseg classify --model M IMAGE (--classes a,b,c | --class NAME...)\n"
             "                       [--template T]... [--vocab F] [--blocks N] [--top K] [--json]\n"
-            "                       [--precision fp32|bf16x3|bf16]\n\n"
+            "                       [--precision fp32|bf16x3|bf16|auto]\n\n"
             "Zero-shot classification, the standard CLIP recipe: per class, the mean of the\n"
             "L2-normalised text features over the templates, renormalised; probabilities =\n"
             "softmax(logit_scale * cos(image, class)). Prints the classes ranked, one\n"

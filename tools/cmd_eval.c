@@ -510,7 +510,7 @@ static void usage(FILE *f) {
         "  --fresh               ignore an existing journal in --out (start over)\n"
         "  --fsync               fsync the journal after every sample (power-loss safe)\n"
         "  --quiet               no progress on stderr\n"
-        "  --preset P, --generator M, --classifier M, --vocab F, --precision fp32|bf16x3|bf16: the\n"
+        "  --preset P, --generator M, --classifier M, --vocab F, --precision fp32|bf16x3|bf16|auto: the\n"
         "                        method's settings (used when the built-in CaR predictor runs; not\n"
         "                        needed with --predictions); --precision: see carseg segment --help\n\n"
         "The journal (DIR/journal.jsonl) records every finished sample; rerunning the same command\n"

@@ -216,7 +216,7 @@ static carseg_status write_overlay(const char *path, const image_u8 *im, const u
 static carseg_status write_json(const char *path, const char *image, int w, int h,
                                 const char *const *names, int nc, const float *scores,
                                 const uint16_t *lab, int rounds, const car_stats *st, double ms_total,
-                                int refer) {
+                                int refer, const char *precision) {
     size_t n = (size_t)w * h;
     long *cnt = calloc((size_t)nc + 1, sizeof(long));
     int *bb = malloc(sizeof(int) * 4 * ((size_t)nc + 1));
@@ -237,8 +237,8 @@ static carseg_status write_json(const char *path, const char *image, int w, int 
     FILE *f = af.f;
     fputs("{\n  \"image\": ", f);
     json_write_str(f, image);
-    fprintf(f, ",\n  \"width\": %d,\n  \"height\": %d,\n  \"mode\": \"%s\",\n  \"classes\": [", w, h,
-            refer ? "refer" : "semantic");
+    fprintf(f, ",\n  \"width\": %d,\n  \"height\": %d,\n  \"mode\": \"%s\",\n  \"precision\": \"%s\",\n"
+               "  \"classes\": [", w, h, refer ? "refer" : "semantic", precision);
     int first = 1;
     for (int k = 1; k <= nc; k++) {
         if (!cnt[k] && !(scores[k - 1] > 0)) continue;
@@ -487,7 +487,8 @@ static int cmd_segment(int argc, char **argv) {
         {
             float rs = fscore;
             st = write_json(path, images.v[ii], im.w, im.h, names, nc, is_refer ? &rs : scores, lab,
-                            cs.rounds_total, &cs, now_ms() - t0, is_refer);
+                            cs.rounds_total, &cs, now_ms() - t0, is_refer,
+                            carseg_precision_name(carseg_clip_get_precision(cls)));
         }
         if (st != CARSEG_OK) goto img_fail;
         fprintf(stdout, "%s\n", path);
