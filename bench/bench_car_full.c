@@ -6,7 +6,7 @@
  * count, GFLOP/s (wall and per CPU-second), peak RSS against the weights' size, load average.
  *
  * usage: bench_car_full [threads (0 = OpenMP default)] [theta]
- * BENCH_PRECISION=fp32|bf16x3|bf16 (environment): the towers' precision mode (AMX modes need an AMX
+ * BENCH_PRECISION=fp32|bf16x3|bf16|auto (environment): the towers' precision mode (AMX modes need an AMX
  * CPU; the packing time is reported apart and not counted in the stages).
  * theta: random weights give near-uniform classifier probabilities (about 1/n per query), so the
  * voc preset's 0.6 would drop all but the argmax fallback; the default picks a threshold under
@@ -115,11 +115,13 @@ int main(int argc, char **argv) {
     if (getenv("BENCH_PRECISION")) {
         double tp = now_ms();
         if (carseg_precision_parse(getenv("BENCH_PRECISION"), &prec) != CARSEG_OK ||
-            clip_set_precision(gen, prec) != CARSEG_OK || clip_set_precision(cls, prec) != CARSEG_OK) {
+            carseg_clip_set_precision(gen, prec) != CARSEG_OK ||
+            carseg_clip_set_precision(cls, prec) != CARSEG_OK) {
             fprintf(stderr, "bench_car_full: %s\n", carseg_last_error());
             return 1;
         }
         ms_pack = now_ms() - tp;
+        prec = carseg_clip_get_precision(cls);   /* auto: the mode taken */
     }
     double wbytes = 4 * (n_params(&gen->cfg) + n_params(&cls->cfg));
     double rss_models = maxrss_mb();
