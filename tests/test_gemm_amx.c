@@ -750,13 +750,14 @@ TEST(amx_cli_precision) {
 }
 
 /* The blocking paths of gemm_linear at real sizes, against float32 OpenBLAS: outer k chunks
- * (257 rows, IC 2048) and row groups (769 rows x 3072 outputs: the partial sums would not fit),
- * with the residual and GELU epilogues; bound 2^-15 sum|x w| (+ float32 rounding). */
+ * (257 rows, IC 2048), row groups (769 rows x 3072 outputs: the partial sums would not fit) and
+ * all of A at once (257 rows, IC 1024: 1.09 MB), with the residual and GELU epilogues; bound
+ * 2^-15 sum|x w| (+ float32 rounding). */
 TEST(amx_blocking_paths) {
     NEED_AMX();
-    const shape sh[] = {{257, 2048, 64}, {769, 768, 3072}};
+    const shape sh[] = {{257, 2048, 64}, {769, 768, 3072}, {257, 1024, 96}};
     unsigned s = 33;
-    for (int si = 0; si < 2; si++) {
+    for (int si = 0; si < 3; si++) {
         int N = sh[si].N, IC = sh[si].IC, OC = sh[si].OC;
         float *x = malloc(sizeof(float) * N * IC), *w = malloc(sizeof(float) * OC * IC);
         float *ax = malloc(sizeof(float) * N * IC), *aw = malloc(sizeof(float) * OC * IC);
@@ -766,7 +767,7 @@ TEST(amx_blocking_paths) {
         for (int i = 0; i < OC * IC; i++) w[i] = 0.05f * test_randf(&s), aw[i] = fabsf(w[i]);
         for (int i = 0; i < OC; i++) b[i] = test_randf(&s);
         for (int i = 0; i < N * OC; i++) got[i] = ref[i] = test_randf(&s);
-        int flags = si == 0 ? NN_ACCUMULATE : NN_GELU;
+        int flags = si != 1 ? NN_ACCUMULATE : NN_GELU;
         nn_linear_ex(ref, x, w, b, N, IC, OC, flags);
         nn_linear(mag, ax, aw, NULL, N, IC, OC);
         gemm_pack p;
