@@ -655,7 +655,7 @@ static void lin_plan_make(lin_plan *pl, int N, const packs2 *w, int nt) {
      * chunks of KO over all rows (A: <= 768 KB per chunk; the 32 x 32 partial sums of every row
      * pair and column pair of the thread wait in acc between outer chunks, <= 4 MB), or, when acc
      * would be larger (many rows and columns), the rows go in groups of rg row pairs over all
-     * k-steps (A: <= 1.5 MB per group). When all of A takes <= 1.25 MB (ViT-L/14's 257 rows at
+     * k-steps (A: <= 768 KB per group; with 1.5 MB groups 20 ViT-L/14 images took 2-7 % longer). When all of A takes <= 1.25 MB (ViT-L/14's 257 rows at
      * IC 1024: 1.09 MB), one outer chunk: no partial sums wait in memory between chunks (ViT-L/14
      * 224 bf16x3: 7 % faster per forward than chunks of <= 768 KB). Sizes tuned on Sapphire
      * Rapids-class cores (2 MB L2). */
@@ -668,7 +668,7 @@ static void lin_plan_make(lin_plan *pl, int N, const packs2 *w, int nt) {
     int nko = (ks + KO - 1) / KO, rg = rp;
     if (nko > 1 && (size_t)((ncp + nt - 1) / nt) * rp * 4096 > ((size_t)4 << 20)) {
         KO = ks, nko = 1;
-        rg = (int)(l2 / ((size_t)32 * 64 * planes * ks));
+        rg = (int)(l2 / 2 / ((size_t)32 * 64 * planes * ks));
         rg = rg < 1 ? 1 : rg > rp ? rp : rg;
     }
     /* work: the packed activations, then the partial sums: (column pairs, rp, 32, 32) with outer
