@@ -655,10 +655,11 @@ static void lin_plan_make(lin_plan *pl, int N, const packs2 *w, int nt) {
      * chunks of KO over all rows (A: <= 768 KB per chunk; the 32 x 32 partial sums of every row
      * pair and column pair of the thread wait in acc between outer chunks, <= 4 MB), or, when acc
      * would be larger (many rows and columns), the rows go in groups of rg row pairs over all
-     * k-steps (A: <= 768 KB per group; with 1.5 MB groups 20 ViT-L/14 images took 2-7 % longer). When all of A takes <= 1.25 MB (ViT-L/14's 257 rows at
-     * IC 1024: 1.09 MB), one outer chunk: no partial sums wait in memory between chunks (ViT-L/14
-     * 224 bf16x3: 7 % faster per forward than chunks of <= 768 KB). Sizes tuned on Sapphire
-     * Rapids-class cores (2 MB L2). */
+     * k-steps (A: <= 768 KB per group; with 1.5 MB groups a batch of 20 ViT-L/14 images took
+     * 2-7 % longer). When all of A takes <= 1.25 MB (ViT-L/14's 257 rows at IC 1024: 1.09 MB),
+     * one outer chunk: no partial sums wait in memory between chunks (ViT-L/14 224 bf16x3: 7 %
+     * faster per forward than chunks of <= 768 KB). Sizes tuned on Sapphire Rapids-class cores
+     * (2 MB L2). */
     int ncp = (w->nb + 1) / 2, rp = (rb + 1) / 2;   /* column pairs, row pairs */
     int planes = x3 ? 2 : 1, kc = x3 ? 4 : 8;
     size_t l2 = (size_t)3 << 19, st = (size_t)ks * 512;   /* 1.5 MB */
