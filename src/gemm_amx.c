@@ -626,6 +626,11 @@ typedef struct {
     int nb, OC, IC, ks, mode;
 } packs2;
 
+/* a, or a and b side by side (b may be NULL) */
+static packs2 packs_of(const gemm_pack *a, const gemm_pack *b) {
+    return (packs2){a, b, a->nb + (b ? b->nb : 0), a->OC + (b ? b->OC : 0), a->IC, a->ks, a->mode};
+}
+
 static const uint16_t *pk_plane(const packs2 *w, int j, int lo, size_t st) {
     const gemm_pack *p = w->a;
     if (j >= w->a->nb) p = w->b, j -= w->a->nb;
@@ -685,9 +690,6 @@ static void lin_bind(lin_plan *pl, gemm_work *work) {
     pl->acc_all = (float *)((char *)work->p + pl->abytes);
 }
 
-/* The product, run by every thread of a team of pl->nt threads (or by one thread outside a
- * parallel region when pl->nt == 1): the split of x (the rows shared out, then a barrier), then
- * the products. Ends without a barrier. */
 /* The barrier between two steps of a parallel region: gemm_block's cs_barrier (bounded spin,
  * then futex) when bar is given, else OpenMP's. */
 static void step_barrier(cs_barrier *bar) {
@@ -698,6 +700,9 @@ static void step_barrier(cs_barrier *bar) {
 #pragma omp barrier
 }
 
+/* The product, run by every thread of a team of pl->nt threads (or by one thread outside a
+ * parallel region when pl->nt == 1): the split of x (the rows shared out, then step_barrier),
+ * then the products. Ends without a barrier. */
 static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int N,
                     const packs2 *w, const float *b, int flags, const ln_pre *ln, cs_barrier *bar) {
     int ks = pl->ks, rb = pl->rb, x3 = pl->x3, ncp = pl->ncp, rp = pl->rp, kc = pl->kc;
@@ -705,85 +710,83 @@ static void lin_run(const lin_plan *pl, float *out, int ldo, const float *x, int
     size_t st = pl->st;
     uint16_t *ah = pl->ah, *al = pl->al;
     float *acc_all = pl->acc_all;
-    {
-        int t = 0, T = 1;
+    int t = 0, T = 1;
 #ifdef _OPENMP
-        t = omp_get_thread_num(), T = omp_get_num_threads();
+    t = omp_get_thread_num(), T = omp_get_num_threads();
 #endif
-        CS_ASSERT(T == pl->nt);
-        /* the row blocks of the split in contiguous ranges (as schedule(static)), then a barrier */
-        for (int i = (int)((long)rb * t / T); i < (int)((long)rb * (t + 1) / T); i++) {
-            if (ln) {   /* rows 16 i..: nn_layernorm row by row, so the same bits as one call */
-                size_t o = (size_t)16 * i * w->IC;
-                nn_layernorm(ln->out + o, x + o, ln->w, ln->b, N - 16 * i < 16 ? N - 16 * i : 16,
-                             w->IC);
-                split_rows(ln->out, N, w->IC, i, ah, al);
-            } else {
-                split_rows(x, N, w->IC, i, ah, al);
-            }
+    CS_ASSERT(T == pl->nt);
+    /* the row blocks of the split in contiguous ranges (as schedule(static)), then a barrier */
+    for (int i = (int)((long)rb * t / T); i < (int)((long)rb * (t + 1) / T); i++) {
+        if (ln) {   /* rows 16 i..: nn_layernorm row by row, so the same bits as one call */
+            size_t o = (size_t)16 * i * w->IC;
+            nn_layernorm(ln->out + o, x + o, ln->w, ln->b, N - 16 * i < 16 ? N - 16 * i : 16,
+                         w->IC);
+            split_rows(ln->out, N, w->IC, i, ah, al);
+        } else {
+            split_rows(x, N, w->IC, i, ah, al);
         }
-        step_barrier(bar);
-        int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
-        float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
-        if (cp1 > cp0) tiles_begin();
-        for (int p0 = 0; cp1 > cp0 && p0 < rp; p0 += rg) {
-            int p1 = p0 + rg < rp ? p0 + rg : rp;
-            /* A column pair's epilogue (out (+)= sums, + bias, GELU) runs interleaved with the
-             * next column pair's first products: its loads and stores of out (strided rows,
-             * cache misses) then overlap with the tile unit's work. */
-            int pend = -1;
-            const float *pend_ac = NULL;
-            for (int ko = 0; ko < nko; ko++) {
-                int s1 = (ko + 1) * KO < ks ? (ko + 1) * KO : ks;
-                for (int cp = cp0; cp < cp1; cp++) {
-                    int j = 2 * cp, nr = j + 1 < w->nb ? 2 : 1;
-                    /* ac[p - p0]: the sums of row pair p (double-buffered without outer k
-                     * chunks, for the pending epilogue) */
-                    float *ac = acc + (nko > 1 ? (size_t)(cp - cp0) * rp * 1024
-                                               : (size_t)((cp - cp0) & 1) * rg * 1024);
-                    const uint16_t *bh = pk_plane(w, j, 0, st);
-                    const uint16_t *bl = x3 ? pk_plane(w, j, 1, st) : NULL;
-                    /* software prefetch of the next column pair's B tiles (this k range, hi then
-                     * lo: 2 contiguous runs) spread over this pair's kernel calls: the weights
-                     * come from DRAM once per forward */
-                    const char *pf = NULL;
-                    int pfn = 0, pf_per = 0;
-                    if (cp + 1 < cp1) {
-                        pf = (const char *)(pk_plane(w, j + 2, 0, st) + (size_t)ko * KO * 512);
-                        pfn = (int)(((size_t)(s1 - ko * KO) * 1024 * (j + 3 < w->nb ? 2 : 1)) / 64);
-                        int calls = ((s1 - ko * KO + kc - 1) / kc) * (p1 - p0);
-                        pf_per = (pfn + calls - 1) / calls;
-                    }
-                    for (int s0 = ko * KO; s0 < s1; s0 += kc) {
-                        int n = s1 - s0 < kc ? s1 - s0 : kc;
-                        size_t kof = (size_t)s0 * 512;
-                        for (int p = p0; p < p1; p++) {
-                            int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
-                            const uint16_t *a_h = ah + (size_t)i * st + kof;
-                            const uint16_t *a_l = x3 ? al + (size_t)i * st + kof : NULL;
-                            g_kernels[mr - 1][nr - 1][x3](n, st, a_h, a_l, bh + kof,
-                                                          x3 ? bl + kof : NULL,
-                                                          ac + (size_t)(p - p0) * 1024, 32, s0 > 0);
-                            if (pfn > 0) {   /* the next column pair's B tiles, into L2 */
-                                int q = pfn < pf_per ? pfn : pf_per;
-                                for (int z = 0; z < q; z++)
-                                    _mm_prefetch(pf + (size_t)z * 64, _MM_HINT_T1);
-                                pf += (size_t)q * 64, pfn -= q;
-                            }
-                            if (pend >= 0 && s0 == ko * KO)
-                                epilogue(out, ldo, N, w->OC, pend, p, pend_ac + (size_t)(p - p0) * 1024,
-                                         b, flags);
-                        }
-                    }
-                    pend = -1;
-                    if (ko == nko - 1) pend = cp, pend_ac = ac;
-                }
-            }
-            for (int p = p0; pend >= 0 && p < p1; p++)
-                epilogue(out, ldo, N, w->OC, pend, p, pend_ac + (size_t)(p - p0) * 1024, b, flags);
-        }
-        if (cp1 > cp0) tiles_end();
     }
+    step_barrier(bar);
+    int cp0 = (int)((long)ncp * t / T), cp1 = (int)((long)ncp * (t + 1) / T);
+    float *acc = acc_all + (size_t)(nko > 1 ? cp0 * rp : 2 * t * rg) * 1024;
+    if (cp1 > cp0) tiles_begin();
+    for (int p0 = 0; cp1 > cp0 && p0 < rp; p0 += rg) {
+        int p1 = p0 + rg < rp ? p0 + rg : rp;
+        /* A column pair's epilogue (out (+)= sums, + bias, GELU) runs interleaved with the
+         * next column pair's first products: its loads and stores of out (strided rows,
+         * cache misses) then overlap with the tile unit's work. */
+        int pend = -1;
+        const float *pend_ac = NULL;
+        for (int ko = 0; ko < nko; ko++) {
+            int s1 = (ko + 1) * KO < ks ? (ko + 1) * KO : ks;
+            for (int cp = cp0; cp < cp1; cp++) {
+                int j = 2 * cp, nr = j + 1 < w->nb ? 2 : 1;
+                /* ac[p - p0]: the sums of row pair p (double-buffered without outer k
+                 * chunks, for the pending epilogue) */
+                float *ac = acc + (nko > 1 ? (size_t)(cp - cp0) * rp * 1024
+                                           : (size_t)((cp - cp0) & 1) * rg * 1024);
+                const uint16_t *bh = pk_plane(w, j, 0, st);
+                const uint16_t *bl = x3 ? pk_plane(w, j, 1, st) : NULL;
+                /* software prefetch of the next column pair's B tiles (this k range, hi then
+                 * lo: 2 contiguous runs) spread over this pair's kernel calls: the weights
+                 * come from DRAM once per forward */
+                const char *pf = NULL;
+                int pfn = 0, pf_per = 0;
+                if (cp + 1 < cp1) {
+                    pf = (const char *)(pk_plane(w, j + 2, 0, st) + (size_t)ko * KO * 512);
+                    pfn = (int)(((size_t)(s1 - ko * KO) * 1024 * (j + 3 < w->nb ? 2 : 1)) / 64);
+                    int calls = ((s1 - ko * KO + kc - 1) / kc) * (p1 - p0);
+                    pf_per = (pfn + calls - 1) / calls;
+                }
+                for (int s0 = ko * KO; s0 < s1; s0 += kc) {
+                    int n = s1 - s0 < kc ? s1 - s0 : kc;
+                    size_t kof = (size_t)s0 * 512;
+                    for (int p = p0; p < p1; p++) {
+                        int i = 2 * p, mr = i + 1 < rb ? 2 : 1;
+                        const uint16_t *a_h = ah + (size_t)i * st + kof;
+                        const uint16_t *a_l = x3 ? al + (size_t)i * st + kof : NULL;
+                        g_kernels[mr - 1][nr - 1][x3](n, st, a_h, a_l, bh + kof,
+                                                      x3 ? bl + kof : NULL,
+                                                      ac + (size_t)(p - p0) * 1024, 32, s0 > 0);
+                        if (pfn > 0) {   /* the next column pair's B tiles, into L2 */
+                            int q = pfn < pf_per ? pfn : pf_per;
+                            for (int z = 0; z < q; z++)
+                                _mm_prefetch(pf + (size_t)z * 64, _MM_HINT_T1);
+                            pf += (size_t)q * 64, pfn -= q;
+                        }
+                        if (pend >= 0 && s0 == ko * KO)
+                            epilogue(out, ldo, N, w->OC, pend, p, pend_ac + (size_t)(p - p0) * 1024,
+                                     b, flags);
+                    }
+                }
+                pend = -1;
+                if (ko == nko - 1) pend = cp, pend_ac = ac;
+            }
+        }
+        for (int p = p0; pend >= 0 && p < p1; p++)
+            epilogue(out, ldo, N, w->OC, pend, p, pend_ac + (size_t)(p - p0) * 1024, b, flags);
+    }
+    if (cp1 > cp0) tiles_end();
 }
 
 static void linear_packs(float *out, int ldo, const float *x, int N, const packs2 *w,
@@ -809,11 +812,9 @@ static void linear_packs(float *out, int ldo, const float *x, int N, const packs
     gemm_work_free(&local);
 }
 
-
-
 void gemm_linear(float *out, int ldo, const float *x, int N, const gemm_pack *w, const float *b,
                  int flags, gemm_work *work) {
-    packs2 p = {w, NULL, w->nb, w->OC, w->IC, w->ks, w->mode};
+    packs2 p = packs_of(w, NULL);
     linear_packs(out, ldo, x, N, &p, b, flags, work, NULL);
 }
 
@@ -821,8 +822,7 @@ void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_
                     const float *ln_b, float *ln_out, const gemm_pack *w1, const gemm_pack *w2,
                     const float *b, int flags, gemm_work *work) {
     CS_ASSERT(!w2 || (w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode));
-    packs2 p = {w1, w2, w1->nb + (w2 ? w2->nb : 0), w1->OC + (w2 ? w2->OC : 0), w1->IC, w1->ks,
-                w1->mode};
+    packs2 p = packs_of(w1, w2);
     ln_pre ln = {ln_w, ln_b, ln_out};
     linear_packs(out, ldo, x, N, &p, b, flags, work, &ln);
 }
@@ -830,7 +830,7 @@ void gemm_linear_ln(float *out, int ldo, const float *x, int N, const float *ln_
 void gemm_linear2(float *out, int ldo, const float *x, int N, const gemm_pack *w1,
                   const gemm_pack *w2, const float *b, int flags, gemm_work *work) {
     CS_ASSERT(w1->OC % 32 == 0 && w1->IC == w2->IC && w1->mode == w2->mode);
-    packs2 p = {w1, w2, w1->nb + w2->nb, w1->OC + w2->OC, w1->IC, w1->ks, w1->mode};
+    packs2 p = packs_of(w1, w2);
     linear_packs(out, ldo, x, N, &p, b, flags, work, NULL);
 }
 
@@ -893,15 +893,22 @@ static void tiles_product(float *c, int ldo, int N, int OC, int ks, const uint16
     }
 }
 
-/* per-thread scratch bytes of the attention: q scaled (L, hd), its A tiles, K's B tiles, V's B
- * tiles, the A tiles of one block of 32 rows of P, cb, that block of P (32, L) */
-static size_t attn_per_thread(int L, int hd, int x3) {
+/* per-thread scratch of the attention (bytes): q scaled (L, hd), its A tiles, K's B tiles, V's
+ * B tiles, the A tiles of one block of 32 rows of P (each of those per plane), cb, that block of
+ * P (32, L) */
+typedef struct {
+    size_t nq, nqa, nk, npa, nv, planes, per;
+} attn_sizes;
+
+static attn_sizes attn_sizes_of(int L, int hd, int x3) {
     int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
-    size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
-    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)2 * ksp * 1024;
-    size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
+    attn_sizes z;
+    z.nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
+    z.nqa = (size_t)rb * ksq * 1024, z.nk = z.nqa, z.npa = (size_t)2 * ksp * 1024;
+    z.nv = (size_t)(hd / 16) * ksp * 1024, z.planes = x3 ? 2 : 1;
     size_t ns = ((size_t)32 * L * 4 + 63) & ~(size_t)63;
-    return nq + planes * (nqa + nk + npa + nv) + 4096 + ns;
+    z.per = z.nq + z.planes * (z.nqa + z.nk + z.npa + z.nv) + 4096 + ns;
+    return z;
 }
 
 static int attn_accepts(int B, int L, int C, int NH, int mode) {
@@ -911,61 +918,58 @@ static int attn_accepts(int B, int L, int C, int NH, int mode) {
 }
 
 /* The attention, run by every thread of the current team (heads shared out dynamically, then
- * step_barrier(bar)); mem: attn_per_thread bytes per thread of the team */
+ * step_barrier(bar)); mem: attn_sizes_of(...).per bytes per thread of the team */
 static void attn_run(char *mem, float *out, float *probs, const float *qkv, int B, int L, int C,
                      int NH, int x3, cs_barrier *bar) {
     int hd = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hd);
     int rb = (L + 15) / 16, ksq = (hd + 31) / 32, ksp = (L + 31) / 32;
-    size_t nq = ((size_t)L * hd * 4 + 63) & ~(size_t)63;
-    size_t nqa = (size_t)rb * ksq * 1024, nk = nqa, npa = (size_t)2 * ksp * 1024;
-    size_t nv = (size_t)(hd / 16) * ksp * 1024, planes = x3 ? 2 : 1;
-    size_t per = attn_per_thread(L, hd, x3);
-    {
-        int t = 0;
+    const attn_sizes z = attn_sizes_of(L, hd, x3);
+    const size_t nq = z.nq, nqa = z.nqa, nk = z.nk, npa = z.npa, nv = z.nv, planes = z.planes;
+    const size_t per = z.per;
+    int t = 0;
 #ifdef _OPENMP
-        t = omp_get_thread_num();
+    t = omp_get_thread_num();
 #endif
-        char *m = mem + per * t;
-        float *qs = (float *)m;
-        uint16_t *qh = (uint16_t *)(m + nq), *ql = x3 ? qh + nqa / 2 : NULL;
-        uint16_t *kh = qh + planes * nqa / 2, *kl = x3 ? kh + nk / 2 : NULL;
-        uint16_t *ph = kh + planes * nk / 2, *pl = x3 ? ph + npa / 2 : NULL;
-        uint16_t *vh = ph + planes * npa / 2, *vl = x3 ? vh + nv / 2 : NULL;
-        float *cb = (float *)(vh + planes * nv / 2), *Pr = cb + 1024;   /* Pr: (32, L) */
-        size_t sq = (size_t)2 * ksq * 512;   /* a row pair of q's A tiles */
-        tiles_begin();
+    char *m = mem + per * t;
+    float *qs = (float *)m;
+    uint16_t *qh = (uint16_t *)(m + nq), *ql = x3 ? qh + nqa / 2 : NULL;
+    uint16_t *kh = qh + planes * nqa / 2, *kl = x3 ? kh + nk / 2 : NULL;
+    uint16_t *ph = kh + planes * nk / 2, *pl = x3 ? ph + npa / 2 : NULL;
+    uint16_t *vh = ph + planes * npa / 2, *vl = x3 ? vh + nv / 2 : NULL;
+    float *cb = (float *)(vh + planes * nv / 2), *Pr = cb + 1024;   /* Pr: (32, L) */
+    size_t sq = (size_t)2 * ksq * 512;   /* a row pair of q's A tiles */
+    tiles_begin();
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int bh = 0; bh < B * NH; bh++) {
-            int b = bh / NH, h = bh % NH;
-            const float *q = qkv + (size_t)b * L * C3 + h * hd, *k = q + C, *v = q + 2 * C;
-            float *o = out + (size_t)b * L * C + h * hd;
-            for (int i = 0; i < L; i++)
-                for (int c = 0; c < hd; c++) qs[(size_t)i * hd + c] = q[(size_t)i * C3 + c] * scale;
-            for (int i = 0; i < rb; i++) split_rows(qs, L, hd, i, qh, ql);
-            for (int j = 0; j < rb; j++) pack_block_vec(kh, kl, k, (size_t)C3, L, hd, j, ksq);
-            pack_v(vh, vl, v, (size_t)C3, L, hd, ksp);
-            /* per block of 32 query rows, while its rows of P are in cache: S = q k^T / sqrt(hd),
-             * softmax, P's A tiles, out = P v */
-            for (int p = 0; 32 * p < L; p++) {
-                int r0 = 32 * p, n = L - r0 < 32 ? L - r0 : 32;
-                tiles_product(Pr, L, n, L, ksq, qh + p * sq, x3 ? ql + p * sq : NULL, kh, kl, x3, cb);
-                nn_softmax_rows(Pr, n, L);
-                if (probs) memcpy(probs + ((size_t)bh * L + r0) * L, Pr, sizeof(float) * n * L);
-                for (int i = 0; 16 * i < n; i++) split_rows(Pr, n, L, i, ph, pl);
-                tiles_product(o + (size_t)r0 * C, C, n, hd, ksp, ph, pl, vh, vl, x3, cb);
-            }
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const float *q = qkv + (size_t)b * L * C3 + h * hd, *k = q + C, *v = q + 2 * C;
+        float *o = out + (size_t)b * L * C + h * hd;
+        for (int i = 0; i < L; i++)
+            for (int c = 0; c < hd; c++) qs[(size_t)i * hd + c] = q[(size_t)i * C3 + c] * scale;
+        for (int i = 0; i < rb; i++) split_rows(qs, L, hd, i, qh, ql);
+        for (int j = 0; j < rb; j++) pack_block_vec(kh, kl, k, (size_t)C3, L, hd, j, ksq);
+        pack_v(vh, vl, v, (size_t)C3, L, hd, ksp);
+        /* per block of 32 query rows, while its rows of P are in cache: S = q k^T / sqrt(hd),
+         * softmax, P's A tiles, out = P v */
+        for (int p = 0; 32 * p < L; p++) {
+            int r0 = 32 * p, n = L - r0 < 32 ? L - r0 : 32;
+            tiles_product(Pr, L, n, L, ksq, qh + p * sq, x3 ? ql + p * sq : NULL, kh, kl, x3, cb);
+            nn_softmax_rows(Pr, n, L);
+            if (probs) memcpy(probs + ((size_t)bh * L + r0) * L, Pr, sizeof(float) * n * L);
+            for (int i = 0; 16 * i < n; i++) split_rows(Pr, n, L, i, ph, pl);
+            tiles_product(o + (size_t)r0 * C, C, n, hd, ksp, ph, pl, vh, vl, x3, cb);
         }
-        tiles_end();
-        step_barrier(bar);
     }
+    tiles_end();
+    step_barrier(bar);
 }
 
 int gemm_attention(float *out, float *probs, float *avg, const float *qkv, int B, int L, int C,
                    int NH, int mode) {
     if (!attn_accepts(B, L, C, NH, mode) || (avg && !probs)) return 0;
     int hd = C / NH, x3 = mode == GEMM_BF16X3;
-    size_t per = attn_per_thread(L, hd, x3);
+    size_t per = attn_sizes_of(L, hd, x3).per;
     int nt = threads_for(4.0 * B * NH * L * L * hd);
     if (nt > B * NH) nt = B * NH;
     char *mem = cs_malloc(per * nt);
@@ -986,10 +990,8 @@ int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, i
     int mode = pk[0].mode, N = B * L;
     if (C % 32 || !attn_accepts(B, L, C, NH, mode)) return 0;
     int x3 = mode == GEMM_BF16X3;
-    packs2 wq = {&pk[0], &pk[1], pk[0].nb + pk[1].nb, pk[0].OC + pk[1].OC, C, pk[0].ks, mode};
-    packs2 wo = {&pk[2], NULL, pk[2].nb, pk[2].OC, pk[2].IC, pk[2].ks, mode};
-    packs2 wf = {&pk[3], NULL, pk[3].nb, pk[3].OC, pk[3].IC, pk[3].ks, mode};
-    packs2 wp = {&pk[4], NULL, pk[4].nb, pk[4].OC, pk[4].IC, pk[4].ks, mode};
+    packs2 wq = packs_of(&pk[0], &pk[1]), wo = packs_of(&pk[2], NULL);
+    packs2 wf = packs_of(&pk[3], NULL), wp = packs_of(&pk[4], NULL);
     double flops = 2.0 * N * C * (4.0 * C + 2.0 * M) * (x3 ? 3 : 1);
     int nt = threads_for(flops);
     lin_plan pq, po, pf, pp;
@@ -1001,7 +1003,7 @@ int gemm_block(float *x, float *ln, float *qkv, float *att, float *hid, int B, i
     need = pp.bytes > need ? pp.bytes : need;
     if (!work_reserve(work, need)) return 0;
     lin_bind(&pq, work), lin_bind(&po, work), lin_bind(&pf, work), lin_bind(&pp, work);
-    char *mem = cs_malloc(attn_per_thread(L, C / NH, x3) * nt);
+    char *mem = cs_malloc(attn_sizes_of(L, C / NH, x3).per * nt);
     if (!mem) return 0;
     ln_pre ln1 = {bw->ln1_w, bw->ln1_b, ln}, ln2 = {bw->ln2_w, bw->ln2_b, ln};
     /* each step reads what the previous one wrote: a barrier between them (lin_run has one
