@@ -366,6 +366,23 @@ void carseg_mask_iou(const uint8_t *pred, const uint8_t *gt, size_t n_px, uint64
                      uint64_t *uni);
 
 
+
+// --- COCO RLE (src/rle.c; label helper, issue #15) -------------------------------------------
+/* COCO compressed run-length encoding of a binary mask, byte-identical to pycocotools
+ * (mask.encode / mask.decode on a Fortran-order uint8 array): runs are counted column by
+ * column starting with zeros, coded as deltas in 5-bit groups + 48. A 4x5 mask (h=4, w=5) with
+ * rows 1-2, columns 1-3 set encodes as "5220003".
+ *
+ * carseg_rle_encode: mask is row-major h*w bytes (nonzero = in); *rle_out is a malloc'd
+ *   NUL-terminated string (free with free()). CARSEG_EINVAL when h*w is negative or >= 2^32.
+ * carseg_rle_decode: rle is untrusted text; mask receives h*w bytes of 0/1, row-major.
+ *   CARSEG_EFORMAT (message says why) when rle is malformed or its runs do not cover h*w exactly;
+ *   optional area / bbox [x, y, w, h] out (as pycocotools' area / toBbox), NULL to skip. */
+carseg_status carseg_rle_encode(const uint8_t *mask, int h, int w, char **rle_out);
+carseg_status carseg_rle_decode(const char *rle, int h, int w, uint8_t *mask, uint64_t *area,
+                                double bbox[4]);
+// --- end COCO RLE ------------------------------------------------------------------------------
+
 #ifdef __cplusplus
 }
 #endif
