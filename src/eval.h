@@ -111,4 +111,18 @@ carseg_status journal_from_labels(journal_rec *r, const char *id, const uint16_t
 /* Adds a record into a confusion matrix (bounds-checked; returns nonzero if out of range). */
 int journal_add_to(const journal_rec *r, carseg_confusion *cm);
 
+/* The file side, for any line journal (eval's records above, segment's per-image records):
+ * line 1 is `header` (no '\n'); then one complete line per finished item. jlog_open reads an
+ * existing journal (unless fresh): a different header is an error naming the file (CARSEG_EINVAL);
+ * each complete line goes to fn (fn returns nonzero for a line it cannot parse: only a torn tail
+ * can be such a line, so reading stops there); what follows the last good line is cut off; the
+ * file is then opened for appending and locked (another process on the same journal: an error).
+ * A missing journal (or fresh) starts one with the header. *n_torn counts dropped tails. */
+typedef int (*jlog_line_fn)(void *user, const char *line, size_t len);
+carseg_status jlog_open(const char *path, const char *header, int fresh, jlog_line_fn fn,
+                        void *user, FILE **out, int *n_torn);
+/* Appends one line (must end in '\n') and flushes it (fdatasync too when sync is set): once this
+ * returns, a kill loses nothing. */
+carseg_status jlog_append(FILE *f, const char *line, int sync);
+
 #endif

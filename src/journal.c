@@ -6,10 +6,15 @@
  *
  * A line counts only when it is complete (ends in '\n') and parses; a torn last line (a kill in
  * the middle of a write) is dropped by the reader and cut off by the writer before appending.
+ * jlog_open / jlog_append (end of file) are that file side for any line journal: `carseg eval`'s
+ * records and `carseg segment`'s per-image records (tools/label_run.c).
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "eval.h"
 
@@ -147,4 +152,71 @@ out:
     json_free(j);
     if (bad) journal_rec_free(r);
     return bad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the file side: header, complete lines, torn tail cut off, append + flush, one writer (flock)
+
+carseg_status jlog_open(const char *path, const char *header, int fresh, jlog_line_fn fn,
+                        void *user, FILE **out, int *n_torn) {
+    *out = NULL;
+    if (n_torn) *n_torn = 0;
+    long good_end = -1;
+    if (!fresh && file_exists(path)) {
+        uint8_t *buf;
+        size_t len;
+        TRY(read_file(path, &buf, &len));
+        const char *p = (const char *)buf, *end = p + len;
+        size_t hl = strlen(header);
+        const char *nl = memchr(p, '\n', len);
+        if (nl && ((size_t)(nl - p) != hl || memcmp(p, header, hl) != 0)) {
+            carseg_status st = set_err(CARSEG_EINVAL, "%s: journal of a different run (header %.*s)",
+                                       path, (int)((nl - p) > 200 ? 200 : (nl - p)), p);
+            free(buf);
+            return st;
+        }
+        if (nl) {   /* (no complete header line: a kill while starting it; start again) */
+            p = nl + 1;
+            good_end = (long)(p - (const char *)buf);
+            while (p < end) {
+                nl = memchr(p, '\n', (size_t)(end - p));
+                if (!nl || fn(user, p, (size_t)(nl - p)) != 0) {
+                    if (n_torn) (*n_torn)++;
+                    break;
+                }
+                p = nl + 1;
+                good_end = (long)(p - (const char *)buf);
+            }
+        }
+        free(buf);
+    }
+    if (good_end < 0) {   /* a new journal: the header line, atomically */
+        size_t hl = strlen(header);
+        char *h = malloc(hl + 2);
+        if (!h) return set_err(CARSEG_ENOMEM, "%s: journal header", path);
+        memcpy(h, header, hl);
+        h[hl] = '\n';
+        h[hl + 1] = 0;
+        carseg_status st = write_file_atomic(path, h, hl + 1);
+        free(h);
+        if (st) return st;
+    } else if (truncate(path, good_end) != 0) {
+        return set_err(CARSEG_EIO, "%s: cannot cut the torn journal tail: %s", path, strerror(errno));
+    }
+    FILE *f = fopen(path, "ab");
+    if (!f) return set_err(CARSEG_EIO, "%s: cannot open the journal: %s", path, strerror(errno));
+    if (flock(fileno(f), LOCK_EX | LOCK_NB) != 0) {
+        fclose(f);
+        return set_err(CARSEG_EIO, "%s: the journal is in use by another process", path);
+    }
+    *out = f;
+    return CARSEG_OK;
+}
+
+carseg_status jlog_append(FILE *f, const char *line, int sync) {
+    size_t l = strlen(line);
+    if (fwrite(line, 1, l, f) != l || fflush(f) != 0)
+        return set_err(CARSEG_EIO, "journal write failed: %s", strerror(errno));
+    if (sync) fdatasync(fileno(f));
+    return CARSEG_OK;
 }

@@ -1,7 +1,9 @@
 /* cmd_segment.c — `carseg segment`: CaR semantic / referring segmentation of images.
  * Writes NAME.png (label map), NAME.overlay.png (colour overlay + legend), NAME.json per image;
  * --dump DIR adds the per-round state (round<k>.json, round<k>_cams.npy, final_masks.npy,
- * labels.png). Progress goes to stderr; stdout only names the files written. */
+ * labels.png). Progress goes to stderr; stdout only names the files written.
+ * Inputs may be folders and @lists; the run is resumable and writes COCO / CVAT / mask outputs:
+ * that side lives in label.h (collect.c, label_run.c, outputs.c). */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include "clip.h"
 #include "font5x7.h"
 #include "image.h"
+#include "label.h"
 #include "models.h"
 #include "presets.h"
 #include "prompts.h"
@@ -21,9 +24,12 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-        "usage: carseg segment IMAGE... (--classes \"a,b,c\" | --classes-file F | --preset NAME |\n"
+        "usage: carseg segment INPUT... (--classes \"a,b,c\" | --classes-file F | --preset NAME |\n"
         "                                --refer \"phrase\" [--refer \"phrase\" ...]) [options]\n"
         "\n"
+        "  INPUT                an image file, a folder (every .jpg/.jpeg/.png below it, sorted) or\n"
+        "                       @LIST (a text file, one path per line); outputs keep each image's\n"
+        "                       path below its folder: OUT/sub/x.png\n"
         "  --classes LIST       class names, comma separated; use '|' as the separator when a\n"
         "                       name itself holds commas (\"person with clothes,people,human|dog\")\n"
         "  --classes-file F     one class name per line ('#' comments, blank lines ignored)\n"
@@ -39,7 +45,16 @@ static void usage(FILE *f) {
         "  --classifier M       mask classifier CLIP (default ViT-L/14; ViT-B/16 for refcoco,\n"
         "                       refcoco+, refcocog and --refer without a preset)\n"
         "  --vocab F            CLIP BPE vocabulary (default: bpe_simple_vocab_16e6 from the cache)\n"
-        "  --out DIR            output folder (default .)\n"
+        "  --out DIR            output folder (default .); holds the journal that makes a killed\n"
+        "                       run resume where it stopped (same command again)\n"
+        "  --format LIST        per-image outputs: png,overlay,json (default), masks (masks/NAME/\n"
+        "                       CLASS.png), cvat (cvat.zip: CVAT Segmentation Mask 1.1)\n"
+        "  --coco FILE          COCO instances JSON of the whole run (compressed RLE masks)\n"
+        "  --force              redo every image (a new journal)\n"
+        "  --fail-fast          stop at the first image that fails (default: report it, go on,\n"
+        "                       exit 1 at the end)\n"
+        "  --max-pixels N       refuse images larger than N pixels (default: the decoder's limit)\n"
+        "  --fsync              fsync the journal after every image (power-loss safe)\n"
         "  --dump DIR           per-round state: DIR[/NAME]/round<k>.json, round<k>_cams.npy, ...\n"
         "  --eta X              mask binarisation threshold of the visual prompt\n"
         "  --theta X            query filter threshold (keep P[i,i] > theta)\n"
@@ -55,7 +70,8 @@ static void usage(FILE *f) {
         "  --fix-quirks         all the bug fixes: q3,q4,q7,q8,q9,q17\n"
         "  --threads N          compute threads (default: all cores)\n"
         CLI_PRECISION_HELP
-        "  --quiet              no progress on stderr\n");
+        "  --quiet              no progress on stderr (failures are still reported)\n"
+        "See docs/labeling.md: labeling a folder, importing into CVAT and Label Studio.\n");
 }
 
 typedef struct {
@@ -118,15 +134,6 @@ static int sl_file(slist *l, const char *path) {
     return 0;
 }
 
-static const char *base_name(const char *path, char *buf, size_t n) {
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    snprintf(buf, n, "%s", b);
-    char *dot = strrchr(buf, '.');
-    if (dot && dot != buf) *dot = 0;
-    return buf;
-}
-
 // ---------------------------------------------------------------------------------------------
 // model resolution: an existing file is used as is; a known name ("ViT-B/16") comes from the
 // model cache (models.c), downloaded on first use unless CARSEG_OFFLINE is set
@@ -172,27 +179,17 @@ static void put_text(uint8_t *rgb, int w, int h, int x, int y, const char *s, co
     }
 }
 
-static void class_color(int label, const uint8_t *pal, uint8_t out[3]) {
-    if (label < 256) {
-        memcpy(out, pal + 3 * label, 3);
-    } else {   /* beyond the VOC palette: a hashed colour */
-        unsigned v = (unsigned)label * 2654435761u;
-        out[0] = (uint8_t)(v >> 8), out[1] = (uint8_t)(v >> 16), out[2] = (uint8_t)(v >> 24);
-    }
-}
-
 static carseg_status write_overlay(const char *path, const image_u8 *im, const uint16_t *lab,
                                    const char *const *names, const int *found, int nf) {
     int w = im->w, h = im->h;
     size_t n = (size_t)w * h;
-    uint8_t pal[768], c[3];
-    voc_palette(pal);
+    uint8_t c[3];
     uint8_t *o = malloc(n * 3);
     if (!o) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
     memcpy(o, im->px, n * 3);
     for (size_t i = 0; i < n; i++)
         if (lab[i]) {
-            class_color(lab[i], pal, c);
+            label_class_color(lab[i], c);
             for (int k = 0; k < 3; k++) o[3 * i + k] = (uint8_t)((o[3 * i + k] + c[k]) / 2);
         }
     int scale = w >= 640 ? 2 : 1, lh = 9 * scale, y = 2;
@@ -202,7 +199,7 @@ static carseg_status write_overlay(const char *path, const image_u8 *im, const u
         snprintf(label, sizeof label, "%.80s", names[found[k] - 1]);
         int tw = (int)strlen(label) * 6 * scale;
         put_rect(o, w, h, 0, y - 1, 2 + lh + 3 + tw + 2, y + lh - 1, black, 160);
-        class_color(found[k], pal, c);
+        label_class_color(found[k], c);
         put_rect(o, w, h, 2, y, 2 + lh - 2, y + lh - 2, c, 256);
         put_text(o, w, h, 2 + lh + 2, y, label, white, scale);
     }
@@ -265,6 +262,14 @@ static int cmd_segment(int argc, char **argv) {
     double eta = -1, theta = -2, lambda = -1;
     int templates = -1, no_crf = 0, fix = 0, quiet = 0, threads = 0, have_classes = 0, have_bg = 0;
     int rc = 1;
+    /* labeling image collections (label.h) */
+    const char *formats_s = NULL, *coco_path = NULL;
+    int force = 0, fail_fast = 0, fsync_each = 0;
+    double max_px = 0;
+    unsigned fmt = LABEL_FMT_DEFAULT;
+    label_inputs in = {0};
+    label_run *run = NULL;
+    char *config = NULL;
     carseg_precision prec = CARSEG_PRECISION_FP32;
     clip_model *gen = NULL, *cls = NULL;
     tokenizer *tok = NULL;
@@ -297,6 +302,12 @@ static int cmd_segment(int argc, char **argv) {
         else if (cli_flag(argv, i, "--fix-quirks")) fix = 1;
         else if ((v = cli_opt(argc, argv, &i, "--fix"))) fixes = v;
         else if (cli_flag(argv, i, "--quiet")) quiet = 1;
+        else if ((v = cli_opt(argc, argv, &i, "--format"))) formats_s = v;
+        else if ((v = cli_opt(argc, argv, &i, "--coco"))) coco_path = v;
+        else if ((v = cli_opt(argc, argv, &i, "--max-pixels"))) max_px = cli_num("--max-pixels", v);
+        else if (cli_flag(argv, i, "--force")) force = 1;
+        else if (cli_flag(argv, i, "--fail-fast")) fail_fast = 1;
+        else if (cli_flag(argv, i, "--fsync")) fsync_each = 1;
         else if (argv[i][0] == '-' && argv[i][1]) FAIL("unknown option %s (see carseg segment --help)", argv[i]);
         else if (sl_push(&images, argv[i], strlen(argv[i]))) FAIL("out of memory");
     }
@@ -320,17 +331,15 @@ static int cmd_segment(int argc, char **argv) {
     if (templates != -1 && templates != 0 && templates != 15) FAIL("--templates must be 15 or 0");
     unsigned vp_types = 0;
     if (prompts && vp_parse(prompts, &vp_types) != CARSEG_OK) { rc = cli_fail_status(CARSEG_EINVAL); goto out; }
-    for (int i = 0; i < images.n; i++)     /* outputs are named after the file: no collisions */
-        for (int j = 0; j < i; j++) {
-            char a[1024], b[1024];
-            if (!strcmp(base_name(images.v[i], a, sizeof a), base_name(images.v[j], b, sizeof b)))
-                FAIL("%s and %s would both write %s.png: rename one", images.v[j], images.v[i], a);
-        }
-    for (int i = 0; i < images.n; i++) {   /* every image must decode before anything is written */
-        image_u8 im;
-        if (image_load_rgb(images.v[i], &im) != CARSEG_OK) { rc = cli_fail_status(CARSEG_EIO); goto out; }
-        image_free(&im);
+    if (formats_s) {
+        char e[160];
+        if (label_formats_parse(formats_s, &fmt, e, sizeof e)) FAIL("%s", e);
     }
+    if (max_px < 0) FAIL("--max-pixels must be positive");
+    /* folders and @lists expanded, output names made unique (a missing path fails here) */
+    if ((st = label_collect(images.v, images.n, out_dir, &in)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
+    if (in.n == 0) FAIL("no images found (folders are searched for .jpg, .jpeg, .jpe and .png files)");
+    if (!(config = label_config(argc, argv))) FAIL("out of memory");
     if (threads > 0) carseg_set_threads(threads);
 
     /* ---- models ---- */
@@ -419,30 +428,43 @@ static int cmd_segment(int argc, char **argv) {
         names = rn;
     }
 
-    if ((st = mkdir_p(out_dir)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-    for (int ii = 0; ii < images.n; ii++) {
+    label_opts lo = {out_dir, coco_path, fmt, force, fail_fast, quiet, fsync_each, config,
+                     names, nc};
+    if ((st = label_run_open(&lo, &in, &run)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
+    for (int ii = 0; ii < in.n; ii++) {
+        if (label_run_is_done(run, ii)) continue;
         double t0 = now_ms();
-        char base[1024], path[4096], ddir[4096];
-        base_name(images.v[ii], base, sizeof base);
+        const char *ipath = in.v[ii].path;
+        char path[4096], ddir[4096];
         image_u8 im;
-        if ((st = image_load_rgb(images.v[ii], &im)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-        if (!quiet) fprintf(stderr, "carseg: [%d/%d] %s (%dx%d)\n", ii + 1, images.n, images.v[ii], im.w, im.h);
+        label_run_start(run, ii, 0, 0);
+        if ((st = image_load_rgb(ipath, &im)) == CARSEG_OK && max_px > 0 &&
+            (double)im.w * im.h > max_px) {
+            st = set_err(CARSEG_EFORMAT, "%s: image too large (%dx%d, --max-pixels %.0f)", ipath,
+                         im.w, im.h, max_px);
+            image_free(&im);
+        }
+        if (st != CARSEG_OK) {   /* a bad image: reported, the run goes on (--fail-fast: stops) */
+            if (label_run_image_failed(run, ii, carseg_last_error())) break;
+            continue;
+        }
+        label_run_start(run, ii, im.w, im.h);
         size_t hw = (size_t)im.w * im.h;
         car_stats cs;
         memset(&cs, 0, sizeof cs);
         car_image *ci = NULL;
-        int nq = is_refer ? refer.n : nc;
+        int nq = is_refer ? refer.n : nc, io_err = 0;
         uint16_t *lab = malloc(sizeof(uint16_t) * hw);
         float *scores = calloc((size_t)nq, sizeof(float));
         uint8_t *masks = dump_dir ? malloc(hw * (size_t)nq) : NULL;
         uint8_t *m1 = is_refer ? malloc(hw) : NULL;
         car_dump dump = {NULL, ""};
         if (!lab || !scores || (dump_dir && !masks) || (is_refer && !m1)) {
-            st = set_err(CARSEG_ENOMEM, "%s: out of memory", images.v[ii]);
+            st = set_err(CARSEG_ENOMEM, "%s: out of memory", ipath);
             goto img_fail;
         }
         if (dump_dir) {
-            if (images.n > 1) snprintf(ddir, sizeof ddir, "%s/%s", dump_dir, base);
+            if (in.n > 1) snprintf(ddir, sizeof ddir, "%s/%s", dump_dir, in.v[ii].name);
             else snprintf(ddir, sizeof ddir, "%s", dump_dir);
             if ((st = mkdir_p(ddir)) != CARSEG_OK) goto img_fail;
             dump.dir = ddir;
@@ -457,62 +479,75 @@ static int cmd_segment(int argc, char **argv) {
         } else {
             st = car_segment(ctx, ci, &job, dump.dir ? &dump : NULL, lab, scores, masks, &cs);
         }
-        if (st != CARSEG_OK) goto img_fail;
-        /* outputs */
-        int maxlab = 0;
-        for (size_t i = 0; i < hw; i++) maxlab = lab[i] > maxlab ? lab[i] : maxlab;
-        snprintf(path, sizeof path, "%s/%s.png", out_dir, base);
-        st = image_save_labels(path, lab, im.w, im.h, nc + 1);
-        if (st == CARSEG_OK && dump.dir) {
+        if (st != CARSEG_OK) { err_prefix("%s", ipath); goto img_fail; }
+        /* outputs: from here on an error is not the image's fault: the run stops */
+        io_err = 1;
+        if (fmt & LABEL_FMT_PNG) {
+            if ((st = label_out_path(run, ii, ".png", path, sizeof path)) != CARSEG_OK ||
+                (st = image_save_labels(path, lab, im.w, im.h, nc + 1)) != CARSEG_OK)
+                goto img_fail;
+            fprintf(stdout, "%s\n", path);
+        }
+        if (dump.dir) {
             char lp[4200];
             snprintf(lp, sizeof lp, "%s/labels.png", dump.dir);
-            st = image_save_labels(lp, lab, im.w, im.h, nc + 1);
+            if ((st = image_save_labels(lp, lab, im.w, im.h, nc + 1)) != CARSEG_OK) goto img_fail;
         }
-        if (st != CARSEG_OK) goto img_fail;
-        fprintf(stdout, "%s\n", path);
-        {
+        if (fmt & LABEL_FMT_OVERLAY) {
             int *found = malloc(sizeof(int) * (size_t)(nc + 1)), nf = 0;
             char *present = calloc((size_t)nc + 2, 1);
             if (!found || !present) { free(found); free(present); st = set_err(CARSEG_ENOMEM, "out of memory"); goto img_fail; }
             for (size_t i = 0; i < hw; i++) if (lab[i] && lab[i] <= nc) present[lab[i]] = 1;
             for (int k = 1; k <= nc; k++) if (present[k]) found[nf++] = k;
-            snprintf(path, sizeof path, "%s/%s.overlay.png", out_dir, base);
-            st = write_overlay(path, &im, lab, names, found, nf);
+            st = label_out_path(run, ii, ".overlay.png", path, sizeof path);
+            if (st == CARSEG_OK) st = write_overlay(path, &im, lab, names, found, nf);
             free(found);
             free(present);
+            if (st != CARSEG_OK) goto img_fail;
+            fprintf(stdout, "%s\n", path);
         }
-        if (st != CARSEG_OK) goto img_fail;
-        fprintf(stdout, "%s\n", path);
-        snprintf(path, sizeof path, "%s/%s.json", out_dir, base);
-        {
+        if (fmt & LABEL_FMT_JSON) {
             float rs = fscore;
-            st = write_json(path, images.v[ii], im.w, im.h, names, nc, is_refer ? &rs : scores, lab,
-                            cs.rounds_total, &cs, now_ms() - t0, is_refer,
-                            carseg_precision_name(carseg_clip_get_precision(cls)));
+            st = label_out_path(run, ii, ".json", path, sizeof path);
+            if (st == CARSEG_OK)
+                st = write_json(path, ipath, im.w, im.h, names, nc, is_refer ? &rs : scores, lab,
+                                cs.rounds_total, &cs, now_ms() - t0, is_refer,
+                                carseg_precision_name(carseg_clip_get_precision(cls)));
+            if (st != CARSEG_OK) goto img_fail;
+            fprintf(stdout, "%s\n", path);
         }
-        if (st != CARSEG_OK) goto img_fail;
-        fprintf(stdout, "%s\n", path);
         if (dump.dir) {
             int64_t shape[3] = {nq, im.h, im.w};   /* uint8 0/1, one mask per class */
             snprintf(path, sizeof path, "%s/final_masks.npy", dump.dir);
             st = npy_write(path, NPY_U8, masks, 3, shape);
             if (st != CARSEG_OK) goto img_fail;
         }
-        if (!quiet)
+        {   /* masks / CVAT per-image files, then the journal line: image ii is done */
+            float rs = fscore;
+            if ((st = label_run_image_done(run, ii, lab, im.w, im.h, is_refer ? &rs : scores)) != CARSEG_OK)
+                goto img_fail;
+        }
+        if (label_run_plain(run))
             fprintf(stderr, "carseg:   %d rounds, %.0f ms (cam %.0f, classifier %.0f, crf %.0f)\n",
                     cs.rounds_total, now_ms() - t0, cs.ms_cam, cs.ms_cls, cs.ms_crf);
     img_fail:
         car_image_free(ci);
         image_free(&im);
         free(lab), free(scores), free(masks), free(m1);
-        if (st != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
+        if (st != CARSEG_OK) {
+            if (io_err || st == CARSEG_ENOMEM) { rc = cli_fail_status(st); goto out; }
+            if (label_run_image_failed(run, ii, carseg_last_error())) break;
+        }
     }
-    rc = 0;
+    rc = label_run_finish(run);
 out:
     car_ctx_free(ctx);
     tok_close(tok);
     if (cls != gen) clip_free(cls);
     clip_free(gen);
+    label_run_close(run);
+    label_inputs_free(&in);
+    free(config);
     sl_free(&images), sl_free(&classes), sl_free(&refer), sl_free(&bgw);
     return rc;
 #undef FAIL
