@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "eval.h"
+#include "label.h"
 #include "util.h"
 
 #ifdef CARSEG_MPI
@@ -60,6 +61,13 @@ static carseg_status pred_dir_predict(predictor *p, const dataset *ds, int i, in
     free(v);
     return CARSEG_OK;
 }
+
+/* --predictions FILE.json: COCO instances with RLE masks (carseg segment --coco; eval_coco.c) */
+static carseg_status pred_coco_predict(predictor *p, const dataset *ds, int i, int w, int h,
+                                       uint16_t *out) {
+    return coco_preds_labels(p->ctx, ds->s[i].id, ds->kind == DS_REFER, w, h, out);
+}
+static void pred_coco_close(predictor *p) { coco_preds_close(p->ctx); p->ctx = NULL; }
 
 // ---------------------------------------------------------------------------------------------
 // the CaR predictor (car.h): the method with a dataset's preset, at the image's own resolution;
@@ -501,6 +509,8 @@ static void usage(FILE *f) {
         "  --out DIR             results.json, journal and predictions go here (default eval_out)\n"
         "  --predictions DIR     score existing label maps DIR/<id>.png (or .tif) instead of running\n"
         "                        the method (ids of the metric's label space; refer: nonzero=object)\n"
+        "                        (or FILE.json: COCO instances with RLE masks, e.g. from\n"
+        "                        carseg segment --coco; see docs/labeling.md)\n"
         "  --save-predictions    write DIR/predictions/<id>.png (palette PNG, 16-bit if ids > 255)\n"
         "  --convention C        reference (default) or mmseg (see README)\n"
         "  --fix-ade847          score ADE-847's last class too (the reference drops it, Q14)\n"
@@ -715,7 +725,12 @@ static int cmd_eval(int argc, char **argv) {
     predictor P = {0};
     if (preds && method_opt)
         EVAL_FAIL("eval: %s configures the method; it has no effect with --predictions", method_opt);
-    if (preds) {
+    size_t pl = preds ? strlen(preds) : 0;
+    if (preds && pl > 5 && !strcmp(preds + pl - 5, ".json")) {
+        coco_preds *cp = NULL;
+        if ((st = coco_preds_open(preds, R.ds.class_names, R.ds.n_class, &cp))) EVAL_FAIL_ST(st);
+        P = (predictor){"coco", pred_coco_predict, pred_coco_close, cp};
+    } else if (preds) {
         P = (predictor){"predictions", pred_dir_predict, NULL, (void *)preds};
     } else {
         if ((st = car_pred_open(&P, &R.ds, preset, gen_m, cls_m, vocab, prec))) {

@@ -151,4 +151,22 @@ carseg_status zipw_add(zipw *z, const char *name, const void *data, size_t len);
 carseg_status zipw_close(zipw *z);   /* writes the central directory, renames into place */
 void zipw_abort(zipw *z);
 
+// ---------------------------------------------------------------------------------------------
+// COCO predictions for `carseg eval --predictions FILE.json` (eval_coco.c)
+
+/* A COCO instances file ({"images", "categories", "annotations"}, as `carseg segment --coco`
+ * writes, or any tool) whose segmentations are RLE (compressed strings or count lists; polygons
+ * are refused, naming the annotation). A sample matches the image whose file_name, without its
+ * folders and extension, is the sample's id (or whose whole file_name without extension is). A
+ * category maps to the dataset class of the same name, else to the label equal to its id. */
+typedef struct coco_preds coco_preds;
+carseg_status coco_preds_open(const char *path, char *const *class_names, int n_class,
+                              coco_preds **out);
+/* The label map of sample `id` at w x h (out zeroed by the caller): annotations painted in
+ * increasing score, so the most confident wins; refer: every annotation is the object (1). An
+ * image missing from the file is an error naming it; one without annotations is all background. */
+carseg_status coco_preds_labels(const coco_preds *c, const char *id, int refer, int w, int h,
+                                uint16_t *out);
+void coco_preds_close(coco_preds *c);
+
 #endif

@@ -7,6 +7,7 @@
  * the bytes reproducible (a resumed run ends with the same zip as an uninterrupted one). */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -78,7 +79,10 @@ char *label_rec_format(const char *name, const uint16_t *lab, int w, int h, cons
         size_t n = cs_rle_counts(m, h, w, cnts);
         char *s = n ? cs_rle_string(cnts, n) : NULL;
         if (!s) { bad = 1; break; }
-        fprintf(f, "%s[%d,%.9g,\"%s\"]", first ? "" : ",", k, (double)scores[k - 1], s);
+        /* (RLE characters run '0'..'o': '\\' among them, so it goes through the JSON escaper) */
+        fprintf(f, "%s[%d,%.9g,", first ? "" : ",", k, isfinite(scores[k - 1]) ? (double)scores[k - 1] : 0.0);
+        json_write_str(f, s);
+        fputc(']', f);
         free(s);
         first = 0;
     }
@@ -309,10 +313,11 @@ carseg_status label_write_coco(const char *path, const label_inputs *in, const l
             uint64_t area = cs_rle_area(c, n);
             free(c);
             fprintf(f, "%s\n  {\"id\": %ld, \"image_id\": %d, \"category_id\": %d, \"segmentation\": "
-                       "{\"size\": [%d, %d], \"counts\": \"%s\"}, \"area\": %" PRIu64
-                       ", \"bbox\": [%.0f, %.0f, %.0f, %.0f], \"score\": %.6g, \"iscrowd\": 0}",
-                    aid ? "," : "", aid + 1, j + 1, r->ann[a].k, r->h, r->w, r->ann[a].rle, area,
-                    bb[0], bb[1], bb[2], bb[3], r->ann[a].score);
+                       "{\"size\": [%d, %d], \"counts\": ", aid ? "," : "", aid + 1, j + 1, r->ann[a].k,
+                    r->h, r->w);
+            json_write_str(f, r->ann[a].rle);
+            fprintf(f, "}, \"area\": %" PRIu64 ", \"bbox\": [%.0f, %.0f, %.0f, %.0f], \"score\": %.6g, "
+                       "\"iscrowd\": 0}", area, bb[0], bb[1], bb[2], bb[3], r->ann[a].score);
             aid++;
         }
     }
