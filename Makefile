@@ -1,7 +1,11 @@
 # carseg — plain Makefile. Targets: all (lib + CLI), test, check (ASan+UBSan), bench, fuzz, deps, clean.
 # Knobs: BUILD=dir (default build), DEBUG=1, NATIVE=1, MPI=1 (Open MPI build of the CLI), CC=clang.
-# Every src/*.c goes into the library, every tools/*.c into the CLI, every tests/*.c into run_tests
-# (tests register themselves), every bench/*.c into build/bench, every fuzz/*.c into a fuzzer.
+# Layout: src/<layer>/*.c is the library, one folder per layer (util, image, clip, crf, car, eval,
+# api); every tools/*.c goes into the CLI, every tests/*.c into run_tests (tests register
+# themselves), every bench/*.c into build/bench, every fuzz/*.c into a fuzzer.
+# Include rule: headers are included by bare name ("nn.h"); every layer folder is on the include
+# path, so header names are unique across src/. (src/*.c is still picked up for files not yet
+# moved into a layer.)
 
 CC      ?= cc
 BUILD   ?= build
@@ -14,7 +18,9 @@ endif
 ifeq ($(NATIVE),1)
 OPT     += -march=native
 endif
-CFLAGS  += $(CSTD) $(WARN) $(OPT) -fopenmp -Iinclude -Isrc $(EXTRA_CFLAGS)
+LAYERS  := $(patsubst src/%/,%,$(sort $(dir $(wildcard src/*/*.c src/*/*.h))))
+INC     := -Iinclude -Isrc $(addprefix -Isrc/,$(LAYERS))
+CFLAGS  += $(CSTD) $(WARN) $(OPT) -fopenmp $(INC) $(EXTRA_CFLAGS)
 LDLIBS  += -fopenmp -lopenblas -ljpeg -lpng -lz -lcurl -lcrypto -ltiff -lm -lpthread
 
 ifeq ($(MPI),1)
@@ -23,7 +29,7 @@ CFLAGS  += -DCARSEG_MPI=1
 BUILD   := build-mpi
 endif
 
-LIB_SRC   := $(sort $(wildcard src/*.c))
+LIB_SRC   := $(sort $(wildcard src/*.c src/*/*.c))
 CLI_SRC   := $(sort $(wildcard tools/*.c))
 TEST_SRC  := $(sort $(wildcard tests/*.c))
 BENCH_SRC := $(sort $(wildcard bench/*.c))
@@ -70,14 +76,14 @@ bench: $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%) $(BUILD)/carseg
 fuzz:
 	@mkdir -p $(BUILD)/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc $$f $(LIB_SRC) \
+	  clang $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined $(INC) $$f $(LIB_SRC) \
 	    -o $(BUILD)/fuzz/$$n -fopenmp=libgomp $(LDLIBS) || exit 1; echo "built $(BUILD)/fuzz/$$n"; done
 
 deps:
 	bash scripts/deps.sh
 
 lint:
-	cppcheck --quiet --enable=warning,performance --std=c11 -Iinclude -Isrc src tools
+	cppcheck --quiet --enable=warning,performance --std=c11 $(INC) src tools
 
 clean:
 	rm -rf build build-mpi

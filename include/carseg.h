@@ -226,7 +226,7 @@ const char *carseg_precision_name(carseg_precision p);
 // ---------------------------------------------------------------------------------------------
 // Mask proposals: Grad-CAM + affinity (cam.c)
 //
-// Internal (src/cam.h): the per-round CAMs of carseg_car_segment are written by the CLI's
+// Internal (src/car/cam.h): the per-round CAMs of carseg_car_segment are written by the CLI's
 // `segment --dump DIR` (round<k>_cams.npy).
 
 

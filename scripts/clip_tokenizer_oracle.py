@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Test oracle for src/tokenizer.c: a re-statement of OpenAI CLIP's simple_tokenizer.py
+"""Test oracle for src/clip/tokenizer.c: a re-statement of OpenAI CLIP's simple_tokenizer.py
 (SimpleTokenizer.encode and clip.tokenize(truncate=True)) in plain Python + the `regex` module,
 exactly as upstream except that ftfy.fix_text is skipped (carseg skips it too; see README).
 

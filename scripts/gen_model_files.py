@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""gen_model_files.py — test fixtures for src/weights.c: one tiny CLIP-shaped model in every file
+"""gen_model_files.py — test fixtures for src/clip/weights.c: one tiny CLIP-shaped model in every file
 format carseg reads, plus a float32 .npy dump of every tensor under its canonical (OpenAI) name.
 
 Usage: /usr/bin/python3 scripts/gen_model_files.py OUTDIR   (about 2 s; torch 1.13, numpy)

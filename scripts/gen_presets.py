@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Generates src/presets_data.c from data/presets/NAME.txt (the reference's class lists).
+"""Generates src/car/presets_data.c from data/presets/NAME.txt (the reference's class lists).
 
 data/presets/NAME.txt          one class string per line, in label order (label = line + 1)
 data/presets/NAME.things.txt   0-based ids of the thing classes, in the reference's order
@@ -56,4 +56,4 @@ out += table
 out.append('};')
 out.append('const int PRESET_LISTS_N = %d;' % len(names))
 out.append('')
-open(os.path.join(ROOT, 'src', 'presets_data.c'), 'w').write('\n'.join(out))
+open(os.path.join(ROOT, 'src', 'car', 'presets_data.c'), 'w').write('\n'.join(out))

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference vectors for src/prompts.c from OpenCV 4.6 + scipy (run by tests/test_prompts.c).
+"""Reference vectors for src/car/prompts.c from OpenCV 4.6 + scipy (run by tests/test_prompts.c).
 
 usage: gen_prompt_vectors.py OUTDIR [IMAGE.png]
 Writes:

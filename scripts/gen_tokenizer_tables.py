@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Generates src/tokenizer_tables.h: the Unicode and HTML tables that src/tokenizer.c needs to
+"""Generates src/clip/tokenizer_tables.h: the Unicode and HTML tables that src/clip/tokenizer.c needs to
 reproduce OpenAI CLIP's simple_tokenizer exactly. Every table is read off the very components the
 reference uses (Python's str.lower/str.isspace/html.entities and the `regex` module with the
 reference pattern and flags), by probing all 0x110000 code points, so the C tokenizer agrees with
@@ -50,7 +50,7 @@ def flags(c):
 
 
 def main():
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src', 'tokenizer_tables.h')
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src', 'clip', 'tokenizer_tables.h')
     runs = []      # (start, flags)
     lower = []     # (start, count, delta, stride)
     prev = None

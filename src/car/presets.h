@@ -2,7 +2,7 @@
  *
  * Mirrors clip_as_rnn/configs/{voc,coco,pascal_context,ade_150,refcoco,refcoco+,refcocog,gres}.yaml
  * and the class lists of clip_as_rnn/data/{voc,coco,context,ade,ade847,pascal459}.py. The class lists live in
- * data/presets/NAME.txt; scripts/gen_presets.py turns them into src/presets_data.c.
+ * data/presets/NAME.txt; scripts/gen_presets.py turns them into src/car/presets_data.c.
  */
 #ifndef CARSEG_PRESETS_H
 #define CARSEG_PRESETS_H
