@@ -195,12 +195,13 @@ static carseg_status add_list(walk_state *w, label_inputs *in, const char *list)
         if (!entry || !full) { free(entry), free(full); st = set_err(CARSEG_ENOMEM, "out of memory"); break; }
         memcpy(entry, a, l);
         entry[l] = 0;
-        if (entry[0] == '/' || !slash) snprintf(full, dl + l + 2, "%s", entry);
+        int absolute = entry[0] == '/';
+        if (absolute || !slash) snprintf(full, dl + l + 2, "%s", entry);
         else snprintf(full, dl + l + 2, "%.*s/%s", (int)dl, list, entry);
         normalize_rel(entry);
         struct stat sb;
         if (stat(full, &sb) == 0 && S_ISDIR(sb.st_mode)) st = add_input(w, in, full, NULL, list);
-        else st = add_input(w, in, full, rel_is_safe(entry) ? entry : base_of(full), list);
+        else st = add_input(w, in, full, !absolute && rel_is_safe(entry) ? entry : base_of(full), list);
         free(entry), free(full);
     }
     free(d);
