@@ -458,3 +458,536 @@ TEST(label_zip) {
         CHECK_MSG(system(cmd) == 0, "python's zipfile rejects the zip");
     }
 }
+
+// =============================================================================================
+// `carseg segment` end to end (fixture models, tiny images: a few hundred ms a run)
+
+typedef struct {
+    const char *bin;
+    char models[3000];
+    char root[1024];   /* test dir */
+    char in[1100];     /* the input folder */
+} cli_env;
+
+/* 6 tiny images in IN/ (nested) from the shared photos; 0 when fixtures are missing */
+static int cli_setup(cli_env *E) {
+    E->bin = getenv("CARSEG_BIN");
+    const char *g = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *c = shared_path("fixtures/models/sc_f16.safetensors");
+    const char *v = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    if (!E->bin || !g || !c || !v || !file_exists(g) || !file_exists(c)) return 0;
+    snprintf(E->models, sizeof E->models, "--generator %s --classifier %s --vocab %s --no-crf", g, c, v);
+    snprintf(E->root, sizeof E->root, "%s", test_tmpdir());
+    snprintf(E->in, sizeof E->in, "%s/in", E->root);
+    mkdirs(E->in, "sub/deep");
+    static const struct { const char *rel, *photo; int w, h; } ims[] = {
+        {"a.png", "data/photos/coffee.png", 40, 32},     {"sub/b.png", "data/photos/chelsea.png", 48, 36},
+        {"sub/deep/c.png", "data/photos/astronaut.png", 32, 32}, {"d.png", "data/photos/camera.png", 44, 30},
+        {"sub/e.png", "data/photos/coffee.png", 36, 40}, {"f.png", "data/photos/chelsea.png", 34, 34}};
+    for (size_t k = 0; k < sizeof ims / sizeof *ims; k++) {
+        char p[1300];
+        snprintf(p, sizeof p, "%s/%s", E->in, ims[k].rel);
+        if (!tiny_png(p, ims[k].photo, ims[k].w, ims[k].h)) return 0;
+    }
+    return 1;
+}
+
+static int exit_of(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0); }
+
+static char *slurp(const char *path) {
+    uint8_t *d;
+    size_t n;
+    if (read_file(path, &d, &n) != CARSEG_OK) return NULL;
+    return (char *)d;
+}
+
+/* every regular file below dir, relative, sorted */
+static void list_files(const char *dir, const char *rel, char ***v, int *n) {
+    char p[2048];
+    snprintf(p, sizeof p, "%s%s%s", dir, *rel ? "/" : "", rel);
+    DIR *d = opendir(p);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char r[2048], full[4200];
+        snprintf(r, sizeof r, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
+        snprintf(full, sizeof full, "%s/%s", dir, r);
+        struct stat sb;
+        if (lstat(full, &sb) != 0) continue;
+        if (S_ISDIR(sb.st_mode)) list_files(dir, r, v, n);
+        else {
+            *v = realloc(*v, sizeof **v * (size_t)(*n + 1));
+            (*v)[(*n)++] = strdup(r);
+        }
+    }
+    closedir(d);
+}
+
+static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* drops the lines holding "timings_ms" (they measure the run, the one thing two runs differ in) */
+static void drop_timings(char *s) {
+    char *o = s, *p = s;
+    while (*p) {
+        char *e = strchr(p, '\n');
+        size_t l = e ? (size_t)(e - p + 1) : strlen(p);
+        int drop = memmem(p, l, "\"timings_ms\"", 12) != NULL;
+        if (!drop) { memmove(o, p, l); o += l; }
+        p += l;
+    }
+    *o = 0;
+}
+
+/* the two output trees hold the same files with the same bytes (NAME.json: but the timings) */
+static int same_tree(const char *a, const char *b, char *why, size_t wn) {
+    char **va = NULL, **vb = NULL;
+    int na = 0, nb = 0, ok = 1;
+    list_files(a, "", &va, &na);
+    list_files(b, "", &vb, &nb);
+    if (na) qsort(va, (size_t)na, sizeof *va, cmp_cstr);
+    if (nb) qsort(vb, (size_t)nb, sizeof *vb, cmp_cstr);
+    if (na != nb) { snprintf(why, wn, "%d files vs %d", na, nb); ok = 0; }
+    for (int i = 0; ok && i < na; i++) {
+        if (strcmp(va[i], vb[i])) { snprintf(why, wn, "%s vs %s", va[i], vb[i]); ok = 0; break; }
+        char pa[4200], pb[4200];
+        snprintf(pa, sizeof pa, "%s/%s", a, va[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, vb[i]);
+        uint8_t *da, *db;
+        size_t la, lb;
+        if (read_file(pa, &da, &la) || read_file(pb, &db, &lb)) { snprintf(why, wn, "%s unreadable", va[i]); ok = 0; break; }
+        size_t l = strlen(va[i]);
+        if (l > 5 && !strcmp(va[i] + l - 5, ".json")) {
+            drop_timings((char *)da), drop_timings((char *)db);
+            la = strlen((char *)da), lb = strlen((char *)db);
+        }
+        if (la != lb || memcmp(da, db, la)) { snprintf(why, wn, "%s differs", va[i]); ok = 0; }
+        free(da), free(db);
+    }
+    for (int i = 0; i < na; i++) free(va[i]);
+    for (int i = 0; i < nb; i++) free(vb[i]);
+    free(va), free(vb);
+    return ok;
+}
+
+/* no file under its final name is half-written: PNGs decode, JSON parses, the zip ends well */
+static int all_whole(const char *dir, char *why, size_t wn) {
+    char **v = NULL;
+    int n = 0, ok = 1;
+    list_files(dir, "", &v, &n);
+    for (int i = 0; i < n; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/%s", dir, v[i]);
+        size_t l = strlen(v[i]);
+        if (strstr(v[i], ".tmp.")) { free(v[i]); continue; }
+        if (l > 4 && !strcmp(v[i] + l - 4, ".png")) {
+            image_u8 im;
+            if (image_load_rgb(p, &im) != CARSEG_OK) { snprintf(why, wn, "%s: %s", v[i], carseg_last_error()); ok = 0; }
+            else image_free(&im);
+        } else if (l > 5 && !strcmp(v[i] + l - 5, ".json")) {
+            json *j = json_parse_file(p);
+            if (!j) { snprintf(why, wn, "%s: %s", v[i], carseg_last_error()); ok = 0; }
+            json_free(j);
+        } else if (l > 4 && !strcmp(v[i] + l - 4, ".zip")) {
+            uint8_t *d;
+            size_t len;
+            if (read_file(p, &d, &len) || len < 22 || rd32(d + len - 22) != 0x06054b50) { snprintf(why, wn, "%s cut", v[i]); ok = 0; }
+            if (d) free(d);
+        }
+        free(v[i]);
+    }
+    free(v);
+    return ok;
+}
+
+static const char *ALL_FMT = "--format png,overlay,json,masks,cvat";
+
+static int run_segment(const cli_env *E, const char *out, const char *extra, const char *err_file) {
+    char cmd[8000];
+    snprintf(cmd, sizeof cmd, "%s segment %s --classes cat,cup,table,person %s --out %s --coco %s/coco.json "
+             "%s %s > /dev/null 2>%s", E->bin, E->in, E->models, out, out, ALL_FMT, extra ? extra : "",
+             err_file ? err_file : "/dev/null");
+    return exit_of(system(cmd));
+}
+
+TEST(label_cli_folder_outputs) {
+    cli_env E;
+    if (!cli_setup(&E)) SKIP("CARSEG_BIN or the fixture models / photos missing");
+    char out[1200], err[1200], p[2400];
+    snprintf(out, sizeof out, "%s/out", E.root);
+    snprintf(err, sizeof err, "%s/err.txt", E.root);
+    REQUIRE(run_segment(&E, out, NULL, err) == 0);
+    static const char *names[] = {"a", "d", "f", "sub/b", "sub/deep/c", "sub/e"};   /* sorted walk */
+    static const char *rels[] = {"a.png", "d.png", "f.png", "sub/b.png", "sub/deep/c.png", "sub/e.png"};
+    const char *cls[] = {"cat", "cup", "table", "person"};
+    json *coco = NULL;
+    snprintf(p, sizeof p, "%s/coco.json", out);
+    REQUIRE((coco = json_parse_file(p)));
+    const json *imgs = json_get(coco, "images"), *cats = json_get(coco, "categories"),
+               *anns = json_get(coco, "annotations");
+    REQUIRE(imgs && cats && anns && imgs->len == 6 && cats->len == 4);
+    CHECK(anns->len >= 6);   /* every image has some class (the fixture models' outputs) */
+    for (int k = 0; k < 4; k++)
+        CHECK(json_num(cats->kids[k], "id", 0) == k + 1 && !strcmp(json_str(cats->kids[k], "name", ""), cls[k]));
+    size_t ai = 0;
+    long next_id = 1;
+    char *cvat_list = NULL;
+    snprintf(p, sizeof p, "%s/cvat/ImageSets/Segmentation/default.txt", out);
+    cvat_list = slurp(p);
+    CHECK(cvat_list && !strcmp(cvat_list, "a\nd\nf\nsub/b\nsub/deep/c\nsub/e\n"));
+    free(cvat_list);
+    for (int i = 0; i < 6; i++) {
+        const json *im = imgs->kids[i];
+        CHECK(json_num(im, "id", 0) == i + 1);
+        CHECK_MSG(!strcmp(json_str(im, "file_name", ""), rels[i]), "file_name %s", json_str(im, "file_name", ""));
+        for (int f = 0; f < 3; f++) {
+            static const char *suf[] = {".png", ".overlay.png", ".json"};
+            snprintf(p, sizeof p, "%s/%s%s", out, names[i], suf[f]);
+            CHECK_MSG(file_exists(p), "missing %s", p);
+        }
+        int w, h;
+        uint16_t *lab = NULL;
+        snprintf(p, sizeof p, "%s/%s.png", out, names[i]);
+        REQUIRE(labels_read(p, &w, &h, &lab) == CARSEG_OK);
+        CHECK(json_num(im, "width", 0) == w && json_num(im, "height", 0) == h);
+        int present[5] = {0};
+        for (int k = 0; k < w * h; k++) if (lab[k] <= 4) present[lab[k]] = 1;
+        /* cvat: the label map in the label map's colours */
+        image_u8 cv;
+        snprintf(p, sizeof p, "%s/cvat/SegmentationClass/%s.png", out, names[i]);
+        if (image_load_rgb(p, &cv) == CARSEG_OK) {
+            int bad = cv.w != w || cv.h != h;
+            for (int k = 0; !bad && k < w * h; k++) {
+                uint8_t c[3];
+                label_class_color(lab[k], c);
+                bad = memcmp(cv.px + 3 * k, c, 3) != 0;
+            }
+            CHECK_MSG(!bad, "%s: cvat colours", names[i]);
+            image_free(&cv);
+        } else CHECK_MSG(0, "%s", carseg_last_error());
+        for (int k = 1; k <= 4; k++) {
+            /* masks/NAME/CLASS.png exactly for the classes found */
+            snprintf(p, sizeof p, "%s/masks/%s/%s.png", out, names[i], cls[k - 1]);
+            CHECK_MSG(file_exists(p) == present[k], "%s", p);
+            if (present[k]) {
+                image_u8 m;
+                if (image_load_indexed(p, &m) == CARSEG_OK) {
+                    int bad = 0;
+                    for (int q = 0; q < w * h; q++) bad += m.px[q] != (lab[q] == k);
+                    CHECK_MSG(!bad, "%s: %d pixels differ", p, bad);
+                    image_free(&m);
+                }
+                /* one COCO annotation per class found, in order, its RLE the class's mask */
+                REQUIRE(ai < anns->len);
+                const json *a = anns->kids[ai++];
+                CHECK(json_num(a, "id", 0) == next_id++ && json_num(a, "image_id", 0) == i + 1 &&
+                      json_num(a, "category_id", 0) == k && json_num(a, "iscrowd", -1) == 0);
+                const json *seg = json_get(a, "segmentation"), *sz = json_get(seg, "size");
+                CHECK(sz && sz->len == 2 && sz->kids[0]->num == h && sz->kids[1]->num == w);
+                uint8_t *mm = malloc((size_t)w * h);
+                uint64_t area;
+                double bb[4];
+                CHECK_OK(carseg_rle_decode(json_str(seg, "counts", ""), h, w, mm, &area, bb));
+                int bad = 0, x0 = w, y0 = h, x1 = -1, y1 = -1;
+                uint64_t want = 0;
+                for (int q = 0; q < w * h; q++) {
+                    int on = lab[q] == k;
+                    bad += mm[q] != on;
+                    if (on) {
+                        want++;
+                        int x = q % w, y = q / w;
+                        x0 = x < x0 ? x : x0, y0 = y < y0 ? y : y0, x1 = x > x1 ? x : x1, y1 = y > y1 ? y : y1;
+                    }
+                }
+                CHECK_MSG(!bad, "annotation %zu: %d pixels differ", ai, bad);
+                CHECK(json_num(a, "area", -1) == (double)want && area == want);
+                const json *jb = json_get(a, "bbox");
+                CHECK(jb && jb->len == 4 && jb->kids[0]->num == x0 && jb->kids[1]->num == y0 &&
+                      jb->kids[2]->num == x1 - x0 + 1 && jb->kids[3]->num == y1 - y0 + 1);
+                CHECK(json_get(a, "score") && json_get(a, "score")->type == JSON_NUM);
+                free(mm);
+            }
+        }
+        free(lab);
+    }
+    CHECK(ai == anns->len);
+    json_free(coco);
+    /* the zip holds labelmap.txt, default.txt and the staged PNGs, byte for byte */
+    snprintf(p, sizeof p, "%s/cvat.zip", out);
+    uint8_t *z;
+    size_t zl;
+    REQUIRE(read_file(p, &z, &zl) == CARSEG_OK && zl > 22);
+    const uint8_t *e = z + zl - 22;
+    CHECK(rd16(e + 10) == 8);
+    const uint8_t *q = z + rd32(e + 16);
+    for (unsigned k = 0; k < rd16(e + 10) && q + 46 <= e; k++) {
+        unsigned nl = rd16(q + 28);
+        char name[600];
+        snprintf(name, sizeof name, "%.*s", (int)nl, (const char *)q + 46);
+        const uint8_t *l = z + rd32(q + 42);
+        const uint8_t *data = l + 30 + rd16(l + 26);
+        snprintf(p, sizeof p, "%s/cvat/%s", out, name);
+        uint8_t *f;
+        size_t fl;
+        CHECK_MSG(read_file(p, &f, &fl) == CARSEG_OK && fl == rd32(q + 24) && !memcmp(f, data, fl),
+                  "zip entry %s", name);
+        if (!strcmp(name, "labelmap.txt"))
+            CHECK(fl > 0 && strstr((char *)f, "background:0,0,0::\ncat:128,0,0::\ncup:0,128,0::\n"));
+        free(f);
+        q += 46 + nl;
+    }
+    free(z);
+    /* plain progress lines when stderr is not a terminal */
+    char *log = slurp(err);
+    CHECK(log && strstr(log, "carseg: [1/6] ") && strstr(log, "carseg: [6/6] ") &&
+          strstr(log, "6 of 6 images done (6 this run, 0 from the journal), 0 failed"));
+    free(log);
+    /* again: nothing to do; --quiet: silent */
+    REQUIRE(run_segment(&E, out, "--quiet", err) == 0);
+    log = slurp(err);
+    CHECK_MSG(log && !*log, "quiet run said: %s", log ? log : "");
+    free(log);
+    REQUIRE(run_segment(&E, out, NULL, err) == 0);
+    log = slurp(err);
+    CHECK(log && strstr(log, "(0 this run, 6 from the journal)"));
+    free(log);
+    /* --force redoes all */
+    REQUIRE(run_segment(&E, out, "--force", err) == 0);
+    log = slurp(err);
+    CHECK(log && strstr(log, "(6 this run, 0 from the journal)"));
+    free(log);
+    /* another class list on the same --out: refused (the journal belongs to another run) */
+    char cmd[8000];
+    snprintf(cmd, sizeof cmd, "%s segment %s --classes dog %s --out %s 2>%s >/dev/null", E.bin, E.in,
+             E.models, out, err);
+    CHECK(exit_of(system(cmd)) == 1);
+    log = slurp(err);
+    CHECK(log && strstr(log, "--force") && strstr(log, "different run"));
+    free(log);
+    /* on a terminal: a bar with done/total, images per minute, ETA */
+    if (access("/usr/bin/script", X_OK) == 0) {
+        snprintf(cmd, sizeof cmd, "/usr/bin/script -qec \"%s segment %s --classes cat,cup %s --out %s/tty "
+                 ">/dev/null\" /dev/null > %s 2>&1", E.bin, E.in, E.models, E.root, err);
+        CHECK(exit_of(system(cmd)) == 0);
+        log = slurp(err);
+        CHECK_MSG(log && strstr(log, "\r") && strstr(log, "img/min") && strstr(log, "ETA") &&
+                  strstr(log, "] 6/6") && !strstr(log, "carseg: [1/6]"), "tty: %s", log ? log : "");
+        free(log);
+    }
+}
+
+/* SIGKILL at random moments of a folder run, then the same command again (killed again or not):
+ * every time, nothing under a final name is half-written, and the finished tree equals an
+ * uninterrupted run's byte for byte (the per-image JSON's timings_ms line aside; the journal,
+ * COCO JSON, zip, PNGs all identical). */
+TEST(label_cli_kill_resume) {
+    cli_env E;
+    if (!cli_setup(&E)) SKIP("CARSEG_BIN or the fixture models / photos missing");
+    char ref[1200], why[600];
+    snprintf(ref, sizeof ref, "%s/ref", E.root);
+    double t0 = now_ms();
+    REQUIRE(run_segment(&E, ref, NULL, NULL) == 0);
+    double T = now_ms() - t0;
+    unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    fprintf(stderr, "  uninterrupted run %.0f ms; kill seed %u\n", T, seed);
+    int kills = 0, resumed_mid = 0;
+    for (int trial = 0; trial < 5; trial++) {
+        char out[1200], cmd[8000];
+        snprintf(out, sizeof out, "%s/kill%d", E.root, trial);
+        snprintf(cmd, sizeof cmd, "exec %s segment %s --classes cat,cup,table,person %s --out %s --coco %s/coco.json "
+                 "%s > /dev/null 2>/dev/null", E.bin, E.in, E.models, out, out, ALL_FMT);
+        for (int k = 0; k < 1 + trial % 3; k++) {   /* 1 to 3 kills, then a run to the end */
+            pid_t pid = fork();
+            REQUIRE(pid >= 0);
+            if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)NULL); _exit(127); }
+            seed = seed * 1103515245u + 12345u;
+            double at = (double)((seed >> 8) % 1000) / 1000.0 * T * 1.1;
+            usleep((useconds_t)(at * 1000));
+            kill(pid, SIGKILL);
+            int st;
+            waitpid(pid, &st, 0);
+            kills += WIFSIGNALED(st);
+            CHECK_MSG(all_whole(out, why, sizeof why), "trial %d kill %d at %.0f ms: %s", trial, k, at, why);
+            char jp[1300];
+            snprintf(jp, sizeof jp, "%s/carseg-segment.journal", out);
+            char *j = slurp(jp);
+            int lines = 0;
+            for (char *c = j; c && *c; c++) lines += *c == '\n';
+            resumed_mid += lines > 1 && lines < 7;
+            free(j);
+        }
+        int rc = exit_of(system(cmd + 5));   /* without "exec" */
+        CHECK_MSG(rc == 0, "trial %d: the resumed run exits %d", trial, rc);
+        CHECK_MSG(same_tree(ref, out, why, sizeof why), "trial %d (seed %u): %s", trial, seed, why);
+    }
+    CHECK_MSG(kills >= 5, "only %d runs were killed", kills);
+    fprintf(stderr, "  %d kills, %d left a partial journal\n", kills, resumed_mid);
+}
+
+/* bad images do not stop the run: reported as they happen and at the end, exit 1;
+ * --fail-fast stops at the first; a resumed run tries them again */
+TEST(label_cli_bad_images) {
+    cli_env E;
+    if (!cli_setup(&E)) SKIP("CARSEG_BIN or the fixture models / photos missing");
+    char p[2400], out[1200], err[1200], cmd[8000];
+    snprintf(p, sizeof p, "%s/b0_junk.png", E.in);
+    write_text(p, "this is not an image\n");
+    /* truncated: the first half of a real PNG */
+    snprintf(p, sizeof p, "%s/a.png", E.in);
+    uint8_t *d;
+    size_t n;
+    REQUIRE(read_file(p, &d, &n) == CARSEG_OK);
+    snprintf(p, sizeof p, "%s/sub/c_trunc.png", E.in);
+    FILE *f = fopen(p, "wb");
+    fwrite(d, 1, n / 2, f);
+    fclose(f);
+    free(d);
+    /* too large: over --max-pixels */
+    snprintf(p, sizeof p, "%s/sub/deep/big.png", E.in);
+    REQUIRE(tiny_png(p, "data/photos/camera.png", 60, 50));
+    int unreadable = geteuid() != 0;   /* root reads anything */
+    if (unreadable) {
+        snprintf(p, sizeof p, "%s/e_noperm.png", E.in);
+        REQUIRE(tiny_png(p, "data/photos/camera.png", 20, 20));
+        chmod(p, 0);
+    }
+    snprintf(out, sizeof out, "%s/out", E.root);
+    snprintf(err, sizeof err, "%s/err.txt", E.root);
+    int rc = run_segment(&E, out, "--max-pixels 2500", err);
+    CHECK(rc == 1);
+    char *log = slurp(err);
+    REQUIRE(log);
+    CHECK_MSG(strstr(log, "b0_junk.png: not a JPEG or PNG") && strstr(log, "c_trunc.png") &&
+              strstr(log, "big.png: image too large (60x50"), "%s", log);
+    int nfail = 3 + unreadable;
+    char want[200];
+    snprintf(want, sizeof want, "6 of %d images done (6 this run, 0 from the journal), %d failed", 6 + nfail, nfail);
+    CHECK_MSG(strstr(log, want) && strstr(log, "failed images:"), "%s", log);
+    /* reported as it happens: before the next image's progress line */
+    const char *at = strstr(log, "carseg: error: "), *next = at ? strstr(at, "carseg: [") : NULL;
+    CHECK(at && next && next < strstr(log, "failed images:"));
+    free(log);
+    static const char *good[] = {"a", "d", "f", "sub/b", "sub/deep/c", "sub/e"};
+    for (int k = 0; k < 6; k++) {
+        snprintf(p, sizeof p, "%s/%s.png", out, good[k]);
+        CHECK_MSG(file_exists(p), "%s", p);
+    }
+    snprintf(p, sizeof p, "%s/coco.json", out);
+    json *coco = json_parse_file(p);
+    CHECK(coco && json_get(coco, "images") && json_get(coco, "images")->len == 6);
+    json_free(coco);
+    /* again: the 6 from the journal, the bad ones tried again (and failing again) */
+    CHECK(run_segment(&E, out, "--max-pixels 2500", err) == 1);
+    log = slurp(err);
+    snprintf(want, sizeof want, "6 of %d images done (0 this run, 6 from the journal), %d failed", 6 + nfail, nfail);
+    CHECK_MSG(log && strstr(log, want), "%s", log ? log : "");
+    free(log);
+    /* --fail-fast: stops at b0_junk.png (sorted after a.png, before d.png) */
+    snprintf(out, sizeof out, "%s/ff", E.root);
+    CHECK(run_segment(&E, out, "--max-pixels 2500 --fail-fast", err) == 1);
+    log = slurp(err);
+    CHECK_MSG(log && strstr(log, "b0_junk.png") && strstr(log, "--fail-fast") && !strstr(log, "c_trunc"), "%s", log ? log : "");
+    free(log);
+    snprintf(p, sizeof p, "%s/a.png", out);
+    CHECK(file_exists(p));
+    snprintf(p, sizeof p, "%s/d.png", out);
+    CHECK(!file_exists(p));
+    /* a missing input is an error before anything is written */
+    snprintf(out, sizeof out, "%s/none", E.root);
+    snprintf(cmd, sizeof cmd, "%s segment %s/nope.png --classes cat %s --out %s 2>%s >/dev/null", E.bin, E.in,
+             E.models, out, err);
+    CHECK(exit_of(system(cmd)) == 1 && !file_exists(out));
+    /* @list with a folder entry and a file entry */
+    snprintf(p, sizeof p, "%s/list.txt", E.root);
+    write_text(p, "in/sub/deep\n# comment\nin/d.png\n");
+    snprintf(out, sizeof out, "%s/fromlist", E.root);
+    snprintf(cmd, sizeof cmd, "%s segment @%s/list.txt --classes cat %s --out %s --max-pixels 2500 --quiet "
+             "2>%s >/dev/null", E.bin, E.root, E.models, out, err);
+    CHECK(exit_of(system(cmd)) == 1);   /* big.png under sub/deep fails */
+    snprintf(p, sizeof p, "%s/c.png", out);   /* the folder entry: relative to the folder */
+    CHECK(file_exists(p));
+    snprintf(p, sizeof p, "%s/in/d.png", out);   /* the file entry: its path in the list */
+    CHECK(file_exists(p));
+    if (unreadable) {
+        snprintf(p, sizeof p, "%s/e_noperm.png", E.in);
+        chmod(p, 0644);
+    }
+}
+
+/* `carseg eval --predictions FILE.json` scores COCO RLE predictions exactly as the same label
+ * maps given as PNGs: a 3-image VOC-like dataset segmented by `carseg segment --coco` */
+TEST(label_cli_eval_coco) {
+    cli_env E;
+    if (!cli_setup(&E)) SKIP("CARSEG_BIN or the fixture models / photos missing");
+    char base[1300], p[2400], cmd[8000];
+    snprintf(base, sizeof base, "%s/voc/VOCdevkit/VOC2012", E.root);
+    mkdirs(base, "JPEGImages");
+    mkdirs(base, "SegmentationClass");
+    mkdirs(base, "ImageSets/Segmentation");
+    static const char *ids[] = {"2007_000001", "2007_000002", "2007_000003"};
+    static const char *src[] = {"a.png", "sub/b.png", "d.png"};
+    char list[200] = "";
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", E.in, src[i]);
+        uint8_t *d;
+        size_t n;
+        REQUIRE(read_file(p, &d, &n) == CARSEG_OK);
+        snprintf(p, sizeof p, "%s/JPEGImages/%s.jpg", base, ids[i]);   /* PNG bytes: sniffed */
+        FILE *f = fopen(p, "wb");
+        fwrite(d, 1, n, f);
+        fclose(f);
+        free(d);
+        image_u8 im;
+        snprintf(p, sizeof p, "%s/%s", E.in, src[i]);
+        REQUIRE(image_load_rgb(p, &im) == CARSEG_OK);
+        uint16_t *gt = malloc(sizeof *gt * (size_t)im.w * im.h);
+        for (int y = 0; y < im.h; y++)   /* blocks of background, person (15), chair (9), 255 */
+            for (int x = 0; x < im.w; x++)
+                gt[y * im.w + x] = x < im.w / 3 ? 0 : y < im.h / 2 ? 15 : x == im.w - 1 ? 255 : 9;
+        snprintf(p, sizeof p, "%s/SegmentationClass/%s.png", base, ids[i]);
+        CHECK_OK(labels_write_png(p, gt, im.w, im.h));
+        free(gt);
+        image_free(&im);
+        strcat(list, ids[i]);
+        strcat(list, "\n");
+    }
+    snprintf(p, sizeof p, "%s/ImageSets/Segmentation/val.txt", base);
+    write_text(p, list);
+    snprintf(cmd, sizeof cmd, "%s segment %s/JPEGImages --preset voc %s --out %s/seg --coco %s/seg/coco.json "
+             "--format png --quiet > /dev/null", E.bin, base, E.models, E.root, E.root);
+    REQUIRE(exit_of(system(cmd)) == 0);
+    json *res[2];
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd, "%s eval --dataset voc --root %s/voc --predictions %s/seg%s --out %s/ev%d "
+                 "--quiet > /dev/null", E.bin, E.root, E.root, k ? "/coco.json" : "", E.root, k);
+        CHECK(exit_of(system(cmd)) == 0);
+        snprintf(p, sizeof p, "%s/ev%d/results.json", E.root, k);
+        res[k] = json_parse_file(p);
+    }
+    REQUIRE(res[0] && res[1]);
+    CHECK(json_num(res[0], "n_images", 0) == 3 && json_num(res[1], "n_images", 0) == 3);
+    const json *c0 = json_get(res[0], "confusion"), *c1 = json_get(res[1], "confusion");
+    REQUIRE(c0 && c1 && c0->len == 21 && c1->len == 21);
+    int diff = 0;
+    double total = 0;
+    for (int g = 0; g < 21; g++)
+        for (size_t q = 0; q < c0->kids[g]->len; q++) {
+            diff += c0->kids[g]->kids[q]->num != c1->kids[g]->kids[q]->num;
+            total += c0->kids[g]->kids[q]->num;
+        }
+    CHECK(diff == 0 && total > 0);
+    CHECK(json_num(res[0], "miou", -1) == json_num(res[1], "miou", -2));
+    json_free(res[0]);
+    json_free(res[1]);
+    /* a polygon segmentation is refused, naming the annotation */
+    snprintf(p, sizeof p, "%s/poly.json", E.root);
+    write_text(p, "{\"images\":[{\"id\":1,\"file_name\":\"2007_000001.jpg\",\"width\":40,\"height\":32}],"
+                  "\"annotations\":[{\"id\":1,\"image_id\":1,\"category_id\":15,\"segmentation\":[[0,0,5,0,5,5]]}]}");
+    snprintf(cmd, sizeof cmd, "%s eval --dataset voc --root %s/voc --predictions %s --out %s/ev9 --quiet "
+             "> /dev/null 2>%s/err.txt", E.bin, E.root, p, E.root, E.root);
+    CHECK(exit_of(system(cmd)) == 1);
+    snprintf(p, sizeof p, "%s/err.txt", E.root);
+    char *log = slurp(p);
+    CHECK_MSG(log && strstr(log, "annotations[0]") && strstr(log, "polygons"), "%s", log ? log : "");
+    free(log);
+}
