@@ -2,7 +2,8 @@
 # test_mpi.sh — the MPI build of `carseg eval`: builds build-mpi/carseg (make MPI=1), runs
 # `mpirun -np 2` on a synthetic VOC-layout split (scripts/eval_fixtures.py) and checks that the
 # result equals the single-process run, that both ranks did work, and that a resumed MPI run
-# (journal already complete / partial) gives the same numbers.
+# (journal already complete / partial) gives the same numbers; then the CaR predictor on 2 and 3
+# ranks with other thread counts per rank: bit-identical numbers to one process.
 # Prints "N passed, N failed"; exits nonzero on any failure. Skips (exit 0) without mpicc/mpirun.
 set -u
 cd "$(dirname "$0")/.."
@@ -64,28 +65,55 @@ mpi 3 build-mpi/carseg eval --dataset voc --root "$T/data" --predictions "$T/dat
     && [ "$(/usr/bin/python3 -c "import json;print(json.load(open('$T/mpi3/results.json'))['n_images'])")" = 2 ] \
     && ok "3 ranks, 2 samples" || bad "3 ranks, 2 samples"
 
-# the CaR predictor itself on 2 ranks (tiny random-weight fixture models, 2 real VOC images):
-# the same samples and, up to the method's float reductions under other thread counts, the same
-# numbers as one process
+# the CaR predictor itself (tiny random-weight fixture models): 5 real VOC images (semantic) and
+# the refcoco-style fixture split (refer), on 2 and 3 ranks with other thread counts per rank
+# (OMP_NUM_THREADS through mpirun's -x, one app context per rank) than the one process's single
+# thread: the same numbers, bit for bit (docs/threads.md). With products split by thread count,
+# the 4th image's label map moved with OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell).
 SH=""
 for d in "${CARSEG_SHARED:-}" ../shared ../../shared; do
     [ -n "$d" ] && [ -f "$d/fixtures/clip_sg/model_f16.safetensors" ] && { SH=$d; break; }
 done
+# every number of results.json but the timing, exactly as written
+nums() { /usr/bin/python3 -c "import json,sys; r=json.load(open(sys.argv[1])); r.pop('timing_ms_per_image', None); print(json.dumps(r, sort_keys=True))" "$1"; }
+# mpirun with rank k running OMP_NUM_THREADS=<k-th argument>: mpin "1 2 3" CMD...
+mpin() {
+    local th=$1; shift; local ctx=() sep=""
+    for t in $th; do ctx+=($sep -np 1 -x OMP_NUM_THREADS=$t -x OMP_WAIT_POLICY=passive "$@"); sep=":"; done
+    mpirun $ROOTFLAG --oversubscribe "${ctx[@]}"
+}
 if [ -n "$SH" ]; then
-    A=(--dataset voc --root "$SH/data/voc_mini" --limit 2 --generator "$SH/fixtures/clip_sg/model_f16.safetensors"
-       --classifier "$SH/fixtures/models/sc_f16.safetensors" --vocab "$SH/clip/bpe_simple_vocab_16e6.txt.gz" --quiet)
-    build/carseg eval "${A[@]}" --out "$T/car1" > /dev/null 2> "$T/car1.err"
-    mpi 2 build-mpi/carseg eval "${A[@]}" --out "$T/car2" > /dev/null 2> "$T/car2.err"
-    if /usr/bin/python3 - "$T/car1/results.json" "$T/car2/results.json" <<'PY'
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-ok = a["n_images"] == b["n_images"] == 2 and abs(a["miou"] - b["miou"]) < 0.05
-print("CaR: mIoU %.4f (1 process) vs %.4f (2 ranks)" % (a["miou"], b["miou"]))
-sys.exit(0 if ok else 1)
-PY
-    then ok "CaR predictor on 2 ranks"; else bad "CaR predictor on 2 ranks"; cat "$T/car1.err" "$T/car2.err"; fi
+    M=(--generator "$SH/fixtures/clip_sg/model_f16.safetensors" --classifier "$SH/fixtures/models/sc_f16.safetensors"
+       --vocab "$SH/clip/bpe_simple_vocab_16e6.txt.gz" --quiet)
+    A=(--dataset voc --root "$SH/data/voc_mini" --limit 5 "${M[@]}")
+    /usr/bin/python3 scripts/eval_fixtures.py refer "$T/refer" || bad "refer fixture"
+    R=(--dataset refcoco --root "$T/refer" "${M[@]}")
+    OMP_NUM_THREADS=1 build/carseg eval "${A[@]}" --out "$T/car1" > /dev/null 2> "$T/car1.err" || { bad "CaR eval, one process"; cat "$T/car1.err"; }
+    OMP_NUM_THREADS=1 build/carseg eval "${R[@]}" --out "$T/ref1" > /dev/null 2> "$T/ref1.err" || { bad "CaR refer eval, one process"; cat "$T/ref1.err"; }
+    for th in "2 3" "3 2 4"; do
+        np=$(echo $th | wc -w)
+        mpin "$th" build-mpi/carseg eval "${A[@]}" --out "$T/car$np" > /dev/null 2> "$T/car$np.err"
+        if [ -f "$T/car$np/results.json" ] && [ "$(nums "$T/car1/results.json")" = "$(nums "$T/car$np/results.json")" ]; then
+            ok "CaR on $np ranks (threads per rank: $th): every number equals one process's, bit for bit"
+        else
+            bad "CaR on $np ranks (threads $th) differs from one process"; cat "$T/car$np.err"
+            diff <(nums "$T/car1/results.json" | tr ',' '\n') <(nums "$T/car$np/results.json" 2>/dev/null | tr ',' '\n') | head -20
+        fi
+        mpin "$th" build-mpi/carseg eval "${R[@]}" --out "$T/ref$np" > /dev/null 2> "$T/ref$np.err"
+        if [ -f "$T/ref$np/results.json" ] && [ "$(nums "$T/ref1/results.json")" = "$(nums "$T/ref$np/results.json")" ]; then
+            ok "CaR refer on $np ranks (threads per rank: $th): the same numbers as one process"
+        else
+            bad "CaR refer on $np ranks (threads $th) differs from one process"; cat "$T/ref$np.err"
+        fi
+    done
+    # the MPI journal holds the samples in sample order, as one process writes it
+    if [ "$(grep -o '"id":"[^"]*"' "$T/car1/journal.jsonl")" = "$(grep -o '"id":"[^"]*"' "$T/car3/journal.jsonl")" ]; then
+        ok "3 ranks journal the samples in the order of one process"
+    else
+        bad "3 ranks: journal order differs from one process"
+    fi
 else
-    echo "skipped: CaR on 2 ranks (shared fixtures not found; set CARSEG_SHARED)"
+    echo "skipped: CaR on 2 and 3 ranks (shared fixtures not found; set CARSEG_SHARED)"
 fi
 
 echo "$pass passed, $fail failed"

@@ -109,4 +109,8 @@ int heavy_fixture(int k, char *dir, size_t n);
 /* Uniform random in [-1, 1) from a simple deterministic generator. */
 float test_randf(unsigned *state);
 
+/* The thread counts of the thread-count invariance tests (docs/threads.md): above the core count
+ * they oversubscribe a small machine, and must still give the same bits. */
+#define TEST_THREAD_COUNTS {1, 2, 3, 4, 7, 16}
+
 #endif

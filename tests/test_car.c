@@ -538,3 +538,66 @@ TEST(car_large_image_2000x1500) {
     image_free(&src);
     free_models(&M);
 }
+
+/* The whole method gives the same bits at any thread count (OpenMP's and OpenBLAS's): a semantic
+ * job on a fixture image with the fixture models (both towers, Grad-CAM proposals, the
+ * classifier's prompted images, the CRF, the label map): labels, scores and masks, and a
+ * referring pass's mask and scores. A fresh context per count, so no text feature is cached from
+ * another count. Thread counts 1, 2, 3, 4, 7 (16 is in the per-stage tests). */
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+TEST(car_thread_count_invariant) {
+    models M;
+    int lm = load_models(&M, 0);
+    if (lm == 0) SKIP("fixture models or vocabulary missing");
+    REQUIRE(lm == 1);
+    const char *ip = fx("chelsea_voc", "input.png");
+    if (!ip || !file_exists(ip)) {
+        free_models(&M);
+        SKIP("CaR fixtures missing");
+    }
+    image_u8 im;
+    CHECK_OK(image_load_rgb(ip, &im));
+    static const char *cls[] = {"cat", "dog", "sofa", "person", "tv monitor"};
+    static const char *ph[] = {"a cat lying down", "the cat"};
+    enum { N = 5, NC = 5 };
+    static const int counts[NC] = {1, 2, 3, 4, 7};
+    car_job job;
+    memset(&job, 0, sizeof job);
+    job.classes = cls, job.n_classes = N, job.bg = CAR_BG_WORDS, job.nb = 23;
+    job.p = car_default_params();
+    job.p.n_templates = 2;   /* the text tower still runs on every query, at a fraction of the time */
+    job.stuff_p = job.p;
+    size_t hw = (size_t)im.w * im.h;
+    uint16_t *lab[NC];
+    uint8_t *mk[NC], *rm[NC];
+    float sc[NC][N], rs[NC][2];
+    int nt0 = carseg_get_threads(), bt0 = openblas_get_num_threads();
+    for (int t = 0; t < NC; t++) {
+        carseg_set_threads(counts[t]);
+        openblas_set_num_threads(counts[t]);
+        lab[t] = malloc(hw * sizeof(uint16_t)), mk[t] = malloc(hw * N), rm[t] = malloc(hw);
+        car_ctx *ctx = NULL;
+        CHECK_OK(car_ctx_new(M.gen, M.cls, M.tok, &ctx));
+        REQUIRE(ctx);
+        car_image *ci = NULL;
+        CHECK_OK(car_image_new(ctx, &im, NULL, &ci));
+        REQUIRE(ci);
+        CHECK_OK(car_segment(ctx, ci, &job, NULL, lab[t], sc[t], mk[t], NULL));
+        CHECK_OK(car_refer(ctx, ci, ph, 2, CAR_BG_WORDS, 23, &job.p, NULL, rm[t], rs[t], NULL, NULL));
+        car_image_free(ci);
+        car_ctx_free(ctx);
+    }
+    carseg_set_threads(nt0);
+    openblas_set_num_threads(bt0);
+    for (int t = 1; t < NC; t++) {
+        CHECK_MSG(!memcmp(lab[0], lab[t], hw * sizeof(uint16_t)), "label maps of 1 and %d threads differ", counts[t]);
+        CHECK_MSG(!memcmp(sc[0], sc[t], sizeof sc[0]), "scores of 1 and %d threads differ", counts[t]);
+        CHECK_MSG(!memcmp(mk[0], mk[t], hw * N), "masks of 1 and %d threads differ", counts[t]);
+        CHECK_MSG(!memcmp(rm[0], rm[t], hw) && !memcmp(rs[0], rs[t], sizeof rs[0]),
+                  "referring mask or scores of 1 and %d threads differ", counts[t]);
+    }
+    for (int t = 0; t < NC; t++) free(lab[t]), free(mk[t]), free(rm[t]);
+    image_free(&im);
+    free_models(&M);
+}

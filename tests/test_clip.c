@@ -716,3 +716,59 @@ TEST(clip_encode_images_batch) {
     free(x), free(batch);
     clip_free(m);
 }
+
+/* Both towers give the same bits at any thread count (OpenMP's and OpenBLAS's): the image tower
+ * at CaR's 512x384 VOC size (769 tokens: features, trunk tokens and every block's attention
+ * maps), a batch of images, and the text tower on prompts of different lengths (the EOT-sorted
+ * batches). Widths big enough that every product is cut into several tiles (docs/threads.md). */
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+TEST(clip_towers_thread_invariant) {
+    clip_config c = {.v_width = 192, .v_layers = 2, .v_patch = 16, .v_grid = 14, .t_width = 256,
+                     .t_layers = 2, .t_ctx = 77, .t_vocab = 1000, .embed = 64};
+    clip_model *m;
+    CHECK_OK(clip_init_random(&c, 21, &m));
+    REQUIRE(m);
+    enum { H = 384, W = 512, L = 1 + 24 * 32, NB = 3, NT = 40, E = 64, CW = 192 };
+    unsigned s = 5;
+    float *x = malloc(sizeof(float) * 3 * H * W), *xb = malloc(sizeof(float) * NB * 3 * 224 * 224);
+    for (int i = 0; i < 3 * H * W; i++) x[i] = test_randf(&s);
+    for (int i = 0; i < NB * 3 * 224 * 224; i++) xb[i] = test_randf(&s);
+    int32_t *tok = calloc((size_t)NT * 77, sizeof(int32_t));
+    for (int i = 0; i < NT; i++) {   /* start token, words, EOT (the largest id) at 3..76 */
+        int eot = 3 + (i * 37) % 74;
+        tok[(size_t)i * 77] = 998;
+        for (int j = 1; j < eot; j++) tok[(size_t)i * 77 + j] = (int)(500 + 490 * test_randf(&s));
+        tok[(size_t)i * 77 + eot] = 999;
+    }
+    static const int counts[] = TEST_THREAD_COUNTS;
+    const int nc = (int)(sizeof counts / sizeof *counts);
+    size_t per = E + (size_t)L * CW + (size_t)2 * L * L + (size_t)NB * E + (size_t)NT * E;
+    float *out[8];
+    int nt0 = carseg_get_threads(), bt0 = openblas_get_num_threads();
+    for (int k = 0; k < nc; k++) {
+        carseg_set_threads(counts[k]);
+        openblas_set_num_threads(counts[k]);
+        float *o = out[k] = malloc(per * sizeof(float));
+        REQUIRE(o);
+        CHECK_OK(clip_encode_image(m, x, H, W, 0, o));
+        CHECK_OK(clip_image_trunk(m, x, H, W, 2, o + E, o + E + (size_t)L * CW));
+        CHECK_OK(clip_encode_images(m, xb, NB, 224, 224, 0, o + E + (size_t)L * CW + (size_t)2 * L * L));
+        CHECK_OK(clip_encode_text(m, tok, NT, o + per - (size_t)NT * E));
+    }
+    carseg_set_threads(nt0);
+    openblas_set_num_threads(bt0);
+    for (int k = 1; k < nc; k++) {
+        CHECK_MSG(!memcmp(out[0], out[k], (E + (size_t)L * CW + (size_t)2 * L * L) * sizeof(float)),
+                  "image tower at 512x384: 1 and %d threads differ", counts[k]);
+        size_t o = E + (size_t)L * CW + (size_t)2 * L * L;
+        CHECK_MSG(!memcmp(out[0] + o, out[k] + o, (size_t)NB * E * sizeof(float)),
+                  "image batch: 1 and %d threads differ", counts[k]);
+        CHECK_MSG(!memcmp(out[0] + per - (size_t)NT * E, out[k] + per - (size_t)NT * E,
+                          (size_t)NT * E * sizeof(float)),
+                  "text tower: 1 and %d threads differ", counts[k]);
+    }
+    for (int k = 0; k < nc; k++) free(out[k]);
+    free(x), free(xb), free(tok);
+    clip_free(m);
+}

@@ -787,3 +787,49 @@ TEST(crf_cli_end_to_end) {
     free(lab);
     free(q);
 }
+
+/* The CRF gives the same marginals and labels, bit for bit, at any thread count: every value is
+ * one thread's (splat per vertex, blur per chain, slice per pixel; the chunks only say who), and
+ * the lattice is the same (crf_lattice_sorted_equals_hash checks that at 1 and 2 threads).
+ * A 200x150 crop of the fixture images (VOC, 3 labels and 21 labels), 3 iterations. */
+TEST(crf_thread_count_invariant) {
+    const char *cases[2] = {"fixtures/crf/voc8_3", "fixtures/crf/voc120_21"};
+    static const int counts[] = TEST_THREAD_COUNTS;
+    enum { NC = sizeof counts / sizeof *counts };
+    int nthr = carseg_get_threads();
+    for (int c = 0; c < 2; c++) {
+        fixture fx;
+        if (!load_fixture(cases[c], "features.npy", "probs.npy", "q.npy", &fx))
+            SKIP("%s not found (set CARSEG_SHARED)", cases[c]);
+        /* the top-left 200 x 150 pixels: features (H, W, 3), probabilities (C, H, W) */
+        int W = fx.W < 200 ? fx.W : 200, H = fx.H < 150 ? fx.H : 150;
+        size_t n = (size_t)H * W;
+        uint8_t *feat = malloc(n * 3);
+        float *probs = malloc(n * fx.C * sizeof(float));
+        for (int y = 0; y < H; y++) {
+            memcpy(feat + (size_t)y * W * 3, fx.feat + (size_t)y * fx.W * 3, (size_t)W * 3);
+            for (int k = 0; k < fx.C; k++)
+                memcpy(probs + ((size_t)k * H + y) * W, fx.probs + ((size_t)k * fx.H + y) * fx.W,
+                       (size_t)W * sizeof(float));
+        }
+        crf_params prm = crf_default_params();
+        prm.iters = 3;
+        uint16_t *lab[NC];
+        float *q[NC];
+        for (int t = 0; t < NC; t++) {
+            carseg_set_threads(counts[t]);
+            lab[t] = malloc(n * sizeof(uint16_t)), q[t] = malloc(n * fx.C * sizeof(float));
+            CHECK_OK(crf_run(probs, fx.C, H, W, feat, &prm, lab[t], q[t]));
+        }
+        carseg_set_threads(nthr);
+        for (int t = 1; t < NC; t++) {
+            CHECK_MSG(!memcmp(q[0], q[t], n * fx.C * sizeof(float)),
+                      "%s: marginals of 1 and %d threads differ", cases[c], counts[t]);
+            CHECK_MSG(!memcmp(lab[0], lab[t], n * sizeof(uint16_t)),
+                      "%s: labels of 1 and %d threads differ", cases[c], counts[t]);
+        }
+        for (int t = 0; t < NC; t++) free(lab[t]), free(q[t]);
+        free(feat), free(probs);
+        free_fixture(&fx);
+    }
+}

@@ -207,3 +207,90 @@ TEST(nn_openblas_threads_restored) {
     CHECK(openblas_get_num_threads() == before);
     free(x), free(w), free(o), free(qkv), free(p), free(a);
 }
+
+/* The tiles are a function of the shape alone: multiples of 16 (but for a dimension shorter than
+ * a tile), covering C exactly, one tile under 4 MFLOP, and enough tiles on the ViT shapes to keep
+ * many cores busy (B/16 at 512x384: 769 tokens; batches of 2048 tokens; the text tower) */
+TEST(nn_tiles_shape_only) {
+    int shapes[][3] = {{769, 2304, 768}, {769, 768, 768}, {769, 3072, 768}, {769, 768, 3072},
+                       {1799, 3072, 1024}, {1799, 4096, 1024}, {1799, 1024, 4096},
+                       {640, 1536, 512}, {640, 512, 2048}, {5140, 4096, 1024}, {7, 9, 11},
+                       {33, 1000, 60}, {4000, 17, 300}};
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        int M = shapes[k][0], N = shapes[k][1], K = shapes[k][2];
+        nn_tiling t = nn_tiles(M, N, K);
+        CHECK_MSG(t.mt > 0 && t.nt > 0 && (t.tm - 1) * t.mt < M && t.tm * t.mt >= M &&
+                      (t.tn - 1) * t.nt < N && t.tn * t.nt >= N,
+                  "%d x %d x %d: tiles %d x %d of %d x %d do not cover C exactly", M, N, K, t.tm,
+                  t.tn, t.mt, t.nt);
+        CHECK_MSG((t.mt % 16 == 0 || t.tm == 1) && (t.nt % 16 == 0 || t.tn == 1),
+                  "%d x %d x %d: tile %d x %d not a multiple of 16", M, N, K, t.mt, t.nt);
+        if (2.0 * M * N * K < 4e6) CHECK(t.tm == 1 && t.tn == 1);
+        nn_tiling u = nn_tiles(M, N, K);
+        CHECK(!memcmp(&t, &u, sizeof t));
+    }
+    /* the big products of the image towers: many tiles */
+    CHECK(nn_tiles(769, 3072, 768).tm * nn_tiles(769, 3072, 768).tn >= 32);
+    CHECK(nn_tiles(1799, 4096, 1024).tm * nn_tiles(1799, 4096, 1024).tn >= 32);
+}
+
+/* Every product kernel gives the same bits at any thread count, OpenMP's and OpenBLAS's alike:
+ * sgemm in its four transposes, the fused linear epilogues, the attention (causal or not), on
+ * shapes that cut into several tiles. The products are split by shape only (nn_tiles), so this
+ * holds with any OpenBLAS kernel; a split by thread count fails here with kernels whose bits
+ * depend on where a product is cut (OPENBLAS_CORETYPE=Haswell on a Zen 4: docs/threads.md). */
+TEST(nn_products_thread_invariant) {
+    static const int counts[] = TEST_THREAD_COUNTS;
+    const int nc = (int)(sizeof counts / sizeof *counts);
+    unsigned s = 11;
+    int M = 769, K = 320, N = 1040, L = 197, C = 256, NH = 4;
+    float *A = rand_buf((size_t)M * K, &s, 1), *B = rand_buf((size_t)K * N, &s, 0.1f);
+    float *bias = rand_buf(N, &s, 1), *res = rand_buf((size_t)M * N, &s, 1);
+    float *qkv = rand_buf((size_t)2 * L * 3 * C, &s, 1);
+    size_t nmn = (size_t)M * N, natt = (size_t)2 * L * C, nprob = (size_t)2 * NH * L * L;
+    /* per thread count: 4 sgemm, 3 linear, 2 attention outputs + their probabilities */
+    size_t per = 7 * nmn + 2 * (natt + nprob + (size_t)2 * L * L);
+    float *out[8];
+    int nt0 = carseg_get_threads(), bt0 = openblas_get_num_threads();
+    for (int c = 0; c < nc; c++) {
+        carseg_set_threads(counts[c]);
+        openblas_set_num_threads(counts[c]);
+        float *o = out[c] = malloc(per * sizeof(float));
+        REQUIRE(o);
+        for (int t = 0; t < 4; t++) {   /* op(A) op(B) with the operands stored to match */
+            int ta = t & 1, tb = t >> 1;
+            nn_sgemm(ta, tb, M, N, K, 0.5f, A, ta ? M : K, B, tb ? K : N, 0.0f, o, N);
+            o += nmn;
+        }
+        memcpy(o, res, nmn * sizeof(float));
+        nn_linear_ex(o, A, B, bias, M, K, N, NN_ACCUMULATE);   /* B read as (N, K) */
+        o += nmn;
+        nn_linear_ex(o, A, B, bias, M, K, N, NN_GELU);
+        o += nmn;
+        nn_linear(o, A, B, NULL, M, K, N);
+        o += nmn;
+        for (int causal = 0; causal < 2; causal++) {
+            float *att = o, *pr = o + natt, *avg = pr + nprob;
+            nn_attention(att, pr, avg, qkv, 2, L, C, NH, causal);
+            o += natt + nprob + (size_t)2 * L * L;
+        }
+    }
+    carseg_set_threads(nt0);
+    openblas_set_num_threads(bt0);
+    for (int c = 1; c < nc; c++) {
+        CHECK_MSG(!memcmp(out[0], out[c], 4 * nmn * sizeof(float)),
+                  "nn_sgemm: 1 and %d threads differ", counts[c]);
+        CHECK_MSG(!memcmp(out[0] + 4 * nmn, out[c] + 4 * nmn, 3 * nmn * sizeof(float)),
+                  "nn_linear_ex: 1 and %d threads differ", counts[c]);
+        CHECK_MSG(!memcmp(out[0] + 7 * nmn, out[c] + 7 * nmn, (per - 7 * nmn) * sizeof(float)),
+                  "nn_attention: 1 and %d threads differ", counts[c]);
+    }
+    /* the same product from buffers at other alignments: the same bits (OpenBLAS packs the
+     * operands; a kernel whose sums followed the addresses would show here) */
+    float *A2 = malloc(((size_t)M * K + 3) * sizeof(float)), *C2 = malloc((nmn + 5) * sizeof(float));
+    memcpy(A2 + 3, A, (size_t)M * K * sizeof(float));
+    nn_sgemm(0, 0, M, N, K, 0.5f, A2 + 3, K, B, N, 0.0f, C2 + 5, N);
+    CHECK_MSG(!memcmp(out[0], C2 + 5, nmn * sizeof(float)), "sgemm bits follow the alignment");
+    for (int c = 0; c < nc; c++) free(out[c]);
+    free(A), free(B), free(bias), free(res), free(qkv), free(A2), free(C2);
+}

@@ -651,6 +651,56 @@ static int cmd_merge(int argc, char **argv) {
 
 #ifdef CARSEG_MPI
 enum { TAG_REQ = 1, TAG_WORK = 2, TAG_RESULT = 3, TAG_ERR = 4 };
+
+/* Rank 0 commits the results in sample order, as one process does: the totals are summed in the
+ * same order (the referring mean IoU is a float sum) and the journal has the same lines in the
+ * same order, so a run resumed from it sums as a serial run too (docs/threads.md). A result that
+ * arrives before an earlier sample's waits in held (a kill loses at most those). */
+typedef struct {
+    char **held;   /* (npend) line of pend[k], or NULL */
+    int next;      /* first position not yet committed */
+} in_order;
+
+static int pos_of(const int *pend, int npend, int idx) {   /* pend is increasing */
+    int a = 0, b = npend;
+    while (a < b) {
+        int m = a + (b - a) / 2;
+        if (pend[m] < idx) a = m + 1;
+        else b = m;
+    }
+    return a < npend && pend[a] == idx ? a : -1;
+}
+
+/* Takes line (malloc'd) of sample idx, commits every result now in order; returns the count
+ * committed (or -1 on error, st set). */
+static int in_order_put(in_order *q, run *R, const id_ent *tab, int ntab, const int *pend,
+                        int npend, int idx, char *line, carseg_status *st) {
+    int k = pos_of(pend, npend, idx);
+    if (k < 0 || q->held[k]) {
+        free(line);
+        *st = set_err(CARSEG_EINVAL, "eval: unexpected result for sample %d", idx);
+        return -1;
+    }
+    q->held[k] = line;
+    int n = 0;
+    while (q->next < npend && q->held[q->next]) {
+        *st = commit_line(R, tab, ntab, q->held[q->next]);
+        free(q->held[q->next]);
+        q->held[q->next++] = NULL;
+        if (*st) return -1;
+        n++;
+    }
+    return n;
+}
+
+/* The sample index of a journal line ({"id":"...",...}): looked up by id. */
+static int line_sample(const char *line, int refer, const id_ent *tab, int ntab) {
+    journal_rec r;
+    if (journal_parse(line, strlen(line) - 1, &r, refer)) return -1;
+    int i = lookup(tab, ntab, r.id);
+    journal_rec_free(&r);
+    return i;
+}
 #endif
 
 static int cmd_eval(int argc, char **argv) {
@@ -831,6 +881,8 @@ static int cmd_eval(int argc, char **argv) {
     else if (rank == 0) {
         /* rank 0: answers work requests between its own samples; owns the journal */
         int next = 0, active = nranks - 1, outstanding = 0;
+        in_order q = {calloc((size_t)(npend ? npend : 1), sizeof(char *)), 0};
+        if (!q.held) EVAL_FAIL("out of memory");
         while (active > 0 || outstanding > 0 || next < npend) {
             int flag = 1;
             while (flag) {
@@ -850,10 +902,12 @@ static int cmd_eval(int argc, char **argv) {
                     MPI_Send(&idx, 1, MPI_INT, ms.MPI_SOURCE, TAG_WORK, MPI_COMM_WORLD);
                 } else if (ms.MPI_TAG == TAG_RESULT) {
                     outstanding--;
-                    st = commit_line(&R, tab, n, msg);
-                    if (st) { free(msg); EVAL_FAIL_ST(st); }
-                    n_new++;
-                    progress(&R, n_new, t_start, 0);
+                    int c = in_order_put(&q, &R, tab, n, pend, npend,
+                                         line_sample(msg, R.refer, tab, n), msg, &st);
+                    msg = NULL;
+                    if (c < 0) EVAL_FAIL_ST(st);
+                    n_new += c;
+                    if (c) progress(&R, n_new, t_start, 0);
                 } else if (ms.MPI_TAG == TAG_ERR) {
                     fprintf(stderr, "carseg: error: rank %d: %s\n", ms.MPI_SOURCE, msg);
                     free(msg);
@@ -864,14 +918,16 @@ static int cmd_eval(int argc, char **argv) {
             }
             if (next < npend) {
                 char *line;
-                if ((st = process(&R, &P, pend[next++], &line))) EVAL_FAIL_ST(st);
-                st = commit_line(&R, tab, n, line);
-                free(line);
-                if (st) EVAL_FAIL_ST(st);
-                n_new++;
-                progress(&R, n_new, t_start, 0);
+                int idx = pend[next++];
+                if ((st = process(&R, &P, idx, &line))) EVAL_FAIL_ST(st);
+                int c = in_order_put(&q, &R, tab, n, pend, npend, idx, line, &st);
+                if (c < 0) EVAL_FAIL_ST(st);
+                n_new += c;
+                if (c) progress(&R, n_new, t_start, 0);
             }
         }
+        if (q.next != npend) EVAL_FAIL("eval: %d of %d results missing", npend - q.next, npend);
+        free(q.held);
     } else {
         /* worker: keep one request in flight (prefetch) so rank 0's own work never stalls us */
         MPI_Send("", 0, MPI_CHAR, 0, TAG_REQ, MPI_COMM_WORLD);

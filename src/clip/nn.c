@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,20 +31,28 @@
 // ---------------------------------------------------------------------------------------------
 // threads and the matrix product
 
-/* While one of our parallel regions calls BLAS, OpenBLAS runs single-threaded (each OpenMP thread
- * computes its own block); afterwards its thread count is restored, so serial callers elsewhere
- * keep OpenBLAS's own threading. Only the count is global: concurrent callers can at worst see
- * each other's setting for one call (a matter of speed, not of results). */
-static int blas_solo_begin(void) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;   /* the caller's region: leave the setting alone */
-#endif
-    int prev = openblas_get_num_threads();
-    if (prev > 1) openblas_set_num_threads(1);
-    return prev;
+/* OpenBLAS runs single-threaded inside every nn_* call: a carseg product is split into tiles by
+ * nn_tiles, each tile one single-threaded OpenBLAS call, because OpenBLAS's own threads split a
+ * product by their count and its kernels give other bits for an element when the product is
+ * split elsewhere (measured with its Haswell kernels on a Zen 4: docs/threads.md). The first of
+ * the overlapping nn_* calls (any thread) saves OpenBLAS's thread count and sets 1; the last one
+ * gives it back, so serial callers outside carseg keep OpenBLAS's threading and no carseg call
+ * ever sees more than one OpenBLAS thread, however many threads call carseg at once. */
+static pthread_mutex_t g_solo_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_solo_depth, g_solo_prev;
+
+static void blas_solo_begin(void) {
+    pthread_mutex_lock(&g_solo_mu);
+    if (g_solo_depth++ == 0) {
+        g_solo_prev = openblas_get_num_threads();
+        if (g_solo_prev > 1) openblas_set_num_threads(1);
+    }
+    pthread_mutex_unlock(&g_solo_mu);
 }
-static void blas_solo_end(int prev) {
-    if (prev > 1) openblas_set_num_threads(prev);
+static void blas_solo_end(void) {
+    pthread_mutex_lock(&g_solo_mu);
+    if (--g_solo_depth == 0 && g_solo_prev > 1) openblas_set_num_threads(g_solo_prev);
+    pthread_mutex_unlock(&g_solo_mu);
 }
 
 static int nn_threads(void) {
@@ -55,39 +64,68 @@ static int nn_threads(void) {
 #endif
 }
 
-/* Column (or row) blocks of the product for nt threads: multiples of 16 so the kernels stay
- * aligned. Returns the block length; *split_n says which dimension is split. */
-static int gemm_chunk(int M, int N, int K, int *nt, int *split_n) {
-    if (*nt > 1 && 2.0 * M * N * K < 4e6) *nt = 1;   /* too small to split */
-    *split_n = N >= M;
-    int len = *split_n ? N : M;
-    int chunk = (len + *nt - 1) / *nt;
-    chunk = (chunk + 15) & ~15;
-    return chunk < len ? chunk : len;
+/* The tiles of C (M, N) for a product with inner size K: a function of the shape alone (never of
+ * the thread count), so every element is computed by the same OpenBLAS call, and so to the same
+ * bits, whichever thread runs which tile and however many threads there are.
+ * Sizes: tiles of at least NN_TILE_MIN_M rows and NN_TILE_MIN_N columns (each tile packs its rows
+ * of A and its columns of B again: smaller tiles cost more, see docs/threads.md), as many as
+ * needed for NN_TILE_TARGET tiles where the product is big enough, multiples of 16, rows and
+ * columns split evenly; among the splits reaching the target the one packing the least. Products
+ * under 4 MFLOP are one tile. */
+#ifndef NN_TILE_MIN_M
+#define NN_TILE_MIN_M 256
+#endif
+#ifndef NN_TILE_MIN_N
+#define NN_TILE_MIN_N 256
+#endif
+#ifndef NN_TILE_TARGET
+#define NN_TILE_TARGET 64
+#endif
+
+static int even16(int len, int parts) {   /* the tile length splitting len into parts */
+    int t = (len + parts - 1) / parts;
+    t = (t + 15) & ~15;
+    return t < len ? t : len;
+}
+
+nn_tiling nn_tiles(int M, int N, int K) {
+    nn_tiling t = {M > 0 ? M : 1, N > 0 ? N : 1, 1, 1};
+    if (M <= 0 || N <= 0 || 2.0 * M * N * K < 4e6) return t;
+    int tm_max = M / NN_TILE_MIN_M > 1 ? M / NN_TILE_MIN_M : 1;
+    int tn_max = N / NN_TILE_MIN_N > 1 ? N / NN_TILE_MIN_N : 1;
+    double best = 0;
+    for (int tm = 1; tm <= tm_max; tm++) {
+        int tn = (NN_TILE_TARGET + tm - 1) / tm;
+        tn = tn < tn_max ? tn : tn_max;
+        int mt = even16(M, tm), nt = even16(N, tn);
+        int rm = (M + mt - 1) / mt, rn = (N + nt - 1) / nt, T = rm * rn;
+        /* short of the target: fewer tiles are worse; then the packed volume (rn M + rm N) */
+        double score = (T < NN_TILE_TARGET ? 1e15 * (NN_TILE_TARGET - T) : 0) +
+                       (double)rn * M + (double)rm * N;
+        if (tm == 1 || score < best) best = score, t = (nn_tiling){mt, nt, rm, rn};
+    }
+    return t;
 }
 
 void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    int nt = nn_threads(), split_n;
     enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
-    int chunk = gemm_chunk(M, N, K, &nt, &split_n), len = split_n ? N : M;
-    int nblk = (len + chunk - 1) / chunk;
-    int prev = blas_solo_begin();   /* also with one block: the OpenMP thread count is the limit */
-#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nblk > 1)
-    for (int t = 0; t < nblk; t++) {
-        int s = t * chunk, e = s + chunk < len ? s + chunk : len;
-        if (split_n) {
-            const float *Bt = tb ? B + (size_t)s * ldb : B + s;
-            cblas_sgemm(CblasRowMajor, TA, TB, M, e - s, K, alpha, A, lda, Bt, ldb, beta, C + s,
-                        ldc);
-        } else {
-            const float *At = ta ? A + s : A + (size_t)s * lda;
-            cblas_sgemm(CblasRowMajor, TA, TB, e - s, N, K, alpha, At, lda, B, ldb, beta,
-                        C + (size_t)s * ldc, ldc);
-        }
+    nn_tiling tl = nn_tiles(M, N, K);
+    int nt = tl.tm * tl.tn, th = nn_threads();
+    th = th < nt ? th : nt;
+    blas_solo_begin();
+    /* tiles in row-major order, handed out one at a time to whichever thread is free */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (th > 1)
+    for (int t = 0; t < nt; t++) {
+        int i0 = t / tl.tn * tl.mt, j0 = t % tl.tn * tl.nt;
+        int m = M - i0 < tl.mt ? M - i0 : tl.mt, n = N - j0 < tl.nt ? N - j0 : tl.nt;
+        const float *At = ta ? A + i0 : A + (size_t)i0 * lda;
+        const float *Bt = tb ? B + (size_t)j0 * ldb : B + j0;
+        cblas_sgemm(CblasRowMajor, TA, TB, m, n, K, alpha, At, lda, Bt, ldb, beta,
+                    C + (size_t)i0 * ldc + j0, ldc);
     }
-    blas_solo_end(prev);
+    blas_solo_end();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -245,27 +283,23 @@ NN_HOT void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
                   int flags) {
     if (N <= 0 || OC <= 0) return;
-    int nt = nn_threads(), split_n;
-    int chunk = gemm_chunk(N, OC, IC, &nt, &split_n), len = split_n ? OC : N;
-    int nblk = (len + chunk - 1) / chunk;
-    int prev = blas_solo_begin();
+    nn_tiling tl = nn_tiles(N, OC, IC);
+    int nt = tl.tm * tl.tn, th = nn_threads();
+    th = th < nt ? th : nt;
     float beta = (flags & NN_ACCUMULATE) ? 1.0f : 0.0f;
     int gelu = (flags & NN_GELU) != 0;
-    /* one parallel region: each thread's block of the product, then its bias (+ GELU) */
-#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nblk > 1)
-    for (int t = 0; t < nblk; t++) {
-        int s = t * chunk, e = s + chunk < len ? s + chunk : len;
-        if (split_n) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, e - s, IC, 1.0f, x, IC,
-                        w + (size_t)s * IC, IC, beta, out + s, OC);
-            bias_gelu_block(out + s, OC, b ? b + s : NULL, N, e - s, gelu);
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, e - s, OC, IC, 1.0f,
-                        x + (size_t)s * IC, IC, w, IC, beta, out + (size_t)s * OC, OC);
-            bias_gelu_block(out + (size_t)s * OC, OC, b, e - s, OC, gelu);
-        }
+    blas_solo_begin();
+    /* one parallel region: each tile's product, then its bias (+ GELU) while it is in cache */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (th > 1)
+    for (int t = 0; t < nt; t++) {
+        int i0 = t / tl.tn * tl.mt, j0 = t % tl.tn * tl.nt;
+        int m = N - i0 < tl.mt ? N - i0 : tl.mt, n = OC - j0 < tl.nt ? OC - j0 : tl.nt;
+        float *o = out + (size_t)i0 * OC + j0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, IC, 1.0f, x + (size_t)i0 * IC,
+                    IC, w + (size_t)j0 * IC, IC, beta, o, OC);
+        bias_gelu_block(o, OC, b ? b + j0 : NULL, m, n, gelu);
     }
-    blas_solo_end(prev);
+    blas_solo_end();
 }
 
 void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {
@@ -293,9 +327,10 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
     int RB = 256;   /* larger blocks repack K less often; the block of P stays within ~1 MB */
     while (RB > 16 && (size_t)RB * L * sizeof(float) > (1u << 20)) RB /= 2;
     int nrb = (L + RB - 1) / RB;
-    int par = B * NH * nrb > 1 && nn_threads() > 1;
-    int prev = blas_solo_begin();
-#pragma omp parallel for schedule(dynamic, 1) if (par)
+    int th = nn_threads(), par = B * NH * nrb > 1 && th > 1;
+    blas_solo_begin();
+    /* work items of a shape-only size, each on one thread: the same bits for any thread count */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (par)
     for (int it = 0; it < B * NH * nrb; it++) {
         int bh = it / nrb, r0 = (it % nrb) * RB, r1 = r0 + RB < L ? r0 + RB : L;
         int b = bh / NH, h = bh % NH, ncol = causal ? r1 : L;
@@ -314,7 +349,7 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, ncol, 1.0f, P, L, v,
                     C3, 0.0f, out + ((size_t)b * L + r0) * C + h * hd, C);
     }
-    blas_solo_end(prev);
+    blas_solo_end();
     if (avg) nn_attention_avg(avg, probs, B, L, NH);
 }
 
