@@ -106,12 +106,22 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)
 
 # `make test` runs every C test; tests that need ../shared say SKIPPED when it is missing.
 # T="name1 name2" runs only the tests whose names contain one of the words.
-# tests/test_build.c reads CARSEG_BUILD_DIR, CARSEG_CC, CARSEG_LDLIBS, CARSEG_LDFLAGS: it links
-# small programs against the built libraries.
+# tests/test_build.c reads CARSEG_BUILD_DIR, CARSEG_CC, CARSEG_LDLIBS, CARSEG_LDFLAGS and
+# CARSEG_INSTALL_ENV: it links small programs against the built and the installed libraries.
 test: $(BUILD)/run_tests $(BUILD)/carseg $(PUBLIC_LIBS)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} CARSEG_BIN=$(abspath $(BUILD)/carseg) \
 	  CARSEG_BUILD_DIR=$(abspath $(BUILD)) CARSEG_CC="$(CC)" CARSEG_LDLIBS="$(LDLIBS)" \
-	  CARSEG_LDFLAGS="$(LDFLAGS)" $(BUILD)/run_tests $(T)
+	  CARSEG_LDFLAGS="$(LDFLAGS)" CARSEG_INSTALL_ENV='$(INSTALL_ENV)' $(BUILD)/run_tests $(T)
+
+# make install PREFIX=/usr/local [DESTDIR=staging] [LIBDIR=$(PREFIX)/lib]: include/carseg.h,
+# libcarseg.a, libcarseg.so(.1, .VERSION), LIBDIR/pkgconfig/carseg.pc (Libs.private: what a
+# static link needs), bin/carseg, share/man/man1/carseg.1
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+LIBS_PRIVATE := $(patsubst -fopenmp,-lgomp,$(LDLIBS))
+INSTALL_ENV = VERSION=$(VERSION) SONAME=$(SONAME) LIBS_PRIVATE="$(LIBS_PRIVATE)"
+install: all
+	$(INSTALL_ENV) sh scripts/install.sh $(BUILD) $(PREFIX) "$(DESTDIR)" $(LIBDIR)
 
 check:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \

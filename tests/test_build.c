@@ -115,3 +115,84 @@ static void link_and_run(const char *how) {
 
 TEST(build_user_symbols_link_static) { link_and_run("static"); }
 TEST(build_user_symbols_link_shared) { link_and_run("shared"); }
+
+/* `make install`'s script into DESTDIR/PREFIX, then a program built with
+ * `pkg-config --cflags --libs carseg` (shared) and with the static library plus
+ * `pkg-config --static --libs` against the installed copy: it tokenizes a text with the fixture
+ * vocabulary (or, without ../shared, only checks the status names). */
+static const char *installed_prog =
+    "#include <stdio.h>\n#include <string.h>\n#include <stdint.h>\n#include <carseg.h>\n"
+    "int main(int argc, char **argv) {\n"
+    "    if (strcmp(carseg_status_str(CARSEG_EIO), \"i/o error\")) return 3;\n"
+    "    if (argc < 2) { puts(\"ok\"); return 0; }\n"
+    "    carseg_tokenizer *t;\n"
+    "    if (carseg_tokenizer_open(argv[1], &t) != CARSEG_OK) { fprintf(stderr, \"%s\\n\", carseg_last_error()); return 1; }\n"
+    "    int32_t ids[77];\n"
+    "    int n = carseg_tokenize(t, \"a photo of a cat\", ids, 77);\n"
+    "    for (int i = 0; i < n; i++) printf(\"%d%c\", ids[i], i + 1 < n ? ' ' : '\\n');\n"
+    "    carseg_tokenizer_close(t);\n"
+    "    return 0;\n"
+    "}\n";
+
+TEST(build_install_pkg_config) {
+    const char *b = build_dir(), *ienv = getenv("CARSEG_INSTALL_ENV");
+    if (!b || !ienv) SKIP("CARSEG_BUILD_DIR / CARSEG_INSTALL_ENV not set (run through make test)");
+    if (system("pkg-config --version > /dev/null 2>&1") != 0) SKIP("pkg-config is not installed");
+    const char *cc = getenv("CARSEG_CC"), *ldf = getenv("CARSEG_LDFLAGS");
+    if (!cc || !*cc) cc = "cc";
+    if (!ldf) ldf = "";
+    const char *dir = test_tmpdir();
+    char dest[600], prefix[] = "/opt/carseg-test", cmd[6000];
+    snprintf(dest, sizeof dest, "%s/stage", dir);
+    snprintf(cmd, sizeof cmd, "%s sh scripts/install.sh '%s' %s '%s' > '%s/install.log' 2>&1", ienv, b, prefix,
+             dest, dir);
+    REQUIRE(system(cmd) == 0);
+    static const char *files[] = {"include/carseg.h", "lib/libcarseg.a", "lib/libcarseg.so", "lib/libcarseg.so.1",
+                                  "lib/pkgconfig/carseg.pc", "bin/carseg", "share/man/man1/carseg.1"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char p[800];
+        snprintf(p, sizeof p, "%s%s/%s", dest, prefix, files[i]);
+        CHECK_MSG(file_exists(p), "%s not installed", p);
+    }
+    /* the man page is valid roff with the sections a man page needs */
+    snprintf(cmd, sizeof cmd, "for s in NAME SYNOPSIS DESCRIPTION OPTIONS ENVIRONMENT FILES 'EXIT STATUS'; do "
+             "grep -q \"^.SH $s\" '%s%s/share/man/man1/carseg.1' || exit 1; done", dest, prefix);
+    CHECK_MSG(system(cmd) == 0, "carseg.1 lacks a section");
+    snprintf(cmd, sizeof cmd, "'%s%s/bin/carseg' --version | grep -q '^carseg '", dest, prefix);
+    CHECK_MSG(system(cmd) == 0, "the installed CLI does not run");
+
+    char src[700];
+    snprintf(src, sizeof src, "%s/prog.c", dir);
+    REQUIRE(write_file_atomic(src, installed_prog, strlen(installed_prog)) == CARSEG_OK);
+    const char *vocab = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    if (vocab && !file_exists(vocab)) vocab = NULL;
+    char pc[1600];
+    snprintf(pc, sizeof pc, "PKG_CONFIG_PATH='%s%s/lib/pkgconfig' PKG_CONFIG_SYSROOT_DIR='%s'", dest, prefix, dest);
+    for (int stat = 0; stat < 2; stat++) {
+        if (!stat)
+            snprintf(cmd, sizeof cmd, "%s -std=c11 %s -o '%s/prog0' '%s' $(%s pkg-config --cflags --libs carseg) > '%s/cc0.log' 2>&1",
+                     cc, ldf, dir, src, pc, dir);
+        else
+            snprintf(cmd, sizeof cmd, "%s -std=c11 %s -o '%s/prog1' '%s' $(%s pkg-config --cflags carseg) '%s%s/lib/libcarseg.a' "
+                     "$(%s pkg-config --static --libs-only-l --libs-only-other carseg | sed 's/-lcarseg//') > '%s/cc1.log' 2>&1",
+                     cc, ldf, dir, src, pc, dest, prefix, pc, dir);
+        CHECK_MSG(system(cmd) == 0, "building against the installed copy failed: %s", cmd);
+        snprintf(cmd, sizeof cmd, "LD_LIBRARY_PATH='%s%s/lib' '%s/prog%d' %s%s%s > '%s/out%d.txt'", dest, prefix, dir,
+                 stat, vocab ? "'" : "", vocab ? vocab : "", vocab ? "'" : "", dir, stat);
+        CHECK_MSG(system(cmd) == 0, "the program built against the installed copy failed (%s)", stat ? "static" : "shared");
+        char out[700];
+        snprintf(out, sizeof out, "%s/out%d.txt", dir, stat);
+        uint8_t *d = NULL;
+        size_t n = 0;
+        CHECK_OK(read_file(out, &d, &n));
+        /* clip.tokenize("a photo of a cat") */
+        const char *want = vocab ? "49406 320 1125 539 320 2368 49407\n" : "ok\n";
+        CHECK_MSG(d && !strcmp((char *)d, want), "%s program printed '%s', want '%s'", stat ? "static" : "shared",
+                  d ? (char *)d : "", want);
+        free(d);
+    }
+    /* the shared program really uses the installed libcarseg.so.1 */
+    snprintf(cmd, sizeof cmd, "LD_LIBRARY_PATH='%s%s/lib' ldd '%s/prog0' | grep -q '%s%s/lib/libcarseg.so.1'", dest,
+             prefix, dir, dest, prefix);
+    CHECK_MSG(system(cmd) == 0, "prog0 does not load the installed libcarseg.so.1");
+}
