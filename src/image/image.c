@@ -614,7 +614,7 @@ void voc_palette(uint8_t pal[256 * 3]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pillow 9.4 Resample.c, bicubic, 8 bits per channel
+// Pillow 9.4 Resample.c, bicubic and bilinear, 8 bits per channel
 
 #define PRECISION_BITS (32 - 8 - 2)
 
@@ -628,9 +628,20 @@ static double bicubic_filter(double x) {
 
 /* Filter taps for one axis: out pixel i reads in[bounds[2i] .. +bounds[2i+1]) with integer
  * weights kk[i*ksize ..] (22-bit fixed point). Returns ksize, 0 on allocation failure. */
-static int precompute_coeffs(int in_size, int out_size, int **boundsp, int32_t **kkp) {
+static double bilinear_filter(double x) {
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return 1.0 - x;
+    return 0.0;
+}
+
+typedef struct { double (*fn)(double); double support; const char *name; } rs_filter;
+static const rs_filter RS_BICUBIC = {bicubic_filter, 2.0, "image_resize_bicubic"};
+static const rs_filter RS_BILINEAR = {bilinear_filter, 1.0, "image_resize_bilinear"};
+
+static int precompute_coeffs(int in_size, int out_size, const rs_filter *flt, int **boundsp,
+                             int32_t **kkp) {
     double scale = (double)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
-    double support = 2.0 * filterscale;
+    double support = flt->support * filterscale;
     int ksize = (int)ceil(support) * 2 + 1;
     double *k = malloc(sizeof(double) * ksize);
     int *bounds = malloc(sizeof(int) * 2 * out_size);
@@ -648,7 +659,7 @@ static int precompute_coeffs(int in_size, int out_size, int **boundsp, int32_t *
         xmax -= xmin;
         int x = 0;
         for (; x < xmax; x++) {
-            double wgt = bicubic_filter((x + xmin - center + 0.5) * ss);
+            double wgt = flt->fn((x + xmin - center + 0.5) * ss);
             k[x] = wgt;
             ww += wgt;
         }
@@ -674,13 +685,14 @@ static inline uint8_t clip8(int32_t v) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-carseg_status image_resize_bicubic(const image_u8 *src, int out_w, int out_h, image_u8 *dst) {
+static carseg_status resample(const image_u8 *src, int out_w, int out_h, image_u8 *dst,
+                              const rs_filter *flt) {
     memset(dst, 0, sizeof *dst);
     if (!src || !src->px || src->w <= 0 || src->h <= 0 || src->c <= 0 || out_w <= 0 || out_h <= 0)
-        return set_err(CARSEG_EINVAL, "image_resize_bicubic: bad size %dx%d -> %dx%d",
+        return set_err(CARSEG_EINVAL, "%s: bad size %dx%d -> %dx%d", flt->name,
                        src ? src->w : 0, src ? src->h : 0, out_w, out_h);
     const int c = src->c, iw = src->w, ih = src->h;
-    TRY(alloc_image(dst, out_w, out_h, c, "image_resize_bicubic"));
+    TRY(alloc_image(dst, out_w, out_h, c, flt->name));
     int need_h = out_w != iw, need_v = out_h != ih;
     if (!need_h && !need_v) {
         memcpy(dst->px, src->px, (size_t)iw * ih * c);
@@ -689,8 +701,8 @@ carseg_status image_resize_bicubic(const image_u8 *src, int out_w, int out_h, im
     int *bh = NULL, *bv = NULL;
     int32_t *kh = NULL, *kv = NULL;
     int ksh = 0, ksv = 0;
-    ksv = precompute_coeffs(ih, out_h, &bv, &kv);
-    if (need_h) ksh = precompute_coeffs(iw, out_w, &bh, &kh);
+    ksv = precompute_coeffs(ih, out_h, flt, &bv, &kv);
+    if (need_h) ksh = precompute_coeffs(iw, out_w, flt, &bh, &kh);
     if (!ksv || (need_h && !ksh)) goto oom;
     /* rows of the source the vertical pass reads */
     int y0 = bv[0], y1 = bv[2 * (out_h - 1)] + bv[2 * (out_h - 1) + 1];
@@ -754,7 +766,15 @@ carseg_status image_resize_bicubic(const image_u8 *src, int out_w, int out_h, im
 oom:
     free(bh), free(bv), free(kh), free(kv);
     image_free(dst);
-    return set_err(CARSEG_ENOMEM, "image_resize_bicubic: out of memory");
+    return set_err(CARSEG_ENOMEM, "%s: out of memory", flt->name);
+}
+
+carseg_status image_resize_bicubic(const image_u8 *src, int out_w, int out_h, image_u8 *dst) {
+    return resample(src, out_w, out_h, dst, &RS_BICUBIC);
+}
+
+carseg_status image_resize_bilinear(const image_u8 *src, int out_w, int out_h, image_u8 *dst) {
+    return resample(src, out_w, out_h, dst, &RS_BILINEAR);
 }
 
 // ---------------------------------------------------------------------------------------------

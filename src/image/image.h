@@ -42,6 +42,9 @@ void voc_palette(uint8_t pal[256 * 3]);
 /* Pillow Image.resize(size, BICUBIC) on 8-bit data (any c), antialiased when shrinking,
  * 22-bit fixed point, horizontal pass then vertical, exactly as Pillow's Resample.c. */
 carseg_status image_resize_bicubic(const image_u8 *src, int out_w, int out_h, image_u8 *dst);
+/* The same with Pillow's BILINEAR filter (support 1), as torchvision's resize of a PIL image with
+ * the default interpolation (SAM's ResizeLongestSide). */
+carseg_status image_resize_bilinear(const image_u8 *src, int out_w, int out_h, image_u8 *dst);
 
 /* CLIP preprocessing as torchvision does it:
  *   clip_preprocess: Resize(size) (shorter side -> size, other side int(size*long/short)),

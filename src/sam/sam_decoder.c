@@ -1,0 +1,458 @@
+/* sam_decoder.c — SamPredictor.predict_torch: the prompt encoder (random Fourier features of the
+ * points and box corners, the padding point, the no-mask embedding), the two-way transformer, the
+ * mask decoder (MaskDecoder / MaskDecoderHQ: hypernetwork MLPs, IoU head, multimask rule, HQ-SAM's
+ * HQ token over embedding_maskfeature(upscaled) + hq_features), and postprocess_masks.
+ *
+ * Many prompts against one image: upstream's predict_masks copies the image embedding and its
+ * positional encoding once per prompt (repeat_interleave) and recomputes everything that depends
+ * on the image alone. Here the image-only parts are computed once per image and kept in the
+ * sam_image (embedding + no-mask embedding, + dense PE, the first layer's image-side projections,
+ * HQ-SAM's hq_features); each prompt then runs only its own part, in the same float operations
+ * whatever else is decoded with it. Two exact algebraic shortcuts: only the mask tokens whose
+ * masks are returned get their hypernetwork product, and HQ-SAM's last embedding_maskfeature
+ * convolution is folded into the HQ token's hypernetwork vector (hyper . (W z + b + f) =
+ * (hyper W) z + hyper . (b + f)), one output channel instead of dim/8. */
+#include "sam_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn.h"
+#include "util.h"
+
+#define LN_DEC 1e-5f   /* nn.LayerNorm in the two-way transformer */
+#define LN_2D 1e-6f    /* LayerNorm2d */
+
+static float *alloc_f(size_t n) { return cs_malloc(sizeof(float) * (n ? n : 1)); }
+
+/* ---------------------------------------------------------------------------------------------
+ * the per-image cache */
+
+static void add_rows(float *o, const float *a, const float *rowvec, int N, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) o[(size_t)i * C + c] = a[(size_t)i * C + c] + rowvec[c];
+}
+static void add_mat(float *o, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) o[i] = a[i] + b[i];
+}
+
+/* ConvT(2x2) -> LayerNorm2d -> GELU -> ConvT(2x2): (H*W, cin) -> (4H*4W, cout2) */
+static carseg_status up2x2(float *out, const float *x, int H, int W, int cin, sam_lin a, int cmid,
+                           sam_lin n, sam_lin b, int cout) {
+    float *t = alloc_f((size_t)H * W * cmid * 4), *mid = alloc_f((size_t)H * W * 4 * cmid);
+    float *t2 = alloc_f((size_t)H * W * 4 * cout * 4);
+    if (!t || !mid || !t2) {
+        cs_free(t), cs_free(mid), cs_free(t2);
+        return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder)");
+    }
+    sam_convt2(mid, x, a.w, a.b, H, W, cin, cmid, t);
+    sam_layernorm(mid, mid, n.w, n.b, 4 * H * W, cmid, LN_2D);
+    sam_gelu(mid, (size_t)4 * H * W * cmid);
+    sam_convt2(out, mid, b.w, b.b, 2 * H, 2 * W, cmid, cout, t2);
+    cs_free(t), cs_free(mid), cs_free(t2);
+    return CARSEG_OK;
+}
+
+static carseg_status ensure_cache(const sam_model *m, sam_image *im) {
+    if (im->src0) return CARSEG_OK;
+    const int N = SAM_GRID * SAM_GRID, D = m->c.dim, I = m->dl[0].t2i.internal;
+    float *src0 = alloc_f((size_t)N * D), *kpe0 = alloc_f((size_t)N * D);
+    float *k0 = alloc_f((size_t)N * I), *v0 = alloc_f((size_t)N * I), *q0 = alloc_f((size_t)N * I);
+    float *hq = NULL, *hq2 = NULL;
+    if (m->c.hq) {
+        hq = alloc_f((size_t)SAM_LOWRES * SAM_LOWRES * (D / 8));
+        hq2 = alloc_f((size_t)SAM_LOWRES * SAM_LOWRES * (D / 8));
+    }
+    carseg_status st = CARSEG_OK;
+    if (!src0 || !kpe0 || !k0 || !v0 || !q0 || (m->c.hq && (!hq || !hq2))) {
+        st = set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder)");
+        goto fail;
+    }
+    add_rows(src0, im->emb, m->no_mask, N, D);
+    add_mat(kpe0, src0, m->dense_pe, (size_t)N * D);
+    const sam_dlayer *l = &m->dl[0];
+    nn_linear(k0, kpe0, l->t2i.k.w, l->t2i.k.b, N, D, I);
+    nn_linear(v0, src0, l->t2i.v.w, l->t2i.v.b, N, D, I);
+    nn_linear(q0, kpe0, l->i2t.q.w, l->i2t.q.b, N, D, l->i2t.internal);
+    if (m->c.hq) {
+        /* hq_features = embedding_encoder(image_embeddings) + compress_vit_feat(interm[0]) */
+        if ((st = up2x2(hq, im->emb, SAM_GRID, SAM_GRID, D, m->ee0, D / 4, m->ee1, m->ee3, D / 8)))
+            goto fail;
+        if ((st = up2x2(hq2, im->interm, SAM_GRID, SAM_GRID, m->c.embed, m->cvf0, D, m->cvf1, m->cvf3,
+                        D / 8)))
+            goto fail;
+        add_mat(hq, hq, hq2, (size_t)SAM_LOWRES * SAM_LOWRES * (D / 8));
+        cs_free(hq2);
+        im->hq_feat = hq;
+    }
+    im->src0 = src0, im->kpe0 = kpe0, im->k0 = k0, im->v0 = v0, im->q0 = q0;
+    return CARSEG_OK;
+fail:
+    cs_free(src0), cs_free(kpe0), cs_free(k0), cs_free(v0), cs_free(q0), cs_free(hq), cs_free(hq2);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * the prompt encoder */
+
+static void pe_encode(const sam_model *m, float x, float y, float *o) {
+    /* forward_with_coords: / input_image_size, then _pe_encoding */
+    const int F = m->c.dim / 2;
+    const float two_pi = (float)(2 * 3.14159265358979323846);
+    float cx = 2 * (x / (float)SAM_IMG) - 1, cy = 2 * (y / (float)SAM_IMG) - 1;
+    for (int f = 0; f < F; f++) {
+        float v = cx * m->pe_gauss[f] + cy * m->pe_gauss[F + f];
+        v = two_pi * v;
+        o[f] = sinf(v);
+        o[F + f] = cosf(v);
+    }
+}
+
+/* ResizeLongestSide.apply_coords: double arithmetic, then float (torch.as_tensor(dtype=float)) */
+static void map_xy(const sam_image *im, float x, float y, float *ox, float *oy) {
+    *ox = (float)((double)x * ((double)im->iw / im->ow));
+    *oy = (float)((double)y * ((double)im->ih / im->oh));
+}
+
+static int n_sparse(const sam_prompt *p) { return p->n_points + (p->box ? 2 : 1); }
+
+static void embed_prompt(const sam_model *m, const sam_image *im, const sam_prompt *p, float *o) {
+    const int D = m->c.dim;
+    int k = 0;
+    for (int i = 0; i < p->n_points; i++, k++) {
+        float x, y;
+        map_xy(im, p->points[2 * i], p->points[2 * i + 1], &x, &y);
+        float *e = o + (size_t)k * D;
+        int lab = p->labels[i];
+        if (lab == -1) {
+            for (int c = 0; c < D; c++) e[c] = m->not_a_point[c];
+            continue;
+        }
+        pe_encode(m, x + 0.5f, y + 0.5f, e);
+        for (int c = 0; c < D; c++) e[c] += m->point_emb[lab][c];
+    }
+    if (!p->box) {   /* the padding point (label -1) */
+        float *e = o + (size_t)k * D;
+        for (int c = 0; c < D; c++) e[c] = m->not_a_point[c];
+        return;
+    }
+    for (int j = 0; j < 2; j++, k++) {
+        float x, y;
+        map_xy(im, p->box[2 * j], p->box[2 * j + 1], &x, &y);
+        float *e = o + (size_t)k * D;
+        pe_encode(m, x + 0.5f, y + 0.5f, e);
+        for (int c = 0; c < D; c++) e[c] += m->point_emb[2 + j][c];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * the two-way transformer */
+
+typedef struct {
+    float *keys, *kp, *Q, *K, *V, *O, *A, *P;      /* image side (N rows) */
+    float *tq, *tp, *tQ, *tK, *tV, *tO, *tA, *th;   /* token side (T rows) */
+    float *ups, *up_t, *up_mid, *up_t2;             /* upscaling */
+    float *z, *zpad, *zacc, *hqm, *w1;              /* HQ branch */
+    float *tok;                                     /* the prompt's tokens (T, D) */
+    float *lr;                                      /* low-res masks (k, 256, 256) */
+    float *full;                                    /* (1024, 1024) */
+} scratch;
+
+/* out (Nq, I) = softmax(Q K^T / sqrt(hd)) V per head; P: Nq*Nk */
+static void mha(float *out, const float *Q, const float *K, const float *V, int Nq, int Nk, int I,
+                int NH, float *P) {
+    const int hd = I / NH;
+    const float sq = sqrtf((float)hd);
+    for (int h = 0; h < NH; h++) {
+        nn_sgemm(0, 1, Nq, Nk, hd, 1.0f, Q + h * hd, I, K + h * hd, I, 0.0f, P, Nk);
+        size_t n = (size_t)Nq * Nk;
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++) P[i] = P[i] / sq;
+        nn_softmax(P, Nq, Nk);
+        nn_sgemm(0, 0, Nq, hd, Nk, 1.0f, P, Nk, V + h * hd, I, 0.0f, out + h * hd, I);
+    }
+}
+
+/* queries (T, D) += Attention(q = tq_in, k = kin, v = vin) over T tokens (self attention) */
+static void token_self(const sam_dattn *a, scratch *s, const float *qin, const float *vin, int T,
+                       int D, int NH, float *out) {
+    nn_linear(s->tQ, qin, a->q.w, a->q.b, T, D, a->internal);
+    nn_linear(s->tK, qin, a->k.w, a->k.b, T, D, a->internal);
+    nn_linear(s->tV, vin, a->v.w, a->v.b, T, D, a->internal);
+    mha(s->tO, s->tQ, s->tK, s->tV, T, T, a->internal, NH, s->P);
+    nn_linear(out, s->tO, a->o.w, a->o.b, T, a->internal, D);
+}
+
+static void add_inplace(float *o, const float *a, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) o[i] += a[i];
+}
+
+static void transformer(const sam_model *m, const sam_image *im, scratch *s, const float *tok, int T) {
+    const int N = SAM_GRID * SAM_GRID, D = m->c.dim, NH = m->c.dec_heads;
+    const float *pe = tok;   /* query_pe = the initial tokens */
+    float *q = s->tq;
+    memcpy(q, tok, sizeof(float) * T * D);
+    for (int li = 0; li < m->c.dec_depth; li++) {
+        const sam_dlayer *l = &m->dl[li];
+        /* (1) self attention (the first layer without PE and without its residual) */
+        if (li == 0) {
+            token_self(&l->self, s, q, q, T, D, NH, s->tA);
+            memcpy(q, s->tA, sizeof(float) * T * D);
+        } else {
+            add_mat(s->tp, q, pe, (size_t)T * D);
+            token_self(&l->self, s, s->tp, q, T, D, NH, s->tA);
+            add_inplace(q, s->tA, (size_t)T * D);
+        }
+        sam_layernorm(q, q, l->norm1.w, l->norm1.b, T, D, LN_DEC);
+        /* (2) tokens to image */
+        const int I = l->t2i.internal;
+        const float *K, *V, *keys;
+        if (li == 0) {
+            K = im->k0, V = im->v0, keys = im->src0;
+        } else {
+            add_mat(s->kp, s->keys, m->dense_pe, (size_t)N * D);
+            nn_linear(s->K, s->kp, l->t2i.k.w, l->t2i.k.b, N, D, I);
+            nn_linear(s->V, s->keys, l->t2i.v.w, l->t2i.v.b, N, D, I);
+            K = s->K, V = s->V, keys = s->keys;
+        }
+        add_mat(s->tp, q, pe, (size_t)T * D);
+        nn_linear(s->tQ, s->tp, l->t2i.q.w, l->t2i.q.b, T, D, I);
+        mha(s->tO, s->tQ, K, V, T, N, I, NH, s->P);
+        nn_linear(s->tA, s->tO, l->t2i.o.w, l->t2i.o.b, T, I, D);
+        add_inplace(q, s->tA, (size_t)T * D);
+        sam_layernorm(q, q, l->norm2.w, l->norm2.b, T, D, LN_DEC);
+        /* (3) MLP (ReLU) */
+        nn_linear(s->th, q, l->mlp1.w, l->mlp1.b, T, D, m->c.dec_mlp);
+        sam_relu(s->th, (size_t)T * m->c.dec_mlp);
+        nn_linear_ex(q, s->th, l->mlp2.w, l->mlp2.b, T, m->c.dec_mlp, D, NN_ACCUMULATE);
+        sam_layernorm(q, q, l->norm3.w, l->norm3.b, T, D, LN_DEC);
+        /* (4) image to tokens: q = keys + key_pe, k = queries + query_pe, v = queries */
+        const int I2 = l->i2t.internal;
+        const float *Qi;
+        if (li == 0) {
+            Qi = im->q0;
+        } else {
+            nn_linear(s->Q, s->kp, l->i2t.q.w, l->i2t.q.b, N, D, I2);
+            Qi = s->Q;
+        }
+        add_mat(s->tp, q, pe, (size_t)T * D);
+        nn_linear(s->tK, s->tp, l->i2t.k.w, l->i2t.k.b, T, D, I2);
+        nn_linear(s->tV, q, l->i2t.v.w, l->i2t.v.b, T, D, I2);
+        mha(s->O, Qi, s->tK, s->tV, N, T, I2, NH, s->P);
+        nn_linear(s->A, s->O, l->i2t.o.w, l->i2t.o.b, N, I2, D);
+        add_mat(s->keys, keys, s->A, (size_t)N * D);
+        sam_layernorm(s->keys, s->keys, l->norm4.w, l->norm4.b, N, D, LN_DEC);
+    }
+    /* final attention tokens to image */
+    const sam_dattn *f = &m->fin;
+    add_mat(s->kp, s->keys, m->dense_pe, (size_t)N * D);
+    nn_linear(s->K, s->kp, f->k.w, f->k.b, N, D, f->internal);
+    nn_linear(s->V, s->keys, f->v.w, f->v.b, N, D, f->internal);
+    add_mat(s->tp, q, pe, (size_t)T * D);
+    nn_linear(s->tQ, s->tp, f->q.w, f->q.b, T, D, f->internal);
+    mha(s->tO, s->tQ, s->K, s->V, T, N, f->internal, NH, s->P);
+    nn_linear(s->tA, s->tO, f->o.w, f->o.b, T, f->internal, D);
+    add_inplace(q, s->tA, (size_t)T * D);
+    sam_layernorm(q, q, m->norm_fin.w, m->norm_fin.b, T, D, LN_DEC);
+}
+
+/* MLP with ReLU between layers: x (in) -> out; tmp: 2 * max width */
+static void mlp_vec(const sam_lin *L, int nl, const int *widths, const float *x, float *out, float *tmp) {
+    const float *in = x;
+    for (int j = 0; j < nl; j++) {
+        float *o = j == nl - 1 ? out : tmp + (j % 2) * 4096;
+        nn_linear(o, in, L[j].w, L[j].b, 1, widths[j], widths[j + 1]);
+        if (j < nl - 1) sam_relu(o, (size_t)widths[j + 1]);
+        in = o;
+    }
+}
+
+/* lr (256*256) = hyper (C) . e (65536, C) per pixel */
+static void mask_dot(float *lr, const float *hyper, const float *e, int C) {
+    const int NP = SAM_LOWRES * SAM_LOWRES;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < NP; p++) {
+        const float *r = e + (size_t)p * C;
+        float acc = 0;
+        for (int c = 0; c < C; c++) acc += hyper[c] * r[c];
+        lr[p] = acc;
+    }
+}
+
+static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, const sam_prompt *p,
+                                int multimask, int hq_only, float *iou_out, float *lowres_out) {
+    const sam_config *c = &m->c;
+    const int D = c->dim, nmt = c->n_mask_tokens, hq = c->hq, ns = n_sparse(p);
+    const int T = 1 + nmt + hq + ns;
+    float *tok = s->tok;
+    memcpy(tok, m->iou_token, sizeof(float) * D);
+    memcpy(tok + D, m->mask_tokens, sizeof(float) * nmt * D);
+    if (hq) memcpy(tok + (size_t)(1 + nmt) * D, m->hf_token, sizeof(float) * D);
+    embed_prompt(m, im, p, tok + (size_t)(1 + nmt + hq) * D);
+    transformer(m, im, s, tok, T);
+    const float *hs = s->tq;
+
+    /* IoU head */
+    float iou[16], tmp[2 * 4096];
+    int wi[18];
+    wi[0] = D;
+    for (int j = 1; j < c->iou_depth; j++) wi[j] = c->iou_hidden;
+    wi[c->iou_depth] = nmt;
+    mlp_vec(m->iou_head, c->iou_depth, wi, hs, iou, tmp);
+
+    /* upscaling: ConvT, LayerNorm2d, GELU, ConvT, GELU -> (256*256, D/8) */
+    const int G = SAM_GRID, C8 = D / 8;
+    sam_convt2(s->up_mid, s->keys, m->up0.w, m->up0.b, G, G, D, D / 4, s->up_t);
+    sam_layernorm(s->up_mid, s->up_mid, m->up1.w, m->up1.b, 4 * G * G, D / 4, LN_2D);
+    sam_gelu(s->up_mid, (size_t)4 * G * G * (D / 4));
+    sam_convt2(s->ups, s->up_mid, m->up3.w, m->up3.b, 2 * G, 2 * G, D / 4, C8, s->up_t2);
+    sam_gelu(s->ups, (size_t)SAM_LOWRES * SAM_LOWRES * C8);
+
+    const int NP = SAM_LOWRES * SAM_LOWRES;
+    int hw[4] = {D, D, D, C8};
+    float hyper[1024];
+    if (hq) {
+        /* multimask: the best of the multimask tokens by predicted IoU (torch.max, first max) */
+        int j = multimask ? 1 : 0;
+        for (int t = 2; multimask && t < nmt; t++)
+            if (iou[t] > iou[j]) j = t;
+        iou_out[0] = iou[j];
+        float *lr = lowres_out;
+        /* the HQ mask: hf_mlp(token), folded into embedding_maskfeature.3 */
+        float hf[1024];
+        mlp_vec(m->hf_mlp, 3, hw, hs + (size_t)(1 + nmt) * D, hf, tmp);
+        const int C4 = D / 4;
+        sam_conv3x3(s->z, s->ups, &m->mf0, SAM_LOWRES, SAM_LOWRES, s->zpad, s->zacc);
+        sam_layernorm(s->z, s->z, m->mf1.w, m->mf1.b, NP, C4, LN_2D);
+        sam_gelu(s->z, (size_t)NP * C4);
+        /* w1 (9 x (1, C4)): sum_co hf[co] W3[co, ci, k]; the constant hf . b3 */
+        float cb = 0;
+        for (int co = 0; co < C8; co++) cb += hf[co] * m->mf3_b[co];
+        for (int k = 0; k < 9; k++)
+            for (int ci = 0; ci < C4; ci++) {
+                float a = 0;
+                for (int co = 0; co < C8; co++) a += hf[co] * m->mf3_w[((size_t)co * C4 + ci) * 9 + k];
+                s->w1[k * C4 + ci] = a;
+            }
+        sam_conv3 one = {s->w1, NULL, C4, 1};
+        sam_conv3x3(s->hqm, s->z, &one, SAM_LOWRES, SAM_LOWRES, s->zpad, s->zacc);
+        const float *hf_feat = im->hq_feat;
+#pragma omp parallel for schedule(static)
+        for (int q = 0; q < NP; q++) {
+            const float *r = hf_feat + (size_t)q * C8;
+            float a = 0;
+            for (int co = 0; co < C8; co++) a += hf[co] * r[co];
+            s->hqm[q] += cb + a;
+        }
+        if (hq_only) {
+            memcpy(lr, s->hqm, sizeof(float) * NP);
+        } else {
+            mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, hyper, tmp);
+            mask_dot(lr, hyper, s->ups, C8);
+            for (int q = 0; q < NP; q++) lr[q] += s->hqm[q];
+        }
+    } else {
+        int j0 = multimask ? 1 : 0, j1 = multimask ? nmt : 1;
+        for (int j = j0; j < j1; j++) {
+            iou_out[j - j0] = iou[j];
+            mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, hyper, tmp);
+            mask_dot(lowres_out + (size_t)(j - j0) * NP, hyper, s->ups, C8);
+        }
+    }
+    return CARSEG_OK;
+}
+
+static void scratch_free(scratch *s) {
+    float **f = (float **)s;
+    for (size_t i = 0; i < sizeof *s / sizeof(float *); i++) cs_free(f[i]);
+}
+
+static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int k) {
+    memset(s, 0, sizeof *s);
+    const size_t N = SAM_GRID * SAM_GRID, D = m->c.dim, NP = SAM_LOWRES * SAM_LOWRES;
+    const size_t T = (size_t)Tmax, W = D > (size_t)m->c.dec_mlp ? D : (size_t)m->c.dec_mlp;
+    s->keys = alloc_f(N * D), s->kp = alloc_f(N * D), s->Q = alloc_f(N * D), s->K = alloc_f(N * D);
+    s->V = alloc_f(N * D), s->O = alloc_f(N * D), s->A = alloc_f(N * D);
+    s->P = alloc_f(N * (T > 1 ? T : 1) > T * T ? N * T : T * T);
+    s->tq = alloc_f(T * D), s->tp = alloc_f(T * D), s->tQ = alloc_f(T * D), s->tK = alloc_f(T * D);
+    s->tV = alloc_f(T * D), s->tO = alloc_f(T * D), s->tA = alloc_f(T * D), s->th = alloc_f(T * W);
+    s->ups = alloc_f(NP * (D / 8)), s->up_t = alloc_f(N * (D / 4) * 4);
+    s->up_mid = alloc_f(4 * N * (D / 4)), s->up_t2 = alloc_f(4 * N * (D / 8) * 4);
+    s->tok = alloc_f(T * D), s->lr = alloc_f(NP * k), s->full = alloc_f((size_t)SAM_IMG * SAM_IMG);
+    int ok = s->keys && s->kp && s->Q && s->K && s->V && s->O && s->A && s->P && s->tq && s->tp &&
+             s->tQ && s->tK && s->tV && s->tO && s->tA && s->th && s->ups && s->up_t && s->up_mid &&
+             s->up_t2 && s->tok && s->lr && s->full;
+    if (m->c.hq) {
+        size_t C4 = D / 4, pad = ((size_t)(SAM_LOWRES + 2) * (SAM_LOWRES + 2) + 2) * C4;
+        s->z = alloc_f(NP * C4), s->zpad = alloc_f(pad);
+        s->zacc = alloc_f((size_t)SAM_LOWRES * (SAM_LOWRES + 2) * C4);
+        s->hqm = alloc_f(NP), s->w1 = alloc_f(9 * C4);
+        ok = ok && s->z && s->zpad && s->zacc && s->hqm && s->w1;
+    }
+    if (!ok) {
+        scratch_free(s);
+        return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder scratch)");
+    }
+    return CARSEG_OK;
+}
+
+static carseg_status postprocess(const sam_image *im, const float *lowres, float *full, float *out) {
+    if (sam_bilinear(full, SAM_IMG, SAM_IMG, lowres, SAM_LOWRES, SAM_LOWRES, SAM_LOWRES) ||
+        sam_bilinear(out, im->ow, im->oh, full, SAM_IMG, im->iw, im->ih))
+        return set_err(CARSEG_ENOMEM, "sam: out of memory (postprocess)");
+    return CARSEG_OK;
+}
+
+carseg_status sam_postprocess(const sam_image *im, const float *lowres, float *out) {
+    float *full = alloc_f((size_t)SAM_IMG * SAM_IMG);
+    if (!full) return set_err(CARSEG_ENOMEM, "sam: out of memory (postprocess)");
+    carseg_status st = postprocess(im, lowres, full, out);
+    cs_free(full);
+    return st;
+}
+
+carseg_status sam_predict(const sam_model *m, sam_image *im, const sam_prompt *prompts, int n,
+                          int multimask, int hq_only, float *iou, float *lowres, float *logits) {
+    if (!m || !im || im->m != m || n < 0 || (n > 0 && (!prompts || !iou)))
+        return set_err(CARSEG_EINVAL, "sam_predict: bad arguments");
+    int Tmax = 0;
+    for (int i = 0; i < n; i++) {
+        const sam_prompt *p = &prompts[i];
+        if (p->n_points < 0 || p->n_points > 256 || (p->n_points > 0 && (!p->points || !p->labels)) ||
+            (p->n_points == 0 && !p->box))
+            return set_err(CARSEG_EINVAL, "sam_predict: prompt %d has no points and no box (or more "
+                           "than 256 points)", i);
+        for (int j = 0; j < p->n_points; j++) {
+            if (p->labels[j] < -1 || p->labels[j] > 1)
+                return set_err(CARSEG_EINVAL, "sam_predict: prompt %d point %d: label %d (need 1 "
+                               "foreground, 0 background or -1 not a point)", i, j, p->labels[j]);
+            if (!isfinite(p->points[2 * j]) || !isfinite(p->points[2 * j + 1]))
+                return set_err(CARSEG_EINVAL, "sam_predict: prompt %d point %d: not a finite "
+                               "coordinate", i, j);
+        }
+        for (int j = 0; p->box && j < 4; j++)
+            if (!isfinite(p->box[j]))
+                return set_err(CARSEG_EINVAL, "sam_predict: prompt %d: box coordinate %d not finite", i, j);
+        int T = 1 + m->c.n_mask_tokens + m->c.hq + n_sparse(p);
+        if (T > Tmax) Tmax = T;
+    }
+    if (n == 0) return CARSEG_OK;
+    TRY(ensure_cache(m, im));
+    const int k = sam_masks_per_prompt(m, multimask);
+    const size_t NP = SAM_LOWRES * SAM_LOWRES, HW = (size_t)im->ow * im->oh;
+    scratch s;
+    TRY(scratch_alloc(m, &s, Tmax, k));
+    carseg_status st = CARSEG_OK;
+    for (int i = 0; i < n && st == CARSEG_OK; i++) {
+        float *lr = lowres ? lowres + (size_t)i * k * NP : s.lr;
+        st = decode_one(m, im, &s, &prompts[i], multimask, hq_only, iou + (size_t)i * k, lr);
+        for (int j = 0; j < k && st == CARSEG_OK && logits; j++)
+            st = postprocess(im, lr + j * NP, s.full, logits + ((size_t)i * k + j) * HW);
+    }
+    scratch_free(&s);
+    return st;
+}

@@ -1,0 +1,97 @@
+/* sam_impl.h — internals shared by the SAM modules (sam_model.c, sam_encoder.c, sam_decoder.c,
+ * sam_ops.c): the model's weights as pointers into the loaded file, the image object, and the
+ * layer operations SAM needs beyond nn.c (LayerNorm with its eps, exact GELU, convolutions as
+ * products). Not part of any public API. */
+#ifndef CARSEG_SAM_IMPL_H
+#define CARSEG_SAM_IMPL_H
+
+#include "sam.h"
+#include "weights.h"
+
+typedef struct { const float *w, *b; } sam_lin;   /* nn.Linear (out, in) + bias; LayerNorm w, b */
+
+typedef struct {
+    sam_lin norm1, norm2, qkv, proj, lin1, lin2;
+    const float *rel_h, *rel_w;   /* (2S-1, head dim) */
+    int window;                   /* 0 = global */
+} sam_vblock;
+
+typedef struct { sam_lin q, k, v, o; int internal; } sam_dattn;   /* decoder Attention */
+
+typedef struct {
+    sam_dattn self, t2i, i2t;
+    sam_lin norm1, norm2, norm3, norm4, mlp1, mlp2;
+} sam_dlayer;
+
+typedef struct {   /* conv 3x3 pad 1: weights reordered to 9 x (Cout, Cin), bias */
+    float *w;
+    const float *b;
+    int cin, cout;
+} sam_conv3;
+
+struct sam_model {
+    sam_config c;
+    wfile *wf;
+    char *path;
+    /* image encoder */
+    const float *patch_w, *patch_b, *pos;   /* (embed, 3*p*p), (embed), (64*64, embed) or NULL */
+    sam_vblock *blk;
+    const float *neck0;                     /* (out, embed) */
+    sam_lin neck1, neck3;
+    sam_conv3 neck2;
+    /* prompt encoder */
+    const float *pe_gauss;                  /* (2, dim/2) */
+    const float *point_emb[4], *not_a_point, *no_mask;
+    float *dense_pe;                        /* (64*64, dim) get_dense_pe, channels-last */
+    /* mask decoder */
+    sam_dlayer *dl;
+    sam_dattn fin;
+    sam_lin norm_fin;
+    const float *iou_token, *mask_tokens, *hf_token;
+    sam_lin up0, up1, up3;                  /* ConvT (dim, dim/4, 2, 2); LN2d; ConvT (dim/4, dim/8) */
+    sam_lin *hyper;                         /* n_mask_tokens x 3 layers */
+    sam_lin hf_mlp[3];
+    sam_lin *iou_head;                      /* iou_depth layers */
+    sam_lin cvf0, cvf1, cvf3;               /* compress_vit_feat: ConvT(embed,dim), LN2d, ConvT(dim,dim/8) */
+    sam_lin ee0, ee1, ee3;                  /* embedding_encoder: ConvT(dim,dim/4), LN2d, ConvT(dim/4,dim/8) */
+    sam_conv3 mf0;                          /* embedding_maskfeature.0: (dim/8 -> dim/4) */
+    sam_lin mf1;
+    const float *mf3_w, *mf3_b;             /* embedding_maskfeature.3 as stored (dim/8, dim/4, 3, 3) */
+    size_t params;
+};
+
+struct sam_image {
+    const sam_model *m;
+    int ow, oh;            /* original size */
+    int iw, ih;            /* resized input size (long side 1024) */
+    float *emb;            /* (4096, dim) */
+    float *interm;         /* (4096, embed) HQ only */
+    /* filled by the first sam_predict (all prompts share them) */
+    float *hq_feat;        /* (256*256, dim/8) HQ: embedding_encoder(emb) + compress_vit_feat(interm) */
+    float *src0;           /* (4096, dim) emb + no_mask_embed */
+    float *kpe0;           /* (4096, dim) src0 + dense pe */
+    float *k0, *v0, *q0;   /* layer 0: t2i k_proj(kpe0), t2i v_proj(src0), i2t q_proj(kpe0) */
+};
+
+/* ops (sam_ops.c) */
+/* out (N, C) = LayerNorm(x) * w + b with eps; out may be x. */
+void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
+                   float eps);
+void sam_gelu(float *x, size_t n);        /* exact GELU: x/2 (1 + erf(x/sqrt 2)) */
+void sam_relu(float *x, size_t n);
+/* ConvTranspose2d kernel 2 stride 2 (weights (Cin, Cout, 2, 2), bias): x (H*W, Cin) channels-last
+ * -> out (2H*2W, Cout). tmp: H*W*Cout*4 floats. */
+void sam_convt2(float *out, const float *x, const float *w, const float *b, int H, int W, int cin,
+                int cout, float *tmp);
+/* Conv2d 3x3 padding 1 as 9 shifted products on the zero-padded input: x (H*W, Cin) -> out
+ * (H*W, Cout). pad: ((H+2)*(W+2)+2)*Cin floats, acc: H*(W+2)*Cout floats. */
+void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, float *pad,
+                 float *acc);
+/* Reorders torch conv weights (Cout, Cin, 3, 3) to 9 x (Cout, Cin). */
+float *sam_conv3_reorder(const float *w, int cout, int cin);
+/* F.interpolate(mode="bilinear", align_corners=False) of a single-channel map src (sh, sw), row
+ * stride ld (a crop of a larger map), to dst (dh, dw); torch 1.13's CPU kernel arithmetic.
+ * -1 when out of memory. */
+int sam_bilinear(float *dst, int dw, int dh, const float *src, int ld, int sw, int sh);
+
+#endif
