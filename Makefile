@@ -1,11 +1,19 @@
-# carseg — plain Makefile. Targets: all (lib + CLI), test, check (ASan+UBSan), bench, fuzz, deps, clean.
-# Knobs: BUILD=dir (default build), DEBUG=1, NATIVE=1, MPI=1 (Open MPI build of the CLI), CC=clang.
-# Layout: src/<layer>/*.c is the library, one folder per layer (util, image, clip, crf, car, eval,
-# api); every tools/*.c goes into the CLI, every tests/*.c into run_tests (tests register
+# carseg — plain Makefile. Targets: all (libraries + CLI), test, check (ASan+UBSan), install,
+# layers, bench, fuzz, deps, clean.
+# Knobs: BUILD=dir (default build), DEBUG=1, NATIVE=1, MPI=1 (Open MPI build of the CLI), CC=clang,
+# PREFIX=/usr/local and DESTDIR= (install).
+# Layout: src/<layer>/*.c is the library, one folder per layer (util, image, clip, crf, car, sam,
+# eval, api); every tools/*.c goes into the CLI, every tests/*.c into run_tests (tests register
 # themselves), every bench/*.c into build/bench, every fuzz/*.c into a fuzzer.
+# Libraries: build/libcarseg.so (soname libcarseg.so.1) and build/libcarseg.a are the public
+# library: the core layers, compiled -fPIC -fvisibility=hidden (include/carseg.h marks its own
+# declarations visible), so only carseg_* is exported; the static one is one relocatable object
+# whose hidden symbols are made local (a user's program may define read_file or json_parse).
+# The evaluation data code (datasets, REFER annotations, journal, label files: EVAL_SRC) is not in
+# the public library. build/libcarseg_internal.a holds every library object with its internal
+# symbols global: what the CLI, the benchmarks and the tests link.
 # Include rule: headers are included by bare name ("nn.h"); every layer folder is on the include
-# path, so header names are unique across src/. (src/*.c is still picked up for files not yet
-# moved into a layer.)
+# path, so header names are unique across src/.
 
 CC      ?= cc
 BUILD   ?= build
@@ -30,29 +38,67 @@ BUILD   := build-mpi
 endif
 
 LIB_SRC   := $(sort $(wildcard src/*.c src/*/*.c))
+# tool-private evaluation code (the CLI's `eval` and `segment` journal): not in the public library
+EVAL_SRC  := $(filter-out src/eval/eval.c,$(wildcard src/eval/*.c))
+CORE_SRC  := $(filter-out $(EVAL_SRC),$(LIB_SRC))
 CLI_SRC   := $(sort $(wildcard tools/*.c))
 TEST_SRC  := $(sort $(wildcard tests/*.c))
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 FUZZ_SRC  := $(sort $(wildcard fuzz/*.c))
 
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 BENCH_OBJ := $(BENCH_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all test check bench fuzz deps clean lint
-all: $(BUILD)/libcarseg.a $(BUILD)/carseg
+VERSION   := $(shell sed -n 's/^\#define CARSEG_VERSION "\(.*\)"/\1/p' include/carseg.h)
+SOVERSION := $(or $(shell sed -n 's/^\#define CARSEG_ABI_VERSION \([0-9][0-9]*\).*/\1/p' include/carseg.h),1)
+SONAME    := libcarseg.so.$(SOVERSION)
+LIB_CFLAGS := -fPIC -fvisibility=hidden
+PUBLIC_LIBS := $(BUILD)/libcarseg.a $(BUILD)/libcarseg.so
 
-$(BUILD)/%.o: %.c
+.PHONY: all libs test check bench fuzz deps clean lint install layers
+all: libs $(BUILD)/carseg
+libs: $(PUBLIC_LIBS)
+
+# objects are rebuilt when the compiler or its flags change (the stamp holds the command line)
+FLAGS_STAMP := $(BUILD)/.flags
+$(shell mkdir -p $(BUILD) && echo '$(CC) $(CFLAGS) $(LIB_CFLAGS)' | cmp -s - $(FLAGS_STAMP) || \
+  echo '$(CC) $(CFLAGS) $(LIB_CFLAGS)' > $(FLAGS_STAMP))
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/libcarseg.a: $(LIB_OBJ)
+# library objects: position independent, everything but carseg.h's declarations hidden
+$(BUILD)/src/%.o: src/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LIB_CFLAGS) -MMD -MP -c $< -o $@
+
+# the shared library: exports exactly the default-visibility (carseg.h) symbols
+$(BUILD)/libcarseg.so.$(VERSION): $(CORE_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined -o $@ $^ $(LDLIBS)
+$(BUILD)/libcarseg.so: $(BUILD)/libcarseg.so.$(VERSION)
+	ln -sf libcarseg.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+# the static library: one relocatable object, hidden symbols made local, so only carseg_* is
+# global (a program defining its own read_file, set_err or json_parse still links)
+$(BUILD)/libcarseg.a: $(CORE_OBJ)
+	$(LD) -r -o $(BUILD)/libcarseg_all.o $^
+	objcopy --localize-hidden $(BUILD)/libcarseg_all.o
+	@rm -f $@
+	ar rcs $@ $(BUILD)/libcarseg_all.o
+
+# every library object, internal symbols global: the CLI and the benchmarks (until they use only
+# carseg.h) and the evaluation code
+$(BUILD)/libcarseg_internal.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/carseg: $(CLI_OBJ) $(BUILD)/libcarseg.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libcarseg.a $(LDLIBS)
+$(BUILD)/carseg: $(CLI_OBJ) $(BUILD)/libcarseg_internal.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libcarseg_internal.a $(LDLIBS)
 
 # the tests link the library objects directly (constructors in every object stay linked)
 $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)
@@ -60,15 +106,29 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)
 
 # `make test` runs every C test; tests that need ../shared say SKIPPED when it is missing.
 # T="name1 name2" runs only the tests whose names contain one of the words.
-test: $(BUILD)/run_tests $(BUILD)/carseg
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} CARSEG_BIN=$(abspath $(BUILD)/carseg) $(BUILD)/run_tests $(T)
+# tests/test_build.c reads CARSEG_BUILD_DIR, CARSEG_CC, CARSEG_LDLIBS, CARSEG_LDFLAGS and
+# CARSEG_INSTALL_ENV: it links small programs against the built and the installed libraries.
+test: $(BUILD)/run_tests $(BUILD)/carseg $(PUBLIC_LIBS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} CARSEG_BIN=$(abspath $(BUILD)/carseg) \
+	  CARSEG_BUILD_DIR=$(abspath $(BUILD)) CARSEG_CC="$(CC)" CARSEG_LDLIBS="$(LDLIBS)" \
+	  CARSEG_LDFLAGS="$(LDFLAGS)" CARSEG_INSTALL_ENV='$(INSTALL_ENV)' $(BUILD)/run_tests $(T)
+
+# make install PREFIX=/usr/local [DESTDIR=staging] [LIBDIR=$(PREFIX)/lib]: include/carseg.h,
+# libcarseg.a, libcarseg.so(.1, .VERSION), LIBDIR/pkgconfig/carseg.pc (Libs.private: what a
+# static link needs), bin/carseg, share/man/man1/carseg.1
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+LIBS_PRIVATE := $(patsubst -fopenmp,-lgomp,$(LDLIBS))
+INSTALL_ENV = VERSION=$(VERSION) SONAME=$(SONAME) LIBS_PRIVATE="$(LIBS_PRIVATE)"
+install: all
+	$(INSTALL_ENV) sh scripts/install.sh $(BUILD) $(PREFIX) "$(DESTDIR)" $(LIBDIR)
 
 check:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
-$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcarseg.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libcarseg.a $(LDLIBS)
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcarseg_internal.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libcarseg_internal.a $(LDLIBS)
 
 bench: $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%) $(BUILD)/carseg
 	@for b in $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%); do echo "== $$b"; $$b || exit 1; done

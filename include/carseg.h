@@ -32,6 +32,11 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* The library is built with -fvisibility=hidden: the declarations of this header (between the push
+ * and the pop) are its whole exported interface. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
 
 #define CARSEG_VERSION "0.1.0"
 
@@ -383,6 +388,9 @@ carseg_status carseg_rle_decode(const char *rle, int h, int w, uint8_t *mask, ui
                                 double bbox[4]);
 // --- end COCO RLE ------------------------------------------------------------------------------
 
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -265,8 +265,11 @@ NN_HOT static void bias_gelu_block(float *restrict o, int ldo, const float *rest
     }
 }
 
-NN_HOT void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int ldc,
-                        const float *restrict b, int rows, int cols, int flags) {
+/* static, with the extern nn_epilogue a plain call to it: GCC gives an extern target_clones
+ * function (its ifunc and .resolver) default visibility whatever -fvisibility says, which would
+ * export it from libcarseg.so */
+static NN_HOT void epilogue_clones(float *restrict o, int ldo, const float *restrict c, int ldc,
+                                   const float *restrict b, int rows, int cols, int flags) {
     for (int i = 0; i < rows; i++) {
         float *r = o + (size_t)i * ldo;
         const float *cr = c + (size_t)i * ldc;
@@ -278,6 +281,11 @@ NN_HOT void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int
         }
     }
     bias_gelu_block(o, ldo, b, rows, cols, (flags & NN_GELU) != 0);
+}
+
+void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int ldc, const float *restrict b,
+                 int rows, int cols, int flags) {
+    epilogue_clones(o, ldo, c, ldc, b, rows, cols, flags);
 }
 
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
