@@ -264,14 +264,24 @@ void cs_amg_torch_sort_desc(const float *scores, int n, int64_t *idx) {
 // ---------------------------------------------------------------------------------------------
 // NMS: torchvision's CPU nms kernel (stable descending sort; IoU in float32; '>' against a double)
 
-static const float *g_sort_scores;   /* only for the qsort comparator below (no qsort_r in C11) */
-static int cmp_stable_desc(const void *pa, const void *pb) {
-    int a = *(const int *)pa, b = *(const int *)pb;
-    float va = g_sort_scores[a], vb = g_sort_scores[b];
-    int na = isnan(va), nb = isnan(vb);
-    if (na != nb) return na ? -1 : 1;
-    if (!na && va != vb) return va > vb ? -1 : 1;
-    return (a > b) - (a < b);
+/* scores[a] goes before scores[b] in a stable descending sort (NaN first, as KeyValueCompDesc) */
+static inline int desc_before(const float *sc, int a, int b) {
+    float va = sc[a], vb = sc[b];
+    return (isnan(va) && !isnan(vb)) || va > vb;
+}
+
+/* stable merge sort of the indices ord[0..n) by descending score (tmp: n ints) */
+static void stable_sort_desc(int *ord, int *tmp, int n, const float *sc) {
+    for (int width = 1; width < n; width *= 2) {
+        for (int lo = 0; lo < n; lo += 2 * width) {
+            int mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            int i = lo, j = mid, o = lo;
+            while (i < mid && j < hi) tmp[o++] = desc_before(sc, ord[j], ord[i]) ? ord[j++] : ord[i++];
+            while (i < mid) tmp[o++] = ord[i++];
+            while (j < hi) tmp[o++] = ord[j++];
+        }
+        memcpy(ord, tmp, (size_t)n * sizeof *ord);
+    }
 }
 
 static int nms_kernel(const float *b, const float *scores, int n, double thr, int *keep) {
@@ -284,12 +294,10 @@ static int nms_kernel(const float *b, const float *scores, int n, double thr, in
         order[i] = i;
         areas[i] = (b[4 * i + 2] - b[4 * i + 0]) * (b[4 * i + 3] - b[4 * i + 1]);
     }
-    /* the comparator's static pointer: guarded so that concurrent callers do not collide */
-    #pragma omp critical(cs_amg_sort)
-    {
-        g_sort_scores = scores;
-        qsort(order, (size_t)n, sizeof *order, cmp_stable_desc);
-    }
+    int *tmp = malloc((size_t)n * sizeof *tmp);
+    if (!tmp) { free(order); free(sup); free(areas); return -1; }
+    stable_sort_desc(order, tmp, n, scores);   /* scores.sort(stable=True, descending=True) */
+    free(tmp);
     int nk = 0;
     for (int ii = 0; ii < n; ii++) {
         int i = order[ii];
