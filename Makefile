@@ -123,6 +123,11 @@ INSTALL_ENV = VERSION=$(VERSION) SONAME=$(SONAME) LIBS_PRIVATE="$(LIBS_PRIVATE)"
 install: all
 	$(INSTALL_ENV) sh scripts/install.sh $(BUILD) $(PREFIX) "$(DESTDIR)" $(LIBDIR)
 
+# the layer rule (util < image < clip < crf < car < sam < eval < api) on the includes and, at link
+# level, on the objects (no use of a higher layer, no cycle among objects)
+layers: $(LIB_OBJ)
+	/usr/bin/python3 scripts/check_layers.py $(BUILD)
+
 check:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test

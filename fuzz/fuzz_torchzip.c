@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "util.h"
+#include "torchzip.h"
 #include "weights.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -196,3 +196,22 @@ TEST(build_install_pkg_config) {
              prefix, dir, dest, prefix);
     CHECK_MSG(system(cmd) == 0, "prog0 does not load the installed libcarseg.so.1");
 }
+
+/* The layer rule holds (scripts/check_layers.py on the sources and the built objects), and the
+ * checker fails on a tree where util includes a car header and sam includes car. */
+TEST(build_layers) {
+    const char *b = build_dir();
+    if (system("/usr/bin/python3 -c 1 2>/dev/null") != 0) SKIP("/usr/bin/python3 missing");
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 scripts/check_layers.py %s%s%s >&2", b ? "'" : "", b ? b : "",
+             b ? "'" : "");
+    CHECK_MSG(system(cmd) == 0, "the layer rule is broken (above)");
+    const char *dir = test_tmpdir();
+    snprintf(cmd, sizeof cmd, "cp -r src '%s/src' && printf '#include \"car.h\"\\n' >> '%s/src/util/util.c' && "
+             "mkdir -p '%s/src/sam' && printf '#include \"cam.h\"\\n' > '%s/src/sam/x.c' && "
+             "/usr/bin/python3 scripts/check_layers.py --src '%s/src' > '%s/out.txt' 2>&1; test $? = 1 && "
+             "grep -q 'util/util.c:.*car.h of the higher layer car' '%s/out.txt' && "
+             "grep -q 'sam/x.c:1: includes cam.h of car' '%s/out.txt'",
+             dir, dir, dir, dir, dir, dir, dir, dir);
+    CHECK_MSG(system(cmd) == 0, "check_layers.py did not catch an upward include / sam including car");
+}

@@ -7,6 +7,7 @@
 
 #include "clip.h"
 #include "util.h"
+#include "torchzip.h"
 #include "weights.h"
 
 static int same_tensors(const wfile *a, const wfile *b) {

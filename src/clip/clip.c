@@ -17,10 +17,10 @@
 #include <string.h>
 
 #include "image.h"
-#include "models.h"
 #include "nn.h"
 #include "tokenizer.h"
 #include "util.h"
+#include "weights.h"
 
 // ---------------------------------------------------------------------------------------------
 // model from tensors
@@ -765,16 +765,6 @@ carseg_status clip_load(const char *path, clip_model **out) {
 
 // ---------------------------------------------------------------------------------------------
 // public API (carseg.h)
-
-carseg_status carseg_clip_load(const char *name_or_path, carseg_clip **out) {
-    if (!out || !name_or_path) return set_err(CARSEG_EINVAL, "carseg_clip_load: NULL argument");
-    *out = NULL;
-    char *path = NULL;
-    TRY(models_resolve(name_or_path, &path));
-    carseg_status st = clip_load(path, out);
-    free(path);
-    return st;
-}
 
 void carseg_clip_free(carseg_clip *m) { clip_free(m); }
 int carseg_clip_embed_dim(const carseg_clip *m) { return m->cfg.embed; }

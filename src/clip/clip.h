@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include "carseg.h"
 #include "gemm_amx.h"
-#include "weights.h"
+#include "tensors.h"
 
 typedef struct clip_config {
     /* vision */
@@ -21,6 +21,12 @@ typedef struct clip_config {
     int embed;                                        /* joint embedding size E */
     float logit_scale;                                /* exp(logit_scale) as stored */
 } clip_config;
+
+/* The architecture read off a model file's tensors (clip_config.c): widths from the tensor
+ * shapes, layers by counting resblocks, patch from conv1, grid from the positional embedding
+ * rows, heads = width / 64, cfg->logit_scale = exp(stored logit_scale). CARSEG_EMODEL naming the
+ * tensor when one is missing or has an inconsistent shape. */
+carseg_status clip_config_from_weights(const wfile *f, clip_config *cfg);
 
 /* One residual attention block, pointers into the wfile (shapes as in OpenAI's state dict). */
 typedef struct {

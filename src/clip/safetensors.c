@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "safetensors.h"
 #include "util.h"
-#include "weights.h"
 
 #define ST_MAX_HEADER (100u << 20)   /* the reference implementation's limit */
 

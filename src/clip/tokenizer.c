@@ -31,7 +31,6 @@
 #include <openssl/evp.h>
 #include <zlib.h>
 
-#include "models.h"
 #include "util.h"
 
 #include "tokenizer_tables.h"
@@ -815,15 +814,6 @@ int tok_tokenize(const tokenizer *t, const char *text, int32_t *out, int ctx) {
 // ---------------------------------------------------------------------------------------------
 // public API
 
-carseg_status carseg_tokenizer_open(const char *vocab, carseg_tokenizer **out) {
-    if (!out) return set_err(CARSEG_EINVAL, "carseg_tokenizer_open: out is NULL");
-    *out = NULL;
-    char *path = NULL;
-    TRY(models_resolve_vocab(vocab, &path));
-    carseg_status st = tok_open(path, out);
-    free(path);
-    return st;
-}
 void carseg_tokenizer_close(carseg_tokenizer *t) { tok_close(t); }
 int carseg_tokenizer_encode(const carseg_tokenizer *t, const char *text, int32_t *ids, int max) {
     return tok_encode(t, text, ids, max);

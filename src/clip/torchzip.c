@@ -15,8 +15,8 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "torchzip.h"
 #include "util.h"
-#include "weights.h"
 
 int tz_verify_crc = 1;
 

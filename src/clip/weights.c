@@ -1,5 +1,6 @@
 /* weights.c — model files: format detection, dtype conversion, canonical (OpenAI) tensor names,
- * and the CLIP architecture read off the tensors.
+ * canonical (OpenAI) tensor names (the tensor container is tensors.c, the architecture read off
+ * the tensors clip_config.c).
  *
  * Mirrors what OpenAI's clip.load + build_model and Hugging Face's convert_clip_original_pytorch
  * _to_hf.py agree on: the OpenAI state-dict names are canonical; a Hugging Face CLIPModel file
@@ -19,152 +20,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "clip.h"
+#include "safetensors.h"
+#include "torchzip.h"
 #include "util.h"
-
-const char *wformat_name(wformat f) {
-    switch (f) {
-    case WF_SAFETENSORS: return "safetensors";
-    case WF_TORCHSCRIPT: return "torchscript";
-    case WF_TORCH_STATE: return "torch-state-dict";
-    }
-    return "?";
-}
-
-const char *wdtype_name(wdtype d) {
-    switch (d) {
-    case WDT_F32: return "F32";
-    case WDT_F16: return "F16";
-    case WDT_BF16: return "BF16";
-    }
-    return "?";
-}
-
-size_t wdt_size(wdtype d) { return d == WDT_F32 ? 4 : 2; }
-
-float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);                   /* inf / nan */
-    } else if (exp == 0) {
-        if (man == 0) bits = sign;                                  /* +-0 */
-        else {                                                      /* subnormal: normalise */
-            int e = -1;
-            do { man <<= 1; e++; } while (!(man & 0x400));
-            bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
-        }
-    } else {
-        bits = sign | (exp + 127 - 15) << 23 | man << 13;
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out) {
-    const int par = count >= (1u << 20);   /* big tensors only: threads cost more than small copies */
-    switch (src) {
-    case WDT_F32:
-        #pragma omp parallel for if (par) schedule(static)
-        for (size_t i = 0; i < count; i++) {
-            uint32_t b = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 |
-                         (uint32_t)p[4 * i + 2] << 16 | (uint32_t)p[4 * i + 3] << 24;
-            memcpy(&out[i], &b, 4);
-        }
-        break;
-    case WDT_F16:
-        #pragma omp parallel for if (par) schedule(static)
-        for (size_t i = 0; i < count; i++) out[i] = f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        break;
-    case WDT_BF16:
-        #pragma omp parallel for if (par) schedule(static)
-        for (size_t i = 0; i < count; i++) {
-            uint32_t b = ((uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8) << 16;
-            memcpy(&out[i], &b, 4);
-        }
-        break;
-    }
-}
-
-carseg_status wfile_add(wfile *f, char *name, int ndim, const int64_t *shape, wdtype src,
-                        float *data) {
-    if (!name || ndim < 0 || ndim > 4) {
-        carseg_status st = name ? set_err(CARSEG_EFORMAT, "%s: %d dimensions, at most 4 supported (tensor %s)",
-                                          f->path, ndim, name)
-                                : set_err(CARSEG_ENOMEM, "%s: out of memory", f->path);
-        free(name);
-        cs_free(data);
-        return st;
-    }
-    free(f->order);   /* the name index is rebuilt by finish() */
-    f->order = NULL;
-    if (f->n == f->cap) {
-        int cap = f->cap ? f->cap * 2 : 64;
-        wtensor *t = realloc(f->t, (size_t)cap * sizeof *t);
-        if (!t) {
-            free(name);
-            cs_free(data);
-            return set_err(CARSEG_ENOMEM, "%s: out of memory", f->path);
-        }
-        f->t = t;
-        f->cap = cap;
-    }
-    wtensor *t = &f->t[f->n++];
-    memset(t, 0, sizeof *t);
-    t->name = name;
-    t->ndim = ndim;
-    t->count = 1;
-    for (int i = 0; i < ndim; i++) { t->shape[i] = shape[i]; t->count *= (size_t)shape[i]; }
-    t->src_dtype = src;
-    t->data = data;
-    return CARSEG_OK;
-}
-
-static void wfile_free_tensors(wtensor *t, int n) {
-    for (int i = 0; i < n; i++) { free(t[i].name); cs_free(t[i].data); }
-    free(t);
-}
-
-void wfile_close(wfile *f) {
-    if (!f) return;
-    wfile_free_tensors(f->t, f->n);
-    free(f->order);
-    free(f->path);
-    free(f);
-}
-
-/* sorting an index array by tensor name (qsort has no context pointer: a thread-local one) */
-static _Thread_local const wtensor *g_sort_t;
-static int cmp_idx(const void *a, const void *b) {
-    return strcmp(g_sort_t[*(const int *)a].name, g_sort_t[*(const int *)b].name);
-}
-
-static int *name_index(const wtensor *t, int n) {
-    int *o = malloc((size_t)(n ? n : 1) * sizeof *o);
-    if (!o) return NULL;
-    for (int i = 0; i < n; i++) o[i] = i;
-    g_sort_t = t;
-    qsort(o, (size_t)n, sizeof *o, cmp_idx);
-    return o;
-}
-
-static const wtensor *index_find(const wtensor *t, const int *o, int n, const char *name) {
-    int lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int mid = lo + (hi - lo) / 2, c = strcmp(t[o[mid]].name, name);
-        if (c == 0) return &t[o[mid]];
-        if (c < 0) lo = mid + 1; else hi = mid - 1;
-    }
-    return NULL;
-}
-
-const wtensor *wfile_get(const wfile *f, const char *name) {
-    if (!f || !name) return NULL;
-    if (f->order) return index_find(f->t, f->order, f->n, name);
-    for (int i = 0; i < f->n; i++)
-        if (strcmp(f->t[i].name, name) == 0) return &f->t[i];
-    return NULL;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Hugging Face CLIPModel names -> OpenAI names
@@ -173,7 +31,7 @@ static int starts(const char *s, const char *pre) { return strncmp(s, pre, strle
 
 static _Thread_local const int *g_raw_order;   /* name index of the raw tensors while map_hf runs */
 static const wtensor *raw_find(const wtensor *t, int n, const char *name) {
-    return index_find(t, g_raw_order, n, name);
+    return wtensor_index_find(t, g_raw_order, n, name);
 }
 
 static char *xstrcat3(const char *a, const char *b, const char *c) {
@@ -282,7 +140,7 @@ static const char *hf_layer(const char *name, char *lp, size_t lpn, char *cp, si
 static carseg_status map_hf(wfile *f) {
     wtensor *raw = f->t;
     int n = f->n;
-    int *order = name_index(raw, n);
+    int *order = wtensor_name_index(raw, n);
     if (!order) return set_err(CARSEG_ENOMEM, "%s: out of memory", f->path);
     g_raw_order = order;
     f->t = NULL;
@@ -348,7 +206,7 @@ static carseg_status finish(wfile *f) {
             break;
         }
     if (f->hf_names) TRY(map_hf(f));
-    f->order = name_index(f->t, f->n);
+    f->order = wtensor_name_index(f->t, f->n);
     if (!f->order) return set_err(CARSEG_ENOMEM, "%s: out of memory", f->path);
     for (int i = 0; i + 1 < f->n; i++)
         if (strcmp(f->t[f->order[i]].name, f->t[f->order[i + 1]].name) == 0)
@@ -401,87 +259,4 @@ carseg_status wfile_open(const char *path, wfile **out) {
     carseg_status st = wfile_open_mem(path, m, len, out);
     munmap(m, len);
     return st;
-}
-
-// ---------------------------------------------------------------------------------------------
-// architecture
-
-static const wtensor *need(const wfile *f, const char *name, int ndim, carseg_status *st) {
-    const wtensor *t = wfile_get(f, name);
-    if (*st != CARSEG_OK) return t;
-    if (!t) *st = set_err(CARSEG_EMODEL, "%s: missing tensor (tensor %s)", f->path, name);
-    else if (t->ndim != ndim)
-        *st = set_err(CARSEG_EMODEL, "%s: expected %d dimensions, found %d (tensor %s)", f->path, ndim,
-                      t->ndim, name);
-    return t;
-}
-
-static int count_blocks(const wfile *f, const char *prefix) {
-    int n = 0;
-    for (;;) {
-        char nm[256];
-        snprintf(nm, sizeof nm, "%s%d.attn.in_proj_weight", prefix, n);
-        if (!wfile_get(f, nm)) return n;
-        n++;
-    }
-}
-
-carseg_status clip_config_from_weights(const wfile *f, struct clip_config *cfg) {
-    memset(cfg, 0, sizeof *cfg);
-    carseg_status st = CARSEG_OK;
-    if (wfile_get(f, "visual.attnpool.positional_embedding") || wfile_get(f, "visual.layer1.0.conv1.weight"))
-        return set_err(CARSEG_EMODEL, "%s: ResNet CLIP image towers are not supported, only ViT (tensor "
-                       "visual.attnpool.positional_embedding)", f->path);
-    const wtensor *conv1 = need(f, "visual.conv1.weight", 4, &st);
-    const wtensor *vpos = need(f, "visual.positional_embedding", 2, &st);
-    const wtensor *vproj = need(f, "visual.proj", 2, &st);
-    const wtensor *tok = need(f, "token_embedding.weight", 2, &st);
-    const wtensor *tpos = need(f, "positional_embedding", 2, &st);
-    const wtensor *tproj = need(f, "text_projection", 2, &st);
-    const wtensor *ls = need(f, "logit_scale", 0, &st);
-    if (st != CARSEG_OK) return st;
-    int C = (int)conv1->shape[0];
-    if (conv1->shape[1] != 3 || conv1->shape[2] != conv1->shape[3] || conv1->shape[2] < 1)
-        return set_err(CARSEG_EMODEL, "%s: conv1 must be (width, 3, P, P) (tensor visual.conv1.weight)", f->path);
-    cfg->v_width = C;
-    cfg->v_patch = (int)conv1->shape[2];
-    int64_t rows = vpos->shape[0] - 1, g = 0;
-    while ((g + 1) * (g + 1) <= rows) g++;
-    if (rows < 1 || g * g != rows || vpos->shape[1] != C)
-        return set_err(CARSEG_EMODEL, "%s: positional embedding must be (1 + grid^2, %d) (tensor "
-                       "visual.positional_embedding)", f->path, C);
-    cfg->v_grid = (int)g;
-    cfg->v_layers = count_blocks(f, "visual.transformer.resblocks.");
-    if (cfg->v_layers < 1)
-        return set_err(CARSEG_EMODEL, "%s: missing tensor (tensor visual.transformer.resblocks.0.attn.in_proj_weight)", f->path);
-    const wtensor *vfc = need(f, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2, &st);
-    if (st != CARSEG_OK) return st;
-    cfg->v_mlp = (int)vfc->shape[0];
-    if (C % 64 != 0)
-        return set_err(CARSEG_EMODEL, "%s: vision width %d is not a multiple of 64 (heads = width/64) "
-                       "(tensor visual.conv1.weight)", f->path, C);
-    cfg->v_heads = C / 64;
-    int Ct = (int)tok->shape[1];
-    cfg->t_width = Ct;
-    cfg->t_vocab = (int)tok->shape[0];
-    cfg->t_ctx = (int)tpos->shape[0];
-    if (tpos->shape[1] != Ct)
-        return set_err(CARSEG_EMODEL, "%s: text positional embedding width %lld != %d (tensor positional_embedding)",
-                       f->path, (long long)tpos->shape[1], Ct);
-    cfg->t_layers = count_blocks(f, "transformer.resblocks.");
-    if (cfg->t_layers < 1)
-        return set_err(CARSEG_EMODEL, "%s: missing tensor (tensor transformer.resblocks.0.attn.in_proj_weight)", f->path);
-    if (Ct % 64 != 0)
-        return set_err(CARSEG_EMODEL, "%s: text width %d is not a multiple of 64 (heads = width/64) "
-                       "(tensor token_embedding.weight)", f->path, Ct);
-    cfg->t_heads = Ct / 64;
-    if (vproj->shape[0] != C)
-        return set_err(CARSEG_EMODEL, "%s: projection rows %lld != vision width %d (tensor visual.proj)",
-                       f->path, (long long)vproj->shape[0], C);
-    if (tproj->shape[0] != Ct || tproj->shape[1] != vproj->shape[1])
-        return set_err(CARSEG_EMODEL, "%s: text projection must be (%d, %lld) (tensor text_projection)",
-                       f->path, Ct, (long long)vproj->shape[1]);
-    cfg->embed = (int)vproj->shape[1];
-    cfg->logit_scale = expf(ls->data[0]);
-    return CARSEG_OK;
 }
