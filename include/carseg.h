@@ -40,6 +40,12 @@ extern "C" {
 
 #define CARSEG_VERSION "0.1.0"
 
+/* ABI version: bumped whenever a public struct's layout or a function's signature changes.
+ * carseg_abi_version() returns the value the linked library was built with; a program compares it
+ * with the CARSEG_ABI_VERSION it was compiled against before relying on the library. */
+#define CARSEG_ABI_VERSION 1
+int carseg_abi_version(void);
+
 // ---------------------------------------------------------------------------------------------
 // Status and diagnostics
 

@@ -144,8 +144,8 @@ TEST(eval_labels_io) {
     enum { W = 7, H = 5 };
     uint16_t v8[W * H], v16[W * H];
     for (int i = 0; i < W * H; i++) { v8[i] = (uint16_t)(i * 7 % 256); v16[i] = (uint16_t)(i * 1999 % 65536); }
-    CHECK_OK(labels_write_png(p8, v8, W, H));
-    CHECK_OK(labels_write_png(p16, v16, W, H));
+    CHECK_OK(carseg_labels_save_png(p8, v8, W, H));
+    CHECK_OK(carseg_labels_save_png(p16, v16, W, H));
     write_tiff16(pt, v16, W, H);
     int w, h;
     uint16_t *r;
@@ -417,11 +417,11 @@ TEST(eval_dataset_layouts) {
         snprintf(p, sizeof p, "%s/images/validation/%s.jpg", dir, ids[k]); touch(p);
         snprintf(p, sizeof p, "%s/annotations_ctx459/validation/%s.tif", dir, ids[k]); write_tiff16(p, v, 3, 2);
         uint16_t a[6] = {0, 1, 150, 3, 4, 5};
-        snprintf(p, sizeof p, "%s/annotations/validation/%s.png", dir, ids[k]); labels_write_png(p, a, 3, 2);
+        snprintf(p, sizeof p, "%s/annotations/validation/%s.png", dir, ids[k]); carseg_labels_save_png(p, a, 3, 2);
         snprintf(p, sizeof p, "%s/images/val2017/%s.jpg", dir, ids[k]); touch(p);
-        snprintf(p, sizeof p, "%s/annotations/val2017/%s_instanceTrainIds.png", dir, ids[k]); labels_write_png(p, a, 3, 2);
+        snprintf(p, sizeof p, "%s/annotations/val2017/%s_instanceTrainIds.png", dir, ids[k]); carseg_labels_save_png(p, a, 3, 2);
         snprintf(p, sizeof p, "%s/VOCdevkit/VOC2010/JPEGImages/%s.jpg", dir, ids[k]); touch(p);
-        snprintf(p, sizeof p, "%s/VOCdevkit/VOC2010/SegmentationClassContext/%s.png", dir, ids[k]); labels_write_png(p, a, 3, 2);
+        snprintf(p, sizeof p, "%s/VOCdevkit/VOC2010/SegmentationClassContext/%s.png", dir, ids[k]); carseg_labels_save_png(p, a, 3, 2);
     }
     snprintf(p, sizeof p, "%s/images/validation/notes.txt", dir); touch(p);
     snprintf(p, sizeof p, "%s/VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt", dir);
@@ -763,7 +763,7 @@ TEST(eval_car_predictor_fixture) {
         gt[k] = (uint16_t)(ref.dtype == NPY_I32 ? ((int32_t *)ref.data)[k] : ((int64_t *)ref.data)[k]);
     npy_free(&ref);
     snprintf(p, sizeof p, "%s/VOCdevkit/VOC2012/SegmentationClass/chelsea.png", dir);
-    REQUIRE(labels_write_png(p, gt, W, H) == CARSEG_OK);
+    REQUIRE(carseg_labels_save_png(p, gt, W, H) == CARSEG_OK);
     char cmd[4000];
     snprintf(cmd, sizeof cmd, "%s eval --dataset voc --root %s --generator %s --classifier %s --vocab %s "
              "--out %s/out --save-predictions --quiet > %s/table.txt 2> %s/err.txt",

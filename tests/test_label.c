@@ -947,7 +947,7 @@ TEST(label_cli_eval_coco) {
             for (int x = 0; x < im.w; x++)
                 gt[y * im.w + x] = x < im.w / 3 ? 0 : y < im.h / 2 ? 15 : x == im.w - 1 ? 255 : 9;
         snprintf(p, sizeof p, "%s/SegmentationClass/%s.png", base, ids[i]);
-        CHECK_OK(labels_write_png(p, gt, im.w, im.h));
+        CHECK_OK(carseg_labels_save_png(p, gt, im.w, im.h));
         free(gt);
         image_free(&im);
         strcat(list, ids[i]);

@@ -399,7 +399,7 @@ static carseg_status process(run *R, predictor *P, int i, char **line) {
     if (R->save_pred && R->out) {
         char path[4096];
         snprintf(path, sizeof path, "%s/predictions/%s.png", R->out, ds->s[i].id);
-        st = labels_write_png(path, pred, w, h);
+        st = carseg_labels_save_png(path, pred, w, h);
     }
     journal_rec r = {0};
     if (!st) {

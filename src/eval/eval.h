@@ -14,9 +14,8 @@
 /* Reads a label image: PNG (palette -> raw indices, 8/16-bit gray) or TIFF (8/16-bit, one
  * channel). *out is malloc'd, w*h uint16. */
 carseg_status labels_read(const char *path, int *w, int *h, uint16_t **out);
-/* Writes a label map atomically: an 8-bit palette PNG (VOC colours) when every value < 256,
- * otherwise a 16-bit gray PNG. */
-carseg_status labels_write_png(const char *path, const uint16_t *v, int w, int h);
+/* Label maps are written with carseg_labels_save_png (image.c): an 8-bit palette PNG (VOC
+ * colours) when every value < 256, otherwise a 16-bit gray PNG. */
 
 // ---------------------------------------------------------------------------------------------
 // datasets

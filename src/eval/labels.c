@@ -1,7 +1,7 @@
 /* labels.c — label-map files for evaluation (ground truth and predictions), on top of image.c:
  * palette PNGs are read as their raw indices (VOC ground truth, np.asarray(Image.open(p))),
- * gray 8/16-bit PNGs and 8/16-bit TIFFs as values; written as a VOC-palette PNG when every id
- * is < 256, else as a 16-bit gray PNG. */
+ * gray 8/16-bit PNGs and 8/16-bit TIFFs as values. (Label maps are written by the one writer,
+ * carseg_labels_save_png / image_save_labels in image.c.) */
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,17 +39,3 @@ carseg_status labels_read(const char *path, int *w, int *h, uint16_t **out) {
     return st;
 }
 
-carseg_status labels_write_png(const char *path, const uint16_t *v, int w, int h) {
-    if (w <= 0 || h <= 0) return set_err(CARSEG_EINVAL, "%s: bad label map size %dx%d", path, w, h);
-    size_t n = (size_t)w * h;
-    uint16_t mx = 0;
-    for (size_t i = 0; i < n; i++) if (v[i] > mx) mx = v[i];
-    if (mx > 255) return image_save_png_gray16(path, v, w, h);
-    uint8_t *idx = malloc(n), pal[256 * 3];
-    if (!idx) return set_err(CARSEG_ENOMEM, "%s: %dx%d labels", path, w, h);
-    for (size_t i = 0; i < n; i++) idx[i] = (uint8_t)v[i];
-    voc_palette(pal);
-    carseg_status st = image_save_png_palette(path, idx, w, h, pal, 256);
-    free(idx);
-    return st;
-}
