@@ -4,7 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "car.h"
 #include "carsam.h"
+#include "clip.h"
+#include "image.h"
+#include "presets.h"
+#include "tokenizer.h"
 #include "check.h"
 #include "rle.h"
 #include "util.h"
@@ -101,4 +106,69 @@ TEST(carsam_defaults) {
     cs_carsam_params_init(&p);
     CHECK(p.iom_thres == 0.7 && p.min_pred == 0.05 && p.iou_thres == 0.7);
     CHECK_OK(cs_carsam_params_check(&p));
+}
+
+/* car_segment with job.sam: the refinement sits between the CRF and the label map */
+TEST(carsam_in_car_segment) {
+    const char *g = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *c = shared_path("fixtures/models/sc_f16.safetensors");
+    const char *v = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    const char *ip = shared_path("fixtures/car/coffee300_voc/input.png");
+    if (!g || !c || !v || !ip || !file_exists(g) || !file_exists(c) || !file_exists(ip))
+        SKIP("CLIP/CaR fixtures missing");
+    clip_model *gen, *cls;
+    tokenizer *tok;
+    car_ctx *ctx;
+    REQUIRE(clip_load(g, &gen) == CARSEG_OK && clip_load(c, &cls) == CARSEG_OK);
+    REQUIRE(tok_open(v, &tok) == CARSEG_OK && car_ctx_new(gen, cls, tok, &ctx) == CARSEG_OK);
+    image_u8 im;
+    REQUIRE(image_load_rgb(ip, &im) == CARSEG_OK);
+    car_image *ci;
+    REQUIRE(car_image_new(ctx, &im, NULL, &ci) == CARSEG_OK);
+    int W = im.w, H = im.h;
+    size_t hw = (size_t)W * H;
+    static const char *cl[] = {"cup", "person", "table"};
+    car_job job;
+    memset(&job, 0, sizeof job);
+    job.classes = cl, job.n_classes = 3, job.bg = CAR_BG_WORDS, job.nb = 23;
+    job.p = car_default_params(), job.p.theta = 0, job.stuff_p = job.p;
+    uint16_t *l0 = malloc(hw * 2), *l1 = malloc(hw * 2);
+    uint8_t *m0 = malloc(hw * 3);
+    float sc[3], sc1[3];
+    CHECK_OK(car_segment(ctx, ci, &job, NULL, l0, sc, m0, NULL));
+    int top = -1;
+    for (int k = 0; k < 3; k++) {
+        size_t a = 0;
+        for (size_t t = 0; t < hw; t++) a += m0[(size_t)k * hw + t];
+        if (sc[k] > 0 && a > 0 && (top < 0 || sc[k] >= sc[top])) top = k;
+    }
+    REQUIRE(top >= 0);
+    /* one SAM mask = the whole image */
+    uint32_t whole[2] = {0, (uint32_t)hw};
+    const uint32_t *wc[1] = {whole};
+    size_t wn[1] = {2};
+    cs_sam_masks sm = {H, W, 1, wc, wn};
+    job.sam = &sm;
+    cs_carsam_params_init(&job.sam_p);
+    job.sam_p.iom_thres = 0, job.sam_p.iou_thres = 0;   /* every non-empty mask becomes the image */
+    car_stats st;
+    memset(&st, 0, sizeof st);
+    CHECK_OK(car_segment(ctx, ci, &job, NULL, l1, sc1, NULL, &st));
+    size_t bad = 0;
+    for (size_t t = 0; t < hw; t++) bad += l1[t] != top + 1;
+    CHECK_MSG(bad == 0, "%zu pixels not labelled with the top class %d", bad, top);
+    CHECK(memcmp(sc, sc1, sizeof sc) == 0);
+    job.sam_p.iou_thres = 1;   /* never replaced: the labels without SAM */
+    CHECK_OK(car_segment(ctx, ci, &job, NULL, l1, sc1, NULL, NULL));
+    CHECK(memcmp(l0, l1, hw * 2) == 0);
+    cs_sam_masks wrong = {H + 1, W, 1, wc, wn};
+    job.sam = &wrong;
+    CHECK(car_segment(ctx, ci, &job, NULL, l1, sc1, NULL, NULL) == CARSEG_EINVAL);
+    free(l0); free(l1); free(m0);
+    car_image_free(ci);
+    image_free(&im);
+    car_ctx_free(ctx);
+    tok_close(tok);
+    clip_free(cls);
+    clip_free(gen);
 }
