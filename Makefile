@@ -1,6 +1,7 @@
 # carseg — plain Makefile. Targets: all (libraries + CLI), test, check (ASan+UBSan), install,
 # layers, bench, fuzz, deps, clean.
 # Knobs: BUILD=dir (default build), DEBUG=1, NATIVE=1, MPI=1 (Open MPI build of the CLI), CC=clang,
+# NO_CURL=1 (no downloader, no libcurl),
 # PREFIX=/usr/local and DESTDIR= (install).
 # Layout: src/<layer>/*.c is the library, one folder per layer (util, image, clip, crf, car, sam,
 # eval, api); every tools/*.c goes into the CLI, every tests/*.c into run_tests (tests register
@@ -29,7 +30,14 @@ endif
 LAYERS  := $(patsubst src/%/,%,$(sort $(dir $(wildcard src/*/*.c src/*/*.h))))
 INC     := -Iinclude -Isrc $(addprefix -Isrc/,$(LAYERS))
 CFLAGS  += $(CSTD) $(WARN) $(OPT) -fopenmp $(INC) $(EXTRA_CFLAGS)
-LDLIBS  += -fopenmp -lopenblas -ljpeg -lpng -lz -lcurl -lcrypto -ltiff -lm -lpthread
+LDLIBS  += -fopenmp -lopenblas -ljpeg -lpng -lz $(CURL_LIBS) -ltiff -lm -lpthread
+# NO_CURL=1: no downloader (no libcurl): model names resolve in the cache only; a download request
+# is an error saying the build has none. (sha256 is carseg's own: no OpenSSL either way.)
+CURL_LIBS := -lcurl
+ifeq ($(NO_CURL),1)
+CFLAGS  += -DCARSEG_NO_CURL
+CURL_LIBS :=
+endif
 
 ifeq ($(MPI),1)
 CC      := mpicc

@@ -6,8 +6,7 @@ pkgs=(
   build-essential pkg-config
   libjpeg62-turbo-dev   # JPEG decoding, the same libjpeg-turbo Pillow uses (bit-identical pixels)
   libpng-dev zlib1g-dev # PNG read/write; zlib also inflates the gzipped BPE vocabulary
-  libcurl4-openssl-dev  # model downloads (https, redirects, resume)
-  libssl-dev            # sha256 of downloaded checkpoints (OpenSSL EVP)
+  libcurl4-openssl-dev  # model downloads (https, redirects, resume); not needed by make NO_CURL=1
   libopenblas-dev       # sgemm for the transformer layers
   libtiff-dev           # 16-bit TIFF labels of ADE-847 / Pascal-Context-459
   libopenmpi-dev openmpi-bin  # `make MPI=1` cluster evaluation

@@ -15,10 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
 #include "check.h"
 #include "models.h"
+#include "sha256.h"
 #include "util.h"
 
 // ---------------------------------------------------------------------------------------------
@@ -55,15 +55,14 @@ static void env_end(void) {
     carseg_models_set_progress(carseg_models_progress_stderr, NULL);
 }
 
-static void sha256_hex(const void *d, size_t n, char hex[65]) {
-    unsigned char dg[32];
-    unsigned l = 0;
-    EVP_MD_CTX *m = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(m, EVP_sha256(), NULL);
-    EVP_DigestUpdate(m, d, n);
-    EVP_DigestFinal_ex(m, dg, &l);
-    EVP_MD_CTX_free(m);
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+/* the blobs' sha256 (sha256.c, itself checked against hashlib in util_sha256) */
+static void blob_sha256(const void *d, size_t n, char hex[65]) {
+    uint8_t dg[32];
+    sha256_ctx m;
+    sha256_init(&m);
+    sha256_update(&m, d, n);
+    sha256_final(&m, dg);
+    sha256_hex(dg, hex);
 }
 
 /* Number of entries in dir (0 when it does not exist). */
@@ -103,6 +102,13 @@ static int run_cmd(const char *cmd, char *out, size_t cap) {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/* the download tests SKIP in a build without a downloader (make NO_CURL=1) */
+#ifdef CARSEG_NO_CURL
+#define NEED_DOWNLOADER() SKIP("built with NO_CURL=1: no downloader")
+#else
+#define NEED_DOWNLOADER() ((void)0)
+#endif
 
 TEST(models_names) {
     const carseg_model_info *b16 = carseg_models_find("ViT-B/16");
@@ -177,13 +183,14 @@ TEST(models_resolve_paths) {
 }
 
 TEST(models_download_file_url) {
+    NEED_DOWNLOADER();
     const char *cache = env_begin();
     char src[1024], url[1100], hex[65], *p = NULL;
     snprintf(src, sizeof src, "%s/blob-ok.bin", test_tmpdir());
     size_t n = 300000;
     uint8_t *blob = make_blob(src, n, 7);
     REQUIRE(blob);
-    sha256_hex(blob, n, hex);
+    blob_sha256(blob, n, hex);
     snprintf(url, sizeof url, "file://%s", src);
     CHECK_OK(models_register("test-blob-ok", url, hex, "clip"));
     g_prog_calls = g_prog_finished = 0;
@@ -215,13 +222,14 @@ TEST(models_download_file_url) {
 }
 
 TEST(models_checksum_mismatch) {
+    NEED_DOWNLOADER();
     const char *cache = env_begin();
     carseg_models_set_progress(NULL, NULL);
     char src[1024], url[1100], hex[65], *p = NULL;
     snprintf(src, sizeof src, "%s/blob-bad.bin", test_tmpdir());
     uint8_t *blob = make_blob(src, 5000, 8);
     REQUIRE(blob);
-    sha256_hex("something else", 14, hex);
+    blob_sha256("something else", 14, hex);
     snprintf(url, sizeof url, "file://%s", src);
     CHECK_OK(models_register("test-blob-bad", url, hex, "clip"));
     CHECK(models_resolve("test-blob-bad", &p) == CARSEG_ENET && !p);
@@ -269,13 +277,14 @@ TEST(models_unreachable) {
 }
 
 TEST(models_concurrent_download) {
+    NEED_DOWNLOADER();
     const char *cache = env_begin();
     carseg_models_set_progress(NULL, NULL);
     char src[1024], url[1100], hex[65], part[1100], *p = NULL;
     snprintf(src, sizeof src, "%s/blob-lock.bin", test_tmpdir());
     uint8_t *blob = make_blob(src, 1000, 12);
     REQUIRE(blob);
-    sha256_hex(blob, 1000, hex);
+    blob_sha256(blob, 1000, hex);
     snprintf(url, sizeof url, "file://%s", src);
     CHECK_OK(models_register("test-blob-lock", url, hex, "clip"));
     /* another process holds the part file's lock: fail at once, say so, touch nothing */
@@ -360,6 +369,7 @@ static pid_t start_server(const char *dir, int *port_out) {
 }
 
 TEST(models_http_server) {
+    NEED_DOWNLOADER();
     const char *cache = env_begin();
     carseg_models_set_progress(count_progress, NULL);
     char dir[1024], src[1100], url[1200], hex[65], *p = NULL;
@@ -369,7 +379,7 @@ TEST(models_http_server) {
     size_t n = 2000000;
     uint8_t *blob = make_blob(src, n, 11);
     REQUIRE(blob);
-    sha256_hex(blob, n, hex);
+    blob_sha256(blob, n, hex);
     int port = 0;
     pid_t pid = start_server(dir, &port);
     if (pid < 0) { free(blob); env_end(); SKIP("could not start /usr/bin/python3 -m http.server on 127.0.0.1"); }
@@ -400,6 +410,7 @@ TEST(models_http_server) {
 }
 
 TEST(models_cli) {
+    NEED_DOWNLOADER();
     const char *bin = getenv("CARSEG_BIN");
     if (!bin) SKIP("CARSEG_BIN not set (run through make test)");
     const char *vocab = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
@@ -447,4 +458,28 @@ TEST(models_cli) {
     snprintf(cmd, sizeof cmd, "%s '%s' models pull vit-b16 2>&1", env, bin);
     CHECK(run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "checksum mismatch"));
     CHECK(count_files(cache) == 1);
+}
+
+/* make NO_CURL=1: a name not in the cache fails, saying the build has no downloader; a cached
+ * file still resolves by name (scripts/test_nocurl.sh runs this build's tests) */
+TEST(models_no_downloader) {
+#ifndef CARSEG_NO_CURL
+    SKIP("this build has a downloader (scripts/test_nocurl.sh runs the NO_CURL=1 build)");
+#else
+    const char *dir = test_tmpdir();
+    setenv("CARSEG_CACHE", dir, 1);
+    carseg_models_allow_download(1);
+    char *path = NULL;
+    CHECK(carseg_models_pull("ViT-B/16", &path) == CARSEG_ENET && !path);
+    CHECK_MSG(strstr(carseg_last_error(), "built without a downloader") != NULL, "%s", carseg_last_error());
+    CHECK(carseg_models_resolve("vit-b16", &path) == CARSEG_ENET);
+    char file[600];
+    snprintf(file, sizeof file, "%s/ViT-B-16.pt", dir);
+    CHECK_OK(write_file_atomic(file, "x", 1));
+    CHECK_OK(carseg_models_resolve("ViT-B/16", &path));
+    CHECK(path && !strcmp(path, file));
+    free(path);
+    carseg_models_allow_download(-1);
+    unsetenv("CARSEG_CACHE");
+#endif
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "sha256.h"
 #include "util.h"
 
 TEST(util_npy_roundtrip) {
@@ -207,4 +208,58 @@ TEST(util_barrier) {
     cs_barrier one;
     cs_barrier_init(&one, 1);
     cs_barrier_wait(&one);   /* a team of one never waits */
+}
+
+/* sha256.c: FIPS 180-2 vectors, every length 0..200 (all padding cases) against Python's hashlib,
+ * and chunked updates equal one update. */
+TEST(util_sha256) {
+    static const struct { const char *msg; const char *hex; } v[] = {
+        {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"}};
+    uint8_t dg[32];
+    char hex[65];
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        sha256_ctx c;
+        sha256_init(&c);
+        sha256_update(&c, v[i].msg, strlen(v[i].msg));
+        sha256_final(&c, dg);
+        sha256_hex(dg, hex);
+        CHECK_MSG(!strcmp(hex, v[i].hex), "sha256('%s') = %s", v[i].msg, hex);
+    }
+    /* a million 'a' in uneven chunks */
+    static char mil[1000];
+    memset(mil, 'a', sizeof mil);
+    sha256_ctx c;
+    sha256_init(&c);
+    size_t done = 0;
+    for (unsigned k = 1; done < 1000000; k = k * 7 % 997 + 1) {
+        size_t n = k < 1000000 - done ? k : 1000000 - done;
+        sha256_update(&c, mil, n);
+        done += n;
+    }
+    sha256_final(&c, dg);
+    sha256_hex(dg, hex);
+    CHECK(!strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"));
+    /* lengths 0..200 of bytes i % 251 against hashlib */
+    FILE *p = popen("/usr/bin/python3 -c 'import hashlib\nfor n in range(201): "
+                    "print(hashlib.sha256(bytes(i % 251 for i in range(n))).hexdigest())' 2>/dev/null", "r");
+    if (!p) SKIP("cannot run /usr/bin/python3");
+    uint8_t buf[201];
+    for (int i = 0; i < 201; i++) buf[i] = (uint8_t)(i % 251);
+    char line[128];
+    int n = 0;
+    while (fgets(line, sizeof line, p) && n <= 200) {
+        line[strcspn(line, "\n")] = 0;
+        sha256_init(&c);
+        sha256_update(&c, buf, (size_t)n / 2);
+        sha256_update(&c, buf + n / 2, (size_t)(n - n / 2));
+        sha256_final(&c, dg);
+        sha256_hex(dg, hex);
+        CHECK_MSG(!strcmp(hex, line), "length %d: %s, hashlib %s", n, hex, line);
+        n++;
+    }
+    pclose(p);
+    CHECK_MSG(n == 201, "hashlib gave %d digests", n);
 }

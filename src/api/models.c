@@ -7,7 +7,8 @@
  * Downloads stream into NAME.part (locked with flock against a concurrent carseg), hashing as they
  * go; a mismatch deletes the part file. $CARSEG_MODELS_URL replaces every URL up to the file
  * name (mirrors, tests with a local server or file:// URLs); $CARSEG_OFFLINE=1 turns automatic
- * downloads off.
+ * downloads off. Built with NO_CURL=1 (CARSEG_NO_CURL) there is no downloader: names resolve in
+ * the cache only, and a download is an error saying so.
  */
 #include "models.h"
 
@@ -23,9 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef CARSEG_NO_CURL
 #include <curl/curl.h>
-#include <openssl/evp.h>
+#endif
 
+#include "sha256.h"
 #include "util.h"
 
 #define CONNECT_TIMEOUT_S 10L   /* fail fast without network */
@@ -279,9 +282,10 @@ static int downloads_allowed(void) {
     return !(e && *e && strcmp(e, "0") != 0);
 }
 
+#ifndef CARSEG_NO_CURL
 typedef struct {
     int fd;
-    EVP_MD_CTX *md;
+    sha256_ctx md;
     int write_err;
     const char *what;
     uint64_t done;
@@ -299,7 +303,7 @@ static size_t dl_write(char *p, size_t sz, size_t nm, void *u) {
         }
         off += (size_t)w;
     }
-    EVP_DigestUpdate(c->md, p, n);
+    sha256_update(&c->md, p, n);
     c->done += n;
     return n;
 }
@@ -314,6 +318,8 @@ static int dl_progress(void *u, curl_off_t dltotal, curl_off_t dlnow, curl_off_t
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
+#endif
+
 static carseg_status offline_hint(carseg_status st, const entry *e, const char *url, const char *path,
                                   const char *why) {
     return set_err(st, "%s: %s. Without network: download %s yourself and put it at %s "
@@ -326,6 +332,7 @@ static int is_regular(const char *p) {
     return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
+#ifndef CARSEG_NO_CURL
 static carseg_status download(const entry *e, const char *path) {
     char *url = entry_url(e);
     char *dir = NULL;
@@ -361,11 +368,12 @@ static carseg_status download(const entry *e, const char *path) {
         return st;
     }
     pthread_once(&g_curl_once, curl_init_once);
-    dl_ctx c = {fd, EVP_MD_CTX_new(), 0, e->info.file, 0};
+    dl_ctx c = {.fd = fd, .what = e->info.file};
+    sha256_init(&c.md);
     CURL *h = curl_easy_init();
     char errbuf[CURL_ERROR_SIZE] = "";
-    if (!c.md || !h || !EVP_DigestInit_ex(c.md, EVP_sha256(), NULL)) {
-        st = set_err(CARSEG_ENOMEM, "%s: cannot start the download (curl/OpenSSL init failed)", e->info.name);
+    if (!h) {
+        st = set_err(CARSEG_ENOMEM, "%s: cannot start the download (curl init failed)", e->info.name);
         goto out;
     }
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -400,11 +408,10 @@ static carseg_status download(const entry *e, const char *path) {
                          : offline_hint(CARSEG_ENET, e, url, path, why);
         goto out;
     }
-    unsigned char dg[32];
-    unsigned dl = 0;
+    uint8_t dg[32];
     char hex[65];
-    EVP_DigestFinal_ex(c.md, dg, &dl);
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    sha256_final(&c.md, dg);
+    sha256_hex(dg, hex);
     if (strcasecmp(hex, e->info.sha256) != 0) {
         st = set_err(CARSEG_ENET, "%s: checksum mismatch for %s (%llu bytes): sha256 %s, expected %s; "
                      "the download was deleted", e->info.name, url, (unsigned long long)c.done, hex,
@@ -419,12 +426,22 @@ static carseg_status download(const entry *e, const char *path) {
 out:
     if (st) unlink(part);
     if (h) curl_easy_cleanup(h);
-    EVP_MD_CTX_free(c.md);
     close(fd);
     free(part);
     free(url);
     return st;
 }
+#else
+/* a build without libcurl (make NO_CURL=1): no downloader */
+static carseg_status download(const entry *e, const char *path) {
+    char *url = entry_url(e);
+    carseg_status st = offline_hint(CARSEG_ENET, e, url ? url : e->info.url, path,
+                                    "not in the cache, and this carseg was built without a downloader "
+                                    "(make NO_CURL=1)");
+    free(url);
+    return st;
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // resolve

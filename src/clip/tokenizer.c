@@ -28,9 +28,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 #include <zlib.h>
 
+#include "sha256.h"
 #include "util.h"
 
 #include "tokenizer_tables.h"
@@ -415,11 +415,8 @@ static carseg_status parse_vocab(tokenizer *t, const char *name, const uint8_t *
         pool_len += (size_t)l;
     }
     /* ids 512..: one per merge, the two symbols joined */
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        EVP_MD_CTX_free(md);
-        return set_err(CARSEG_ENOMEM, "%s: sha256 init failed", name);
-    }
+    sha256_ctx md;
+    sha256_init(&md);
     carseg_status st = CARSEG_OK;
     for (int r = 0; r < CLIP_NMERGES; r++) {
         size_t lineno = (size_t)r + 2;
@@ -457,19 +454,17 @@ static carseg_status parse_vocab(tokenizer *t, const char *name, const uint8_t *
         t->len[id] = (uint16_t)(l0 + l1);
         t->split[r] = (uint16_t)l0;
         pool_len += l0 + l1;
-        EVP_DigestUpdate(md, f[0], l0);
-        EVP_DigestUpdate(md, " ", 1);
-        EVP_DigestUpdate(md, f[1], l1);
-        EVP_DigestUpdate(md, "\n", 1);
+        sha256_update(&md, f[0], l0);
+        sha256_update(&md, " ", 1);
+        sha256_update(&md, f[1], l1);
+        sha256_update(&md, "\n", 1);
         p = nl ? nl + 1 : end;
     }
-    unsigned char dg[32];
-    unsigned dl = 0;
-    if (!st) EVP_DigestFinal_ex(md, dg, &dl);
-    EVP_MD_CTX_free(md);
     if (st) return st;
+    uint8_t dg[32];
     char hex[65];
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    sha256_final(&md, dg);
+    sha256_hex(dg, hex);
     t->openai = !strcmp(hex, OPENAI_MERGES_SHA);
     if (!t->openai)
         cs_log(CARSEG_LOG_WARN, "%s: these merges are not OpenAI's CLIP vocabulary (sha256 %s): token ids "
