@@ -4,7 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "car.h"
 #include "carsam.h"
+#include "clip.h"
+#include "image.h"
+#include "presets.h"
+#include "tokenizer.h"
 #include "check.h"
 #include "rle.h"
 #include "util.h"
@@ -101,4 +106,170 @@ TEST(carsam_defaults) {
     cs_carsam_params_init(&p);
     CHECK(p.iom_thres == 0.7 && p.min_pred == 0.05 && p.iou_thres == 0.7);
     CHECK_OK(cs_carsam_params_check(&p));
+}
+
+/* car_segment with job.sam: the refinement sits between the CRF and the label map */
+TEST(carsam_in_car_segment) {
+    const char *g = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *c = shared_path("fixtures/models/sc_f16.safetensors");
+    const char *v = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    const char *ip = shared_path("fixtures/car/coffee300_voc/input.png");
+    if (!g || !c || !v || !ip || !file_exists(g) || !file_exists(c) || !file_exists(ip))
+        SKIP("CLIP/CaR fixtures missing");
+    clip_model *gen, *cls;
+    tokenizer *tok;
+    car_ctx *ctx;
+    REQUIRE(clip_load(g, &gen) == CARSEG_OK && clip_load(c, &cls) == CARSEG_OK);
+    REQUIRE(tok_open(v, &tok) == CARSEG_OK && car_ctx_new(gen, cls, tok, &ctx) == CARSEG_OK);
+    image_u8 im;
+    REQUIRE(image_load_rgb(ip, &im) == CARSEG_OK);
+    car_image *ci;
+    REQUIRE(car_image_new(ctx, &im, NULL, &ci) == CARSEG_OK);
+    int W = im.w, H = im.h;
+    size_t hw = (size_t)W * H;
+    static const char *cl[] = {"cup", "person", "table"};
+    car_job job;
+    memset(&job, 0, sizeof job);
+    job.classes = cl, job.n_classes = 3, job.bg = CAR_BG_WORDS, job.nb = 23;
+    job.p = car_default_params(), job.p.theta = 0, job.stuff_p = job.p;
+    uint16_t *l0 = malloc(hw * 2), *l1 = malloc(hw * 2);
+    uint8_t *m0 = malloc(hw * 3);
+    float sc[3], sc1[3];
+    CHECK_OK(car_segment(ctx, ci, &job, NULL, l0, sc, m0, NULL));
+    int top = -1;
+    for (int k = 0; k < 3; k++) {
+        size_t a = 0;
+        for (size_t t = 0; t < hw; t++) a += m0[(size_t)k * hw + t];
+        if (sc[k] > 0 && a > 0 && (top < 0 || sc[k] >= sc[top])) top = k;
+    }
+    REQUIRE(top >= 0);
+    /* one SAM mask = the whole image */
+    uint32_t whole[2] = {0, (uint32_t)hw};
+    const uint32_t *wc[1] = {whole};
+    size_t wn[1] = {2};
+    cs_sam_masks sm = {H, W, 1, wc, wn};
+    job.sam = &sm;
+    cs_carsam_params_init(&job.sam_p);
+    job.sam_p.iom_thres = 0, job.sam_p.iou_thres = 0;   /* every non-empty mask becomes the image */
+    car_stats st;
+    memset(&st, 0, sizeof st);
+    CHECK_OK(car_segment(ctx, ci, &job, NULL, l1, sc1, NULL, &st));
+    size_t bad = 0;
+    for (size_t t = 0; t < hw; t++) bad += l1[t] != top + 1;
+    CHECK_MSG(bad == 0, "%zu pixels not labelled with the top class %d", bad, top);
+    CHECK(memcmp(sc, sc1, sizeof sc) == 0);
+    job.sam_p.iou_thres = 1;   /* never replaced: the labels without SAM */
+    CHECK_OK(car_segment(ctx, ci, &job, NULL, l1, sc1, NULL, NULL));
+    CHECK(memcmp(l0, l1, hw * 2) == 0);
+    cs_sam_masks wrong = {H + 1, W, 1, wc, wn};
+    job.sam = &wrong;
+    CHECK(car_segment(ctx, ci, &job, NULL, l1, sc1, NULL, NULL) == CARSEG_EINVAL);
+    free(l0); free(l1); free(m0);
+    car_image_free(ci);
+    image_free(&im);
+    car_ctx_free(ctx);
+    tok_close(tok);
+    clip_free(cls);
+    clip_free(gen);
+}
+
+/* `carseg segment --sam-masks DIR` end to end, and its bad inputs */
+static int write_text(const char *path, const char *s) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fputs(s, f);
+    return fclose(f);
+}
+
+static int run_cmd(const char *cmd, const char *errfile, char *err, size_t n) {
+    int rc = system(cmd);
+    err[0] = 0;
+    FILE *f = fopen(errfile, "r");
+    if (f) { size_t k = fread(err, 1, n - 1, f); err[k] = 0; fclose(f); }
+    return rc;
+}
+
+TEST(carsam_cli_segment_sam_masks) {
+    const char *bin = getenv("CARSEG_BIN");
+    const char *g = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    const char *c = shared_path("fixtures/models/sc_f16.safetensors");
+    const char *v = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
+    const char *ip = shared_path("fixtures/car/coffee300_voc/input.png");
+    if (!bin) SKIP("CARSEG_BIN not set");
+    if (!g || !c || !v || !ip || !file_exists(ip)) SKIP("fixtures missing");
+    image_u8 im;
+    REQUIRE(image_load_rgb(ip, &im) == CARSEG_OK);
+    int W = im.w, H = im.h;
+    image_free(&im);
+    const char *dir = test_tmpdir();
+    char cmd[8192], path[1024], err[4096], base[3000], js[512];
+    snprintf(base, sizeof base, "%s segment %s --classes 'cup,person,table' --theta 0 --generator %s "
+             "--classifier %s --vocab %s --quiet", bin, ip, g, c, v);
+    snprintf(path, sizeof path, "%s/sam", dir);
+    REQUIRE(mkdir_p(path) == CARSEG_OK);
+    uint32_t whole[2] = {0, (uint32_t)(W * H)};
+    char *rs = cs_rle_string(whole, 2);
+    snprintf(js, sizeof js, "[{\"segmentation\": {\"size\": [%d, %d], \"counts\": \"%s\"}, \"area\": %d}]",
+             H, W, rs, W * H);
+    free(rs);
+    snprintf(path, sizeof path, "%s/sam/input.sam.json", dir);
+    REQUIRE(write_text(path, js) == 0);
+    /* no SAM, SAM that never replaces (--sam-iou 1), SAM that replaces everything */
+    snprintf(cmd, sizeof cmd, "%s --out %s/o0 > /dev/null 2>%s/e", base, dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s --sam-masks %s/sam --sam-iou 1 --out %s/o1 > /dev/null 2>%s/e", base, dir, dir, dir);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s --sam-masks %s/sam --sam-iom 0 --sam-iou 0 --out %s/o2 > /dev/null 2>%s/e", base, dir, dir, dir);
+    CHECK(system(cmd) == 0);
+    image_u8 l0 = {0}, l1 = {0}, l2 = {0};
+    snprintf(path, sizeof path, "%s/o0/input.png", dir);
+    CHECK_OK(image_load_indexed(path, &l0));
+    snprintf(path, sizeof path, "%s/o1/input.png", dir);
+    CHECK_OK(image_load_indexed(path, &l1));
+    snprintf(path, sizeof path, "%s/o2/input.png", dir);
+    CHECK_OK(image_load_indexed(path, &l2));
+    if (l0.px && l1.px && l2.px) {
+        size_t hw = (size_t)W * H, diff = 0, other = 0;
+        for (size_t i = 0; i < hw; i++) diff += l0.px[i] != l1.px[i], other += l2.px[i] != l2.px[0];
+        CHECK_MSG(diff == 0, "--sam-iou 1 changed %zu labels", diff);
+        CHECK_MSG(l2.px[0] != 0 && other == 0, "whole-image SAM mask: label %d, %zu pixels differ", l2.px[0], other);
+    }
+    image_free(&l0); image_free(&l1); image_free(&l2);
+    /* bad inputs: one line naming the file/option, non-zero exit */
+    snprintf(cmd, sizeof cmd, "%s --sam-masks %s/sam --sam-iom 2 --out %s/b0 > /dev/null 2>%s/e", base, dir, dir, dir);
+    snprintf(path, sizeof path, "%s/e", dir);
+    CHECK(run_cmd(cmd, path, err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "--sam-iom") != NULL, "stderr: %s", err);
+    snprintf(cmd, sizeof cmd, "%s --sam-masks %s/nowhere --out %s/b1 > /dev/null 2>%s/e", base, dir, dir, dir);
+    CHECK(run_cmd(cmd, path, err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "not a folder") != NULL, "stderr: %s", err);
+    const char *bad[] = {
+        "[{\"segmentation\": {\"size\": [10, 10], \"counts\": \"0PP1\"}}]",   /* wrong size */
+        "[{\"segmentation\": {\"size\": [%d, %d], \"counts\": \"0\\u0000P\"}}]",
+        "[{\"segmentation\": {\"size\": [%d, %d], \"counts\": \"~~~\"}}]",     /* not RLE */
+        "[{\"segmentation\": {\"size\": [%d, %d], \"counts\": \"06\"}}]",      /* too short */
+        "{\"segmentation\": 1}",
+        "[{\"segmentation\": {\"size\": [%d, %d], \"counts\": \"0PP1",        /* truncated */
+        "[{\"segm\": 1}]",
+    };
+    const char *expect[] = {"is not the image's", "not a COCO compressed RLE", "malformed RLE",
+                            "RLE covers", "not a JSON array", "input.sam.json", "no \"segmentation\""};
+    for (int k = 0; k < 7; k++) {
+        snprintf(js, sizeof js, bad[k], H, W);
+        snprintf(path, sizeof path, "%s/sam/input.sam.json", dir);
+        REQUIRE(write_text(path, js) == 0);
+        snprintf(cmd, sizeof cmd, "%s --sam-masks %s/sam --out %s/bad%d > /dev/null 2>%s/e", base, dir, dir, k, dir);
+        snprintf(path, sizeof path, "%s/e", dir);
+        CHECK_MSG(run_cmd(cmd, path, err, sizeof err) != 0, "bad case %d accepted", k);
+        CHECK_MSG(strstr(err, expect[k]) && strstr(err, "input.sam.json"), "bad case %d: stderr: %s", k, err);
+        snprintf(path, sizeof path, "%s/bad%d/input.png", dir, k);
+        CHECK_MSG(!file_exists(path), "bad case %d wrote labels", k);
+    }
+    /* an image without its file */
+    snprintf(path, sizeof path, "%s/sam/input.sam.json", dir);
+    remove(path);
+    snprintf(cmd, sizeof cmd, "%s --sam-masks %s/sam --out %s/b9 > /dev/null 2>%s/e", base, dir, dir, dir);
+    snprintf(path, sizeof path, "%s/e", dir);
+    CHECK(run_cmd(cmd, path, err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "no SAM masks"), "stderr: %s", err);
 }

@@ -12,6 +12,7 @@
 
 #include "car.h"
 #include "cli.h"
+#include "segment_sam.h"
 #include "clip.h"
 #include "font5x7.h"
 #include "image.h"
@@ -70,8 +71,10 @@ static void usage(FILE *f) {
         "  --fix-quirks         all the bug fixes: q3,q4,q7,q8,q9,q17\n"
         "  --threads N          compute threads (default: all cores)\n"
         CLI_PRECISION_HELP
+        "%s"
         "  --quiet              no progress on stderr (failures are still reported)\n"
-        "See docs/labeling.md: labeling a folder, importing into CVAT and Label Studio.\n");
+        "See docs/labeling.md: labeling a folder, importing into CVAT and Label Studio.\n",
+        segment_sam_help);
 }
 
 typedef struct {
@@ -275,6 +278,8 @@ static int cmd_segment(int argc, char **argv) {
     tokenizer *tok = NULL;
     car_ctx *ctx = NULL;
     carseg_status st;
+    segment_sam_opts samo;
+    segment_sam_init(&samo);
 #define FAIL(...) do { rc = cli_fail(__VA_ARGS__); goto out; } while (0)
     for (int i = 1; i < argc; i++) {
         if (cli_flag(argv, i, "--help") || cli_flag(argv, i, "-h")) { usage(stdout); rc = 0; goto out; }
@@ -308,11 +313,13 @@ static int cmd_segment(int argc, char **argv) {
         else if (cli_flag(argv, i, "--force")) force = 1;
         else if (cli_flag(argv, i, "--fail-fast")) fail_fast = 1;
         else if (cli_flag(argv, i, "--fsync")) fsync_each = 1;
+        else if (segment_sam_opt(&samo, argc, argv, &i)) continue;   /* CaR + SAM (segment_sam.c) */
         else if (argv[i][0] == '-' && argv[i][1]) FAIL("unknown option %s (see carseg segment --help)", argv[i]);
         else if (sl_push(&images, argv[i], strlen(argv[i]))) FAIL("out of memory");
     }
     /* ---- validate everything before loading models or writing anything ---- */
     if (images.n == 0) { usage(stderr); rc = 2; goto out; }
+    if ((st = segment_sam_check(&samo)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
     const car_preset *pr = NULL;
     if (preset_name) {
         pr = preset_find(preset_name);
@@ -477,7 +484,13 @@ static int cmd_segment(int argc, char **argv) {
             for (size_t i = 0; i < hw && st == CARSEG_OK; i++) lab[i] = m1[i];
             for (int j = 0; j < refer.n; j++) fscore = scores[j] > fscore ? scores[j] : fscore;
         } else {
-            st = car_segment(ctx, ci, &job, dump.dir ? &dump : NULL, lab, scores, masks, &cs);
+            segment_sam_masks sm = {0};
+            if (samo.on && (st = segment_sam_load(&samo, in.v[ii].name, im.w, im.h, &sm)) == CARSEG_OK)
+                job.sam = &sm.sm, job.sam_p = samo.cp;
+            if (st == CARSEG_OK)
+                st = car_segment(ctx, ci, &job, dump.dir ? &dump : NULL, lab, scores, masks, &cs);
+            job.sam = NULL;
+            segment_sam_free(&sm);
         }
         if (st != CARSEG_OK) { err_prefix("%s", ipath); goto img_fail; }
         /* outputs: from here on an error is not the image's fault: the run stops */

@@ -643,6 +643,12 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
         car_dump d = {dump ? dump->dir : NULL, passes == 2 ? (stuff ? "stuff_" : "things_") : ""};
         s = car_pass(c, im, q, n, bg, nb, stuff ? &job->stuff_p : &job->p, &d, pm, ps, NULL, st);
         if (s != CARSEG_OK) break;
+        if (job->sam) {   /* CaR + SAM: refine the CRF masks, then the label map as usual */
+            double t0 = now_ms();
+            s = cs_carsam_refine(job->sam, &job->sam_p, pm, n, H, W, NULL);
+            if (st) st->ms_sam += now_ms() - t0;
+            if (s != CARSEG_OK) break;
+        }
         assign_pass(labels, hw, ids, n, ps, pm);
         for (int i = 0; i < n; i++) {
             scores[ids[i]] = ps[i];

@@ -19,6 +19,7 @@
 #include "clip.h"
 #include "image.h"
 #include "tokenizer.h"
+#include "carsam.h"
 
 typedef struct {
     float eta;              /* mask_threshold: binarise the CAM for the visual prompt (> eta) */
@@ -63,6 +64,7 @@ void car_ctx_text_counts(const car_ctx *c, long *gen, long *cls);
 /* Timings (ms) and counters, accumulated by the calls below. */
 typedef struct {
     double ms_prepare, ms_text, ms_cam, ms_prompt, ms_cls, ms_crf;
+    double ms_sam;          /* CaR + SAM matching (the generator's time is the caller's) */
     double cpu_prepare, cpu_text, cpu_cam, cpu_prompt, cpu_cls, cpu_crf;   /* process CPU ms */
     int rounds;             /* rounds of the last pass */
     int rounds_total;
@@ -107,6 +109,10 @@ typedef struct {
     const char *const *bg;
     int nb;
     car_params p, stuff_p;
+    /* CaR + SAM (§4.3, carsam.h): NULL = off; else each pass's CRF masks are refined by these
+     * SAM masks (computed once per image by the caller) before the label map */
+    const cs_sam_masks *sam;
+    cs_carsam_params sam_p;
 } car_job;
 carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const car_dump *dump,
                           uint16_t *labels, float *scores, uint8_t *masks, car_stats *st);

@@ -1,0 +1,42 @@
+/* segment_sam.h — `carseg segment`'s CaR + SAM options (the hook cmd_segment.c calls):
+ *   --sam-masks DIR   SAM generator records computed beforehand: DIR/NAME.sam.json for image NAME
+ *                     (as `carseg sam --auto` and segment_anything write them)
+ *   --sam-iom T       φ_iom (default 0.7, the paper's; VOC config 0.6)
+ *   --sam-min-pred T  min-pred threshold (default 0.05)
+ *   --sam-iou T       φ_iou (default 0.7, the paper's; the reference code's default 0.9)
+ * Each image's SAM masks are read once, whatever the class list, and refine every pass's CRF
+ * masks before the label map (car_job.sam). */
+#ifndef CARSEG_SEGMENT_SAM_H
+#define CARSEG_SEGMENT_SAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "carsam.h"
+#include "image.h"
+
+typedef struct {
+    const char *masks_dir;
+    cs_carsam_params cp;
+    int on;
+} segment_sam_opts;
+
+typedef struct {
+    cs_sam_masks sm;
+    uint32_t **counts;
+    size_t *n_counts;
+} segment_sam_masks;
+
+extern const char segment_sam_help[];
+void segment_sam_init(segment_sam_opts *o);
+/* 1 when argv[*i] is one of the options above (value consumed), else 0 */
+int segment_sam_opt(segment_sam_opts *o, int argc, char **argv, int *i);
+/* EINVAL naming the option when a value is out of range or the folder is missing */
+carseg_status segment_sam_check(const segment_sam_opts *o);
+/* the SAM masks of image `name` (w x h); a missing or malformed file is the image's error */
+carseg_status segment_sam_load(const segment_sam_opts *o, const char *name, int w, int h,
+                               segment_sam_masks *out);
+void segment_sam_free(segment_sam_masks *m);
+/* reads a NAME.sam.json file (exposed for tests) */
+carseg_status segment_sam_read_json(const char *path, int w, int h, segment_sam_masks *out);
+
+#endif
