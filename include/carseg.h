@@ -45,6 +45,8 @@ extern "C" {
  * with the CARSEG_ABI_VERSION it was compiled against before relying on the library. */
 #define CARSEG_ABI_VERSION 1
 int carseg_abi_version(void);
+/* The library's version string (CARSEG_VERSION of the build). */
+const char *carseg_version(void);
 
 // ---------------------------------------------------------------------------------------------
 // Status and diagnostics
@@ -168,6 +170,16 @@ void carseg_image_free(uint8_t *rgb);
 /* Writes a label map as a PNG (atomically): 8-bit with the VOC palette when every label is
  * < 256, else 16-bit gray. labels: (h, w). */
 carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h);
+/* A JPEG or PNG held in memory, decoded as carseg_image_load does. max_pixels > 0: an image of
+ * more than max_pixels pixels is refused from its header, before its pixels are allocated
+ * (CARSEG_EFORMAT "image too large (WxH > N pixels)"); 0 = the decoder's own limit. */
+carseg_status carseg_image_decode(const uint8_t *data, size_t len, int64_t max_pixels,
+                                  uint8_t **rgb, int *w, int *h);
+/* The label PNG in memory, byte for byte the file carseg_labels_save_png (n_labels 0) or
+ * `carseg segment` (n_labels = classes + 1) writes: 8-bit VOC palette when n_labels <= 256, else
+ * 16-bit gray; n_labels 0 = the largest label + 1. *png: free with free(). */
+carseg_status carseg_labels_encode_png(const uint16_t *labels, int w, int h, int n_labels,
+                                       uint8_t **png, size_t *len);
 
 
 // ---------------------------------------------------------------------------------------------
@@ -271,7 +283,182 @@ void carseg_crf_features_car(const uint8_t *rgb, int W, int H, uint8_t *feat);
 
 
 // ---------------------------------------------------------------------------------------------
-// Visual prompts, presets, the CaR method (prompts.c, presets.c, classify.c, car.c)
+// CaR segmentation: models, segmenters, options, prepared images, results (src/api/segmenter.c)
+//
+// Model apart from state:
+//   carseg_car_model   the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
+//                      (ViT-L/14 for semantic presets, ViT-B/16 for referring) and the tokenizer.
+//                      Immutable once opened (set the precision before sharing it): any number of
+//                      threads may use one model at the same time.
+//   carseg_segmenter   the state of one thread: text-feature caches of both towers and scratch.
+//                      It borrows the model (close the model after its segmenters). A segmenter
+//                      is used by one thread at a time; make one per thread.
+//   carseg_prepared    an image with the generator trunk, the affinity and the prompt
+//                      backgrounds computed once; segment it with as many class lists as wanted.
+//                      It belongs to the segmenter's model and to one thread at a time (it keeps
+//                      lazily computed caches).
+//   carseg_result      labels, per-class masks, scores, the record of the rounds, optionally the
+//                      CAMs, timings; read through accessors; freed with carseg_result_free.
+// Results depend only on (model, image, classes, options): never on the thread, on which
+// segmenter ran them, on what its caches saw before or on which texts were encoded together.
+
+typedef struct carseg_car_model carseg_car_model;
+/* generator / classifier: a file path or a known name ("ViT-B/16", resolved through the model
+ * cache, downloaded when missing unless downloads are off: carseg_models_resolve); NULL = the
+ * paper's "ViT-B/16" / "ViT-L/14". The same file for both is loaded once. vocab: NULL = OpenAI's
+ * BPE vocabulary (carseg_models_resolve_vocab), else a path. */
+carseg_status carseg_car_model_open(const char *generator, const char *classifier,
+                                    const char *vocab, carseg_car_model **out);
+/* Precision of both image towers (carseg_clip_set_precision); not thread-safe: call it before
+ * the model is shared. */
+carseg_status carseg_car_model_set_precision(carseg_car_model *m, carseg_precision p);
+carseg_precision carseg_car_model_precision(const carseg_car_model *m);   /* the classifier's */
+void carseg_car_model_close(carseg_car_model *m);
+/* The parts, borrowed (for embeddings: carseg_clip_encode_texts on the classifier, ...). */
+const carseg_clip *carseg_car_model_generator(const carseg_car_model *m);
+const carseg_clip *carseg_car_model_classifier(const carseg_car_model *m);
+const carseg_tokenizer *carseg_car_model_tokenizer(const carseg_car_model *m);
+
+typedef struct carseg_segmenter carseg_segmenter;
+carseg_status carseg_segmenter_new(const carseg_car_model *m, carseg_segmenter **out);
+void carseg_segmenter_free(carseg_segmenter *s);
+
+/* Quirks of the reference implementation (README, car_method.md): every one is kept by default;
+ * each has a fix. CARSEG_FIX_BUGS are the ones that are bugs; Q1 is a design choice. */
+#define CARSEG_FIX_Q1  0x01u   /* raw class names in the CAM text in every round            */
+#define CARSEG_FIX_Q3  0x02u   /* the gray prompt with RGB weights (reference: BGR2GRAY)      */
+#define CARSEG_FIX_Q4  0x04u   /* the CRF's colour features are the RGB image                 */
+#define CARSEG_FIX_Q7  0x08u   /* Grad-CAM boxes include the last grid row/column             */
+#define CARSEG_FIX_Q8  0x10u   /* the classifier sees the whole prompted image (no centre crop) */
+#define CARSEG_FIX_Q9  0x20u   /* the all-zero guard keeps the same queries' previous masks   */
+#define CARSEG_FIX_Q17 0x40u   /* duplicate class names keep their own masks                  */
+#define CARSEG_FIX_BUGS (CARSEG_FIX_Q3 | CARSEG_FIX_Q4 | CARSEG_FIX_Q7 | CARSEG_FIX_Q8 | \
+                         CARSEG_FIX_Q9 | CARSEG_FIX_Q17)
+#define CARSEG_FIX_ALL (CARSEG_FIX_BUGS | CARSEG_FIX_Q1)
+/* "q1,q3" (comma separated, case ignored), "bugs", "all", "" or "none" -> bits. EINVAL names the
+ * bad item and the accepted ones. */
+carseg_status carseg_fixes_parse(const char *list, unsigned *fixes);
+/* "q3" for CARSEG_FIX_Q3; NULL unless exactly one known bit is set. */
+const char *carseg_fix_name(unsigned one_fix);
+
+/* Settings of a run. Initialise with carseg_options_init (which sets `size`, the ABI check:
+ * a call given a struct of another size fails with EINVAL), then change what you want.
+ * Unset values (NaN, NULL, -1) take the preset's value; without a preset, the VOC config's for
+ * semantic segmentation and refcoco's (one template) for referring. */
+/* One round of the recurrence, as the optional observer of carseg_options sees it (valid during
+ * the call only). */
+typedef struct carseg_round {
+    int pass;                  /* 0: the thing pass (or the only one), 1: the stuff pass      */
+    int n_passes;              /* 1 or 2 (a preset with a thing/stuff split)                  */
+    int round;                 /* 1-based, within the pass                                    */
+    int n_live;                /* live queries at the round's start                           */
+    const int *live;           /* (n_live) class (phrase) indices of the call                 */
+    const float *scores;       /* (n_live) the classifier's P[i,i]                            */
+    const uint8_t *survived;   /* (n_live) 1: kept by the filter (> theta, or the argmax)     */
+    const float *cams;         /* (n_live, h, w) the round's mask proposals                   */
+    int w, h;
+} carseg_round;
+/* Return 0 to go on; anything else stops the run (the call fails with CARSEG_EINVAL). */
+typedef int (*carseg_round_fn)(const carseg_round *r, void *user);
+
+typedef struct carseg_options {
+    size_t size;                /* sizeof(carseg_options), set by carseg_options_init */
+    const char *preset;         /* NULL or "voc", "coco-object", "context", "ade150", "pc459",
+                                   "refcoco", "refcoco+", "refcocog", "gres": its eta, theta,
+                                   lambda, prompts, templates, CRF background factors and, when
+                                   no class list is given, its classes (thing + stuff passes) */
+    float eta;                  /* mask binarisation threshold of the visual prompt, [0, 1]   */
+    float theta;                /* query filter: keep query i iff P[i,i] > theta, [-1, 1]     */
+    float lambda;               /* Grad-CAM box threshold, [0, 1]                             */
+    const char *prompts;        /* visual prompts "circle,blur" (blur gray black circle
+                                   rectangle contour)                                          */
+    const char *stuff_prompts;  /* the stuff pass's (NULL: prompts if set, else the preset's) */
+    const char *const *bg_words;/* background words (NULL: the reference's 23)                */
+    int n_bg_words;
+    const char *templates;      /* "semantic" (the 15 templates, double softmax) or "single"
+                                   ("a clean origami {}.", one softmax); NULL: the preset's    */
+    int crf;                    /* 1 dense CRF (default), 0 argmax of (background, CAMs)      */
+    carseg_crf_params crf_params;   /* the CRF's parameters (init: carseg_crf_defaults())    */
+    unsigned fixes;             /* CARSEG_FIX_* bits (init 0: the reference's behaviour)      */
+    int keep_cams;              /* 1: the result keeps each class's last-round CAM            */
+    carseg_precision precision; /* read only by code that opens models for a run (the CLI,
+                                   Python, serve): carseg_car_model_set_precision              */
+    int threads;                /* > 0: carseg_set_threads(threads) in the calling thread
+                                   before the run; 0 = leave as is                            */
+    carseg_round_fn on_round;   /* observer called after each round's filter; NULL: none      */
+    void *on_round_user;
+} carseg_options;
+
+void carseg_options_init(carseg_options *o);
+/* carseg_options_init + o->preset = name (EINVAL naming the known presets if unknown). */
+carseg_status carseg_options_preset(carseg_options *o, const char *name);
+/* A preset's class list (label k = classes[k-1]); *n = 0 and *classes = NULL for the referring
+ * presets. EINVAL for an unknown name. The strings are static. */
+carseg_status carseg_preset_classes(const char *name, const char *const **classes, int *n);
+/* The known preset names: i in [0, count); NULL out of range. */
+int carseg_presets_count(void);
+const char *carseg_preset_name(int i);
+
+typedef struct carseg_prepared carseg_prepared;
+/* rgb: (h, w, 3) bytes, top row first, copied. o may be NULL (its threads is the only field
+ * read here). */
+carseg_status carseg_prepare(carseg_segmenter *s, const uint8_t *rgb, int w, int h,
+                             const carseg_options *o, carseg_prepared **out);
+void carseg_prepared_free(carseg_prepared *p);
+int carseg_prepared_width(const carseg_prepared *p);
+int carseg_prepared_height(const carseg_prepared *p);
+
+typedef struct carseg_result carseg_result;
+/* Semantic segmentation of a prepared image: classes are n names (label k = classes[k-1]);
+ * classes NULL (n 0) with o->preset set: the preset's list and its thing + stuff passes.
+ * o NULL: the defaults. The image must come from a segmenter of the same model. */
+carseg_status carseg_segment(carseg_segmenter *s, carseg_prepared *im, const char *const *classes,
+                             int n, const carseg_options *o, carseg_result **out);
+/* carseg_prepare + carseg_segment in one call. */
+carseg_status carseg_segment_rgb(carseg_segmenter *s, const uint8_t *rgb, int w, int h,
+                                 const char *const *classes, int n, const carseg_options *o,
+                                 carseg_result **out);
+/* Referring segmentation: n phrases describing one object. The result has count n (one entry
+ * per phrase with its score and mask) and labels holding the merged mask (1 inside, 0 outside:
+ * the reference's merge_masks_simple). */
+carseg_status carseg_refer(carseg_segmenter *s, carseg_prepared *im, const char *const *phrases,
+                           int n, const carseg_options *o, carseg_result **out);
+void carseg_result_free(carseg_result *r);
+
+int carseg_result_width(const carseg_result *r);
+int carseg_result_height(const carseg_result *r);
+int carseg_result_is_refer(const carseg_result *r);
+/* Classes (semantic) or phrases (refer); k in [0, count). Out of range: NULL / 0 / -1. */
+int carseg_result_count(const carseg_result *r);
+const char *carseg_result_class(const carseg_result *r, int k);
+float carseg_result_score(const carseg_result *r, int k);        /* final score; 0 = dropped */
+/* (h, w) label map: 0 background, k = class k-1 (refer: 1 = the merged mask). */
+const uint16_t *carseg_result_labels(const carseg_result *r);
+/* (h, w) 0/1: class (phrase) k's final mask, before the label map resolves overlaps. */
+const uint8_t *carseg_result_mask(const carseg_result *r, int k);
+/* (h, w) float: class k's CAM in the last round it was live (zeros if it was dropped before
+ * the last round); NULL without keep_cams and in referring mode. */
+const float *carseg_result_cams(const carseg_result *r, int k);
+/* The rounds of the recurrence (all passes, in order). carseg_result_round: round i's n live
+ * queries as class indices of the result (*live), their scores P[i,i] (*scores) and whether
+ * each survived the filter (*survived, 0/1); returns n, or -1 when i is out of range. Pointers
+ * are owned by the result; any of them may be NULL. */
+int carseg_result_rounds(const carseg_result *r);
+int carseg_result_round(const carseg_result *r, int i, const int **live, const float **scores,
+                        const uint8_t **survived);
+int carseg_result_round_pass(const carseg_result *r, int i);   /* 0 thing or only pass, 1 stuff */
+/* Wall-clock ms of a stage: "prepare" (generator trunk + affinity; 0 for an image prepared
+ * earlier), "text", "cam", "prompt", "classify", "crf", "total" (the call); -1 when unknown. */
+double carseg_result_timing(const carseg_result *r, const char *stage);
+/* The per-image JSON `carseg segment` writes as NAME.json, with "image" set to image_name
+ * (may be NULL: null) and "precision" to the classifier's. *out: free with free(). */
+carseg_status carseg_result_json(const carseg_result *r, const char *image_name, char **out);
+
+
+// ---------------------------------------------------------------------------------------------
+// Deprecated: the first CaR API (weights and caches in one object, labels and scores only).
+// Kept as it was until the CLI's port is done; new code uses carseg_car_model + carseg_segmenter.
+// vocab is required here and names are not resolved (paths only).
 
 /* A CaR segmenter: the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
  * (ViT-L/14; may be the same file) and the BPE vocabulary, plus text-feature caches. One

@@ -465,7 +465,7 @@ static int cmd_segment(int argc, char **argv) {
         float *scores = calloc((size_t)nq, sizeof(float));
         uint8_t *masks = dump_dir ? malloc(hw * (size_t)nq) : NULL;
         uint8_t *m1 = is_refer ? malloc(hw) : NULL;
-        car_dump dump = {NULL, ""};
+        car_dump dump = {NULL, "", NULL, NULL};
         if (!lab || !scores || (dump_dir && !masks) || (is_refer && !m1)) {
             st = set_err(CARSEG_ENOMEM, "%s: out of memory", ipath);
             goto img_fail;

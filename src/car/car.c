@@ -213,7 +213,12 @@ static void json_list_str(FILE *f, const char *const *q, const int *idx, int n) 
 static carseg_status dump_round(const car_dump *d, int round, const char *const *queries,
                                 const int *live, int nl, const float *diag, const int *keep,
                                 int nk, const float *masks, int H, int W) {
-    if (!d || !d->dir) return CARSEG_OK;
+    if (!d) return CARSEG_OK;
+    if (d->on_round) {
+        car_round r = {d->prefix ? d->prefix : "", round, queries, live, nl, diag, keep, nk, masks, H, W};
+        TRY(d->on_round(&r, d->user));
+    }
+    if (!d->dir) return CARSEG_OK;
     char path[4096];
     snprintf(path, sizeof path, "%s/%sround%d.json", d->dir, d->prefix ? d->prefix : "", round);
     atomic_file af;
@@ -239,7 +244,7 @@ static carseg_status dump_round(const car_dump *d, int round, const char *const 
 
 /* CRF (or plain argmax) of probs (C, H, W) -> labels (H, W) */
 static carseg_status label_probs(car_image *im, const float *probs, int C, int H, int W, int crf,
-                                 int fix_colors, uint16_t *labels) {
+                                 const crf_params *crf_p, int fix_colors, uint16_t *labels) {
     size_t hw = (size_t)H * W;
     if (crf) {
         if (!im->crf_feat || im->crf_feat_fixed != fix_colors) {
@@ -249,7 +254,7 @@ static carseg_status label_probs(car_image *im, const float *probs, int C, int H
             else crf_features_car(im->rgb.px, W, H, im->crf_feat);
             im->crf_feat_fixed = fix_colors;
         }
-        crf_params cp = crf_default_params();
+        crf_params cp = crf_p ? *crf_p : crf_default_params();
         return crf_run(probs, C, H, W, im->crf_feat, &cp, labels, NULL);
     }
     for (size_t i = 0; i < hw; i++) {
@@ -281,7 +286,7 @@ static carseg_status post_process(car_image *im, const float *rows, int m, int H
                 probs[i] = powf(1.0f - cam[i], p->bg_factor);
                 probs[hw + i] = cam[i];
             }
-            s = label_probs(im, probs, 2, H, W, p->crf, p->fix_crf_colors, lab);
+            s = label_probs(im, probs, 2, H, W, p->crf, p->crf_p, p->fix_crf_colors, lab);
             for (size_t i = 0; i < hw; i++) refined[(size_t)j * hw + i] = lab[i] == 1;
         }
     } else {
@@ -291,7 +296,7 @@ static carseg_status post_process(car_image *im, const float *rows, int m, int H
             probs[i] = powf(1.0f - mx, p->bg_factor);
         }
         memcpy(probs + hw, rows, sizeof(float) * hw * (size_t)m);
-        s = label_probs(im, probs, C, H, W, p->crf, p->fix_crf_colors, lab);
+        s = label_probs(im, probs, C, H, W, p->crf, p->crf_p, p->fix_crf_colors, lab);
         for (int j = 0; j < m; j++)
             for (size_t i = 0; i < hw; i++) refined[(size_t)j * hw + i] = lab[i] == j + 1;
     }
@@ -599,6 +604,7 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
     memset(labels, 0, sizeof(uint16_t) * hw);
     memset(scores, 0, sizeof(float) * (size_t)N);
     if (masks) memset(masks, 0, hw * (size_t)N);
+    if (job->cams) memset(job->cams, 0, sizeof(float) * hw * (size_t)N);
     int *all = NULL;
     const int *things = job->things;
     int nt = job->n_things;
@@ -611,7 +617,7 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
     int passes = job->stuff && job->n_stuff > 0 ? 2 : 1;
     carseg_status s = CARSEG_OK;
     uint8_t *pm = NULL;
-    float *ps = NULL;
+    float *ps = NULL, *pc = NULL;
     const char **q = NULL, **bgq = NULL;
     for (int pass = 0; pass < passes && s == CARSEG_OK; pass++) {
         int stuff = passes == 2 && pass == 0;   /* the stuff pass first, things overwrite */
@@ -640,8 +646,15 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
             for (int i = 0; i < nt; i++) bgq[i] = job->classes[things[i]];
             bg = bgq, nb = nt;
         }
-        car_dump d = {dump ? dump->dir : NULL, passes == 2 ? (stuff ? "stuff_" : "things_") : ""};
-        s = car_pass(c, im, q, n, bg, nb, stuff ? &job->stuff_p : &job->p, &d, pm, ps, NULL, st);
+        car_dump d = {dump ? dump->dir : NULL, passes == 2 ? (stuff ? "stuff_" : "things_") : "",
+                      dump ? dump->on_round : NULL, dump ? dump->user : NULL};
+        free(pc);
+        pc = NULL;
+        if (job->cams && !(pc = malloc(sizeof(float) * hw * (size_t)n))) {
+            s = set_err(CARSEG_ENOMEM, "car: out of memory (%d CAMs of %dx%d)", n, W, H);
+            break;
+        }
+        s = car_pass(c, im, q, n, bg, nb, stuff ? &job->stuff_p : &job->p, &d, pm, ps, pc, st);
         if (s != CARSEG_OK) break;
         if (job->sam) {   /* CaR + SAM: refine the CRF masks, then the label map as usual */
             double t0 = now_ms();
@@ -653,9 +666,10 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
         for (int i = 0; i < n; i++) {
             scores[ids[i]] = ps[i];
             if (masks) memcpy(masks + (size_t)ids[i] * hw, pm + (size_t)i * hw, hw);
+            if (pc) memcpy(job->cams + (size_t)ids[i] * hw, pc + (size_t)i * hw, sizeof(float) * hw);
         }
     }
-    free(q), free(bgq), free(pm), free(ps), free(all);
+    free(q), free(bgq), free(pm), free(ps), free(pc), free(all);
     return s;
 }
 

@@ -32,6 +32,7 @@ typedef struct {
     float bg_factor;        /* CRF background (1 - max cam)^bg_factor */
     int refer;              /* per-query generator calls, per-query 2-label CRFs */
     int crf;                /* 1: dense CRF; 0: argmax of (bg, cams) without the CRF */
+    const carseg_crf_params *crf_p;   /* CRF parameters; NULL = CaR's (crf_default_params) */
     /* Fixes of reference quirks (0 = reference behaviour): */
     int fix_zero_guard;     /* Q9: an all-zero round keeps the previous masks of the SAME
                                queries (reference: previous rows, misaligned) */
@@ -80,10 +81,28 @@ typedef struct car_image car_image;
 carseg_status car_image_new(car_ctx *c, const image_u8 *rgb, car_stats *st, car_image **out);
 void car_image_free(car_image *im);
 
-/* Optional per-round dump (round<k>.json, round<k>_cams.npy under dir, names prefixed). */
+/* One round of a pass, as seen by a car_dump observer (valid during the call only). */
+typedef struct {
+    const char *prefix;          /* the pass: "" (only pass), "things_" or "stuff_" */
+    int round;                   /* 1-based */
+    const char *const *queries;  /* the pass's queries */
+    const int *live;             /* (n_live) indices into queries, the round's live queries */
+    int n_live;
+    const float *scores;         /* (n_live) P[i,i] */
+    const int *keep;             /* (n_keep) indices into live: the survivors */
+    int n_keep;
+    const float *cams;           /* (n_live, H, W) the round's CAMs */
+    int H, W;
+} car_round;
+typedef carseg_status (*car_round_fn)(const car_round *r, void *user);
+
+/* Optional per-round dump (round<k>.json, round<k>_cams.npy under dir, names prefixed) and/or
+ * observer (called once per round; a non-OK return stops the pass with that status). */
 typedef struct {
     const char *dir;        /* NULL: no dump */
     const char *prefix;     /* "" or "stuff_" ... */
+    car_round_fn on_round;  /* NULL: none */
+    void *user;
 } car_dump;
 
 /* One CaR pass over n queries with nb background words.
@@ -113,6 +132,7 @@ typedef struct {
      * SAM masks (computed once per image by the caller) before the label map */
     const cs_sam_masks *sam;
     cs_carsam_params sam_p;
+    float *cams;            /* optional (n_classes, H, W): each class's last-round CAM (0 if dropped) */
 } car_job;
 carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const car_dump *dump,
                           uint16_t *labels, float *scores, uint8_t *masks, car_stats *st);

@@ -514,27 +514,35 @@ carseg_status image_load_labels16(const char *path, int *w, int *h, uint16_t **o
 // ---------------------------------------------------------------------------------------------
 // writers
 
-typedef struct { atomic_file af; int failed; } png_dst;
+typedef struct { uint8_t *buf; size_t len, cap; int failed; } png_dst;
 
 static void png_write_cb(png_structp p, png_bytep d, png_size_t n) {
     png_dst *s = png_get_io_ptr(p);
-    if (fwrite(d, 1, n, s->af.f) != n) {
-        s->failed = 1;
-        png_error(p, "write failed");
+    if (s->len + n > s->cap) {
+        size_t nc = s->cap ? s->cap : 4096;
+        while (nc < s->len + n) nc *= 2;
+        uint8_t *nb = realloc(s->buf, nc);
+        if (!nb) {
+            s->failed = 1;
+            png_error(p, "out of memory");
+        }
+        s->buf = nb, s->cap = nc;
     }
+    memcpy(s->buf + s->len, d, n);
+    s->len += n;
 }
 static void png_flush_cb(png_structp p) { (void)p; }
 
-/* kind: 0 RGB8, 1 palette8, 2 gray16 */
-static carseg_status save_png(const char *path, int kind, const void *px, int w, int h,
-                              const uint8_t *pal, int n_colors) {
+/* kind: 0 RGB8, 1 palette8, 2 gray16; the PNG into memory (*out malloc'd). */
+static carseg_status encode_png(const char *path, int kind, const void *px, int w, int h,
+                                const uint8_t *pal, int n_colors, uint8_t **out, size_t *out_len) {
+    *out = NULL, *out_len = 0;
     if (w <= 0 || h <= 0 || !px)
         return set_err(CARSEG_EINVAL, "%s: cannot write a %dx%d image", path, w, h);
     if (kind == 1 && (n_colors < 1 || n_colors > 256 || !pal))
         return set_err(CARSEG_EINVAL, "%s: palette must have 1..256 colours (got %d)", path, n_colors);
     png_dst dst;
     memset(&dst, 0, sizeof dst);
-    TRY(atomic_open(&dst.af, path));
     png_src errs = {NULL, 0, 0, {0}};
     png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, &errs, png_on_error, png_on_warning);
     png_infop info = p ? png_create_info_struct(p) : NULL;
@@ -543,14 +551,13 @@ static carseg_status save_png(const char *path, int kind, const void *px, int w,
     if (!p || !info || !row) {
         png_destroy_write_struct(&p, &info);
         free(row);
-        atomic_abort(&dst.af);
         return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(p))) {
         png_destroy_write_struct(&p, &info);
         free(row);
-        atomic_abort(&dst.af);
-        return set_err(dst.failed ? CARSEG_EIO : CARSEG_EINVAL, "%s: cannot write PNG: %s", path,
+        free(dst.buf);
+        return set_err(dst.failed ? CARSEG_ENOMEM : CARSEG_EINVAL, "%s: cannot write PNG: %s", path,
                        errs.msg);
     }
     png_set_write_fn(p, &dst, png_write_cb, png_flush_cb);
@@ -576,7 +583,29 @@ static carseg_status save_png(const char *path, int kind, const void *px, int w,
     png_write_end(p, NULL);
     png_destroy_write_struct(&p, &info);
     free(row);
-    return atomic_commit(&dst.af);
+    *out = dst.buf, *out_len = dst.len;
+    return CARSEG_OK;
+}
+
+/* bytes -> path, atomically (temp file + rename) */
+static carseg_status write_atomic(const char *path, const uint8_t *d, size_t n) {
+    atomic_file af;
+    TRY(atomic_open(&af, path));
+    if (n && fwrite(d, 1, n, af.f) != n) {
+        atomic_abort(&af);
+        return set_err(CARSEG_EIO, "%s: write failed", path);
+    }
+    return atomic_commit(&af);
+}
+
+static carseg_status save_png(const char *path, int kind, const void *px, int w, int h,
+                              const uint8_t *pal, int n_colors) {
+    uint8_t *d;
+    size_t n;
+    TRY(encode_png(path, kind, px, w, h, pal, n_colors, &d, &n));
+    carseg_status st = write_atomic(path, d, n);
+    free(d);
+    return st;
 }
 
 carseg_status image_save_png_rgb(const char *path, const uint8_t *rgb, int w, int h) {
@@ -828,16 +857,55 @@ carseg_status clip_preprocess_exact(const image_u8 *rgb, int out_w, int out_h, f
 // ---------------------------------------------------------------------------------------------
 // label maps and the public image API
 
-carseg_status image_save_labels(const char *path, const uint16_t *labels, int w, int h, int n_labels) {
-    if (n_labels > 256) return image_save_png_gray16(path, labels, w, h);
+carseg_status image_encode_labels(const char *name, const uint16_t *labels, int w, int h,
+                                  int n_labels, uint8_t **png, size_t *len) {
+    if (n_labels > 256) return encode_png(name, 2, labels, w, h, NULL, 0, png, len);
     size_t n = (size_t)w * (size_t)h;
     uint8_t *idx = malloc(n ? n : 1), pal[256 * 3];
-    if (!idx) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
+    if (!idx) return set_err(CARSEG_ENOMEM, "%s: out of memory", name);
     for (size_t i = 0; i < n; i++) idx[i] = (uint8_t)labels[i];
     voc_palette(pal);
-    carseg_status st = image_save_png_palette(path, idx, w, h, pal, 256);
+    carseg_status st = encode_png(name, 1, idx, w, h, pal, 256, png, len);
     free(idx);
     return st;
+}
+
+carseg_status image_save_labels(const char *path, const uint16_t *labels, int w, int h, int n_labels) {
+    uint8_t *d;
+    size_t n;
+    TRY(image_encode_labels(path, labels, w, h, n_labels, &d, &n));
+    carseg_status st = write_atomic(path, d, n);
+    free(d);
+    return st;
+}
+
+/* Width and height from a JPEG's SOFn or a PNG's IHDR, without decoding; 0 when not found. */
+int image_probe_size(const uint8_t *d, size_t n, int64_t *w, int64_t *h) {
+    if (is_png(d, n)) {
+        if (n < 24 || memcmp(d + 12, "IHDR", 4)) return 0;
+        *w = (int64_t)((uint32_t)d[16] << 24 | (uint32_t)d[17] << 16 | (uint32_t)d[18] << 8 | d[19]);
+        *h = (int64_t)((uint32_t)d[20] << 24 | (uint32_t)d[21] << 16 | (uint32_t)d[22] << 8 | d[23]);
+        return 1;
+    }
+    if (!is_jpeg(d, n)) return 0;
+    size_t i = 2;
+    while (i + 4 <= n) {
+        if (d[i] != 0xFF) return 0;
+        uint8_t m = d[i + 1];
+        if (m == 0xFF) { i++; continue; }                               /* fill byte */
+        if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { i += 2; continue; }
+        if (m == 0xD9 || m == 0xDA) return 0;                          /* EOI / SOS before SOF */
+        size_t L = (size_t)d[i + 2] << 8 | d[i + 3];
+        if (L < 2) return 0;
+        if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+            if (i + 9 > n || L < 7) return 0;
+            *h = (int64_t)d[i + 5] << 8 | d[i + 6];
+            *w = (int64_t)d[i + 7] << 8 | d[i + 8];
+            return 1;
+        }
+        i += 2 + L;
+    }
+    return 0;
 }
 
 carseg_status carseg_image_load(const char *path, uint8_t **rgb, int *w, int *h) {
@@ -857,4 +925,43 @@ carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, i
     int mx = 0;
     for (size_t i = 0; i < (size_t)w * (size_t)h; i++) mx = labels[i] > mx ? labels[i] : mx;
     return image_save_labels(path, labels, w, h, mx + 1);
+}
+
+carseg_status carseg_image_decode(const uint8_t *data, size_t len, int64_t max_pixels,
+                                  uint8_t **rgb, int *w, int *h) {
+    if (!rgb || !w || !h) return set_err(CARSEG_EINVAL, "carseg_image_decode: NULL output");
+    *rgb = NULL;
+    if (!data) return set_err(CARSEG_EINVAL, "carseg_image_decode: data is NULL");
+    if (max_pixels < 0) return set_err(CARSEG_EINVAL, "carseg_image_decode: max_pixels %lld < 0", (long long)max_pixels);
+    if (max_pixels > 0) {
+        int64_t iw = 0, ih = 0;
+        /* a header without a size is left to the decoder, which then fails on it */
+        if (image_probe_size(data, len, &iw, &ih) && iw * ih > max_pixels)
+            return set_err(CARSEG_EFORMAT, "image: image too large (%lldx%lld > %lld pixels)",
+                           (long long)iw, (long long)ih, (long long)max_pixels);
+    }
+    image_u8 im;
+    TRY(image_decode_rgb("image", data, len, &im));
+    if (max_pixels > 0 && (int64_t)im.w * im.h > max_pixels) {   /* a lying header */
+        carseg_status st = set_err(CARSEG_EFORMAT, "image: image too large (%dx%d > %lld pixels)",
+                                   im.w, im.h, (long long)max_pixels);
+        image_free(&im);
+        return st;
+    }
+    *rgb = im.px, *w = im.w, *h = im.h;
+    return CARSEG_OK;
+}
+
+carseg_status carseg_labels_encode_png(const uint16_t *labels, int w, int h, int n_labels,
+                                       uint8_t **png, size_t *len) {
+    if (!png || !len) return set_err(CARSEG_EINVAL, "carseg_labels_encode_png: NULL output");
+    *png = NULL, *len = 0;
+    if (!labels || w <= 0 || h <= 0 || n_labels < 0)
+        return set_err(CARSEG_EINVAL, "carseg_labels_encode_png: bad arguments (%dx%d, %d labels)", w, h, n_labels);
+    if (n_labels == 0) {
+        int mx = 0;
+        for (size_t i = 0; i < (size_t)w * (size_t)h; i++) mx = labels[i] > mx ? labels[i] : mx;
+        n_labels = mx + 1;
+    }
+    return image_encode_labels("labels", labels, w, h, n_labels, png, len);
 }

@@ -36,6 +36,11 @@ carseg_status image_save_png_palette(const char *path, const uint8_t *idx, int w
 carseg_status image_save_png_gray16(const char *path, const uint16_t *v, int w, int h);
 /* A label map: 8-bit palette PNG (VOC colours) when n_labels <= 256, else 16-bit gray PNG. */
 carseg_status image_save_labels(const char *path, const uint16_t *labels, int w, int h, int n_labels);
+/* The same label PNG into memory (*png malloc'd); name is for messages. */
+carseg_status image_encode_labels(const char *name, const uint16_t *labels, int w, int h,
+                                  int n_labels, uint8_t **png, size_t *len);
+/* Width and height from a JPEG's SOFn or a PNG's IHDR without decoding: 1 if found, else 0. */
+int image_probe_size(const uint8_t *data, size_t len, int64_t *w, int64_t *h);
 /* The VOC colour map (256 entries, RGB). */
 void voc_palette(uint8_t pal[256 * 3]);
 
