@@ -7,21 +7,49 @@
  * which accept NULL. A loaded model is immutable and may be shared by threads; scratch state
  * belongs to one thread at a time.
  *
- * The whole method in a few lines (error checks elided; see the sections below):
+ * The whole method: examples/segment.c, verbatim (the tests build it and run it on the fixture
+ * models; examples/embed.c and examples/refer.c show embeddings and referring segmentation):
  *
- *     carseg_car *car;
- *     carseg_car_open("ViT-B/16", "ViT-L/14", NULL, &car);  // names are pulled into the cache,
- *                                                          // file paths are used as they are
- *     uint8_t *rgb; int w, h;
- *     carseg_image_load("photo.jpg", &rgb, &w, &h);
- *     carseg_car_opts opts;
- *     carseg_car_preset("voc", &opts, NULL, NULL);         // η, θ, λ, prompts of a reference config
- *     const char *classes[] = {"cat", "dog", "sofa"};
- *     uint16_t *labels = malloc((size_t)w * h * sizeof *labels);
- *     float scores[3];
- *     carseg_car_segment(car, rgb, w, h, classes, 3, &opts, labels, scores, NULL);
- *     carseg_labels_save_png("labels.png", labels, w, h);  // 0 = background, k = classes[k-1]
- *     free(labels); carseg_image_free(rgb); carseg_car_close(car);
+ *     // segment.c — semantic segmentation with CaR: the example at the top of carseg.h.
+ *     // usage: segment IMAGE OUT.png [GENERATOR CLASSIFIER [VOCAB]] (models: names or paths)
+ *     #include <stdio.h>
+ *     #include <stdlib.h>
+ *     #include "carseg.h"
+ *
+ *     int main(int argc, char **argv) {
+ *         if (argc != 3 && argc != 5 && argc != 6) {
+ *             fprintf(stderr, "usage: segment IMAGE OUT.png [GENERATOR CLASSIFIER [VOCAB]]\n");
+ *             return 2;
+ *         }
+ *         const char *gen = argc > 3 ? argv[3] : "ViT-B/16";   // names are pulled into the model cache,
+ *         const char *cls = argc > 3 ? argv[4] : "ViT-L/14";   // file paths are used as they are
+ *         const char *vocab = argc > 5 ? argv[5] : NULL;       // NULL: OpenAI's BPE vocabulary
+ *         carseg_car_model *model = NULL;   // the weights: open once, share between threads
+ *         carseg_segmenter *seg = NULL;     // text caches and scratch: one per thread
+ *         carseg_result *res = NULL;
+ *         uint8_t *rgb = NULL;
+ *         int w, h, rc = 1;
+ *         carseg_options opts;
+ *         carseg_options_preset(&opts, "voc");   // eta, theta, lambda, prompts of a reference config
+ *         const char *classes[] = {"cat", "dog", "sofa"};
+ *         if (carseg_car_model_open(gen, cls, vocab, &model) != CARSEG_OK ||
+ *             carseg_segmenter_new(model, &seg) != CARSEG_OK ||
+ *             carseg_image_load(argv[1], &rgb, &w, &h) != CARSEG_OK ||
+ *             carseg_segment_rgb(seg, rgb, w, h, classes, 3, &opts, &res) != CARSEG_OK ||
+ *             carseg_labels_save_png(argv[2], carseg_result_labels(res), w, h) != CARSEG_OK) {
+ *             fprintf(stderr, "segment: %s\n", carseg_last_error());
+ *             goto out;
+ *         }
+ *         for (int k = 0; k < carseg_result_count(res); k++)   // label k + 1 = classes[k], 0 = background
+ *             printf("%s: score %.4f\n", carseg_result_class(res, k), carseg_result_score(res, k));
+ *         rc = 0;
+ *     out:
+ *         carseg_result_free(res);
+ *         carseg_image_free(rgb);
+ *         carseg_segmenter_free(seg);
+ *         carseg_car_model_close(model);
+ *         return rc;
+ *     }
  */
 #ifndef CARSEG_H
 #define CARSEG_H
