@@ -233,7 +233,8 @@ void carseg_clip_free(carseg_clip *m);
 int carseg_clip_embed_dim(const carseg_clip *m);        /* E, the joint embedding size */
 int carseg_clip_image_size(const carseg_clip *m);       /* native input size (224) */
 float carseg_clip_logit_scale(const carseg_clip *m);    /* exp(logit_scale): 100 for OpenAI's */
-/* Unnormalised text features (OpenAI encode_text) of n UTF-8 strings: out (n, E). */
+/* Unnormalised text features (OpenAI encode_text) of n UTF-8 strings: out (n, E). Each text is
+ * encoded on its own: its features never depend on the other texts of the call. */
 carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokenizer *tok,
                                        const char *const *texts, int n, float *out);
 /* Unnormalised image features (encode_image) of an interleaved 8-bit RGB image (w x h), after
@@ -241,6 +242,17 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
  * n_blocks: 0 = all; CaR's classifier runs layers - 1. out: (E). */
 carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
                                            int n_blocks, float *out);
+
+/* Zero-shot classification, the standard CLIP recipe: per class, the mean over the templates
+ * ("a photo of a {}." with {} replaced by the class name; NULL / 0 = CaR's 15 semantic templates)
+ * of the L2-normalised text features, renormalised; probs (n_classes) = softmax(logit_scale *
+ * cos(image, class)). The image gets CLIP's standard preprocessing; n_blocks as above. */
+carseg_status carseg_clip_classify(const carseg_clip *m, const carseg_tokenizer *tok,
+                                   const uint8_t *rgb, int w, int h, int n_blocks,
+                                   const char *const *classes, int n_classes,
+                                   const char *const *templates, int n_templates, float *probs);
+/* CaR's 15 semantic templates (static strings); returns 15. */
+int carseg_car_templates(const char *const **templates);
 
 /* Precision of the image tower's matrix products (patch embedding, attention in/out projections,
  * MLP; the attention products q k^T and P v, LayerNorm, softmax and the text tower stay float32).
