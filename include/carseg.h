@@ -523,52 +523,6 @@ carseg_status carseg_result_json(const carseg_result *r, const char *image_name,
 
 
 // ---------------------------------------------------------------------------------------------
-// Deprecated: the first CaR API (weights and caches in one object, labels and scores only).
-// Kept as it was until the CLI's port is done; new code uses carseg_car_model + carseg_segmenter.
-// vocab is required here and names are not resolved (paths only).
-
-/* A CaR segmenter: the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
- * (ViT-L/14; may be the same file) and the BPE vocabulary, plus text-feature caches. One
- * segmenter per thread. */
-typedef struct carseg_car carseg_car;
-carseg_status carseg_car_open(const char *generator, const char *classifier, const char *vocab,
-                              carseg_car **out);
-void carseg_car_close(carseg_car *c);
-
-/* Settings of one run. carseg_car_preset() fills them with a reference config's values. */
-typedef struct {
-    float eta;                 /* mask binarisation threshold of the visual prompt */
-    float theta;               /* query filter: keep query i iff P[i,i] > theta */
-    float lambda;              /* Grad-CAM box threshold */
-    const char *prompts;       /* "circle,blur", ... (blur gray black circle rectangle contour) */
-    const char *stuff_prompts; /* prompts of the stuff pass (NULL: same as prompts) */
-    int templates;             /* 15 (semantic templates, double softmax) or 0 (one template) */
-    int crf;                   /* 1: dense CRF post-processing; 0: argmax of (background, CAMs) */
-    int fix_quirks;            /* 1: fix the reference's bugs Q3, Q4, Q7, Q8, Q9, Q17 (see README) */
-    const char *preset;        /* set by carseg_car_preset: its class list and thing/stuff split */
-} carseg_car_opts;
-
-/* name: "voc", "coco-object", "context", "ade150", "pc459", "refcoco", "refcoco+",
- * "refcocog", "gres"; NULL gives the VOC settings without a class list. Unknown -> EINVAL.
- * classes/n_classes (may be NULL): the preset's class list (label k = classes[k-1]). */
-carseg_status carseg_car_preset(const char *name, carseg_car_opts *opts,
-                                const char *const **classes, int *n_classes);
-
-/* Semantic segmentation of an RGB image (h, w, 3 bytes, top row first). classes: n names
- * (label k = classes[k-1]); classes NULL: the preset's list (thing + stuff passes where the
- * preset has them). labels: (h, w) 0 = background; scores: (n) final scores (0 = dropped).
- * rounds (may be NULL): rounds of the recurrence run, summed over the passes. */
-carseg_status carseg_car_segment(carseg_car *c, const uint8_t *rgb, int w, int h,
-                                 const char *const *classes, int n, const carseg_car_opts *opts,
-                                 uint16_t *labels, float *scores, int *rounds);
-
-/* Referring segmentation: n phrases describing one object. mask: (h, w) 0/1; scores: (n). */
-carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
-                               const char *const *phrases, int n, const carseg_car_opts *opts,
-                               uint8_t *mask, float *scores);
-
-
-// ---------------------------------------------------------------------------------------------
 // Evaluation: datasets and metrics (eval.c, datasets.c)
 
 /* Semantic segmentation: a confusion matrix accumulated over a split, scored the way the
