@@ -198,6 +198,8 @@ void carseg_image_free(uint8_t *rgb);
 /* Writes a label map as a PNG (atomically): 8-bit with the VOC palette when every label is
  * < 256, else 16-bit gray. labels: (h, w). */
 carseg_status carseg_labels_save_png(const char *path, const uint16_t *labels, int w, int h);
+/* An RGB image (h, w, 3) as an 8-bit PNG (atomically). */
+carseg_status carseg_image_save_png(const char *path, const uint8_t *rgb, int w, int h);
 /* A JPEG or PNG held in memory, decoded as carseg_image_load does. max_pixels > 0: an image of
  * more than max_pixels pixels is refused from its header, before its pixels are allocated
  * (CARSEG_EFORMAT "image too large (WxH > N pixels)"); 0 = the decoder's own limit. */
@@ -389,6 +391,21 @@ typedef struct carseg_round {
 /* Return 0 to go on; anything else stops the run (the call fails with CARSEG_EINVAL). */
 typedef int (*carseg_round_fn)(const carseg_round *r, void *user);
 
+/* CaR + SAM (car_method.md §4.3): the SAM automatic-mask-generator masks of the image being
+ * segmented, computed beforehand (once per image, whatever the class list), as COCO RLE runs
+ * (column-major, first run zeros; h*w pixels each). Each CRF class mask is then replaced by the
+ * union of the SAM masks that match it (see the SAM section for the generator). */
+typedef struct carseg_sam_masks {
+    int h, w, n;
+    const uint32_t *const *counts;   /* n runs arrays */
+    const size_t *n_counts;          /* n lengths */
+} carseg_sam_masks;
+typedef struct carseg_sam_params {
+    double iom_thres;     /* φ_iom: 0.7 (paper); the VOC config's 0.6 */
+    double min_pred;      /* min-pred threshold: 0.05 */
+    double iou_thres;     /* φ_iou: 0.7 (paper); the reference code's default 0.9 */
+} carseg_sam_params;
+
 typedef struct carseg_options {
     size_t size;                /* sizeof(carseg_options), set by carseg_options_init */
     const char *preset;         /* NULL or "voc", "coco-object", "context", "ade150", "pc459",
@@ -415,9 +432,14 @@ typedef struct carseg_options {
                                    before the run; 0 = leave as is                            */
     carseg_round_fn on_round;   /* observer called after each round's filter; NULL: none      */
     void *on_round_user;
+    const carseg_sam_masks *sam_masks;   /* CaR + SAM with these masks (the image's size); NULL off */
+    carseg_sam_params sam;      /* matching thresholds (init: 0.7, 0.05, 0.7)                 */
 } carseg_options;
 
 void carseg_options_init(carseg_options *o);
+/* The checks carseg_segment (refer 0) / carseg_refer (refer 1) make of the options, without a
+ * model: for tools that validate everything before loading weights. */
+carseg_status carseg_options_check(const carseg_options *o, int refer);
 /* carseg_options_init + o->preset = name (EINVAL naming the known presets if unknown). */
 carseg_status carseg_options_preset(carseg_options *o, const char *name);
 /* A preset's class list (label k = classes[k-1]); *n = 0 and *classes = NULL for the referring
@@ -426,6 +448,10 @@ carseg_status carseg_preset_classes(const char *name, const char *const **classe
 /* The known preset names: i in [0, count); NULL out of range. */
 int carseg_presets_count(void);
 const char *carseg_preset_name(int i);
+/* The classifier the preset's config uses ("ViT-L/14", "ViT-B/16"); 1 for the referring presets.
+ * NULL / -1 for an unknown name. */
+const char *carseg_preset_classifier(const char *name);
+int carseg_preset_is_refer(const char *name);
 
 typedef struct carseg_prepared carseg_prepared;
 /* rgb: (h, w, 3) bytes, top row first, copied. o may be NULL (its threads is the only field
@@ -462,7 +488,8 @@ const char *carseg_result_class(const carseg_result *r, int k);
 float carseg_result_score(const carseg_result *r, int k);        /* final score; 0 = dropped */
 /* (h, w) label map: 0 background, k = class k-1 (refer: 1 = the merged mask). */
 const uint16_t *carseg_result_labels(const carseg_result *r);
-/* (h, w) 0/1: class (phrase) k's final mask, before the label map resolves overlaps. */
+/* (h, w) 0/1: class (phrase) k's final mask, before the label map resolves overlaps. The masks
+ * are one block: mask(k) = mask(0) + k * w * h. */
 const uint8_t *carseg_result_mask(const carseg_result *r, int k);
 /* (h, w) float: class k's CAM in the last round it was live (zeros if it was dropped before
  * the last round); NULL without keep_cams and in referring mode. */

@@ -21,10 +21,6 @@
 #include <mpi.h>
 #endif
 
-#include "car.h"
-#include "models.h"
-#include "presets.h"
-#include "prompts.h"
 
 // ---------------------------------------------------------------------------------------------
 // predictors: one sample in, one label map (semantic) or binary mask (refer) out, at GT size
@@ -70,18 +66,16 @@ static carseg_status pred_coco_predict(predictor *p, const dataset *ds, int i, i
 static void pred_coco_close(predictor *p) { coco_preds_close(p->ctx); p->ctx = NULL; }
 
 // ---------------------------------------------------------------------------------------------
-// the CaR predictor (car.h): the method with a dataset's preset, at the image's own resolution;
-// semantic: car_segment (labels = class index + 1, the dataset's ids); refer: car_refer over the
-// sample's sentences (merge_masks_simple), as evaluate.py's eval_semantic / refer branch.
+// the CaR predictor (the public API, carseg.h): the method with a dataset's preset, at the
+// image's own resolution; semantic: carseg_segment with the preset's class list (labels = class
+// index + 1, the dataset's ids); refer: carseg_refer over the sample's sentences
+// (merge_masks_simple), as evaluate.py's eval_semantic / refer branch.
 
 typedef struct {
-    clip_model *gen, *cls;
-    tokenizer *tok;
-    car_ctx *ctx;
-    const car_preset *pr;
-    car_job job;
-    car_params p;      /* refer */
-    car_stats cs;
+    carseg_car_model *model;
+    carseg_segmenter *seg;
+    carseg_options opt;
+    int refer;
 } car_pred;
 
 static const char *preset_for(const char *ds) {
@@ -94,110 +88,71 @@ static const char *preset_for(const char *ds) {
 static carseg_status car_pred_predict(predictor *P, const dataset *ds, int i, int w, int h,
                                       uint16_t *out) {
     car_pred *c = P->ctx;
-    image_u8 im;
-    TRY(image_load_rgb(ds->s[i].image, &im));
-    if (im.w != w || im.h != h) {
-        image_free(&im);
+    uint8_t *rgb = NULL;
+    int iw, ih;
+    TRY(carseg_image_load(ds->s[i].image, &rgb, &iw, &ih));
+    if (iw != w || ih != h) {
+        carseg_image_free(rgb);
         return set_err(CARSEG_EFORMAT, "%s: image is %dx%d, its ground truth %dx%d", ds->s[i].image,
-                       im.w, im.h, w, h);
+                       iw, ih, w, h);
     }
-    car_image *ci = NULL;
-    carseg_status st = car_image_new(c->ctx, &im, &c->cs, &ci);
-    size_t hw = (size_t)w * h;
-    if (!st && ds->kind == DS_REFER) {
-        int n = ds->s[i].n_sent;
-        uint8_t *m = malloc(hw);
-        float *sc = calloc((size_t)(n ? n : 1), sizeof(float));
-        if (!m || !sc) st = set_err(CARSEG_ENOMEM, "refer mask");
-        else st = car_refer(c->ctx, ci, (const char *const *)ds->s[i].sent, n, CAR_BG_WORDS, 23,
-                            &c->p, NULL, m, sc, NULL, &c->cs);
-        for (size_t k = 0; !st && k < hw; k++) out[k] = m[k];
-        free(m);
-        free(sc);
-    } else if (!st) {
-        float *sc = calloc((size_t)c->job.n_classes, sizeof(float));
-        if (!sc) st = set_err(CARSEG_ENOMEM, "scores");
-        else st = car_segment(c->ctx, ci, &c->job, NULL, out, sc, NULL, &c->cs);
-        free(sc);
-    }
-    car_image_free(ci);
-    image_free(&im);
+    carseg_prepared *im = NULL;
+    carseg_result *r = NULL;
+    carseg_status st = carseg_prepare(c->seg, rgb, w, h, &c->opt, &im);
+    if (!st && c->refer)
+        st = carseg_refer(c->seg, im, (const char *const *)ds->s[i].sent, ds->s[i].n_sent, &c->opt, &r);
+    else if (!st)
+        st = carseg_segment(c->seg, im, NULL, 0, &c->opt, &r);
+    if (!st) memcpy(out, carseg_result_labels(r), sizeof(uint16_t) * (size_t)w * h);
+    carseg_result_free(r);
+    carseg_prepared_free(im);
+    carseg_image_free(rgb);
     return st;
 }
 
 static void car_pred_close(predictor *P) {
     car_pred *c = P->ctx;
     if (!c) return;
-    car_ctx_free(c->ctx);
-    if (c->cls != c->gen) clip_free(c->cls);
-    clip_free(c->gen);
-    tok_close(c->tok);
+    carseg_segmenter_free(c->seg);
+    carseg_car_model_close(c->model);
     free(c);
     P->ctx = NULL;
 }
 
-static carseg_status resolve(const char *given, const char *dflt, char **out) {
-    return models_resolve(given ? given : dflt, out);
-}
-
-/* Loads the models named by the options (defaults: the preset's) and builds the job. */
+/* Loads the models named by the options (defaults: the preset's) and sets the options. */
 static carseg_status car_pred_open(predictor *P, const dataset *ds, const char *preset,
                                    const char *gen_m, const char *cls_m, const char *vocab,
                                    carseg_precision prec) {
     const char *pn = preset ? preset : preset_for(ds->name);
-    const car_preset *pr = preset_find(pn);
-    if (!pr) return set_err(CARSEG_EINVAL, "no CaR preset '%s' (give --preset)", pn);
-    if ((ds->kind == DS_REFER) != (pr->refer != 0))
+    int is_refer = carseg_preset_is_refer(pn);
+    if (is_refer < 0) return set_err(CARSEG_EINVAL, "no CaR preset '%s' (give --preset)", pn);
+    if ((ds->kind == DS_REFER) != is_refer)
         return set_err(CARSEG_EINVAL, "preset '%s' is a %s preset, dataset %s is not", pn,
-                       pr->refer ? "referring" : "semantic", ds->name);
-    if (!pr->refer && (!pr->list || pr->list->n + 1 != ds->n_class) &&
-        !(pr->list && !strcmp(ds->name, "ade847") && pr->list->n == 847))
-        return set_err(CARSEG_EINVAL, "preset '%s' has %d classes, dataset %s has %d ids", pn,
-                       pr->list ? pr->list->n : 0, ds->name, ds->n_class);
+                       is_refer ? "referring" : "semantic", ds->name);
+    const char *const *classes = NULL;
+    int n = 0;
+    TRY(carseg_preset_classes(pn, &classes, &n));
+    if (!is_refer && n + 1 != ds->n_class && !(!strcmp(ds->name, "ade847") && n == 847))
+        return set_err(CARSEG_EINVAL, "preset '%s' has %d classes, dataset %s has %d ids", pn, n,
+                       ds->name, ds->n_class);
     car_pred *c = calloc(1, sizeof *c);
     if (!c) return set_err(CARSEG_ENOMEM, "CaR predictor");
     P->ctx = c;
     P->name = "car";
     P->predict = car_pred_predict;
     P->close = car_pred_close;
-    c->pr = pr;
-    char *gp = NULL, *cp = NULL, *vp = NULL;
-    carseg_status st = resolve(gen_m, "ViT-B/16", &gp);
-    if (!st) st = resolve(cls_m, pr->classifier, &cp);
-    if (!st) st = models_resolve_vocab(vocab, &vp);
-    if (!st) st = clip_load(gp, &c->gen);
-    if (!st) {
-        if (!strcmp(gp, cp)) c->cls = c->gen;
-        else st = clip_load(cp, &c->cls);
-    }
+    c->refer = is_refer;
+    TRY(carseg_options_preset(&c->opt, pn));
+    char *gp = NULL, *cp = NULL;
+    carseg_status st = carseg_models_resolve(gen_m ? gen_m : "ViT-B/16", &gp);
+    if (!st) st = carseg_models_resolve(cls_m ? cls_m : carseg_preset_classifier(pn), &cp);
+    if (!st) st = carseg_car_model_open(gp, cp, vocab, &c->model);
     /* the towers' precision (Grad-CAM's backward stays float32) */
-    if (!st) st = carseg_clip_set_precision(c->gen, prec);
-    if (!st) st = carseg_clip_set_precision(c->cls, prec);
-    if (!st) st = tok_open(vp, &c->tok);
-    if (!st) st = car_ctx_new(c->gen, c->cls, c->tok, &c->ctx);
+    if (!st) st = carseg_car_model_set_precision(c->model, prec);
+    if (!st) st = carseg_segmenter_new(c->model, &c->seg);
     free(gp);
     free(cp);
-    free(vp);
-    if (st) return st;
-    car_params p = car_default_params();
-    p.eta = pr->eta, p.theta = pr->theta, p.lambda = pr->lambda;
-    vp_parse(pr->prompts, &p.prompts);
-    p.n_templates = pr->templates;
-    p.bg_factor = pr->bg_factor;
-    p.refer = pr->refer;
-    c->p = p;
-    c->job.p = p;
-    c->job.stuff_p = p;
-    if (pr->stuff_prompts) vp_parse(pr->stuff_prompts, &c->job.stuff_p.prompts);
-    c->job.stuff_p.bg_factor = pr->stuff_bg_factor;
-    c->job.bg = CAR_BG_WORDS;
-    c->job.nb = 23;
-    if (pr->list) {
-        c->job.classes = pr->list->classes, c->job.n_classes = pr->list->n;
-        c->job.things = pr->list->things, c->job.n_things = pr->list->n_things;
-        c->job.stuff = pr->list->stuff, c->job.n_stuff = pr->list->n_stuff;
-    }
-    return CARSEG_OK;
+    return st;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,18 +10,12 @@
 #include <string.h>
 #include <strings.h>
 
-#include "car.h"
+#include "carseg.h"
 #include "cli.h"
-#include "segment_sam.h"
-#include "clip.h"
 #include "font5x7.h"
-#include "image.h"
 #include "label.h"
-#include "models.h"
-#include "presets.h"
-#include "prompts.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "segment_sam.h"
+#include "util.h"   /* generic file helpers only: atomic writes, npy, JSON strings, mkdir_p */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -36,9 +30,8 @@ static void usage(FILE *f) {
         "  --classes-file F     one class name per line ('#' comments, blank lines ignored)\n"
         "  --preset NAME        a dataset preset of the reference (class list and settings):\n"
         "                       ");
-    int np;
-    const car_preset *ps = preset_all(&np);
-    for (int i = 0; i < np; i++) fprintf(f, "%s%s", ps[i].name, i + 1 < np ? ", " : "\n");
+    int np = carseg_presets_count();
+    for (int i = 0; i < np; i++) fprintf(f, "%s%s", carseg_preset_name(i), i + 1 < np ? ", " : "\n");
     fprintf(f,
         "  --refer PHRASE       referring mode: the phrases (repeatable) describe one object\n"
         "  --generator M        mask generator CLIP: a file or a known name (default ViT-B/16,\n"
@@ -139,11 +132,11 @@ static int sl_file(slist *l, const char *path) {
 
 // ---------------------------------------------------------------------------------------------
 // model resolution: an existing file is used as is; a known name ("ViT-B/16") comes from the
-// model cache (models.c), downloaded on first use unless CARSEG_OFFLINE is set
+// model cache (carseg_models_resolve), downloaded on first use unless CARSEG_OFFLINE is set
 
 static carseg_status segment_resolve_model(const char *given, const char *dflt, char *out, size_t n) {
     char *p = NULL;
-    TRY(models_resolve(given ? given : dflt, &p));
+    TRY(carseg_models_resolve(given ? given : dflt, &p));
     snprintf(out, n, "%s", p);
     free(p);
     return CARSEG_OK;
@@ -151,7 +144,7 @@ static carseg_status segment_resolve_model(const char *given, const char *dflt, 
 
 static carseg_status segment_resolve_vocab(const char *given, char *out, size_t n) {
     char *p = NULL;
-    TRY(models_resolve_vocab(given, &p));
+    TRY(carseg_models_resolve_vocab(given, &p));
     snprintf(out, n, "%s", p);
     free(p);
     return CARSEG_OK;
@@ -182,14 +175,14 @@ static void put_text(uint8_t *rgb, int w, int h, int x, int y, const char *s, co
     }
 }
 
-static carseg_status write_overlay(const char *path, const image_u8 *im, const uint16_t *lab,
-                                   const char *const *names, const int *found, int nf) {
-    int w = im->w, h = im->h;
+static carseg_status write_overlay(const char *path, const uint8_t *rgb, int w, int h,
+                                   const uint16_t *lab, const char *const *names, const int *found,
+                                   int nf) {
     size_t n = (size_t)w * h;
     uint8_t c[3];
     uint8_t *o = malloc(n * 3);
     if (!o) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
-    memcpy(o, im->px, n * 3);
+    memcpy(o, rgb, n * 3);
     for (size_t i = 0; i < n; i++)
         if (lab[i]) {
             label_class_color(lab[i], c);
@@ -206,56 +199,72 @@ static carseg_status write_overlay(const char *path, const image_u8 *im, const u
         put_rect(o, w, h, 2, y, 2 + lh - 2, y + lh - 2, c, 256);
         put_text(o, w, h, 2 + lh + 2, y, label, white, scale);
     }
-    carseg_status st = image_save_png_rgb(path, o, w, h);
+    carseg_status st = carseg_image_save_png(path, o, w, h);
     free(o);
     return st;
 }
 
 // ---------------------------------------------------------------------------------------------
 
-static carseg_status write_json(const char *path, const char *image, int w, int h,
-                                const char *const *names, int nc, const float *scores,
-                                const uint16_t *lab, int rounds, const car_stats *st, double ms_total,
-                                int refer, const char *precision) {
-    size_t n = (size_t)w * h;
-    long *cnt = calloc((size_t)nc + 1, sizeof(long));
-    int *bb = malloc(sizeof(int) * 4 * ((size_t)nc + 1));
-    if (!cnt || !bb) { free(cnt); free(bb); return set_err(CARSEG_ENOMEM, "%s: out of memory", path); }
-    for (int k = 0; k <= nc; k++) bb[4 * k] = w, bb[4 * k + 1] = h, bb[4 * k + 2] = -1, bb[4 * k + 3] = -1;
-    for (size_t i = 0; i < n; i++) {
-        int k = lab[i], x = (int)(i % (size_t)w), y = (int)(i / (size_t)w);
-        if (k > nc) continue;
-        cnt[k]++;
-        if (x < bb[4 * k]) bb[4 * k] = x;
-        if (y < bb[4 * k + 1]) bb[4 * k + 1] = y;
-        if (x > bb[4 * k + 2]) bb[4 * k + 2] = x;
-        if (y > bb[4 * k + 3]) bb[4 * k + 3] = y;
-    }
+/* NAME.json: carseg_result_json, written atomically */
+static carseg_status write_json(const char *path, const carseg_result *r, const char *image) {
+    char *js = NULL;
+    TRY(carseg_result_json(r, image, &js));
+    carseg_status st = write_file_atomic(path, js, strlen(js));
+    free(js);
+    return st;
+}
+
+/* the label PNG (`n_labels` = classes + 1), atomically */
+static carseg_status write_labels(const char *path, const uint16_t *lab, int w, int h, int n_labels) {
+    uint8_t *png = NULL;
+    size_t len = 0;
+    TRY(carseg_labels_encode_png(lab, w, h, n_labels, &png, &len));
+    carseg_status st = write_file_atomic(path, png, len);
+    free(png);
+    return st;
+}
+
+/* --dump: round<k>.json and round<k>_cams.npy of every round, from the round observer */
+typedef struct {
+    const char *dir;
+    const char *const *names;   /* the call's classes (phrases) */
+    carseg_status st;           /* a failed write (the observer then stops the run) */
+} dump_ctx;
+
+static int dump_round(const carseg_round *r, void *user) {
+    dump_ctx *d = user;
+    const char *prefix = r->n_passes == 2 ? (r->pass ? "stuff_" : "things_") : "";
+    char path[4600];
+    snprintf(path, sizeof path, "%s/%sround%d.json", d->dir, prefix, r->round);
     atomic_file af;
-    carseg_status s = atomic_open(&af, path);
-    if (s != CARSEG_OK) { free(cnt); free(bb); return s; }
+    if ((d->st = atomic_open(&af, path)) != CARSEG_OK) return 1;
     FILE *f = af.f;
-    fputs("{\n  \"image\": ", f);
-    json_write_str(f, image);
-    fprintf(f, ",\n  \"width\": %d,\n  \"height\": %d,\n  \"mode\": \"%s\",\n  \"precision\": \"%s\",\n"
-               "  \"classes\": [", w, h, refer ? "refer" : "semantic", precision);
-    int first = 1;
-    for (int k = 1; k <= nc; k++) {
-        if (!cnt[k] && !(scores[k - 1] > 0)) continue;
-        fprintf(f, "%s\n    {\"label\": %d, \"name\": ", first ? "" : ",", k);
-        json_write_str(f, names[k - 1]);
-        fprintf(f, ", \"score\": %.6g, \"pixels\": %ld, \"bbox\": ", scores[k - 1], cnt[k]);
-        if (cnt[k]) fprintf(f, "[%d, %d, %d, %d]}", bb[4 * k], bb[4 * k + 1], bb[4 * k + 2], bb[4 * k + 3]);
-        else fputs("null}", f);
-        first = 0;
+    fprintf(f, "{\n  \"round\": %d,\n  \"queries\": [", r->round);
+    for (int i = 0; i < r->n_live; i++) {
+        if (i) fputs(", ", f);
+        json_write_str(f, d->names[r->live[i]]);
     }
-    fprintf(f, "%s],\n  \"background_pixels\": %ld,\n  \"rounds\": %d,\n", first ? "" : "\n  ", cnt[0], rounds);
-    fprintf(f, "  \"timings_ms\": {\"prepare\": %.1f, \"text\": %.1f, \"cam\": %.1f, \"prompts\": %.1f, "
-               "\"classifier\": %.1f, \"crf\": %.1f, \"total\": %.1f}\n}\n",
-            st->ms_prepare, st->ms_text, st->ms_cam, st->ms_prompt, st->ms_cls, st->ms_crf, ms_total);
-    free(cnt);
-    free(bb);
-    return atomic_commit(&af);
+    fputs("],\n  \"scores\": [", f);
+    for (int i = 0; i < r->n_live; i++) fprintf(f, "%s%.9g", i ? ", " : "", r->scores[i]);
+    fputs("],\n  \"kept_idx\": [", f);
+    int first = 1;
+    for (int i = 0; i < r->n_live; i++)
+        if (r->survived[i]) fprintf(f, "%s%d", first ? "" : ", ", i), first = 0;
+    fputs("],\n  \"survivors\": [", f);
+    first = 1;
+    for (int i = 0; i < r->n_live; i++)
+        if (r->survived[i]) {
+            if (!first) fputs(", ", f);
+            json_write_str(f, d->names[r->live[i]]);
+            first = 0;
+        }
+    fputs("]\n}\n", f);
+    if ((d->st = atomic_commit(&af)) != CARSEG_OK) return 1;
+    snprintf(path, sizeof path, "%s/%sround%d_cams.npy", d->dir, prefix, r->round);
+    int64_t shape[3] = {r->n_live, r->h, r->w};
+    d->st = npy_write(path, NPY_F32, r->cams, 3, shape);
+    return d->st != CARSEG_OK;
 }
 
 static int cmd_segment(int argc, char **argv) {
@@ -274,9 +283,10 @@ static int cmd_segment(int argc, char **argv) {
     label_run *run = NULL;
     char *config = NULL;
     carseg_precision prec = CARSEG_PRECISION_FP32;
-    clip_model *gen = NULL, *cls = NULL;
-    tokenizer *tok = NULL;
-    car_ctx *ctx = NULL;
+    carseg_car_model *model = NULL;
+    carseg_segmenter *seg = NULL;
+    carseg_options opt;
+    carseg_options_init(&opt);
     carseg_status st;
     segment_sam_opts samo;
     segment_sam_init(&samo);
@@ -320,14 +330,11 @@ static int cmd_segment(int argc, char **argv) {
     /* ---- validate everything before loading models or writing anything ---- */
     if (images.n == 0) { usage(stderr); rc = 2; goto out; }
     if ((st = segment_sam_check(&samo)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-    const car_preset *pr = NULL;
-    if (preset_name) {
-        pr = preset_find(preset_name);
-        if (!pr) FAIL("unknown preset '%s' (see carseg segment --help)", preset_name);
-        if (pr->refer && refer.n == 0)
-            FAIL("preset '%s' is a referring preset: give the phrases with --refer", preset_name);
-    }
-    int modes = (have_classes > 0) + (pr && !pr->refer) + (refer.n > 0);
+    int pr_refer = preset_name ? carseg_preset_is_refer(preset_name) : 0;
+    if (pr_refer < 0) FAIL("unknown preset '%s' (see carseg segment --help)", preset_name);
+    if (pr_refer && refer.n == 0)
+        FAIL("preset '%s' is a referring preset: give the phrases with --refer", preset_name);
+    int modes = (have_classes > 0) + (preset_name && !pr_refer) + (refer.n > 0);
     if (modes != 1) FAIL("give exactly one of --classes, --classes-file, --preset, --refer");
     if (have_classes > 1) FAIL("give --classes or --classes-file once");
     if (have_classes && classes.n == 0) FAIL("the class list is empty");
@@ -336,8 +343,25 @@ static int cmd_segment(int argc, char **argv) {
         (lambda != -1 && (lambda < 0 || lambda > 1)))
         FAIL("--eta, --theta and --lambda must lie in [0, 1]");
     if (templates != -1 && templates != 0 && templates != 15) FAIL("--templates must be 15 or 0");
-    unsigned vp_types = 0;
-    if (prompts && vp_parse(prompts, &vp_types) != CARSEG_OK) { rc = cli_fail_status(CARSEG_EINVAL); goto out; }
+    int is_refer = refer.n > 0;
+    /* ---- the run's options (carseg_options: checked here, before any model is loaded) ---- */
+    opt.preset = preset_name;
+    if (eta != -1) opt.eta = (float)eta;
+    if (theta != -2) opt.theta = (float)theta;
+    if (lambda != -1) opt.lambda = (float)lambda;
+    opt.prompts = prompts;
+    if (templates != -1) opt.templates = templates == 15 ? "semantic" : "single";
+    opt.crf = !no_crf;
+    if (fix) opt.fixes = CARSEG_FIX_BUGS;
+    if (fixes) {
+        unsigned fb = 0;
+        if (carseg_fixes_parse(fixes, &fb) != CARSEG_OK)
+            FAIL("--fix: %s", carseg_last_error() + (strncmp(carseg_last_error(), "fixes: ", 7) ? 0 : 7));
+        opt.fixes |= fb;
+    }
+    if (have_bg) opt.bg_words = (const char *const *)bgw.v, opt.n_bg_words = bgw.n;
+    if (samo.on) opt.sam = samo.cp;
+    if ((st = carseg_options_check(&opt, is_refer)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
     if (formats_s) {
         char e[160];
         if (label_formats_parse(formats_s, &fmt, e, sizeof e)) FAIL("%s", e);
@@ -350,8 +374,7 @@ static int cmd_segment(int argc, char **argv) {
     if (threads > 0) carseg_set_threads(threads);
 
     /* ---- models ---- */
-    int is_refer = refer.n > 0;
-    const char *want_cls = pr ? pr->classifier : is_refer ? "ViT-B/16" : "ViT-L/14";
+    const char *want_cls = preset_name ? carseg_preset_classifier(preset_name) : is_refer ? "ViT-B/16" : "ViT-L/14";
     char gbuf[4096], cbuf[4096], vbuf[4096];
     if ((st = segment_resolve_model(gen_path, "ViT-B/16", gbuf, sizeof gbuf)) != CARSEG_OK ||
         (st = segment_resolve_model(cls_path, want_cls, cbuf, sizeof cbuf)) != CARSEG_OK ||
@@ -360,73 +383,16 @@ static int cmd_segment(int argc, char **argv) {
         goto out;
     }
     if (!quiet) fprintf(stderr, "carseg: loading %s and %s\n", gbuf, cbuf);
-    if ((st = clip_load(gbuf, &gen)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-    if (!strcmp(gbuf, cbuf)) cls = gen;
-    else if ((st = clip_load(cbuf, &cls)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
     /* the towers' precision (Grad-CAM's backward on the generator's last block stays float32) */
-    if ((st = carseg_clip_set_precision(gen, prec)) != CARSEG_OK ||
-        (st = carseg_clip_set_precision(cls, prec)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-    if (gen->cfg.v_patch <= 0 || gen->cfg.v_layers < 2 || cls->cfg.v_layers < 1) {
-        rc = cli_fail("%s: not a CLIP vision transformer usable as mask generator", gbuf);
+    if ((st = carseg_car_model_open(gbuf, cbuf, vbuf, &model)) != CARSEG_OK ||
+        (st = carseg_car_model_set_precision(model, prec)) != CARSEG_OK ||
+        (st = carseg_segmenter_new(model, &seg)) != CARSEG_OK) {
+        rc = cli_fail_status(st);
         goto out;
     }
-    if ((st = tok_open(vbuf, &tok)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-    if ((st = car_ctx_new(gen, cls, tok, &ctx)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
-
-    /* ---- job ---- */
-    car_params p = car_default_params();
-    car_job job;
-    memset(&job, 0, sizeof job);
-    if (pr) {
-        p.eta = pr->eta, p.theta = pr->theta, p.lambda = pr->lambda;
-        vp_parse(pr->prompts, &p.prompts);
-        p.n_templates = pr->templates;
-        p.bg_factor = pr->bg_factor;
-    } else if (is_refer) {   /* refcoco defaults */
-        const car_preset *rc0 = preset_find("refcoco");
-        p.eta = rc0->eta, p.theta = rc0->theta, p.lambda = rc0->lambda;
-        vp_parse(rc0->prompts, &p.prompts);
-        p.n_templates = 0;
-    }
-    if (eta != -1) p.eta = (float)eta;
-    if (theta != -2) p.theta = (float)theta;
-    if (lambda != -1) p.lambda = (float)lambda;
-    if (prompts) p.prompts = vp_types;
-    if (templates != -1) p.n_templates = templates;
-    p.crf = !no_crf;
-    p.fix_zero_guard = p.fix_duplicates = p.fix_gray = p.fix_crf_colors = p.fix_center_crop =
-        p.fix_box_clamp = fix;
-    if (fixes) {
-        slist fl = {0};
-        if (sl_split(&fl, fixes)) FAIL("out of memory");
-        for (int k = 0; k < fl.n; k++) {
-            const char *f = fl.v[k];
-            if (!strcasecmp(f, "q1")) p.cam_raw_names = 1;
-            else if (!strcasecmp(f, "q3")) p.fix_gray = 1;
-            else if (!strcasecmp(f, "q4")) p.fix_crf_colors = 1;
-            else if (!strcasecmp(f, "q7")) p.fix_box_clamp = 1;
-            else if (!strcasecmp(f, "q8")) p.fix_center_crop = 1;
-            else if (!strcasecmp(f, "q9")) p.fix_zero_guard = 1;
-            else if (!strcasecmp(f, "q17")) p.fix_duplicates = 1;
-            else { sl_free(&fl); FAIL("--fix: unknown quirk '%s' (q1, q3, q4, q7, q8, q9, q17)", f); }
-        }
-        sl_free(&fl);
-    }
-    job.p = p;
-    job.stuff_p = p;
-    if (pr && pr->stuff_prompts && !prompts) vp_parse(pr->stuff_prompts, &job.stuff_p.prompts);
-    job.stuff_p.bg_factor = pr ? pr->stuff_bg_factor : 1;
-    job.bg = have_bg ? (const char *const *)bgw.v : CAR_BG_WORDS;
-    job.nb = have_bg ? bgw.n : 23;
-    if (pr && pr->list) {
-        job.classes = pr->list->classes, job.n_classes = pr->list->n;
-        job.things = pr->list->things, job.n_things = pr->list->n_things;
-        job.stuff = pr->list->stuff, job.n_stuff = pr->list->n_stuff;
-    } else if (!is_refer) {
-        job.classes = (const char *const *)classes.v, job.n_classes = classes.n;
-    }
-    const char *const *names = is_refer ? (const char *const *)refer.v : job.classes;
-    int nc = is_refer ? 1 : job.n_classes;
+    const char *const *names = is_refer ? (const char *const *)refer.v : (const char *const *)classes.v;
+    int nc = is_refer ? 1 : classes.n;
+    if (preset_name && !is_refer) carseg_preset_classes(preset_name, &names, &nc);
     char refer_name[512];
     if (is_refer) {
         snprintf(refer_name, sizeof refer_name, "%s", refer.v[0]);
@@ -440,71 +406,69 @@ static int cmd_segment(int argc, char **argv) {
     if ((st = label_run_open(&lo, &in, &run)) != CARSEG_OK) { rc = cli_fail_status(st); goto out; }
     for (int ii = 0; ii < in.n; ii++) {
         if (label_run_is_done(run, ii)) continue;
-        double t0 = now_ms();
         const char *ipath = in.v[ii].path;
         char path[4096], ddir[4096];
-        image_u8 im;
+        uint8_t *rgb = NULL;
+        int iw = 0, ih = 0;
         label_run_start(run, ii, 0, 0);
-        if ((st = image_load_rgb(ipath, &im)) == CARSEG_OK && max_px > 0 &&
-            (double)im.w * im.h > max_px) {
+        if ((st = carseg_image_load(ipath, &rgb, &iw, &ih)) == CARSEG_OK && max_px > 0 &&
+            (double)iw * ih > max_px) {
             st = set_err(CARSEG_EFORMAT, "%s: image too large (%dx%d, --max-pixels %.0f)", ipath,
-                         im.w, im.h, max_px);
-            image_free(&im);
+                         iw, ih, max_px);
+            carseg_image_free(rgb);
+            rgb = NULL;
         }
         if (st != CARSEG_OK) {   /* a bad image: reported, the run goes on (--fail-fast: stops) */
             if (label_run_image_failed(run, ii, carseg_last_error())) break;
             continue;
         }
-        label_run_start(run, ii, im.w, im.h);
-        size_t hw = (size_t)im.w * im.h;
-        car_stats cs;
-        memset(&cs, 0, sizeof cs);
-        car_image *ci = NULL;
+        label_run_start(run, ii, iw, ih);
+        size_t hw = (size_t)iw * ih;
+        carseg_prepared *pim = NULL;
+        carseg_result *res = NULL;
         int nq = is_refer ? refer.n : nc, io_err = 0;
-        uint16_t *lab = malloc(sizeof(uint16_t) * hw);
-        float *scores = calloc((size_t)nq, sizeof(float));
-        uint8_t *masks = dump_dir ? malloc(hw * (size_t)nq) : NULL;
-        uint8_t *m1 = is_refer ? malloc(hw) : NULL;
-        car_dump dump = {NULL, "", NULL, NULL};
-        if (!lab || !scores || (dump_dir && !masks) || (is_refer && !m1)) {
-            st = set_err(CARSEG_ENOMEM, "%s: out of memory", ipath);
-            goto img_fail;
-        }
+        dump_ctx dctx = {NULL, NULL, CARSEG_OK};
+        segment_sam_masks sm = {0};
+        opt.on_round = NULL, opt.on_round_user = NULL, opt.sam_masks = NULL;
         if (dump_dir) {
             if (in.n > 1) snprintf(ddir, sizeof ddir, "%s/%s", dump_dir, in.v[ii].name);
             else snprintf(ddir, sizeof ddir, "%s", dump_dir);
             if ((st = mkdir_p(ddir)) != CARSEG_OK) goto img_fail;
-            dump.dir = ddir;
+            dctx.dir = ddir;
+            dctx.names = is_refer ? (const char *const *)refer.v : names;
+            opt.on_round = dump_round, opt.on_round_user = &dctx;
         }
-        if ((st = car_image_new(ctx, &im, &cs, &ci)) != CARSEG_OK) goto img_fail;
+        if ((st = carseg_prepare(seg, rgb, iw, ih, &opt, &pim)) != CARSEG_OK) goto img_fail;
         float fscore = 0;
         if (is_refer) {
-            st = car_refer(ctx, ci, (const char *const *)refer.v, refer.n, job.bg, job.nb, &p,
-                           dump.dir ? &dump : NULL, m1, scores, masks, &cs);
-            for (size_t i = 0; i < hw && st == CARSEG_OK; i++) lab[i] = m1[i];
-            for (int j = 0; j < refer.n; j++) fscore = scores[j] > fscore ? scores[j] : fscore;
+            st = carseg_refer(seg, pim, (const char *const *)refer.v, refer.n, &opt, &res);
+            for (int j = 0; st == CARSEG_OK && j < refer.n; j++)
+                fscore = carseg_result_score(res, j) > fscore ? carseg_result_score(res, j) : fscore;
         } else {
-            segment_sam_masks sm = {0};
-            if (samo.on && (st = segment_sam_load(&samo, in.v[ii].name, im.w, im.h, &sm)) == CARSEG_OK)
-                job.sam = &sm.sm, job.sam_p = samo.cp;
+            if (samo.on && (st = segment_sam_load(&samo, in.v[ii].name, iw, ih, &sm)) == CARSEG_OK)
+                opt.sam_masks = &sm.sm;
             if (st == CARSEG_OK)
-                st = car_segment(ctx, ci, &job, dump.dir ? &dump : NULL, lab, scores, masks, &cs);
-            job.sam = NULL;
-            segment_sam_free(&sm);
+                st = carseg_segment(seg, pim, preset_name ? NULL : names, preset_name ? 0 : nc, &opt, &res);
+        }
+        if (st != CARSEG_OK && dctx.st != CARSEG_OK) {   /* the dump's write failed: its error */
+            st = dctx.st;
+            io_err = 1;
+            goto img_fail;
         }
         if (st != CARSEG_OK) { err_prefix("%s", ipath); goto img_fail; }
+        const uint16_t *lab = carseg_result_labels(res);
         /* outputs: from here on an error is not the image's fault: the run stops */
         io_err = 1;
         if (fmt & LABEL_FMT_PNG) {
             if ((st = label_out_path(run, ii, ".png", path, sizeof path)) != CARSEG_OK ||
-                (st = image_save_labels(path, lab, im.w, im.h, nc + 1)) != CARSEG_OK)
+                (st = write_labels(path, lab, iw, ih, nc + 1)) != CARSEG_OK)
                 goto img_fail;
             fprintf(stdout, "%s\n", path);
         }
-        if (dump.dir) {
+        if (dctx.dir) {
             char lp[4200];
-            snprintf(lp, sizeof lp, "%s/labels.png", dump.dir);
-            if ((st = image_save_labels(lp, lab, im.w, im.h, nc + 1)) != CARSEG_OK) goto img_fail;
+            snprintf(lp, sizeof lp, "%s/labels.png", dctx.dir);
+            if ((st = write_labels(lp, lab, iw, ih, nc + 1)) != CARSEG_OK) goto img_fail;
         }
         if (fmt & LABEL_FMT_OVERLAY) {
             int *found = malloc(sizeof(int) * (size_t)(nc + 1)), nf = 0;
@@ -513,40 +477,44 @@ static int cmd_segment(int argc, char **argv) {
             for (size_t i = 0; i < hw; i++) if (lab[i] && lab[i] <= nc) present[lab[i]] = 1;
             for (int k = 1; k <= nc; k++) if (present[k]) found[nf++] = k;
             st = label_out_path(run, ii, ".overlay.png", path, sizeof path);
-            if (st == CARSEG_OK) st = write_overlay(path, &im, lab, names, found, nf);
+            if (st == CARSEG_OK) st = write_overlay(path, rgb, iw, ih, lab, names, found, nf);
             free(found);
             free(present);
             if (st != CARSEG_OK) goto img_fail;
             fprintf(stdout, "%s\n", path);
         }
         if (fmt & LABEL_FMT_JSON) {
-            float rs = fscore;
             st = label_out_path(run, ii, ".json", path, sizeof path);
-            if (st == CARSEG_OK)
-                st = write_json(path, ipath, im.w, im.h, names, nc, is_refer ? &rs : scores, lab,
-                                cs.rounds_total, &cs, now_ms() - t0, is_refer,
-                                carseg_precision_name(carseg_clip_get_precision(cls)));
+            if (st == CARSEG_OK) st = write_json(path, res, ipath);
             if (st != CARSEG_OK) goto img_fail;
             fprintf(stdout, "%s\n", path);
         }
-        if (dump.dir) {
-            int64_t shape[3] = {nq, im.h, im.w};   /* uint8 0/1, one mask per class */
-            snprintf(path, sizeof path, "%s/final_masks.npy", dump.dir);
-            st = npy_write(path, NPY_U8, masks, 3, shape);
+        if (dctx.dir) {
+            int64_t shape[3] = {nq, ih, iw};   /* uint8 0/1, one mask per class */
+            snprintf(path, sizeof path, "%s/final_masks.npy", dctx.dir);
+            st = npy_write(path, NPY_U8, carseg_result_mask(res, 0), 3, shape);
             if (st != CARSEG_OK) goto img_fail;
         }
         {   /* masks / CVAT per-image files, then the journal line: image ii is done */
             float rs = fscore;
-            if ((st = label_run_image_done(run, ii, lab, im.w, im.h, is_refer ? &rs : scores)) != CARSEG_OK)
-                goto img_fail;
+            float *sc = malloc(sizeof(float) * (size_t)nq);
+            if (!sc) { st = set_err(CARSEG_ENOMEM, "out of memory"); goto img_fail; }
+            for (int k = 0; k < nq; k++) sc[k] = carseg_result_score(res, k);
+            st = label_run_image_done(run, ii, lab, iw, ih, is_refer ? &rs : sc);
+            free(sc);
+            if (st != CARSEG_OK) goto img_fail;
         }
         if (label_run_plain(run))
             fprintf(stderr, "carseg:   %d rounds, %.0f ms (cam %.0f, classifier %.0f, crf %.0f)\n",
-                    cs.rounds_total, now_ms() - t0, cs.ms_cam, cs.ms_cls, cs.ms_crf);
+                    carseg_result_rounds(res), carseg_result_timing(res, "total"),
+                    carseg_result_timing(res, "cam"), carseg_result_timing(res, "classify"),
+                    carseg_result_timing(res, "crf"));
     img_fail:
-        car_image_free(ci);
-        image_free(&im);
-        free(lab), free(scores), free(masks), free(m1);
+        segment_sam_free(&sm);
+        opt.sam_masks = NULL;
+        carseg_result_free(res);
+        carseg_prepared_free(pim);
+        carseg_image_free(rgb);
         if (st != CARSEG_OK) {
             if (io_err || st == CARSEG_ENOMEM) { rc = cli_fail_status(st); goto out; }
             if (label_run_image_failed(run, ii, carseg_last_error())) break;
@@ -554,10 +522,8 @@ static int cmd_segment(int argc, char **argv) {
     }
     rc = label_run_finish(run);
 out:
-    car_ctx_free(ctx);
-    tok_close(tok);
-    if (cls != gen) clip_free(cls);
-    clip_free(gen);
+    carseg_segmenter_free(seg);
+    carseg_car_model_close(model);
     label_run_close(run);
     label_inputs_free(&in);
     free(config);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "carsam.h"
 #include "cli.h"
 #include "rle.h"
 #include "util.h"

@@ -5,23 +5,22 @@
  *   --sam-min-pred T  min-pred threshold (default 0.05)
  *   --sam-iou T       φ_iou (default 0.7, the paper's; the reference code's default 0.9)
  * Each image's SAM masks are read once, whatever the class list, and refine every pass's CRF
- * masks before the label map (car_job.sam). */
+ * masks before the label map (carseg_options.sam_masks). */
 #ifndef CARSEG_SEGMENT_SAM_H
 #define CARSEG_SEGMENT_SAM_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include "carsam.h"
-#include "image.h"
+#include "carseg.h"
 
 typedef struct {
     const char *masks_dir;
-    cs_carsam_params cp;
+    carseg_sam_params cp;
     int on;
 } segment_sam_opts;
 
 typedef struct {
-    cs_sam_masks sm;
+    carseg_sam_masks sm;
     uint32_t **counts;
     size_t *n_counts;
 } segment_sam_masks;

@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "car.h"
+#include "carsam.h"
 #include "clip.h"
 #include "crf.h"
 #include "image.h"
@@ -182,6 +183,7 @@ void carseg_options_init(carseg_options *o) {
     o->crf = 1;
     o->crf_params = crf_default_params();
     o->precision = CARSEG_PRECISION_FP32;
+    cs_carsam_params_init(&o->sam);
 }
 
 static carseg_status unknown_preset(const char *name) {
@@ -211,6 +213,16 @@ carseg_status carseg_preset_classes(const char *name, const char *const **classe
     *classes = p->list ? p->list->classes : NULL;
     *n = p->list ? p->list->n : 0;
     return CARSEG_OK;
+}
+
+const char *carseg_preset_classifier(const char *name) {
+    const car_preset *p = name ? preset_find(name) : NULL;
+    return p ? p->classifier : NULL;
+}
+
+int carseg_preset_is_refer(const char *name) {
+    const car_preset *p = name ? preset_find(name) : NULL;
+    return p ? p->refer != 0 : -1;
 }
 
 int carseg_presets_count(void) {
@@ -322,8 +334,19 @@ static carseg_status build_params(const carseg_options *o, int refer, run_params
     } else {
         r->bg = CAR_BG_WORDS, r->nb = 23;
     }
+    if (o->sam_masks) {
+        if (refer) return set_err(CARSEG_EINVAL, "sam_masks: CaR + SAM is for semantic segmentation only");
+        TRY(cs_carsam_params_check(&o->sam));
+    }
     r->pr = pr, r->p = p, r->sp = sp;
     return CARSEG_OK;
+}
+
+carseg_status carseg_options_check(const carseg_options *o, int refer) {
+    if (!o) return set_err(CARSEG_EINVAL, "carseg_options_check: options is NULL");
+    TRY(check_opts("carseg_options_check", o));
+    run_params rp;
+    return build_params(o, refer, &rp);
 }
 
 static void fix_ptrs(run_params *r) { r->p.crf_p = r->sp.crf_p = &r->crf; }
@@ -554,6 +577,14 @@ static carseg_status run(carseg_segmenter *s, carseg_prepared *im, const char *c
     } else {
         job.classes = (const char *const *)r->names, job.n_classes = n;
         job.cams = r->cams;
+        if (o->sam_masks) {
+            if (o->sam_masks->w != w || o->sam_masks->h != h) {
+                carseg_result_free(r);
+                return set_err(CARSEG_EINVAL, "%s: sam_masks are %dx%d, the image %dx%d", fn,
+                               o->sam_masks->w, o->sam_masks->h, w, h);
+            }
+            job.sam = o->sam_masks, job.sam_p = o->sam;
+        }
         st = car_segment(s->ctx, im->ci, &job, &dump, r->labels, r->scores, r->masks, &r->st);
     }
     free(ob.idx);

@@ -20,22 +20,17 @@
 #include <stdint.h>
 #include "carseg.h"
 
-typedef struct {
-    int h, w, n;
-    const uint32_t *const *counts;   /* n COCO RLE runs (column-major, first run zeros), h*w each */
-    const size_t *n_counts;
-} cs_sam_masks;
+/* the public carseg_sam_masks (include/carseg.h) */
+typedef carseg_sam_masks cs_sam_masks;
 
 /* the producer side of the seam: runs SAM's generator on an RGB image and fills *out (owned by
  * the producer until release is called) */
 typedef carseg_status (*cs_sam_generate_fn)(void *ctx, const uint8_t *rgb, int w, int h,
                                             cs_sam_masks *out);
 
-typedef struct {
-    double iom_thres;     /* φ_iom: 0.7 (paper); VOC config 0.6 */
-    double min_pred;      /* min_pred_threshold: 0.05 */
-    double iou_thres;     /* φ_iou (matching_thresh): 0.7 (paper); reference code default 0.9 */
-} cs_carsam_params;
+/* the public carseg_sam_params: iom_thres (φ_iom 0.7, paper; VOC config 0.6), min_pred (0.05),
+ * iou_thres (φ_iou 0.7, paper; reference code default 0.9) */
+typedef carseg_sam_params cs_carsam_params;
 
 void cs_carsam_params_init(cs_carsam_params *p);   /* 0.7 / 0.05 / 0.7 */
 carseg_status cs_carsam_params_check(const cs_carsam_params *p);

@@ -965,3 +965,8 @@ carseg_status carseg_labels_encode_png(const uint16_t *labels, int w, int h, int
     }
     return image_encode_labels("labels", labels, w, h, n_labels, png, len);
 }
+
+carseg_status carseg_image_save_png(const char *path, const uint8_t *rgb, int w, int h) {
+    if (!path || !rgb || w <= 0 || h <= 0) return set_err(CARSEG_EINVAL, "carseg_image_save_png: bad arguments");
+    return image_save_png_rgb(path, rgb, w, h);
+}
