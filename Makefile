@@ -66,7 +66,7 @@ SONAME    := libcarseg.so.$(SOVERSION)
 LIB_CFLAGS := -fPIC -fvisibility=hidden
 PUBLIC_LIBS := $(BUILD)/libcarseg.a $(BUILD)/libcarseg.so
 
-.PHONY: all libs test check bench fuzz deps clean lint install layers
+.PHONY: all libs test check bench fuzz deps clean lint install layers test-serve
 all: libs $(BUILD)/carseg
 libs: $(PUBLIC_LIBS)
 
@@ -106,7 +106,25 @@ $(BUILD)/libcarseg_internal.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/carseg: $(CLI_OBJ) $(BUILD)/libcarseg_internal.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libcarseg_internal.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libcarseg_internal.a $(LDLIBS) $(SERVE_LIBS)
+
+# `carseg serve` (tools/serve*.c): libmicrohttpd, and the demo page tools/serve_page.html compiled
+# in as the bytes of a C array (od + sed: no generator program)
+SERVE_LIBS := -lmicrohttpd
+$(BUILD)/gen/serve_page.h: tools/serve_page.html
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from tools/serve_page.html by the Makefile: do not edit */'; \
+	  echo 'static const char SERVE_PAGE[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '0};'; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/tools/serve_http.o: $(BUILD)/gen/serve_page.h
+$(BUILD)/tools/serve_http.o: CFLAGS += -I$(BUILD)/gen
+
+# the service's end-to-end tests (tests/serve/): the HTTP API against the CLI, concurrency,
+# hostile clients, and the page in headless Chromium (skipped when /usr/bin/chromium is absent)
+test-serve: $(BUILD)/carseg
+	CARSEG_BIN=$(abspath $(BUILD)/carseg) CARSEG_BUILD_DIR=$(abspath $(BUILD)) \
+	  /usr/bin/python3 tests/serve/test_serve.py
 
 # the tests link the library objects directly (constructors in every object stay linked)
 $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)

@@ -13,6 +13,8 @@ pkgs=(
   python3 python3-numpy python3-torch python3-opencv python3-pil python3-scipy  # fixture/bench tools
   python3-regex         # scripts/clip_tokenizer_oracle.py, gen_tokenizer_tables.py (tokenizer oracle)
   clang libclang-rt-14-dev  # `make fuzz` (libFuzzer)
+  libmicrohttpd-dev     # `carseg serve`: the HTTP server library
+  chromium              # `make test-serve`: the demo page in headless Chromium
 )
 missing=()
 for p in "${pkgs[@]}"; do
