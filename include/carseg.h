@@ -291,9 +291,9 @@ const char *carseg_precision_name(carseg_precision p);
 // ---------------------------------------------------------------------------------------------
 // Mask proposals: Grad-CAM + affinity (cam.c)
 //
-// Internal (src/car/cam.h): the per-round CAMs of carseg_car_segment are written by the CLI's
-// `segment --dump DIR` (round<k>_cams.npy).
-
+// Internal (src/car/cam.h). Each round's CAMs reach users through the round observer of
+// carseg_options (carseg_round.cams) and, with keep_cams, the result (carseg_result_cams);
+// `carseg segment --dump DIR` writes them as round<k>_cams.npy.
 
 // ---------------------------------------------------------------------------------------------
 // Dense CRF (crf.c, lattice.c)
