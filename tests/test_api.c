@@ -257,6 +257,27 @@ TEST(api_text_features_independent_of_batch_and_history) {
     CHECK(!memcmp(a, b + 2 * (size_t)E, sizeof(float) * E));
     CHECK_OK(tc_get(t2, one, 1, c2));   /* from the cache */
     CHECK(!memcmp(a, c2, sizeof(float) * E));
+    /* among many prompts of the same token length (several batches), in two orders, and through
+     * the public encoder */
+    const char *same[12] = {"a photo of a dog.", "a photo of a cow.", "a photo of a pig.",
+                            "a photo of a bus.", "a photo of a car.", "a photo of a cat.",
+                            "a photo of a bat.", "a photo of a fox.", "a photo of a owl.",
+                            "a photo of a hen.", "a photo of a elk.", "a photo of a yak."};
+    const char *rev[12];
+    for (int i = 0; i < 12; i++) rev[i] = same[11 - i];
+    float *s1 = malloc(sizeof(float) * 12 * E), *s2 = malloc(sizeof(float) * 12 * E);
+    text_cache *t3 = NULL;
+    CHECK_OK(tc_new(mdl, tok, &t3));
+    CHECK_OK(tc_get(t3, same, 12, s1));
+    CHECK(!memcmp(a, s1 + 5 * (size_t)E, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_texts(mdl, tok, rev, 12, s2));   /* unnormalised */
+    float *u = malloc(sizeof(float) * E);
+    CHECK_OK(carseg_clip_encode_texts(mdl, tok, one, 1, u));
+    CHECK(!memcmp(u, s2 + 6 * (size_t)E, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_texts(mdl, tok, many, 5, s2));
+    CHECK(!memcmp(u, s2 + 2 * (size_t)E, sizeof(float) * E));
+    tc_free(t3);
+    free(s1), free(s2), free(u);
     tc_free(t1), tc_free(t2);
     free(a), free(b), free(c2);
     tok_close(tok);
