@@ -233,7 +233,8 @@ void carseg_clip_free(carseg_clip *m);
 int carseg_clip_embed_dim(const carseg_clip *m);        /* E, the joint embedding size */
 int carseg_clip_image_size(const carseg_clip *m);       /* native input size (224) */
 float carseg_clip_logit_scale(const carseg_clip *m);    /* exp(logit_scale): 100 for OpenAI's */
-/* Unnormalised text features (OpenAI encode_text) of n UTF-8 strings: out (n, E). */
+/* Unnormalised text features (OpenAI encode_text) of n UTF-8 strings: out (n, E). Each text is
+ * encoded on its own: its features never depend on the other texts of the call. */
 carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokenizer *tok,
                                        const char *const *texts, int n, float *out);
 /* Unnormalised image features (encode_image) of an interleaved 8-bit RGB image (w x h), after
@@ -241,6 +242,17 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
  * n_blocks: 0 = all; CaR's classifier runs layers - 1. out: (E). */
 carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
                                            int n_blocks, float *out);
+
+/* Zero-shot classification, the standard CLIP recipe: per class, the mean over the templates
+ * ("a photo of a {}." with {} replaced by the class name; NULL / 0 = CaR's 15 semantic templates)
+ * of the L2-normalised text features, renormalised; probs (n_classes) = softmax(logit_scale *
+ * cos(image, class)). The image gets CLIP's standard preprocessing; n_blocks as above. */
+carseg_status carseg_clip_classify(const carseg_clip *m, const carseg_tokenizer *tok,
+                                   const uint8_t *rgb, int w, int h, int n_blocks,
+                                   const char *const *classes, int n_classes,
+                                   const char *const *templates, int n_templates, float *probs);
+/* CaR's 15 semantic templates (static strings); returns 15. */
+int carseg_car_templates(const char *const **templates);
 
 /* Precision of the image tower's matrix products (patch embedding, attention in/out projections,
  * MLP; the attention products q k^T and P v, LayerNorm, softmax and the text tower stay float32).
@@ -279,9 +291,9 @@ const char *carseg_precision_name(carseg_precision p);
 // ---------------------------------------------------------------------------------------------
 // Mask proposals: Grad-CAM + affinity (cam.c)
 //
-// Internal (src/car/cam.h): the per-round CAMs of carseg_car_segment are written by the CLI's
-// `segment --dump DIR` (round<k>_cams.npy).
-
+// Internal (src/car/cam.h). Each round's CAMs reach users through the round observer of
+// carseg_options (carseg_round.cams) and, with keep_cams, the result (carseg_result_cams);
+// `carseg segment --dump DIR` writes them as round<k>_cams.npy.
 
 // ---------------------------------------------------------------------------------------------
 // Dense CRF (crf.c, lattice.c)
@@ -508,52 +520,6 @@ double carseg_result_timing(const carseg_result *r, const char *stage);
 /* The per-image JSON `carseg segment` writes as NAME.json, with "image" set to image_name
  * (may be NULL: null) and "precision" to the classifier's. *out: free with free(). */
 carseg_status carseg_result_json(const carseg_result *r, const char *image_name, char **out);
-
-
-// ---------------------------------------------------------------------------------------------
-// Deprecated: the first CaR API (weights and caches in one object, labels and scores only).
-// Kept as it was until the CLI's port is done; new code uses carseg_car_model + carseg_segmenter.
-// vocab is required here and names are not resolved (paths only).
-
-/* A CaR segmenter: the mask generator CLIP (ViT-B/16 in the paper), the mask classifier CLIP
- * (ViT-L/14; may be the same file) and the BPE vocabulary, plus text-feature caches. One
- * segmenter per thread. */
-typedef struct carseg_car carseg_car;
-carseg_status carseg_car_open(const char *generator, const char *classifier, const char *vocab,
-                              carseg_car **out);
-void carseg_car_close(carseg_car *c);
-
-/* Settings of one run. carseg_car_preset() fills them with a reference config's values. */
-typedef struct {
-    float eta;                 /* mask binarisation threshold of the visual prompt */
-    float theta;               /* query filter: keep query i iff P[i,i] > theta */
-    float lambda;              /* Grad-CAM box threshold */
-    const char *prompts;       /* "circle,blur", ... (blur gray black circle rectangle contour) */
-    const char *stuff_prompts; /* prompts of the stuff pass (NULL: same as prompts) */
-    int templates;             /* 15 (semantic templates, double softmax) or 0 (one template) */
-    int crf;                   /* 1: dense CRF post-processing; 0: argmax of (background, CAMs) */
-    int fix_quirks;            /* 1: fix the reference's bugs Q3, Q4, Q7, Q8, Q9, Q17 (see README) */
-    const char *preset;        /* set by carseg_car_preset: its class list and thing/stuff split */
-} carseg_car_opts;
-
-/* name: "voc", "coco-object", "context", "ade150", "pc459", "refcoco", "refcoco+",
- * "refcocog", "gres"; NULL gives the VOC settings without a class list. Unknown -> EINVAL.
- * classes/n_classes (may be NULL): the preset's class list (label k = classes[k-1]). */
-carseg_status carseg_car_preset(const char *name, carseg_car_opts *opts,
-                                const char *const **classes, int *n_classes);
-
-/* Semantic segmentation of an RGB image (h, w, 3 bytes, top row first). classes: n names
- * (label k = classes[k-1]); classes NULL: the preset's list (thing + stuff passes where the
- * preset has them). labels: (h, w) 0 = background; scores: (n) final scores (0 = dropped).
- * rounds (may be NULL): rounds of the recurrence run, summed over the passes. */
-carseg_status carseg_car_segment(carseg_car *c, const uint8_t *rgb, int w, int h,
-                                 const char *const *classes, int n, const carseg_car_opts *opts,
-                                 uint16_t *labels, float *scores, int *rounds);
-
-/* Referring segmentation: n phrases describing one object. mask: (h, w) 0/1; scores: (n). */
-carseg_status carseg_car_refer(carseg_car *c, const uint8_t *rgb, int w, int h,
-                               const char *const *phrases, int n, const carseg_car_opts *opts,
-                               uint8_t *mask, float *scores);
 
 
 // ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ static int compile(const char *compiler, const char *flags, const char *src_ext)
     if (!f) return -1;
     fputs("#include \"carseg.h\"\n"
           "int main(void) {\n"
-          "    carseg_car_opts o;\n"
-          "    carseg_status st = carseg_car_preset(\"voc\", &o, 0, 0);\n"
+          "    carseg_options o;\n"
+          "    carseg_status st = carseg_options_preset(&o, \"voc\");\n"
           "    return st == CARSEG_OK ? 0 : (int)carseg_status_str(st)[0];\n"
           "}\n", f);
     fclose(f);

@@ -5,16 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "carseg.h"
 #include "cli.h"
-#include "classify.h"
-#include "presets.h"
-#include "clip.h"
-#include "image.h"
-#include "models.h"
-#include "nn.h"
-#include "tokenizer.h"
-#include "util.h"
-
+#include "util.h"   /* json_write_str only */
 
 typedef struct {
     const char **v;
@@ -33,55 +26,41 @@ static int strlist_add(strlist *l, const char *s) {
     return 0;
 }
 
-static carseg_status open_model(const char *name, carseg_precision prec, clip_model **m) {
-    char *path = NULL;
-    TRY(models_resolve(name, &path));
-    carseg_status st = clip_load(path, m);
-    free(path);
+static carseg_status open_model(const char *name, carseg_precision prec, carseg_clip **m) {
+    carseg_status st = carseg_clip_load(name, m);   /* names through the model cache */
     if (st == CARSEG_OK && (st = carseg_clip_set_precision(*m, prec)) != CARSEG_OK) {
-        clip_free(*m);
+        carseg_clip_free(*m);
         *m = NULL;
     }
     return st;
 }
 
-/* tokens (n, ctx) of the texts */
-static carseg_status tokenize_all(const char *vocab, const clip_model *m, const char **texts, int n,
-                                  int32_t **out) {
-    char *vp = NULL;
-    TRY(models_resolve_vocab(vocab, &vp));
-    tokenizer *t = NULL;
-    carseg_status st = tok_open(vp, &t);
-    free(vp);
-    if (st != CARSEG_OK) return st;
-    int ctx = m->cfg.t_ctx;
-    int32_t *tok = calloc((size_t)n * ctx, sizeof(int32_t));
-    if (!tok) st = set_err(CARSEG_ENOMEM, "out of memory");
-    for (int i = 0; st == CARSEG_OK && i < n; i++)
-        if (tok_tokenize(t, texts[i], tok + (size_t)i * ctx, ctx) < 0)
-            st = set_err(CARSEG_EINVAL, "cannot tokenize \"%s\"", texts[i]);
-    tok_close(t);
-    if (st != CARSEG_OK) {
-        free(tok);
-        return st;
+/* CLIP's standard preprocessing (Resize + CenterCrop to the model's resolution) + encoder */
+static carseg_status encode_image_file(const carseg_clip *m, const char *path, int n_blocks,
+                                       float *feat) {
+    uint8_t *rgb = NULL;
+    int w, h;
+    carseg_status st = carseg_image_load(path, &rgb, &w, &h);
+    if (st == CARSEG_OK) {
+        st = carseg_clip_encode_image_rgb(m, rgb, w, h, n_blocks, feat);
+        if (st != CARSEG_OK) cli_fail("%s: %s", path, carseg_last_error());
+    } else {
+        cli_fail("%s", carseg_last_error());
     }
-    *out = tok;
-    return CARSEG_OK;
+    carseg_image_free(rgb);
+    return st;
 }
 
-/* CLIP's standard preprocessing (Resize + CenterCrop to the model's resolution) + encoder */
-static carseg_status encode_image_file(const clip_model *m, const char *path, int n_blocks,
-                                       float *feat) {
-    int S = m->cfg.v_patch * m->cfg.v_grid;
-    image_u8 im;
-    TRY(image_load_rgb(path, &im));
-    float *x = malloc(sizeof(float) * 3 * S * S);
-    carseg_status st = x ? clip_preprocess(&im, S, x) : set_err(CARSEG_ENOMEM, "out of memory");
-    image_free(&im);
-    if (st == CARSEG_OK) st = clip_encode_image(m, x, S, S, n_blocks, feat);
-    free(x);
-    if (st != CARSEG_OK) err_prefix("%s", path);
-    return st;
+/* rows /= their L2 norm (double sum of squares, as the engine does) */
+static void l2norm(float *x, int rows, int cols) {
+    for (int i = 0; i < rows; i++) {
+        float *r = x + (size_t)i * cols;
+        double ss = 0;
+        for (int j = 0; j < cols; j++) ss += (double)r[j] * r[j];
+        if (ss <= 0) continue;
+        float nrm = (float)sqrt(ss);
+        for (int j = 0; j < cols; j++) r[j] /= nrm;
+    }
 }
 
 static void print_rows(const char *key, const float *v, int n, int E, int last) {
@@ -137,25 +116,25 @@ static int cmd_embed(int argc, char **argv) {
     }
     if (!model) { embed_usage(stderr); return 2; }
     if (texts.n == 0 && images.n == 0) return cli_fail("embed: nothing to embed (give --text or --image)");
-    clip_model *m;
+    carseg_clip *m;
     carseg_status st = open_model(model, prec, &m);
     if (st) return cli_fail_status(st);
-    int E = m->cfg.embed;
+    int E = carseg_clip_embed_dim(m), failed = 0;
     float *tf = calloc((size_t)texts.n * E + 1, sizeof(float));
     float *imf = calloc((size_t)images.n * E + 1, sizeof(float));
-    int32_t *tok = NULL;
-    if (!tf || !imf) st = set_err(CARSEG_ENOMEM, "out of memory");
-    if (st == CARSEG_OK && texts.n) st = tokenize_all(vocab, m, texts.v, texts.n, &tok);
-    if (st == CARSEG_OK && texts.n) st = clip_encode_text(m, tok, texts.n, tf);
-    for (int i = 0; st == CARSEG_OK && i < images.n; i++)
-        st = encode_image_file(m, images.v[i], nb, imf + (size_t)i * E);
-    rc = 0;
-    if (st != CARSEG_OK) {
-        rc = cli_fail_status(st);
-    } else {
+    carseg_tokenizer *tok = NULL;
+    if (!tf || !imf) rc = cli_fail("out of memory"), failed = 1;
+    if (!failed && texts.n &&
+        ((st = carseg_tokenizer_open(vocab, &tok)) != CARSEG_OK ||
+         (st = carseg_clip_encode_texts(m, tok, texts.v, texts.n, tf)) != CARSEG_OK))
+        rc = cli_fail_status(st), failed = 1;
+    for (int i = 0; !failed && i < images.n; i++)
+        if (encode_image_file(m, images.v[i], nb, imf + (size_t)i * E) != CARSEG_OK) rc = 1, failed = 1;
+    if (!failed) {
+        rc = 0;
         if (norm) {
-            nn_l2norm(tf, texts.n, E);
-            nn_l2norm(imf, images.n, E);
+            l2norm(tf, texts.n, E);
+            l2norm(imf, images.n, E);
         }
         printf("{\n");
         print_rows("text", tf, texts.n, E, 0);
@@ -163,8 +142,9 @@ static int cmd_embed(int argc, char **argv) {
         printf("}\n");
         if (fflush(stdout) != 0) rc = cli_fail("cannot write the output");
     }
-    free(tok), free(tf), free(imf), free(texts.v), free(images.v);
-    clip_free(m);
+    carseg_tokenizer_close(tok);
+    free(tf), free(imf), free(texts.v), free(images.v);
+    carseg_clip_free(m);
     return rc;
 }
 CLI_COMMAND("embed", "CLIP text and image features as JSON", cmd_embed)
@@ -214,7 +194,7 @@ static int cmd_classify(int argc, char **argv) {
         if ((v = cli_opt(argc, argv, &i, "--class"))) { if (strlist_add(&classes, v)) return cli_fail("out of memory"); continue; }
         if ((v = cli_opt(argc, argv, &i, "--classes"))) {
             free(class_buf);
-            class_buf = cs_strdup(v);
+            class_buf = strdup(v);
             if (!class_buf) return cli_fail("out of memory");
             for (char *s = strtok(class_buf, ","); s; s = strtok(NULL, ","))
                 if (*s && strlist_add(&classes, s)) return cli_fail("out of memory");
@@ -234,47 +214,24 @@ static int cmd_classify(int argc, char **argv) {
         image = argv[i];
     }
     if (!model || !image || classes.n == 0) { classify_usage(stderr); free(class_buf); return 2; }
-    const char *const *tpl = templates.n ? (const char *const *)templates.v : CAR_TEMPLATES;
-    int nt = templates.n ? templates.n : 15, nc = classes.n;
-    clip_model *m;
+    int nc = classes.n;
+    carseg_clip *m;
     carseg_status st = open_model(model, prec, &m);
     if (st) { free(class_buf); return cli_fail_status(st); }
-    int E = m->cfg.embed;
-    size_t nx = (size_t)nt * nc;
-    const char **texts = calloc(nx, sizeof(char *));
-    float *tf = malloc(sizeof(float) * nx * E), *cls = calloc((size_t)nc * E, sizeof(float));
-    float img[2048];
-    int32_t *tok = NULL;
-    ranked *r = malloc(sizeof(ranked) * nc);
-    if (!texts || !tf || !cls || !r || E > 2048) st = set_err(CARSEG_ENOMEM, "out of memory");
-    for (int c = 0; st == CARSEG_OK && c < nc; c++)
-        for (int t = 0; t < nt; t++)
-            if (!(texts[(size_t)c * nt + t] = car_format(tpl[t], classes.v[c])))
-                st = set_err(CARSEG_ENOMEM, "out of memory");
-    if (st == CARSEG_OK) st = tokenize_all(vocab, m, texts, (int)nx, &tok);
-    if (st == CARSEG_OK) st = clip_encode_text(m, tok, (int)nx, tf);
-    if (st == CARSEG_OK) st = encode_image_file(m, image, nb, img);
-    rc = 0;
-    if (st != CARSEG_OK) {
-        rc = cli_fail_status(st);
-    } else {
-        /* class embedding = normalise(mean_t normalise(text_t)) */
-        nn_l2norm(tf, (int)nx, E);
-        for (int c = 0; c < nc; c++) {
-            for (int t = 0; t < nt; t++)
-                for (int k = 0; k < E; k++) cls[(size_t)c * E + k] += tf[((size_t)c * nt + t) * E + k] / nt;
-        }
-        nn_l2norm(cls, nc, E);
-        nn_l2norm(img, 1, E);
-        float *logit = malloc(sizeof(float) * nc);
-        for (int c = 0; c < nc; c++) {
-            double d = 0;
-            for (int k = 0; k < E; k++) d += (double)img[k] * cls[(size_t)c * E + k];
-            logit[c] = (float)(m->cfg.logit_scale * d);
-        }
-        nn_softmax(logit, 1, nc);
-        for (int c = 0; c < nc; c++) r[c].p = logit[c], r[c].i = c;
-        free(logit);
+    carseg_tokenizer *tok = NULL;
+    uint8_t *rgb = NULL;
+    int w, h;
+    float *probs = malloc(sizeof(float) * (size_t)nc);
+    ranked *r = malloc(sizeof(ranked) * (size_t)nc);
+    if (!probs || !r) st = CARSEG_ENOMEM, cli_fail("out of memory");
+    else if ((st = carseg_tokenizer_open(vocab, &tok)) != CARSEG_OK) cli_fail_status(st);
+    else if ((st = carseg_image_load(image, &rgb, &w, &h)) != CARSEG_OK) cli_fail_status(st);
+    else if ((st = carseg_clip_classify(m, tok, rgb, w, h, nb, classes.v, nc,
+                                        templates.n ? templates.v : NULL, templates.n, probs)) != CARSEG_OK)
+        cli_fail("%s: %s", image, carseg_last_error());
+    rc = st != CARSEG_OK;
+    if (st == CARSEG_OK) {
+        for (int c = 0; c < nc; c++) r[c].p = probs[c], r[c].i = c;
         qsort(r, (size_t)nc, sizeof *r, by_p_desc);
         int n = top && top < nc ? top : nc;
         if (as_json) printf("[");
@@ -290,10 +247,11 @@ static int cmd_classify(int argc, char **argv) {
         if (as_json) printf("]\n");
         if (fflush(stdout) != 0) rc = cli_fail("cannot write the output");
     }
-    for (size_t i = 0; texts && i < nx; i++) free((char *)texts[i]);
-    free(texts), free(tf), free(cls), free(tok), free(r), free(class_buf);
+    free(probs), free(r), free(class_buf);
     free(classes.v), free(templates.v);
-    clip_free(m);
+    carseg_image_free(rgb);
+    carseg_tokenizer_close(tok);
+    carseg_clip_free(m);
     return rc;
 }
 CLI_COMMAND("classify", "zero-shot classification of an image (CaR's 15 templates)", cmd_classify)

@@ -783,7 +783,10 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
             free(ids);
             return set_err(CARSEG_EINVAL, "carseg_clip_encode_texts: cannot tokenize text %d", i);
         }
-    carseg_status st = clip_encode_text(m, ids, n, out);
+    /* one text per forward: a text's features never depend on the other texts of the call */
+    carseg_status st = CARSEG_OK;
+    for (int i = 0; st == CARSEG_OK && i < n; i++)
+        st = clip_encode_text(m, ids + (size_t)i * ctx, 1, out + (size_t)i * m->cfg.embed);
     free(ids);
     return st;
 }
