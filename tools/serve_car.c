@@ -165,6 +165,7 @@ typedef struct {
     strv classes, refer, bg;
     char *prompts, *stuff_prompts, *preset, *templates;
     int want_png;     /* the field format=png (beside the Accept header) */
+    int with_png;     /* the field label_png=1: the JSON holds the label PNG (base64) */
     const serve_field *image;
 } seg_req;
 
@@ -234,7 +235,7 @@ static int names_ok(const strv *s, const char *what, int max, serve_reply *r) {
 static int seg_parse(const serve_engine *e, const serve_form *f, seg_req *q, serve_reply *r) {
     static const char *known[] = {"image", "classes", "preset", "refer", "theta", "eta", "lambda",
                                   "prompts", "stuff_prompts", "bg_words", "crf", "fix",
-                                  "templates", "format"};
+                                  "templates", "format", "label_png"};
     memset(q, 0, sizeof *q);
     carseg_options_init(&q->o);
     int max = e->cfg->max_classes, oom = 0;
@@ -244,7 +245,7 @@ static int seg_parse(const serve_engine *e, const serve_form *f, seg_req *q, ser
         while (k < sizeof known / sizeof *known && strcmp(x->name, known[k])) k++;
         if (k == sizeof known / sizeof *known) {
             reply_err(r, 400, "unknown field '%.60s' (fields: image, classes, preset, refer, theta, eta, "
-                              "lambda, prompts, stuff_prompts, bg_words, crf, fix, templates, format)", x->name);
+                              "lambda, prompts, stuff_prompts, bg_words, crf, fix, templates, format, label_png)", x->name);
             return 1;
         }
         if (!strcmp(x->name, "image")) continue;
@@ -316,6 +317,7 @@ static int seg_parse(const serve_engine *e, const serve_form *f, seg_req *q, ser
         q->o.bg_words = (const char *const *)q->bg.v;
         q->o.n_bg_words = q->bg.n;
     }
+    if ((v = form_str(f, "label_png")) && parse_bool("label_png", v, &q->with_png, r)) return 1;
     if ((v = form_str(f, "format"))) {
         if (!strcasecmp(v, "png")) q->want_png = 1;
         else if (strcasecmp(v, "json")) { reply_err(r, 400, "field 'format': expected json or png, got '%.40s'", v); return 1; }
@@ -362,8 +364,20 @@ static void put_int_array(sbuf *b, const int *v, int n) {
 
 /* the answer's JSON: the CLI's per-image JSON (same keys, same values, same number formats)
  * plus each found class's mask (COCO RLE), every query's final score and the recurrence */
+static void sb_base64(sbuf *b, const uint8_t *p, size_t n) {
+    static const char T[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char q[4];
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+        q[0] = T[v >> 18 & 63], q[1] = T[v >> 12 & 63];
+        q[2] = i + 1 < n ? T[v >> 6 & 63] : '=';
+        q[3] = i + 2 < n ? T[v & 63] : '=';
+        sb_put(b, q, 4);
+    }
+}
+
 static int result_json(const carseg_result *res, const char *image_name, carseg_precision prec,
-                       double ms_total, sbuf *b) {
+                       const uint8_t *png, size_t png_len, double ms_total, sbuf *b) {
     int w = carseg_result_width(res), h = carseg_result_height(res), refer = carseg_result_is_refer(res);
     int n = carseg_result_count(res), nc = refer ? 1 : n;
     size_t np = (size_t)w * h;
@@ -434,6 +448,11 @@ static int result_json(const carseg_result *res, const char *image_name, carseg_
         sb_puts(b, "]}");
     }
     sb_printf(b, "%s],\n", carseg_result_rounds(res) ? "\n  " : "");
+    if (png) {
+        sb_puts(b, "  \"label_png\": \"");
+        sb_base64(b, png, png_len);
+        sb_puts(b, "\",\n");
+    }
     sb_printf(b, "  \"timings_ms\": {\"prepare\": %.1f, \"text\": %.1f, \"cam\": %.1f, \"prompts\": %.1f, "
                  "\"classifier\": %.1f, \"crf\": %.1f, \"total\": %.1f}\n}\n",
               carseg_result_timing(res, "prepare"), carseg_result_timing(res, "text"),
@@ -502,12 +521,14 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
     safe_name(q.image->filename, base, sizeof base);
     char *dot = strrchr(base, '.');
     if (dot && dot != base) *dot = 0;
-    if (want_png) {
-        uint8_t *png = NULL;
-        size_t len = 0;
+    uint8_t *png = NULL;
+    size_t len = 0;
+    if (want_png || q.with_png) {   /* the label PNG exactly as `carseg segment` writes NAME.png */
         int n = carseg_result_count(res), nl = carseg_result_is_refer(res) ? 2 : n + 1;
         st = carseg_labels_encode_png(carseg_result_labels(res), iw, ih, nl, &png, &len);
         if (st != CARSEG_OK) { reply_lib(out, st, "label PNG"); goto done; }
+    }
+    if (want_png) {
         reply_free(out);
         out->status = 200;
         out->ctype = "image/png";
@@ -516,7 +537,10 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
         snprintf(out->filename, sizeof out->filename, "%s.png", *base ? base : "labels");
     } else {
         sbuf b = {0};
-        if (result_json(res, q.image->filename, carseg_car_model_precision(w->e->model), serve_now_ms() - t0, &b)) {
+        int bad = result_json(res, q.image->filename, carseg_car_model_precision(w->e->model), png, len,
+                              serve_now_ms() - t0, &b);
+        free(png);
+        if (bad) {
             sb_free(&b);
             reply_err(out, 503, "out of memory while writing the answer");
             goto done;

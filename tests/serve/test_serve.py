@@ -12,6 +12,7 @@ a 30 MB body, non-image bytes, 10 000 classes, a silent client, ...) answered or
 Environment: CARSEG_BIN (the carseg binary), CARSEG_BUILD_DIR (artifacts go to its serve-test/).
 Exit status 0 = all passed; skips (no ../shared) exit 0 and say SKIPPED.
 """
+import base64
 import http.client
 import json
 import os
@@ -250,6 +251,10 @@ def test_equal_to_cli(S, tmp):
         st, h, png = S.post("/v1/segment", f, accept="image/png")
         check(st == 200 and h.get("content-type") == "image/png", "%s: PNG answer %d %r" % (name, st, png[:200]))
         check(png == cpng, "%s: label PNG byte-equal to carseg segment's" % name)
+        if name == "classes":   # label_png=1: the same PNG inside the JSON (base64; the page uses it)
+            st, _, body = S.post("/v1/segment", f + [("label_png", "1")])
+            check(st == 200 and base64.b64decode(json.loads(body)["label_png"]) == cpng,
+                  "label_png=1: the JSON holds the CLI's PNG")
         st, h, body = S.post("/v1/segment", f)
         if not check(st == 200, "%s: JSON answer %d %r" % (name, st, body[:300])):
             continue
