@@ -466,7 +466,9 @@ typedef struct {
 static carseg_status on_round(const car_round *cr, void *user) {
     observer *ob = user;
     carseg_result *r = ob->r;
-    if (cr->queries != ob->qmap_for) {   /* a new pass: map its queries to class indices */
+    /* a new pass (round 1; its query array may reuse the last pass's freed address): map its
+     * queries to class indices */
+    if (cr->round == 1 || cr->queries != ob->qmap_for) {
         int nq = 0;
         for (int j = 0; j < cr->n_live; j++) nq = cr->live[j] + 1 > nq ? cr->live[j] + 1 : nq;
         /* the first round of a pass has every query live: nq is the pass's query count */
