@@ -257,6 +257,27 @@ TEST(api_text_features_independent_of_batch_and_history) {
     CHECK(!memcmp(a, b + 2 * (size_t)E, sizeof(float) * E));
     CHECK_OK(tc_get(t2, one, 1, c2));   /* from the cache */
     CHECK(!memcmp(a, c2, sizeof(float) * E));
+    /* among many prompts of the same token length (several batches), in two orders, and through
+     * the public encoder */
+    const char *same[12] = {"a photo of a dog.", "a photo of a cow.", "a photo of a pig.",
+                            "a photo of a bus.", "a photo of a car.", "a photo of a cat.",
+                            "a photo of a bat.", "a photo of a fox.", "a photo of a owl.",
+                            "a photo of a hen.", "a photo of a elk.", "a photo of a yak."};
+    const char *rev[12];
+    for (int i = 0; i < 12; i++) rev[i] = same[11 - i];
+    float *s1 = malloc(sizeof(float) * 12 * E), *s2 = malloc(sizeof(float) * 12 * E);
+    text_cache *t3 = NULL;
+    CHECK_OK(tc_new(mdl, tok, &t3));
+    CHECK_OK(tc_get(t3, same, 12, s1));
+    CHECK(!memcmp(a, s1 + 5 * (size_t)E, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_texts(mdl, tok, rev, 12, s2));   /* unnormalised */
+    float *u = malloc(sizeof(float) * E);
+    CHECK_OK(carseg_clip_encode_texts(mdl, tok, one, 1, u));
+    CHECK(!memcmp(u, s2 + 6 * (size_t)E, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_texts(mdl, tok, many, 5, s2));
+    CHECK(!memcmp(u, s2 + 2 * (size_t)E, sizeof(float) * E));
+    tc_free(t3);
+    free(s1), free(s2), free(u);
     tc_free(t1), tc_free(t2);
     free(a), free(b), free(c2);
     tok_close(tok);
@@ -570,4 +591,50 @@ TEST(api_image_decode_and_label_png) {
     CHECK(strstr(carseg_last_error(), "65536x65536 > 1000000"));
     CHECK(carseg_image_decode(NULL, 0, 0, &rgb, &w, &h) == CARSEG_EINVAL);
     CHECK(carseg_image_decode(fake, sizeof fake, -1, &rgb, &w, &h) == CARSEG_EINVAL);
+}
+
+/* The lower-level CLIP pieces equal the one-call encoders bit for bit; zero-shot classification
+ * gives probabilities. */
+TEST(api_clip_pieces) {
+    const char *mp = shared_path(CLS), *vp = shared_path(VOCAB), *ip = shared_path(IMG);
+    if (!mp || !vp || !ip || !file_exists(mp) || !file_exists(vp) || !file_exists(ip)) SKIP("fixtures missing");
+    carseg_clip *m = NULL;
+    carseg_tokenizer *tok = NULL;
+    REQUIRE(carseg_clip_load(mp, &m) == CARSEG_OK && carseg_tokenizer_open(vp, &tok) == CARSEG_OK);
+    int E = carseg_clip_embed_dim(m), R = carseg_clip_image_size(m);
+    const char *texts[3] = {"a cup", "a photo of a cat.", "x"};
+    int32_t ids[3 * CARSEG_CONTEXT];
+    for (int i = 0; i < 3; i++) CHECK(carseg_tokenize(tok, texts[i], ids + i * CARSEG_CONTEXT, CARSEG_CONTEXT) > 0);
+    float *a = malloc(sizeof(float) * 3 * E), *b = malloc(sizeof(float) * 3 * E);
+    CHECK_OK(carseg_clip_encode_texts(m, tok, texts, 3, a));
+    CHECK_OK(carseg_clip_encode_tokens(m, ids, 3, CARSEG_CONTEXT, b));
+    CHECK(!memcmp(a, b, sizeof(float) * 3 * E));
+    CHECK(carseg_clip_encode_tokens(m, ids, 3, 10, b) == CARSEG_EINVAL);
+    uint8_t *rgb = NULL;
+    int w, h;
+    CHECK_OK(carseg_image_load(ip, &rgb, &w, &h));
+    float *x = malloc(sizeof(float) * 2 * 3 * R * R), *f2 = malloc(sizeof(float) * 2 * E), *f1 = malloc(sizeof(float) * E);
+    CHECK_OK(carseg_clip_preprocess(m, rgb, w, h, x));
+    CHECK_OK(carseg_clip_preprocess(m, rgb, w / 2, h, x + 3 * R * R));   /* another image: the left half's rows */
+    CHECK_OK(carseg_clip_encode_images(m, x, 2, 0, f2));
+    CHECK_OK(carseg_clip_encode_image_rgb(m, rgb, w, h, 0, f1));
+    CHECK(!memcmp(f1, f2, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_image_rgb(m, rgb, w / 2, h, 0, f1));
+    CHECK(!memcmp(f1, f2 + E, sizeof(float) * E));
+    char *js = NULL;
+    CHECK_OK(carseg_clip_config_json(m, &js));
+    CHECK(js && strstr(js, "\"embed\": ") && strstr(js, "\"precision\": \"fp32\""));
+    free(js);
+    const char *classes[2] = {"cup", "dog"};
+    float p[2];
+    CHECK_OK(carseg_clip_classify(m, tok, rgb, w, h, 0, classes, 2, NULL, 0, p));
+    CHECK_NEAR(p[0] + p[1], 1.0, 1e-5);
+    const char *bad_tpl[1] = {"no placeholder"};
+    CHECK(carseg_clip_classify(m, tok, rgb, w, h, 0, classes, 2, bad_tpl, 1, p) == CARSEG_EINVAL);
+    const char *const *tpls;
+    CHECK(carseg_car_templates(&tpls) == 15 && strstr(tpls[0], "{}"));
+    free(a), free(b), free(x), free(f1), free(f2);
+    carseg_image_free(rgb);
+    carseg_tokenizer_close(tok);
+    carseg_clip_free(m);
 }

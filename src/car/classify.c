@@ -131,11 +131,9 @@ carseg_status tc_get(text_cache *tc, const char *const *strs, int n, float *out)
             return set_err(CARSEG_ENOMEM, "text cache: out of memory");
         }
         for (int k = 0; k < nmiss; k++) tok_tokenize(tc->tok, strs[miss[k]], tok + (size_t)k * ctx, ctx);
-        /* one string per forward: a text's features depend on the text alone, never on which
-         * other strings were missing from the cache in the same call (batch shape changes the
-         * GEMM blocking and the padded length, hence the last bits) */
-        for (int k = 0; st == CARSEG_OK && k < nmiss; k++)
-            st = clip_encode_text(tc->m, tok + (size_t)k * ctx, 1, f + (size_t)k * E);
+        /* batch-invariant: a text's features depend on the text alone, never on which other
+         * strings were missing from the cache in the same call */
+        st = clip_encode_text_stable(tc->m, tok, nmiss, f);
         for (int k = 0; st == CARSEG_OK && k < nmiss; k++) {
             if ((tc->used + 1) * 2 > tc->cap && (st = tc_grow(tc)) != CARSEG_OK) break;
             float *v = malloc(sizeof(float) * (size_t)E);

@@ -20,8 +20,8 @@
 typedef struct text_cache text_cache;
 carseg_status tc_new(const clip_model *m, const tokenizer *tok, text_cache **out);
 void tc_free(text_cache *tc);
-/* out: (n, E). Strings not seen before are encoded one per forward (a text's features never
- * depend on the other strings of a call or on what the cache saw before). */
+/* out: (n, E). Strings not seen before are encoded batch-invariantly (clip_encode_text_stable):
+ * a text's features never depend on the other strings of a call or on what the cache saw before. */
 carseg_status tc_get(text_cache *tc, const char *const *strs, int n, float *out);
 /* Encoded strings so far (for tests of the hoisting). */
 long tc_encoded(const text_cache *tc);

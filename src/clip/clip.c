@@ -474,6 +474,40 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
     return st;
 }
 
+/* Batch-invariant text encoding: prompts are grouped by their EOT position and encoded in
+ * batches of exactly TEXT_GROUP prompts of that one length (the last batch of a length padded with
+ * copies of its first prompt), so every prompt always goes through the same shapes ((TEXT_GROUP,
+ * EOT + 1) activations) and its features depend on its own tokens only: not on the other prompts
+ * of the call, their number or their order. (clip_encode_text pads a batch to its longest prompt;
+ * the padded length changes the attention's sums and so the last bits.) */
+enum { TEXT_GROUP = 8 };
+carseg_status clip_encode_text_stable(const clip_model *m, const int32_t *tokens, int n, float *out) {
+    const clip_config *c = &m->cfg;
+    int ctx = c->t_ctx, E = c->embed;
+    if (n <= 0) return CARSEG_OK;
+    int *eot = malloc(sizeof(int) * (size_t)n), *idx = malloc(sizeof(int) * TEXT_GROUP);
+    int32_t *tk = malloc(sizeof(int32_t) * (size_t)TEXT_GROUP * ctx);
+    float *f = malloc(sizeof(float) * (size_t)TEXT_GROUP * E);
+    unsigned char *done = calloc((size_t)n, 1);
+    carseg_status st = CARSEG_OK;
+    if (!eot || !idx || !tk || !f || !done) st = set_err(CARSEG_ENOMEM, "clip_encode_text: out of memory");
+    for (int i = 0; st == CARSEG_OK && i < n; i++) eot[i] = eot_pos(tokens + (size_t)i * ctx, ctx);
+    for (int i = 0; st == CARSEG_OK && i < n; i++) {
+        if (done[i]) continue;
+        /* the next TEXT_GROUP prompts (from i on) with i's EOT position */
+        int k = 0;
+        for (int j = i; j < n && k < TEXT_GROUP; j++)
+            if (!done[j] && eot[j] == eot[i]) idx[k++] = j, done[j] = 1;
+        for (int b = 0; b < TEXT_GROUP; b++)
+            memcpy(tk + (size_t)b * ctx, tokens + (size_t)idx[b < k ? b : 0] * ctx, sizeof(int32_t) * (size_t)ctx);
+        st = clip_encode_text(m, tk, TEXT_GROUP, f);
+        for (int b = 0; st == CARSEG_OK && b < k; b++)
+            memcpy(out + (size_t)idx[b] * E, f + (size_t)b * E, sizeof(float) * (size_t)E);
+    }
+    free(eot), free(idx), free(tk), free(f), free(done);
+    return st;
+}
+
 // ---------------------------------------------------------------------------------------------
 // image tower
 
@@ -783,10 +817,8 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
             free(ids);
             return set_err(CARSEG_EINVAL, "carseg_clip_encode_texts: cannot tokenize text %d", i);
         }
-    /* one text per forward: a text's features never depend on the other texts of the call */
-    carseg_status st = CARSEG_OK;
-    for (int i = 0; st == CARSEG_OK && i < n; i++)
-        st = clip_encode_text(m, ids + (size_t)i * ctx, 1, out + (size_t)i * m->cfg.embed);
+    /* batch-invariant: a text's features never depend on the other texts of the call */
+    carseg_status st = clip_encode_text_stable(m, ids, n, out);
     free(ids);
     return st;
 }

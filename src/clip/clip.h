@@ -102,6 +102,10 @@ double clip_text_flops(const clip_config *c, int L);
 
 /* Text features, unnormalised: tokens (n, ctx) as from tok_tokenize -> out (n, E). */
 carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n, float *out);
+/* The same features, batch-invariant: each prompt's features depend on its own tokens only (never
+ * on the other prompts of the call, their number or order): prompts go in batches of a fixed size
+ * and one EOT position. The text caches and carseg_clip_encode_texts use this. */
+carseg_status clip_encode_text_stable(const clip_model *m, const int32_t *tokens, int n, float *out);
 
 /* Image features, unnormalised. x: (3, H, W) normalised pixels, H and W multiples of the patch.
  * n_blocks: how many transformer blocks to run (0 = all; CaR's classifier uses layers-1, Q2).
