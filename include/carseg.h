@@ -243,6 +243,26 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
 carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
                                            int n_blocks, float *out);
 
+/* CLIP's preprocessing alone (what encode_image_rgb runs first): out (3, R, R) float32, R =
+ * carseg_clip_image_size, the same bits as clip.load's preprocess on a Pillow image. */
+carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, int w, int h,
+                                     float *out);
+/* Image features of n preprocessed images x (n, 3, R, R) (encode_image on a tensor): out (n, E).
+ * Each image runs on its own (its features never depend on the others of the call); NaN/Inf in
+ * x -> EINVAL naming the image. n_blocks as above. */
+carseg_status carseg_clip_encode_pixels(const carseg_clip *m, const float *x, int n, int n_blocks,
+                                        float *out);
+/* Text features of n token rows (n, ctx), ctx = the model's context length (77), as
+ * clip.tokenize makes them (EOT = the largest id of a row): out (n, E). Ids outside the
+ * vocabulary -> EINVAL naming the text and position. Batch-invariant like encode_texts. */
+carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tokens, int n,
+                                        int ctx, float *out);
+/* The architecture as one JSON object (embed_dim, image_resolution, vision_layers, vision_width,
+ * vision_heads, vision_patch_size, context_length, vocab_size, transformer_width,
+ * transformer_heads, transformer_layers, logit_scale, precision) written to buf as snprintf
+ * does; returns the length it needs (excluding the NUL), -1 for NULL m. */
+int carseg_clip_config_json(const carseg_clip *m, char *buf, size_t size);
+
 /* Zero-shot classification, the standard CLIP recipe: per class, the mean over the templates
  * ("a photo of a {}." with {} replaced by the class name; NULL / 0 = CaR's 15 semantic templates)
  * of the L2-normalised text features, renormalised; probs (n_classes) = softmax(logit_scale *
