@@ -243,25 +243,24 @@ carseg_status carseg_clip_encode_texts(const carseg_clip *m, const carseg_tokeni
 carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *rgb, int w, int h,
                                            int n_blocks, float *out);
 
-/* CLIP's preprocessing alone (what encode_image_rgb runs first): out (3, R, R) float32, R =
- * carseg_clip_image_size, the same bits as clip.load's preprocess on a Pillow image. */
-carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, int w, int h,
-                                     float *out);
-/* Image features of n preprocessed images x (n, 3, R, R) (encode_image on a tensor): out (n, E).
- * Each image runs on its own (its features never depend on the others of the call); NaN/Inf in
- * x -> EINVAL naming the image. n_blocks as above. */
-carseg_status carseg_clip_encode_pixels(const carseg_clip *m, const float *x, int n, int n_blocks,
+/* Lower-level pieces of the same encoders (for bindings that batch their own work):
+ * tokens: (n, ctx) as carseg_tokenize writes them, ctx = CARSEG_CONTEXT -> out (n, E), encoded
+ * batch-invariantly like carseg_clip_encode_texts. EINVAL for a token outside the vocabulary
+ * (naming the text and position) or a ctx other than the model's. */
+carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tokens, int n, int ctx,
                                         float *out);
-/* Text features of n token rows (n, ctx), ctx = the model's context length (77), as
- * clip.tokenize makes them (EOT = the largest id of a row): out (n, E). Ids outside the
- * vocabulary -> EINVAL naming the text and position. Batch-invariant like encode_texts. */
-carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tokens, int n,
-                                        int ctx, float *out);
-/* The architecture as one JSON object (embed_dim, image_resolution, vision_layers, vision_width,
- * vision_heads, vision_patch_size, context_length, vocab_size, transformer_width,
- * transformer_heads, transformer_layers, logit_scale, precision) written to buf as snprintf
- * does; returns the length it needs (excluding the NUL), -1 for NULL m. */
-int carseg_clip_config_json(const carseg_clip *m, char *buf, size_t size);
+/* CLIP's standard preprocessing (bicubic resize of the shorter side, centre crop, mean/std) of an
+ * RGB image to out (3, R, R) floats, R = carseg_clip_image_size(m). */
+carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, int w, int h, float *out);
+/* n preprocessed images x (n, 3, R, R) -> unnormalised features out (n, E), one batch (the same
+ * bits as n single calls). n_blocks as above; a NaN or Inf in x -> EINVAL naming the image. */
+carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
+                                        float *out);
+/* The architecture as a JSON object ({"embed": 512, "image_size": 224, "patch": 16, "vision_width":
+ * 768, "vision_layers": 12, "vision_heads": 12, "text_width": 512, "text_layers": 12,
+ * "text_heads": 8, "context": 77, "vocab": 49408, "logit_scale": 100, "precision": "fp32"}).
+ * *out: free with free(). */
+carseg_status carseg_clip_config_json(const carseg_clip *m, char **out);
 
 /* Zero-shot classification, the standard CLIP recipe: per class, the mean over the templates
  * ("a photo of a {}." with {} replaced by the class name; NULL / 0 = CaR's 15 semantic templates)

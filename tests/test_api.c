@@ -592,3 +592,49 @@ TEST(api_image_decode_and_label_png) {
     CHECK(carseg_image_decode(NULL, 0, 0, &rgb, &w, &h) == CARSEG_EINVAL);
     CHECK(carseg_image_decode(fake, sizeof fake, -1, &rgb, &w, &h) == CARSEG_EINVAL);
 }
+
+/* The lower-level CLIP pieces equal the one-call encoders bit for bit; zero-shot classification
+ * gives probabilities. */
+TEST(api_clip_pieces) {
+    const char *mp = shared_path(CLS), *vp = shared_path(VOCAB), *ip = shared_path(IMG);
+    if (!mp || !vp || !ip || !file_exists(mp) || !file_exists(vp) || !file_exists(ip)) SKIP("fixtures missing");
+    carseg_clip *m = NULL;
+    carseg_tokenizer *tok = NULL;
+    REQUIRE(carseg_clip_load(mp, &m) == CARSEG_OK && carseg_tokenizer_open(vp, &tok) == CARSEG_OK);
+    int E = carseg_clip_embed_dim(m), R = carseg_clip_image_size(m);
+    const char *texts[3] = {"a cup", "a photo of a cat.", "x"};
+    int32_t ids[3 * CARSEG_CONTEXT];
+    for (int i = 0; i < 3; i++) CHECK(carseg_tokenize(tok, texts[i], ids + i * CARSEG_CONTEXT, CARSEG_CONTEXT) > 0);
+    float *a = malloc(sizeof(float) * 3 * E), *b = malloc(sizeof(float) * 3 * E);
+    CHECK_OK(carseg_clip_encode_texts(m, tok, texts, 3, a));
+    CHECK_OK(carseg_clip_encode_tokens(m, ids, 3, CARSEG_CONTEXT, b));
+    CHECK(!memcmp(a, b, sizeof(float) * 3 * E));
+    CHECK(carseg_clip_encode_tokens(m, ids, 3, 10, b) == CARSEG_EINVAL);
+    uint8_t *rgb = NULL;
+    int w, h;
+    CHECK_OK(carseg_image_load(ip, &rgb, &w, &h));
+    float *x = malloc(sizeof(float) * 2 * 3 * R * R), *f2 = malloc(sizeof(float) * 2 * E), *f1 = malloc(sizeof(float) * E);
+    CHECK_OK(carseg_clip_preprocess(m, rgb, w, h, x));
+    CHECK_OK(carseg_clip_preprocess(m, rgb, w / 2, h, x + 3 * R * R));   /* another image: the left half's rows */
+    CHECK_OK(carseg_clip_encode_images(m, x, 2, 0, f2));
+    CHECK_OK(carseg_clip_encode_image_rgb(m, rgb, w, h, 0, f1));
+    CHECK(!memcmp(f1, f2, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_image_rgb(m, rgb, w / 2, h, 0, f1));
+    CHECK(!memcmp(f1, f2 + E, sizeof(float) * E));
+    char *js = NULL;
+    CHECK_OK(carseg_clip_config_json(m, &js));
+    CHECK(js && strstr(js, "\"embed\": ") && strstr(js, "\"precision\": \"fp32\""));
+    free(js);
+    const char *classes[2] = {"cup", "dog"};
+    float p[2];
+    CHECK_OK(carseg_clip_classify(m, tok, rgb, w, h, 0, classes, 2, NULL, 0, p));
+    CHECK_NEAR(p[0] + p[1], 1.0, 1e-5);
+    const char *bad_tpl[1] = {"no placeholder"};
+    CHECK(carseg_clip_classify(m, tok, rgb, w, h, 0, classes, 2, bad_tpl, 1, p) == CARSEG_EINVAL);
+    const char *const *tpls;
+    CHECK(carseg_car_templates(&tpls) == 15 && strstr(tpls[0], "{}"));
+    free(a), free(b), free(x), free(f1), free(f2);
+    carseg_image_free(rgb);
+    carseg_tokenizer_close(tok);
+    carseg_clip_free(m);
+}

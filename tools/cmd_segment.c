@@ -411,12 +411,18 @@ static int cmd_segment(int argc, char **argv) {
         uint8_t *rgb = NULL;
         int iw = 0, ih = 0;
         label_run_start(run, ii, 0, 0);
-        if ((st = carseg_image_load(ipath, &rgb, &iw, &ih)) == CARSEG_OK && max_px > 0 &&
-            (double)iw * ih > max_px) {
-            st = set_err(CARSEG_EFORMAT, "%s: image too large (%dx%d, --max-pixels %.0f)", ipath,
-                         iw, ih, max_px);
-            carseg_image_free(rgb);
-            rgb = NULL;
+        if (max_px > 0) {   /* the cap is checked from the header, before the pixels exist */
+            uint8_t *data = NULL;
+            size_t len = 0;
+            if ((st = read_file(ipath, &data, &len)) == CARSEG_OK &&
+                (st = carseg_image_decode(data, len, (int64_t)max_px, &rgb, &iw, &ih)) != CARSEG_OK) {
+                char e[512];   /* the decoder names its input "image": name the file instead */
+                snprintf(e, sizeof e, "%s", carseg_last_error());
+                set_err(st, "%s: %s", ipath, strncmp(e, "image: ", 7) ? e : e + 7);
+            }
+            free(data);
+        } else {
+            st = carseg_image_load(ipath, &rgb, &iw, &ih);
         }
         if (st != CARSEG_OK) {   /* a bad image: reported, the run goes on (--fail-fast: stops) */
             if (label_run_image_failed(run, ii, carseg_last_error())) break;

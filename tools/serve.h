@@ -116,5 +116,8 @@ void serve_models_json(const serve_engine *e, sbuf *b);
 // ---------------------------------------------------------------------------------------------
 // HTTP side (serve_http.c): serves until SIGINT / SIGTERM; returns the exit code.
 int serve_run(const serve_cfg *cfg, serve_engine *e);
+/* SIGINT / SIGTERM handlers that only record the signal (any thread may take it: OpenBLAS starts
+ * threads before main, so masks cannot route it); SIGPIPE ignored. 0 = done. */
+int serve_signals_install(void);
 
 #endif

@@ -98,6 +98,8 @@ static int cmd_serve(int argc, char **argv) {
         else return cli_fail("serve: unknown argument %s (see carseg serve --help)", argv[i]);
     }
     if (c.max_connections < c.workers) c.max_connections = c.workers;
+    /* SIGINT / SIGTERM from here on only set a flag (a Ctrl-C while loading stops before serving) */
+    if (serve_signals_install()) return cli_fail("serve: cannot install the signal handlers");
     if (c.threads > 0) carseg_set_threads(c.threads);
     fprintf(stderr, "carseg: loading %s and %s\n", c.generator ? c.generator : "ViT-B/16",
             c.classifier ? c.classifier : "ViT-L/14");

@@ -12,6 +12,7 @@
  * are answered, queued ones and new ones on open connections get 503, then the process exits 0.
  * One log line per request on stderr: method, path, status, milliseconds. */
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <signal.h>
@@ -395,6 +396,35 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// signals: the handler records the signal and wakes serve_run through a pipe
+
+static int g_sigpipe[2] = {-1, -1};
+static volatile sig_atomic_t g_signal;
+
+static void on_signal(int sig) {
+    int e = errno;
+    g_signal = sig;
+    char c = 1;
+    if (g_sigpipe[1] >= 0 && write(g_sigpipe[1], &c, 1) < 0) {}   /* full pipe: already woken */
+    errno = e;
+}
+
+int serve_signals_install(void) {
+    if (g_sigpipe[0] < 0) {
+        if (pipe2(g_sigpipe, O_CLOEXEC) != 0) return -1;
+        fcntl(g_sigpipe[1], F_SETFL, fcntl(g_sigpipe[1], F_GETFL) | O_NONBLOCK);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) return -1;
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 
 int serve_run(const serve_cfg *cfg, serve_engine *eng) {
     server S;
@@ -410,18 +440,14 @@ int serve_run(const serve_cfg *cfg, serve_engine *eng) {
     memset(&sa, 0, sizeof sa);
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)cfg->port);
+    if (serve_signals_install() != 0) {
+        fprintf(stderr, "carseg: error: cannot install the signal handlers\n");
+        return 1;
+    }
     if (inet_pton(AF_INET, cfg->host, &sa.sin_addr) != 1) {
         fprintf(stderr, "carseg: error: --host '%s' is not an IPv4 address\n", cfg->host);
         return 2;
     }
-    /* SIGINT / SIGTERM are taken by sigwait below: blocked in every thread started from here */
-    sigset_t sigs, old;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, &old);
-    signal(SIGPIPE, SIG_IGN);
-
     int rc = 1, nw = 0;
     worker_slot *ws = calloc((size_t)cfg->workers, sizeof *ws);
     struct MHD_Daemon *d = NULL;
@@ -437,6 +463,11 @@ int serve_run(const serve_cfg *cfg, serve_engine *eng) {
             fprintf(stderr, "carseg: error: cannot start a compute thread\n");
             goto out;
         }
+    }
+    if (g_signal) {   /* a Ctrl-C while the models were loading: stop before listening */
+        fprintf(stderr, "carseg: interrupted before serving\n");
+        rc = 130;
+        goto out;
     }
     d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                              MHD_USE_ITC | MHD_USE_ERROR_LOG,
@@ -466,8 +497,9 @@ int serve_run(const serve_cfg *cfg, serve_engine *eng) {
             goto out;
         }
     }
-    int sig = 0;
-    while (sigwait(&sigs, &sig) != 0) {}
+    char ch;
+    while (read(g_sigpipe[0], &ch, 1) != 1) {}   /* until a signal (EINTR: again) */
+    int sig = g_signal;
     fprintf(stderr, "carseg: %s: finishing the requests being computed, refusing new ones\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
     MHD_socket lfd = MHD_quiesce_daemon(d);   /* no new connections */
@@ -498,7 +530,6 @@ out:
     }
     if (d) MHD_stop_daemon(d);   /* closes idle keep-alive connections */
     free(ws);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) fprintf(stderr, "carseg: stopped (%ld requests computed)\n", S.served);
     return rc;
 }

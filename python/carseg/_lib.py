@@ -126,11 +126,11 @@ clip_set_precision = _fn("carseg_clip_set_precision", status, P, c_int)
 clip_get_precision = _fn("carseg_clip_get_precision", c_int, P)
 clip_preprocess = _fn("carseg_clip_preprocess", status, P, POINTER(c_uint8), c_int, c_int,
                       POINTER(c_float))
-clip_encode_pixels = _fn("carseg_clip_encode_pixels", status, P, POINTER(c_float), c_int, c_int,
+clip_encode_images = _fn("carseg_clip_encode_images", status, P, POINTER(c_float), c_int, c_int,
                          POINTER(c_float))
 clip_encode_tokens = _fn("carseg_clip_encode_tokens", status, P, POINTER(c_int32), c_int, c_int,
                          POINTER(c_float))
-clip_config_json = _fn("carseg_clip_config_json", c_int, P, c_char_p, c_size_t)
+clip_config_json = _fn("carseg_clip_config_json", status, P, POINTER(c_void_p))
 precision_parse = _fn("carseg_precision_parse", status, c_char_p, POINTER(c_int))
 precision_name = _fn("carseg_precision_name", c_char_p, c_int)
 

@@ -102,13 +102,15 @@ class CLIP:
             self._h, self._own = h, True
             if precision is not None:
                 check(_lib.clip_set_precision(self._h, _precision(precision)))
-        n = _lib.clip_config_json(self._h, None, 0)
-        buf = ctypes.create_string_buffer(n + 1)
-        _lib.clip_config_json(self._h, buf, n + 1)
-        self.config = json.loads(buf.value.decode())
-        self.embed_dim = self.config["embed_dim"]
-        self.input_resolution = self.config["image_resolution"]
-        self.context_length = self.config["context_length"]
+        js = ctypes.c_void_p()
+        check(_lib.clip_config_json(self._h, ctypes.byref(js)))
+        try:
+            self.config = json.loads(ctypes.string_at(js).decode())
+        finally:
+            _lib.libc_free(js)
+        self.embed_dim = self.config["embed"]
+        self.input_resolution = self.config["image_size"]
+        self.context_length = self.config["context"]
         self.logit_scale = float(_lib.clip_logit_scale(self._h))
         self._tok = None
 
@@ -120,8 +122,8 @@ class CLIP:
     def __repr__(self):
         c = self.config
         return "<carseg.CLIP embed %d, vision %d layers x %d at %d/%d, text %d layers x %d>" % (
-            c["embed_dim"], c["vision_layers"], c["vision_width"], c["image_resolution"],
-            c["vision_patch_size"], c["transformer_layers"], c["transformer_width"])
+            c["embed"], c["vision_layers"], c["vision_width"], c["image_size"], c["patch"],
+            c["text_layers"], c["text_width"])
 
     @property
     def precision(self):
@@ -187,7 +189,7 @@ class CLIP:
             pixels = np.stack([self.preprocess(im) for im in images])
         n = pixels.shape[0]
         out = np.empty((n, self.embed_dim), dtype=np.float32)
-        check(_lib.clip_encode_pixels(self._h, f32p(pixels), n, int(n_blocks), f32p(out)))
+        check(_lib.clip_encode_images(self._h, f32p(pixels), n, int(n_blocks), f32p(out)))
         return out
 
     def __call__(self, image, text):

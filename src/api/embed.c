@@ -1,10 +1,13 @@
 /* embed.c — CLIP features for users who only want them (carseg.h): zero-shot classification
  * with the standard recipe over the public encoders. */
+#include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "classify.h"
 #include "clip.h"
+#include "image.h"
 #include "nn.h"
 #include "presets.h"
 #include "util.h"
@@ -60,4 +63,62 @@ carseg_status carseg_clip_classify(const carseg_clip *m, const carseg_tokenizer 
     for (size_t i = 0; texts && i < nx; i++) free((char *)texts[i]);
     free(texts), free(tf), free(cls), free(img), free(logit);
     return st;
+}
+
+carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tokens, int n, int ctx,
+                                        float *out) {
+    if (!m || (n > 0 && (!tokens || !out)) || n < 0)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: invalid argument");
+    if (ctx != m->cfg.t_ctx)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: ctx %d, the model's context is %d", ctx,
+                       m->cfg.t_ctx);
+    for (size_t i = 0; i < (size_t)n * (size_t)ctx; i++)   /* ids index the embedding table */
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.t_vocab)
+            return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: text %zu token %zu is %d, "
+                           "outside [0, %d)", i / (size_t)ctx, i % (size_t)ctx, (int)tokens[i],
+                           m->cfg.t_vocab);
+    return clip_encode_text_stable(m, tokens, n, out);
+}
+
+carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, int w, int h, float *out) {
+    if (!m || !rgb || !out || w <= 0 || h <= 0)
+        return set_err(CARSEG_EINVAL, "carseg_clip_preprocess: invalid argument");
+    image_u8 im = {w, h, 3, (uint8_t *)rgb};
+    return clip_preprocess(&im, carseg_clip_image_size(m), out);
+}
+
+carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
+                                        float *out) {
+    if (!m || (n > 0 && (!x || !out)) || n < 0 || n_blocks < 0)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: invalid argument");
+    if (n == 0) return CARSEG_OK;
+    int S = carseg_clip_image_size(m);
+    if (n_blocks > m->cfg.v_layers)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: n_blocks %d outside [0, %d]",
+                       n_blocks, m->cfg.v_layers);
+    size_t px = (size_t)3 * S * S;
+    for (size_t i = 0; i < px * (size_t)n; i++)
+        if (!isfinite(x[i]))
+            return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: image %zu has a non-finite "
+                           "value at %zu", i / px, i % px);
+    return clip_encode_images(m, x, n, S, S, n_blocks, out);
+}
+
+carseg_status carseg_clip_config_json(const carseg_clip *m, char **out) {
+    if (!out) return set_err(CARSEG_EINVAL, "carseg_clip_config_json: json is NULL");
+    *out = NULL;
+    if (!m) return set_err(CARSEG_EINVAL, "carseg_clip_config_json: model is NULL");
+    const clip_config *c = &m->cfg;
+    char buf[512];
+    int k = snprintf(buf, sizeof buf,
+                     "{\"embed\": %d, \"image_size\": %d, \"patch\": %d, \"vision_width\": %d, "
+                     "\"vision_layers\": %d, \"vision_heads\": %d, \"text_width\": %d, \"text_layers\": %d, "
+                     "\"text_heads\": %d, \"context\": %d, \"vocab\": %d, \"logit_scale\": %.9g, "
+                     "\"precision\": \"%s\"}",
+                     c->embed, c->v_patch * c->v_grid, c->v_patch, c->v_width, c->v_layers, c->v_heads,
+                     c->t_width, c->t_layers, c->t_heads, c->t_ctx, c->t_vocab, c->logit_scale,
+                     carseg_precision_name(carseg_clip_get_precision(m)));
+    if (k < 0 || (size_t)k >= sizeof buf || !(*out = strdup(buf)))
+        return set_err(CARSEG_ENOMEM, "carseg_clip_config_json: out of memory");
+    return CARSEG_OK;
 }

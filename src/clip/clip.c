@@ -837,61 +837,6 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
     return st;
 }
 
-carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, int w, int h,
-                                    float *out) {
-    if (!m || !rgb || !out || w <= 0 || h <= 0)
-        return set_err(CARSEG_EINVAL, "carseg_clip_preprocess: invalid argument");
-    image_u8 im = {.w = w, .h = h, .c = 3, .px = (uint8_t *)rgb};
-    return clip_preprocess(&im, carseg_clip_image_size(m), out);
-}
-
-carseg_status carseg_clip_encode_pixels(const carseg_clip *m, const float *x, int n, int n_blocks,
-                                        float *out) {
-    if (!m || n < 0 || (n > 0 && (!x || !out)))
-        return set_err(CARSEG_EINVAL, "carseg_clip_encode_pixels: invalid argument");
-    if (n_blocks < 0 || n_blocks > m->cfg.v_layers)
-        return set_err(CARSEG_EINVAL, "carseg_clip_encode_pixels: n_blocks %d outside [0, %d]",
-                       n_blocks, m->cfg.v_layers);
-    int S = carseg_clip_image_size(m), E = m->cfg.embed;
-    size_t px = (size_t)3 * S * S;
-    for (size_t i = 0; i < px * (size_t)n; i++)
-        if (!isfinite(x[i]))
-            return set_err(CARSEG_EINVAL, "carseg_clip_encode_pixels: image %zu has a non-finite "
-                           "value at %zu", i / px, i % px);
-    /* one image per forward: an image's features never depend on the others of the call */
-    for (int i = 0; i < n; i++)
-        TRY(clip_encode_image(m, x + px * (size_t)i, S, S, n_blocks, out + (size_t)E * i));
-    return CARSEG_OK;
-}
-
-carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tokens, int n,
-                                        int ctx, float *out) {
-    if (!m || n < 0 || (n > 0 && (!tokens || !out)))
-        return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: invalid argument");
-    if (ctx != m->cfg.t_ctx)
-        return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: context length %d, the model's "
-                       "is %d", ctx, m->cfg.t_ctx);
-    for (size_t i = 0; i < (size_t)n * ctx; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->cfg.t_vocab)
-            return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: text %zu token %zu is %d, "
-                           "outside [0, %d)", i / ctx, i % ctx, (int)tokens[i], m->cfg.t_vocab);
-    return clip_encode_text_stable(m, tokens, n, out);
-}
-
-int carseg_clip_config_json(const carseg_clip *m, char *buf, size_t size) {
-    if (!m) return -1;
-    const clip_config *c = &m->cfg;
-    return snprintf(buf, buf ? size : 0,
-                    "{\"embed_dim\": %d, \"image_resolution\": %d, \"vision_layers\": %d, "
-                    "\"vision_width\": %d, \"vision_heads\": %d, \"vision_patch_size\": %d, "
-                    "\"context_length\": %d, \"vocab_size\": %d, \"transformer_width\": %d, "
-                    "\"transformer_heads\": %d, \"transformer_layers\": %d, \"logit_scale\": %.9g, "
-                    "\"precision\": \"%s\"}",
-                    c->embed, c->v_patch * c->v_grid, c->v_layers, c->v_width, c->v_heads,
-                    c->v_patch, c->t_ctx, c->t_vocab, c->t_width, c->t_heads, c->t_layers,
-                    (double)c->logit_scale, carseg_precision_name((carseg_precision)m->precision));
-}
-
 carseg_status carseg_clip_set_precision(carseg_clip *m, carseg_precision p) {
     if (!m) return set_err(CARSEG_EINVAL, "carseg_clip_set_precision: NULL model");
     if (p == CARSEG_PRECISION_AUTO) p = gemm_amx_check() == CARSEG_OK ? CARSEG_PRECISION_BF16X3

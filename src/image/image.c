@@ -937,13 +937,13 @@ carseg_status carseg_image_decode(const uint8_t *data, size_t len, int64_t max_p
         int64_t iw = 0, ih = 0;
         /* a header without a size is left to the decoder, which then fails on it */
         if (image_probe_size(data, len, &iw, &ih) && iw * ih > max_pixels)
-            return set_err(CARSEG_EFORMAT, "image: image too large (%lldx%lld > %lld pixels)",
+            return set_err(CARSEG_EFORMAT, "image too large (%lldx%lld > %lld pixels)",
                            (long long)iw, (long long)ih, (long long)max_pixels);
     }
     image_u8 im;
     TRY(image_decode_rgb("image", data, len, &im));
     if (max_pixels > 0 && (int64_t)im.w * im.h > max_pixels) {   /* a lying header */
-        carseg_status st = set_err(CARSEG_EFORMAT, "image: image too large (%dx%d > %lld pixels)",
+        carseg_status st = set_err(CARSEG_EFORMAT, "image too large (%dx%d > %lld pixels)",
                                    im.w, im.h, (long long)max_pixels);
         image_free(&im);
         return st;

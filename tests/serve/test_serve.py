@@ -460,6 +460,53 @@ def test_limits():
         check(rc == 0, "limits server: clean exit (%r)" % rc)
 
 
+def test_timeout_and_shutdown():
+    astro = open(os.path.join(PHOTOS, "astronaut.png"), "rb").read()
+    slow = [("image", ("astronaut.png", astro, "image/png")), ("preset", "pc459"), ("crf", "0")]
+    # --request-timeout: a computation past it is stopped at the next round and answered 503
+    S = Server(["--request-timeout", "1"])
+    try:
+        st, _, b = S.post("/v1/segment", slow, timeout=300)
+        if st == 200:   # possible only on a machine that runs pc459 within about the limit
+            check(json.loads(b)["timings_ms"]["total"] < 1500, "a 200 past --request-timeout")
+        else:
+            check(st == 503 and "--request-timeout" in err_of(b), "--request-timeout -> 503 (%d %r)" % (st, b[:200]))
+        check(S.healthy(), "healthy after a timed-out computation")
+    finally:
+        rc, _ = S.stop()
+        check(rc == 0, "timeout server: clean exit (%r)" % rc)
+    # SIGTERM while a request computes: it is answered, then the process exits 0
+    S = Server()
+    res = {}
+
+    def run():
+        try:
+            res["st"], _, res["body"] = S.post("/v1/segment", slow, timeout=300)
+        except Exception as e:
+            res["st"] = repr(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t0 = time.time()
+    while time.time() - t0 < 60:   # wait until it is being computed
+        st, _, b = S.request("GET", "/v1/health")
+        if json.loads(b)["running"] == 1:
+            break
+        time.sleep(0.02)
+    S.p.send_signal(signal.SIGTERM)
+    t.join(300)
+    check(res.get("st") == 200 and b'"classes"' in res.get("body", b""),
+          "SIGTERM: the request in flight is answered (%r)" % (res.get("st"),))
+    rc, log = S.stop()
+    check(rc == 0 and "SIGTERM" in log and "stopped (1 requests computed)" in log, "SIGTERM: clean exit 0 (%r)\n%s" % (rc, log))
+    try:
+        socket.create_connection(("127.0.0.1", S.port), timeout=2).close()
+        refused = False
+    except OSError:
+        refused = True
+    check(refused, "nothing listens after the shutdown")
+
+
 def main():
     if not all(os.path.exists(p) for p in (GEN, CLS, VOCAB, PHOTOS)):
         print("test_serve: SKIPPED (no ../shared fixtures)")
@@ -492,6 +539,7 @@ def main():
           "one log line per request (method, path, status, ms)")
     check("stopped" in log, "shutdown logged")
     test_limits()
+    test_timeout_and_shutdown()
     page = os.path.join(HERE, "test_page.py")
     if os.path.exists(page):
         r = subprocess.run([sys.executable, page])
