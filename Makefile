@@ -66,7 +66,7 @@ SONAME    := libcarseg.so.$(SOVERSION)
 LIB_CFLAGS := -fPIC -fvisibility=hidden
 PUBLIC_LIBS := $(BUILD)/libcarseg.a $(BUILD)/libcarseg.so
 
-.PHONY: all libs test check bench fuzz deps clean lint install layers test-serve
+.PHONY: all libs test check bench fuzz deps clean lint install layers test-serve python test-python
 all: libs $(BUILD)/carseg
 libs: $(PUBLIC_LIBS)
 
@@ -125,6 +125,21 @@ $(BUILD)/tools/serve_http.o: CFLAGS += -I$(BUILD)/gen
 test-serve: $(BUILD)/carseg
 	CARSEG_BIN=$(abspath $(BUILD)/carseg) CARSEG_BUILD_DIR=$(abspath $(BUILD)) \
 	  /usr/bin/python3 tests/serve/test_serve.py
+
+# the Python package (python/carseg, ctypes over the public API): `make python` puts the shared
+# library beside it; `make test-python` installs the package offline into a fresh venv that sees
+# Debian's NumPy (--system-site-packages) and runs tests/python against the installed copy
+python: $(BUILD)/libcarseg.so
+	cp -L $(BUILD)/$(SONAME) python/carseg/$(SONAME)
+
+PYVENV := $(BUILD)/pyvenv
+test-python: python $(BUILD)/carseg
+	rm -rf $(PYVENV) python/build python/carseg.egg-info
+	/usr/bin/python3 -m venv --system-site-packages $(PYVENV)
+	$(PYVENV)/bin/pip install -q --no-build-isolation --no-index ./python
+	rm -rf python/build python/carseg.egg-info
+	cd tests/python && OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} CARSEG_TEST_INSTALLED=1 \
+	  $(abspath $(PYVENV))/bin/python -m pytest -q -p no:cacheprovider .
 
 # the tests link the library objects directly (constructors in every object stay linked)
 $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)

@@ -245,15 +245,15 @@ carseg_status carseg_clip_encode_image_rgb(const carseg_clip *m, const uint8_t *
 
 /* Lower-level pieces of the same encoders (for bindings that batch their own work):
  * tokens: (n, ctx) as carseg_tokenize writes them, ctx = CARSEG_CONTEXT -> out (n, E), encoded
- * batch-invariantly like carseg_clip_encode_texts. EINVAL for a token outside the vocabulary or a
- * ctx other than the model's. */
+ * batch-invariantly like carseg_clip_encode_texts. EINVAL for a token outside the vocabulary
+ * (naming the text and position) or a ctx other than the model's. */
 carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tokens, int n, int ctx,
                                         float *out);
 /* CLIP's standard preprocessing (bicubic resize of the shorter side, centre crop, mean/std) of an
  * RGB image to out (3, R, R) floats, R = carseg_clip_image_size(m). */
 carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, int w, int h, float *out);
 /* n preprocessed images x (n, 3, R, R) -> unnormalised features out (n, E), one batch (the same
- * bits as n single calls). n_blocks as above. */
+ * bits as n single calls). n_blocks as above; a NaN or Inf in x -> EINVAL naming the image. */
 carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
                                         float *out);
 /* The architecture as a JSON object ({"embed": 512, "image_size": 224, "patch": 16, "vision_width":

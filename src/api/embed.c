@@ -1,6 +1,7 @@
 /* embed.c — CLIP features for users who only want them (carseg.h): zero-shot classification
  * with the standard recipe over the public encoders. */
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,6 +72,11 @@ carseg_status carseg_clip_encode_tokens(const carseg_clip *m, const int32_t *tok
     if (ctx != m->cfg.t_ctx)
         return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: ctx %d, the model's context is %d", ctx,
                        m->cfg.t_ctx);
+    for (size_t i = 0; i < (size_t)n * (size_t)ctx; i++)   /* ids index the embedding table */
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.t_vocab)
+            return set_err(CARSEG_EINVAL, "carseg_clip_encode_tokens: text %zu token %zu is %d, "
+                           "outside [0, %d)", i / (size_t)ctx, i % (size_t)ctx, (int)tokens[i],
+                           m->cfg.t_vocab);
     return clip_encode_text_stable(m, tokens, n, out);
 }
 
@@ -87,6 +93,14 @@ carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, in
         return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: invalid argument");
     if (n == 0) return CARSEG_OK;
     int S = carseg_clip_image_size(m);
+    if (n_blocks > m->cfg.v_layers)
+        return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: n_blocks %d outside [0, %d]",
+                       n_blocks, m->cfg.v_layers);
+    size_t px = (size_t)3 * S * S;
+    for (size_t i = 0; i < px * (size_t)n; i++)
+        if (!isfinite(x[i]))
+            return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: image %zu has a non-finite "
+                           "value at %zu", i / px, i % px);
     return clip_encode_images(m, x, n, S, S, n_blocks, out);
 }
 
