@@ -638,3 +638,42 @@ TEST(api_clip_pieces) {
     carseg_tokenizer_close(tok);
     carseg_clip_free(m);
 }
+
+/* A preset with thing + stuff passes: each round's live queries are class indices of its own pass
+ * (round 1 of a pass: all of them), and the pass flag says which. */
+TEST(api_rounds_of_two_passes) {
+    carseg_car_model *m = NULL;
+    char paths[3][512];
+    OPEN_OR_SKIP(m, paths);
+    image_u8 im;
+    REQUIRE(load_image(&im));
+    const car_preset *pr = preset_find("context");
+    REQUIRE(pr && pr->list && pr->list->n_stuff > 0 && pr->list->n_things > 0);
+    carseg_segmenter *s = NULL;
+    carseg_result *r = NULL;
+    CHECK_OK(carseg_segmenter_new(m, &s));
+    carseg_options o;
+    CHECK_OK(carseg_options_preset(&o, "context"));
+    CHECK_OK(carseg_segment_rgb(s, im.px, im.w, im.h, NULL, 0, &o, &r));
+    REQUIRE(r && carseg_result_count(r) == pr->list->n);
+    int seen_pass[2] = {0, 0};
+    for (int i = 0; i < carseg_result_rounds(r); i++) {
+        const int *live;
+        int nl = carseg_result_round(r, i, &live, NULL, NULL), pass = carseg_result_round_pass(r, i);
+        REQUIRE(pass == 0 || pass == 1);
+        const int *ids = pass ? pr->list->stuff : pr->list->things;
+        int nids = pass ? pr->list->n_stuff : pr->list->n_things;
+        if (!seen_pass[pass]++) CHECK(nl == nids);
+        for (int j = 0; j < nl; j++) {
+            int in = 0;
+            for (int k = 0; k < nids && !in; k++) in = ids[k] == live[j];
+            CHECK(in);
+        }
+    }
+    CHECK(seen_pass[0] && seen_pass[1]);
+    CHECK(carseg_result_round_pass(r, 0) == 1);   /* the stuff pass runs first */
+    carseg_result_free(r);
+    carseg_segmenter_free(s);
+    image_free(&im);
+    carseg_car_model_close(m);
+}

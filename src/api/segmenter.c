@@ -32,8 +32,7 @@ struct carseg_segmenter {
 struct carseg_prepared {
     const carseg_car_model *m;
     car_image *ci;
-    image_u8 rgb;       /* own copy: the image is prepared again when Q8 changes (see below) */
-    int q8;             /* -1: not used yet; else the fix_center_crop it was used with */
+    image_u8 rgb;       /* own copy */
     double ms_prepare;  /* not yet reported by a result */
 };
 
@@ -383,7 +382,6 @@ carseg_status carseg_prepare(carseg_segmenter *s, const uint8_t *rgb, int w, int
     memcpy(p->rgb.px, rgb, n);
     p->rgb.w = w, p->rgb.h = h, p->rgb.c = 3;
     p->m = s->m;
-    p->q8 = -1;
     carseg_status st = prepare_image(s, p);
     if (st != CARSEG_OK) {
         carseg_prepared_free(p);
@@ -402,15 +400,6 @@ void carseg_prepared_free(carseg_prepared *p) {
 
 int carseg_prepared_width(const carseg_prepared *p) { return p ? p->rgb.w : 0; }
 int carseg_prepared_height(const carseg_prepared *p) { return p ? p->rgb.h : 0; }
-
-/* car_image caches the classifier feature of the unprompted image with the Q8 setting of its
- * first use; a run with the other setting gets a freshly prepared image (reported to the car
- * owners: the cache should be per setting). */
-static carseg_status use_prepared(carseg_segmenter *s, carseg_prepared *p, int q8) {
-    if (p->q8 >= 0 && p->q8 != q8) TRY(prepare_image(s, p));
-    p->q8 = q8;
-    return CARSEG_OK;
-}
 
 // ---------------------------------------------------------------------------------------------
 // results
@@ -466,7 +455,9 @@ typedef struct {
 static carseg_status on_round(const car_round *cr, void *user) {
     observer *ob = user;
     carseg_result *r = ob->r;
-    if (cr->queries != ob->qmap_for) {   /* a new pass: map its queries to class indices */
+    /* a new pass (round 1; its query array may reuse the last pass's freed address): map its
+     * queries to class indices */
+    if (cr->round == 1 || cr->queries != ob->qmap_for) {
         int nq = 0;
         for (int j = 0; j < cr->n_live; j++) nq = cr->live[j] + 1 > nq ? cr->live[j] + 1 : nq;
         /* the first round of a pass has every query live: nq is the pass's query count */
@@ -558,7 +549,6 @@ static carseg_status run(carseg_segmenter *s, carseg_prepared *im, const char *c
         TRY(check_names(fn, "class", classes, n));
     }
     if (o->threads > 0) carseg_set_threads(o->threads);
-    TRY(use_prepared(s, im, rp.p.fix_center_crop));
     int w = im->rgb.w, h = im->rgb.h;
     size_t hw = (size_t)w * h;
     carseg_result *r = NULL;

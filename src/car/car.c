@@ -83,7 +83,8 @@ struct car_image {
     int crf_feat_fixed;           /* crf_feat holds the raw RGB (the Q4 fix) */
     vp_ctx vp[MAX_VP];            /* prepared prompt contexts, one per prompt set */
     int n_vp;
-    float *orig_feat;             /* (E) classifier feature of the unprompted image, lazily */
+    float *orig_feat[2];          /* (E) classifier feature of the unprompted image, lazily, per
+                                     Q8 setting (fix_center_crop 0 / 1: different preprocessing) */
 };
 
 void car_image_size(const car_image *im, int *w, int *h) {
@@ -120,7 +121,8 @@ void car_image_free(car_image *im) {
     cam_image_free(im->ci);
     for (int i = 0; i < im->n_vp; i++) vp_release(&im->vp[i]);
     free(im->crf_feat);
-    free(im->orig_feat);
+    free(im->orig_feat[0]);
+    free(im->orig_feat[1]);
     free(im->rgb.px);
     free(im);
 }
@@ -425,6 +427,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
             /* the prompted images of the round in chunks of CLS_CHUNK, each chunk one batch
              * through the classifier; an image whose mask has sum <= 1 is the original image:
              * encoded once per car_image */
+            int q8 = p->fix_center_crop != 0;
             for (int j0 = 0; j0 < nl; j0 += CLS_CHUNK) {
                 int j1 = j0 + CLS_CHUNK < nl ? j0 + CLS_CHUNK : nl, ne = 0, orig_j = -1;
                 t0 = now_ms(), c0 = cpu_ms();
@@ -435,7 +438,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
                         goto done;
                     }
                     enc_src[j] = -1;
-                    if (r == 0 && (im->orig_feat || orig_j >= 0)) continue;   /* copied below */
+                    if (r == 0 && (im->orig_feat[q8] || orig_j >= 0)) continue;   /* copied below */
                     if (r == 0) orig_j = j;
                     enc_src[j] = ne++;
                 }
@@ -445,14 +448,14 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
                 if (s != CARSEG_OK) goto done;
                 if (st) st->image_encodes += ne;
                 if (orig_j >= 0) {
-                    if (!(im->orig_feat = malloc(sizeof(float) * (size_t)Ec))) {
+                    if (!(im->orig_feat[q8] = malloc(sizeof(float) * (size_t)Ec))) {
                         s = set_err(CARSEG_ENOMEM, "car: out of memory");
                         goto done;
                     }
-                    memcpy(im->orig_feat, encf + (size_t)enc_src[orig_j] * Ec, sizeof(float) * (size_t)Ec);
+                    memcpy(im->orig_feat[q8], encf + (size_t)enc_src[orig_j] * Ec, sizeof(float) * (size_t)Ec);
                 }
                 for (int j = j0; j < j1; j++) {
-                    const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec : im->orig_feat;
+                    const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec : im->orig_feat[q8];
                     memcpy(imgf + (size_t)j * Ec, src, sizeof(float) * (size_t)Ec);
                 }
                 if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
