@@ -582,6 +582,30 @@ TEST(api_image_decode_and_label_png) {
         carseg_image_free(ref);
         free(d);
     }
+    /* a JPEG the header probe cannot read (junk bytes before a marker, which libjpeg skips with
+     * a warning) is still refused by the decoder before its pixels are allocated */
+    const char *jp = imgs[1];
+    if (jp && file_exists(jp)) {
+        uint8_t *d = NULL;
+        size_t n = 0;
+        CHECK_OK(read_file(jp, &d, &n));
+        REQUIRE(n > 8 && d[2] == 0xFF);
+        size_t seg = 4 + ((size_t)d[4] << 8 | d[5]);   /* after SOI + the first segment */
+        uint8_t *j2 = malloc(n + 3);
+        memcpy(j2, d, seg);
+        j2[seg] = j2[seg + 1] = j2[seg + 2] = 0x00;
+        memcpy(j2 + seg + 3, d + seg, n - seg);
+        int64_t pw = 0, ph = 0;
+        CHECK(image_probe_size(j2, n + 3, &pw, &ph) == 0);
+        uint8_t *rgb2 = NULL;
+        int w2, h2;
+        CHECK_OK(carseg_image_decode(j2, n + 3, 0, &rgb2, &w2, &h2));   /* it decodes */
+        carseg_image_free(rgb2);
+        rgb2 = (uint8_t *)1;
+        CHECK(carseg_image_decode(j2, n + 3, (int64_t)w2 * h2 - 1, &rgb2, &w2, &h2) == CARSEG_EFORMAT);
+        CHECK(rgb2 == NULL && strstr(carseg_last_error(), "image too large (") == carseg_last_error());
+        free(j2), free(d);
+    }
     /* a forged header that claims a huge image is refused before any decoding */
     uint8_t fake[33] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
                         0, 1, 0, 0, 0, 1, 0, 0, 8, 2, 0, 0, 0};

@@ -46,10 +46,17 @@ void image_free(image_u8 *im) {
     im->w = im->h = im->c = 0;
 }
 
+/* carseg_image_decode's pixel cap while it decodes (0: none): refused before the pixels are
+ * allocated even when the header probe found no size */
+static _Thread_local int64_t tl_max_pixels;
+
 static carseg_status alloc_image(image_u8 *im, int w, int h, int c, const char *path) {
     size_t n;
     if (w <= 0 || h <= 0 || !cs_mul_ok(&n, (size_t)w, (size_t)h, 1) || n > MAX_PIXELS)
         return set_err(CARSEG_EFORMAT, "%s: unsupported image size %dx%d", path, w, h);
+    if (tl_max_pixels > 0 && (int64_t)n > tl_max_pixels)
+        return set_err(CARSEG_EFORMAT, "%s: image too large (%dx%d > %lld pixels)", path, w, h,
+                       (long long)tl_max_pixels);
     im->px = malloc(n * (size_t)c);
     if (!im->px) return set_err(CARSEG_ENOMEM, "%s: out of memory for %dx%d image", path, w, h);
     im->w = w, im->h = h, im->c = c;
@@ -236,6 +243,11 @@ static carseg_status load_png(const char *path, const uint8_t *data, size_t len,
     if (w == 0 || h == 0 || w > INT_MAX || h > INT_MAX ||
         !cs_mul_ok(&npx, (size_t)w, (size_t)h, 1) || npx > MAX_PIXELS) {
         snprintf(src.msg, sizeof src.msg, "unsupported image size %ux%u", (unsigned)w, (unsigned)h);
+        png_longjmp(p, 1);
+    }
+    if (tl_max_pixels > 0 && (int64_t)npx > tl_max_pixels) {
+        snprintf(src.msg, sizeof src.msg, "image too large (%ux%u > %lld pixels)", (unsigned)w,
+                 (unsigned)h, (long long)tl_max_pixels);
         png_longjmp(p, 1);
     }
     /* Samples: 1/2/4-bit packed to one byte per sample (no scaling yet); 16-bit kept big-endian. */
@@ -941,7 +953,18 @@ carseg_status carseg_image_decode(const uint8_t *data, size_t len, int64_t max_p
                            (long long)iw, (long long)ih, (long long)max_pixels);
     }
     image_u8 im;
-    TRY(image_decode_rgb("image", data, len, &im));
+    tl_max_pixels = max_pixels;   /* the decoders refuse before allocating too (alloc_image) */
+    carseg_status dst = image_decode_rgb("image", data, len, &im);
+    tl_max_pixels = 0;
+    if (dst != CARSEG_OK) {
+        const char *e = carseg_last_error();   /* "image: image too large (...)" -> without the name */
+        if (!strncmp(e, "image: image too large", 22)) {
+            char m[256];
+            snprintf(m, sizeof m, "%s", e + 7);
+            return set_err(dst, "%s", m);
+        }
+        return dst;
+    }
     if (max_pixels > 0 && (int64_t)im.w * im.h > max_pixels) {   /* a lying header */
         carseg_status st = set_err(CARSEG_EFORMAT, "image too large (%dx%d > %lld pixels)",
                                    im.w, im.h, (long long)max_pixels);
