@@ -444,6 +444,47 @@ def test_hostile(S):
     check(st == 200 and png[:4] == b"\x89PNG", "still segmenting after the hostile requests (%d)" % st)
 
 
+def test_mutations(S, count=120, seed=14):
+    """seeded random damage to a valid request (bytes of the multipart headers, the image, the
+    text fields, the boundary, Content-Type / Content-Length, the request line): every one is
+    answered or closed, and the server stays healthy"""
+    import random
+    rnd = random.Random(seed)
+    img = open(os.path.join(PHOTOS, "chelsea.png"), "rb").read()
+    body, ct = multipart([("image", ("c.png", img, "image/png")), ("classes", "cat,dog"), ("crf", "0"),
+                          ("theta", "0.2")])
+    off = body.find(b"\x89PNG")
+    answered = 0
+    for _ in range(count):
+        b = bytearray(body)
+        k = rnd.randrange(5)
+        for _ in range(rnd.randrange(1, 20)):
+            if k == 0:
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+            elif k == 1:
+                b[rnd.randrange(min(400, len(b)))] = rnd.randrange(256)
+            elif k == 2:
+                b[len(b) - 1 - rnd.randrange(300)] = rnd.randrange(256)
+            elif k == 3:
+                b[off + rnd.randrange(2000)] = rnd.randrange(256)
+        if k == 4:
+            b = b[:rnd.randrange(len(b))]
+        cth = ct if rnd.random() < 0.8 else rnd.choice(
+            ["multipart/form-data", "multipart/form-data; boundary=", 'multipart/form-data; boundary="x', ct + "; x=\xff"])
+        cl = len(b) if rnd.random() < 0.9 else rnd.choice([0, len(b) + 10, max(0, len(b) - 10)])
+        head = ("POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                % (cth, cl)).encode("latin-1")
+        if rnd.random() < 0.1:
+            head = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 300))) + b"\r\n\r\n"
+        r = raw_exchange(S.port, head + bytes(b), read_timeout=20)
+        st = status_of(r)
+        answered += st is not None
+        if st is not None and st >= 500:
+            check(False, "a damaged request got %d: %r" % (st, r[:300]))
+    check(answered > count // 2, "damaged requests answered (%d of %d; the rest closed)" % (answered, count))
+    check(S.healthy(), "healthy after %d damaged requests" % count)
+
+
 def test_limits():
     S = Server(["--max-pixels", "1000", "--max-body", "1"])
     try:
@@ -530,6 +571,7 @@ def main():
             t(S, tmp)
         test_concurrent(S)
         test_hostile(S)
+        test_mutations(S)
     finally:
         rc, log = S.stop()
     check(rc == 0, "SIGTERM: clean exit 0 (%r)" % rc)
