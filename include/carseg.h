@@ -542,6 +542,68 @@ carseg_status carseg_result_json(const carseg_result *r, const char *image_name,
 
 
 // ---------------------------------------------------------------------------------------------
+// SAM and HQ-SAM (src/sam/; exact to SysCV/sam-hq's segment_anything) and its automatic mask
+// generator, for CaR + SAM (carseg_options.sam_masks) and on their own.
+
+/* A SAM or HQ-SAM checkpoint: torch.save state dicts as released (sam_hq_vit_{h,l,b}.pth,
+ * sam_vit_{h,l,b}_*.pth) or safetensors; the architecture is read off the tensor shapes (the
+ * decoder's head count: 8, unless a safetensors __metadata__ "sam_config" says otherwise).
+ * Immutable once loaded: share it between threads. */
+typedef struct sam_model carseg_sam;
+carseg_status carseg_sam_load(const char *path, carseg_sam **out);
+void carseg_sam_free(carseg_sam *m);
+int carseg_sam_is_hq(const carseg_sam *m);
+/* Masks per prompt carseg_sam_predict gives: HQ-SAM 1 (multimask: the best SAM mask by IoU
+ * fused with the HQ mask); SAM 3 with multimask, else 1. */
+int carseg_sam_masks_per_prompt(const carseg_sam *m, int multimask);
+
+/* SamPredictor.set_image: ResizeLongestSide(1024), normalise, pad, the image encoder. One
+ * thread at a time per image (it caches decoder inputs). */
+typedef struct sam_image carseg_sam_image;
+carseg_status carseg_sam_set_image(const carseg_sam *m, const uint8_t *rgb, int w, int h,
+                                   carseg_sam_image **out);
+void carseg_sam_image_free(carseg_sam_image *im);
+
+/* One prompt: points (x, y in the image's pixels; labels 1 foreground, 0 background) and/or a
+ * box (x0, y0, x1, y1; NULL for none). */
+typedef struct carseg_sam_prompt {
+    int n_points;
+    const float *points;    /* 2 * n_points */
+    const int *labels;      /* n_points */
+    const float *box;       /* 4 or NULL */
+} carseg_sam_prompt;
+/* SamPredictor.predict for n prompts, each decoded as it would be alone. k =
+ * carseg_sam_masks_per_prompt(m, multimask): iou (n, k) predicted IoUs; logits (n, k, h, w) at
+ * the image's size (mask = logit > 0), or NULL. hq_only: HQ-SAM's hq_token_only. */
+carseg_status carseg_sam_predict(const carseg_sam *m, carseg_sam_image *im,
+                                 const carseg_sam_prompt *prompts, int n, int multimask,
+                                 int hq_only, float *iou, float *logits);
+
+/* SamAutomaticMaskGenerator (crop_n_layers 0, the mode CaR uses). carseg_sam_amg_init: CaR's
+ * settings (64 points per side, 64 per batch, predicted IoU 0.88, stability 0.95 with offset 1,
+ * box NMS 0.7, no small-region removal); upstream's own default is 32 points per side. */
+typedef struct carseg_sam_amg_params {
+    int points_per_side, points_per_batch;
+    double pred_iou_thresh, stability_score_thresh, stability_score_offset, box_nms_thresh;
+    int min_mask_region_area;      /* > 0: remove holes and islands smaller than this */
+} carseg_sam_amg_params;
+void carseg_sam_amg_init(carseg_sam_amg_params *p);
+/* The generator's records, in upstream's order. */
+typedef struct carseg_sam_records carseg_sam_records;
+carseg_status carseg_sam_generate(const carseg_sam *m, carseg_sam_image *im,
+                                  const carseg_sam_amg_params *p, carseg_sam_records **out);
+void carseg_sam_records_free(carseg_sam_records *r);
+int carseg_sam_records_count(const carseg_sam_records *r);
+/* Record k: its mask as COCO RLE runs (column-major, first run zeros: the image's h*w pixels),
+ * bbox XYWH as upstream (w = x1 - x0 with x1 inclusive), area, predicted IoU, stability score,
+ * and the grid point (x, y) that prompted it. Returns 0, or -1 when k is out of range. */
+int carseg_sam_record(const carseg_sam_records *r, int k, const uint32_t **counts,
+                      size_t *n_counts, int bbox[4], uint64_t *area, float *predicted_iou,
+                      float *stability_score, double point[2]);
+/* The records as the masks CaR + SAM takes (carseg_options.sam_masks); valid while r lives. */
+carseg_status carseg_sam_records_masks(const carseg_sam_records *r, carseg_sam_masks *out);
+
+// ---------------------------------------------------------------------------------------------
 // Evaluation: datasets and metrics (eval.c, datasets.c)
 
 /* Semantic segmentation: a confusion matrix accumulated over a split, scored the way the

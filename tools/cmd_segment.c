@@ -451,7 +451,7 @@ static int cmd_segment(int argc, char **argv) {
             for (int j = 0; st == CARSEG_OK && j < refer.n; j++)
                 fscore = carseg_result_score(res, j) > fscore ? carseg_result_score(res, j) : fscore;
         } else {
-            if (samo.on && (st = segment_sam_load(&samo, in.v[ii].name, iw, ih, &sm)) == CARSEG_OK)
+            if (samo.on && (st = segment_sam_load(&samo, in.v[ii].name, rgb, iw, ih, &sm)) == CARSEG_OK)
                 opt.sam_masks = &sm.sm;
             if (st == CARSEG_OK)
                 st = carseg_segment(seg, pim, preset_name ? NULL : names, preset_name ? 0 : nc, &opt, &res);
@@ -530,6 +530,7 @@ static int cmd_segment(int argc, char **argv) {
 out:
     carseg_segmenter_free(seg);
     carseg_car_model_close(model);
+    segment_sam_close(&samo);
     label_run_close(run);
     label_inputs_free(&in);
     free(config);

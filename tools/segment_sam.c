@@ -13,6 +13,12 @@
 #include "util.h"
 
 const char segment_sam_help[] =
+    "  --sam MODEL          CaR + SAM: refine the CRF masks with the masks of HQ-SAM's (or SAM's)\n"
+    "                       automatic mask generator, run once per image (docs/sam.md)\n"
+    "  --sam-points N       the generator's points per side (default 64, CaR's)\n"
+    "  --sam-pred-iou T     its predicted-IoU threshold (default 0.88)\n"
+    "  --sam-stability T    its stability-score threshold (default 0.95)\n"
+    "  --sam-nms T          its box NMS threshold (default 0.7)\n"
     "  --sam-masks DIR      CaR + SAM: refine the CRF masks with SAM's generator masks read from\n"
     "                       DIR/NAME.sam.json (carseg sam --auto, or segment_anything's records)\n"
     "  --sam-iom T          CaR + SAM phi_iom (default 0.7, the paper's; VOC config 0.6)\n"
@@ -22,11 +28,22 @@ const char segment_sam_help[] =
 void segment_sam_init(segment_sam_opts *o) {
     memset(o, 0, sizeof *o);
     cs_carsam_params_init(&o->cp);
+    carseg_sam_amg_init(&o->amg);
+}
+
+void segment_sam_close(segment_sam_opts *o) {
+    carseg_sam_free(o->model);
+    o->model = NULL;
 }
 
 int segment_sam_opt(segment_sam_opts *o, int argc, char **argv, int *i) {
     const char *v;
     if ((v = cli_opt(argc, argv, i, "--sam-masks"))) { o->masks_dir = v; o->on = 1; }
+    else if ((v = cli_opt(argc, argv, i, "--sam"))) { o->model_path = v; o->on = 1; }
+    else if ((v = cli_opt(argc, argv, i, "--sam-points"))) o->amg.points_per_side = (int)cli_num("--sam-points", v);
+    else if ((v = cli_opt(argc, argv, i, "--sam-pred-iou"))) o->amg.pred_iou_thresh = cli_num("--sam-pred-iou", v);
+    else if ((v = cli_opt(argc, argv, i, "--sam-stability"))) o->amg.stability_score_thresh = cli_num("--sam-stability", v);
+    else if ((v = cli_opt(argc, argv, i, "--sam-nms"))) o->amg.box_nms_thresh = cli_num("--sam-nms", v);
     else if ((v = cli_opt(argc, argv, i, "--sam-iom"))) o->cp.iom_thres = cli_num("--sam-iom", v);
     else if ((v = cli_opt(argc, argv, i, "--sam-min-pred"))) o->cp.min_pred = cli_num("--sam-min-pred", v);
     else if ((v = cli_opt(argc, argv, i, "--sam-iou"))) o->cp.iou_thres = cli_num("--sam-iou", v);
@@ -41,6 +58,16 @@ carseg_status segment_sam_check(const segment_sam_opts *o) {
         if (!(t[k].v >= 0 && t[k].v <= 1))
             return set_err(CARSEG_EINVAL, "%s %g: not in [0, 1]", t[k].opt, t[k].v);
     if (!o->on) return CARSEG_OK;
+    if (o->model_path && o->masks_dir)
+        return set_err(CARSEG_EINVAL, "--sam and --sam-masks: give one of them");
+    if (o->amg.points_per_side < 1 || o->amg.points_per_side > 1024)
+        return set_err(CARSEG_EINVAL, "--sam-points %d: not in [1, 1024]", o->amg.points_per_side);
+    if (o->model_path) {   /* load it now: a bad checkpoint stops the run before any image */
+        if (!file_exists(o->model_path))
+            return set_err(CARSEG_EIO, "--sam %s: no such file", o->model_path);
+        return ((segment_sam_opts *)o)->model ? CARSEG_OK
+                                              : carseg_sam_load(o->model_path, &((segment_sam_opts *)o)->model);
+    }
     struct stat sb;
     if (stat(o->masks_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return set_err(CARSEG_EINVAL, "--sam-masks %s: not a folder", o->masks_dir);
@@ -52,6 +79,7 @@ void segment_sam_free(segment_sam_masks *m) {
     for (int k = 0; m->counts && k < m->sm.n; k++) free(m->counts[k]);
     free(m->counts);
     free(m->n_counts);
+    carseg_sam_records_free(m->recs);
     memset(m, 0, sizeof *m);
 }
 
@@ -113,10 +141,20 @@ done:
     return st;
 }
 
-carseg_status segment_sam_load(const segment_sam_opts *o, const char *name, int w, int h,
-                               segment_sam_masks *out) {
+carseg_status segment_sam_load(segment_sam_opts *o, const char *name, const uint8_t *rgb, int w,
+                               int h, segment_sam_masks *out) {
     memset(out, 0, sizeof *out);
     if (!o->on) return set_err(CARSEG_EINVAL, "CaR + SAM is off");
+    if (o->model_path) {
+        if (!o->model) TRY(carseg_sam_load(o->model_path, &o->model));
+        carseg_sam_image *im = NULL;
+        carseg_status st = carseg_sam_set_image(o->model, rgb, w, h, &im);
+        if (st == CARSEG_OK) st = carseg_sam_generate(o->model, im, &o->amg, &out->recs);
+        if (st == CARSEG_OK) st = carseg_sam_records_masks(out->recs, &out->sm);
+        carseg_sam_image_free(im);
+        if (st != CARSEG_OK) segment_sam_free(out);
+        return st;
+    }
     size_t len = strlen(o->masks_dir) + strlen(name) + 16;
     char *path = malloc(len);
     if (!path) return set_err(CARSEG_ENOMEM, "out of memory");

@@ -1,4 +1,7 @@
 /* segment_sam.h — `carseg segment`'s CaR + SAM options (the hook cmd_segment.c calls):
+ *   --sam MODEL       run HQ-SAM's automatic mask generator in-process, once per image
+ *                     (--sam-points N, --sam-pred-iou T, --sam-stability T, --sam-nms T: CaR's
+ *                     64 / 0.88 / 0.95 / 0.7 by default)
  *   --sam-masks DIR   SAM generator records computed beforehand: DIR/NAME.sam.json for image NAME
  *                     (as `carseg sam --auto` and segment_anything write them)
  *   --sam-iom T       φ_iom (default 0.7, the paper's; VOC config 0.6)
@@ -15,14 +18,18 @@
 
 typedef struct {
     const char *masks_dir;
+    const char *model_path;         /* --sam MODEL */
+    carseg_sam_amg_params amg;
     carseg_sam_params cp;
     int on;
+    carseg_sam *model;              /* loaded on first use */
 } segment_sam_opts;
 
 typedef struct {
     carseg_sam_masks sm;
     uint32_t **counts;
     size_t *n_counts;
+    carseg_sam_records *recs;       /* --sam MODEL: the generator's records (sm points into them) */
 } segment_sam_masks;
 
 extern const char segment_sam_help[];
@@ -31,9 +38,12 @@ void segment_sam_init(segment_sam_opts *o);
 int segment_sam_opt(segment_sam_opts *o, int argc, char **argv, int *i);
 /* EINVAL naming the option when a value is out of range or the folder is missing */
 carseg_status segment_sam_check(const segment_sam_opts *o);
-/* the SAM masks of image `name` (w x h); a missing or malformed file is the image's error */
-carseg_status segment_sam_load(const segment_sam_opts *o, const char *name, int w, int h,
-                               segment_sam_masks *out);
+/* the SAM masks of image `name` (rgb, w x h): generated with --sam MODEL, or read with
+ * --sam-masks; a missing or malformed file is the image's error */
+carseg_status segment_sam_load(segment_sam_opts *o, const char *name, const uint8_t *rgb, int w,
+                               int h, segment_sam_masks *out);
+/* frees the model --sam loaded */
+void segment_sam_close(segment_sam_opts *o);
 void segment_sam_free(segment_sam_masks *m);
 /* reads a NAME.sam.json file (exposed for tests) */
 carseg_status segment_sam_read_json(const char *path, int w, int h, segment_sam_masks *out);
