@@ -3,6 +3,8 @@
 #ifndef CARSEG_CLI_H
 #define CARSEG_CLI_H
 
+#include <stdio.h>
+
 #include "carseg.h"
 
 typedef int (*cli_fn)(int argc, char **argv);   /* argv[0] is the subcommand name */
@@ -24,6 +26,8 @@ double cli_num(const char *opt, const char *v);   /* strict number parse; exits(
 /* --precision VALUE (fp32, bf16x3, bf16, auto; exits(2) on anything else) for the commands that run
  * image towers; applied with carseg_clip_set_precision after loading. */
 carseg_precision cli_precision(const char *v);
+/* s as a JSON string literal (quotes, \" \\ \n \r \t, other control bytes as \u00XX; UTF-8 as is) */
+void cli_json_str(FILE *f, const char *s);
 #define CLI_PRECISION_HELP                                                                      \
     "  --precision P        image tower products: fp32 (default, the reference's arithmetic),\n" \
     "                       bf16x3 (near fp32, ~3x faster), bf16 (fastest) or auto (bf16x3\n"  \

@@ -7,7 +7,6 @@
 
 #include "carseg.h"
 #include "cli.h"
-#include "util.h"   /* json_write_str only */
 
 typedef struct {
     const char **v;
@@ -238,7 +237,7 @@ static int cmd_classify(int argc, char **argv) {
         for (int k = 0; k < n; k++) {
             if (as_json) {
                 printf(k ? ",\n {\"class\": " : "{\"class\": ");
-                json_write_str(stdout, classes.v[r[k].i]);
+                cli_json_str(stdout, classes.v[r[k].i]);
                 printf(", \"p\": %.9g}", r[k].p);
             } else {
                 printf("%.6f\t%s\n", r[k].p, classes.v[r[k].i]);
