@@ -522,8 +522,8 @@ const uint16_t *carseg_result_labels(const carseg_result *r);
 /* (h, w) 0/1: class (phrase) k's final mask, before the label map resolves overlaps. The masks
  * are one block: mask(k) = mask(0) + k * w * h. */
 const uint8_t *carseg_result_mask(const carseg_result *r, int k);
-/* (h, w) float: class k's CAM in the last round it was live (zeros if it was dropped before
- * the last round); NULL without keep_cams and in referring mode. */
+/* (h, w) float: class (phrase) k's CAM in the last round (zeros if it was dropped); NULL
+ * without keep_cams. */
 const float *carseg_result_cams(const carseg_result *r, int k);
 /* The rounds of the recurrence (all passes, in order). carseg_result_round: round i's n live
  * queries as class indices of the result (*live), their scores P[i,i] (*scores) and whether

@@ -383,14 +383,21 @@ TEST(api_refer_equals_internal) {
     uint8_t *mask = malloc(hw), *masks = malloc(hw * 2);
     float sc[2];
     CHECK_OK(car_image_new(ctx, &im, NULL, &ci));
-    CHECK_OK(car_refer(ctx, ci, ph, 2, CAR_BG_WORDS, 23, &p, NULL, mask, sc, masks, NULL));
+    float *cams = malloc(sizeof(float) * hw * 2);
+    CHECK_OK(car_refer(ctx, ci, ph, 2, CAR_BG_WORDS, 23, &p, NULL, mask, sc, masks, cams, NULL));
     carseg_segmenter *s = NULL;
     carseg_prepared *pi = NULL;
     carseg_result *r = NULL;
     CHECK_OK(carseg_segmenter_new(m, &s));
     CHECK_OK(carseg_prepare(s, im.px, im.w, im.h, NULL, &pi));
-    CHECK_OK(carseg_refer(s, pi, ph, 2, NULL, &r));
+    carseg_options ko;
+    carseg_options_init(&ko);
+    ko.keep_cams = 1;
+    CHECK_OK(carseg_refer(s, pi, ph, 2, &ko, &r));
     REQUIRE(r);
+    for (int k = 0; k < 2; k++)
+        CHECK(carseg_result_cams(r, k) && !memcmp(carseg_result_cams(r, k), cams + (size_t)k * hw, sizeof(float) * hw));
+    free(cams);
     CHECK(carseg_result_is_refer(r) && carseg_result_count(r) == 2);
     const uint16_t *lab = carseg_result_labels(r);
     size_t diff = 0;

@@ -350,7 +350,7 @@ TEST(car_edge_cases) {
     /* referring mode */
     static const char *ph[] = {"a person drinking coffee", "the man"};
     uint8_t *rm = malloc(hw);
-    CHECK_OK(car_refer(M.ctx, ci, ph, 2, CAR_BG_WORDS, 23, &p, NULL, rm, sc, NULL, &st));
+    CHECK_OK(car_refer(M.ctx, ci, ph, 2, CAR_BG_WORDS, 23, &p, NULL, rm, sc, NULL, NULL, &st));
     size_t area = 0;
     for (size_t i = 0; i < hw; i++) area += rm[i];
     CHECK(area > 0);
@@ -542,7 +542,7 @@ TEST(car_thread_count_invariant) {
         CHECK_OK(car_image_new(ctx, &im, NULL, &ci));
         REQUIRE(ci);
         CHECK_OK(car_segment(ctx, ci, &job, NULL, lab[t], sc[t], mk[t], NULL));
-        CHECK_OK(car_refer(ctx, ci, ph, 2, CAR_BG_WORDS, 23, &job.p, NULL, rm[t], rs[t], NULL, NULL));
+        CHECK_OK(car_refer(ctx, ci, ph, 2, CAR_BG_WORDS, 23, &job.p, NULL, rm[t], rs[t], NULL, NULL, NULL));
         car_image_free(ci);
         car_ctx_free(ctx);
     }

@@ -552,7 +552,7 @@ static carseg_status run(carseg_segmenter *s, carseg_prepared *im, const char *c
     int w = im->rgb.w, h = im->rgb.h;
     size_t hw = (size_t)w * h;
     carseg_result *r = NULL;
-    TRY(result_new(w, h, classes, n, refer, o->keep_cams && !refer, &r));
+    TRY(result_new(w, h, classes, n, refer, o->keep_cams != 0, &r));
     r->precision = carseg_clip_get_precision(s->m->cls);
     observer ob = {r, job.stuff && job.n_stuff > 0 ? 2 : 1, o, NULL, NULL, 0};
     car_dump dump = {NULL, "", on_round, &ob};
@@ -561,7 +561,7 @@ static carseg_status run(carseg_segmenter *s, carseg_prepared *im, const char *c
         uint8_t *m1 = malloc(hw);
         if (!m1) st = set_err(CARSEG_ENOMEM, "%s: out of memory", fn);
         else st = car_refer(s->ctx, im->ci, (const char *const *)r->names, n, job.bg, job.nb,
-                            &job.p, &dump, m1, r->scores, r->masks, &r->st);
+                            &job.p, &dump, m1, r->scores, r->masks, r->cams, &r->st);
         for (size_t i = 0; st == CARSEG_OK && i < hw; i++) r->labels[i] = m1[i];
         free(m1);
     } else {

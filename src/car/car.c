@@ -681,7 +681,7 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
 
 carseg_status car_refer(car_ctx *c, car_image *im, const char *const *phrases, int n,
                         const char *const *bg, int nb, const car_params *p, const car_dump *dump,
-                        uint8_t *mask, float *scores, uint8_t *masks, car_stats *st) {
+                        uint8_t *mask, float *scores, uint8_t *masks, float *cams, car_stats *st) {
     int H = im->rgb.h, W = im->rgb.w;
     size_t hw = (size_t)H * W;
     if (n <= 0) return set_err(CARSEG_EINVAL, "car: empty phrase list");
@@ -689,7 +689,7 @@ carseg_status car_refer(car_ctx *c, car_image *im, const char *const *phrases, i
     rp.refer = 1;
     uint8_t *pm = malloc(hw * (size_t)n);
     if (!pm) return set_err(CARSEG_ENOMEM, "car: out of memory");
-    carseg_status s = car_pass(c, im, phrases, n, bg, nb, &rp, dump, pm, scores, NULL, st);
+    carseg_status s = car_pass(c, im, phrases, n, bg, nb, &rp, dump, pm, scores, cams, st);
     if (s == CARSEG_OK) {
         float tot = 0;
         for (int j = 0; j < n; j++) tot += scores[j];

@@ -139,10 +139,11 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
 
 /* Referring segmentation: all phrases describe one object (refer mode). mask: (H, W) 0/1
  * merged with merge_masks_simple (score-weighted mean >= 0.5, union fallback at <= 5% area).
- * scores: (n) final scores; masks: optional (n, H, W) per-phrase masks. */
+ * scores: (n) final scores; masks: optional (n, H, W) per-phrase masks; cams: optional (n, H, W)
+ * each phrase's last-round CAM (car_pass's cams_out). */
 carseg_status car_refer(car_ctx *c, car_image *im, const char *const *phrases, int n,
                         const char *const *bg, int nb, const car_params *p, const car_dump *dump,
-                        uint8_t *mask, float *scores, uint8_t *masks, car_stats *st);
+                        uint8_t *mask, float *scores, uint8_t *masks, float *cams, car_stats *st);
 
 void car_image_size(const car_image *im, int *w, int *h);
 
