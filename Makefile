@@ -66,7 +66,7 @@ SONAME    := libcarseg.so.$(SOVERSION)
 LIB_CFLAGS := -fPIC -fvisibility=hidden
 PUBLIC_LIBS := $(BUILD)/libcarseg.a $(BUILD)/libcarseg.so
 
-.PHONY: all libs test check bench fuzz deps clean lint install layers test-serve python test-python
+.PHONY: all libs test check bench fuzz deps clean lint install layers test-serve python test-python test-docs
 all: libs $(BUILD)/carseg
 libs: $(PUBLIC_LIBS)
 
@@ -140,6 +140,11 @@ test-python: python $(BUILD)/carseg
 	rm -rf python/build python/carseg.egg-info
 	cd tests/python && OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} CARSEG_TEST_INSTALLED=1 \
 	  $(abspath $(PYVENV))/bin/python -m pytest -q -p no:cacheprovider .
+
+# the documentation: first lines, relative links, and the README's commands run as written
+# (scripts/test_docs.py; the fixture models stand in for the real ones under their names)
+test-docs: python $(BUILD)/carseg
+	/usr/bin/python3 scripts/test_docs.py
 
 # the tests link the library objects directly (constructors in every object stay linked)
 $(BUILD)/run_tests: $(TEST_OBJ) $(LIB_OBJ)
