@@ -12,7 +12,7 @@ from . import _lib
 from ._errors import (Error, FileError, FormatError, InvalidArgument, ModelError, NetworkError,
                       OutOfMemory)
 from ._images import decode_image, load_image
-from .car import (CaR, CaRModel, Prepared, Result, crf, encode_labels_png, preset_classes,
+from .car import (CaR, CaRModel, Prepared, Result, SamModel, crf, encode_labels_png, preset_classes,
                   presets, rle_decode, rle_encode)
 from .clip import CLIP, Tokenizer, load, tokenize, tokenizer
 
@@ -31,7 +31,7 @@ def allow_download(allow):
     _lib.models_allow_download(1 if allow else 0)
 
 
-__all__ = ["CaR", "CaRModel", "CLIP", "Prepared", "Result", "Tokenizer", "Error", "FileError",
+__all__ = ["SamModel", "CaR", "CaRModel", "CLIP", "Prepared", "Result", "Tokenizer", "Error", "FileError",
            "FormatError", "InvalidArgument", "ModelError", "NetworkError", "OutOfMemory", "crf",
            "decode_image", "encode_labels_png", "load", "load_image", "preset_classes", "presets",
            "rle_decode", "rle_encode", "set_threads", "allow_download", "tokenize", "tokenizer"]

@@ -82,6 +82,18 @@ class SamParams(ctypes.Structure):
 ROUND_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p)
 
 
+class SamMasks(ctypes.Structure):
+    _fields_ = [("h", c_int), ("w", c_int), ("n", c_int), ("counts", c_void_p),
+                ("n_counts", c_void_p)]
+
+
+class SamAmgParams(ctypes.Structure):
+    _fields_ = [("points_per_side", c_int), ("points_per_batch", c_int),
+                ("pred_iou_thresh", c_double), ("stability_score_thresh", c_double),
+                ("stability_score_offset", c_double), ("box_nms_thresh", c_double),
+                ("min_mask_region_area", c_int)]
+
+
 class Options(ctypes.Structure):
     """carseg_options. Its size is checked against carseg_options_init at import."""
     _fields_ = [("size", c_size_t), ("preset", c_char_p),
@@ -177,6 +189,16 @@ result_round = _fn("carseg_result_round", c_int, P, c_int, POINTER(POINTER(c_int
 result_round_pass = _fn("carseg_result_round_pass", c_int, P, c_int)
 result_timing = _fn("carseg_result_timing", c_double, P, c_char_p)
 result_json = _fn("carseg_result_json", status, P, c_char_p, POINTER(c_void_p))
+
+sam_load = _fn("carseg_sam_load", status, c_char_p, PP)
+sam_free = _fn("carseg_sam_free", None, P)
+sam_set_image = _fn("carseg_sam_set_image", status, P, POINTER(c_uint8), c_int, c_int, PP)
+sam_image_free = _fn("carseg_sam_image_free", None, P)
+sam_amg_init = _fn("carseg_sam_amg_init", None, POINTER(SamAmgParams))
+sam_generate = _fn("carseg_sam_generate", status, P, P, POINTER(SamAmgParams), PP)
+sam_records_free = _fn("carseg_sam_records_free", None, P)
+sam_records_count = _fn("carseg_sam_records_count", c_int, P)
+sam_records_masks = _fn("carseg_sam_records_masks", status, P, POINTER(SamMasks))
 
 rle_encode = _fn("carseg_rle_encode", status, POINTER(c_uint8), c_int, c_int, POINTER(c_void_p))
 rle_decode = _fn("carseg_rle_decode", status, c_char_p, c_int, c_int, POINTER(c_uint8),

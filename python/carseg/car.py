@@ -16,7 +16,21 @@ from .clip import CLIP, Tokenizer, _precision
 
 _STAGES = ("prepare", "text", "cam", "prompt", "classify", "crf", "total")
 _OPTION_KEYS = ("preset", "eta", "theta", "lambda_", "prompts", "stuff_prompts", "bg_words",
-                "templates", "crf", "crf_params", "fix", "keep_cams", "threads")
+                "templates", "crf", "crf_params", "fix", "keep_cams", "threads", "sam_iom",
+                "sam_min_pred", "sam_iou", "sam_points", "sam_pred_iou", "sam_stability",
+                "sam_nms")
+_SAM_GEN_KEYS = ("sam_points", "sam_pred_iou", "sam_stability", "sam_nms")
+
+
+def _int(name, v, lo, hi):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise TypeError("%s must be an integer, got %r" % (name, v))
+    if not lo <= int(v) <= hi:
+        raise ValueError("%s %d: not in [%d, %d]" % (name, v, lo, hi))
+    return int(v)
 _CRF_KEYS = ("iters", "pos_sxy", "pos_w", "bi_sxy", "bi_srgb", "bi_w")
 
 
@@ -51,8 +65,8 @@ class CaRModel:
 def _fixes(fix):
     if fix is None:
         return 0
-    if isinstance(fix, int):
-        return fix
+    if isinstance(fix, (int, np.integer)) and not isinstance(fix, bool):
+        return _int("fix", fix, 0, 2**32 - 1)
     if not isinstance(fix, str):
         fix = ",".join(fix)
     v = ctypes.c_uint()
@@ -72,8 +86,11 @@ class _Opts:
         _lib.options_init(ctypes.byref(o))
         keep = []
 
-        def s(v):
-            b = str(v).encode()
+        def s(v, what="option"):
+            v = str(v)
+            if "\0" in v:
+                raise ValueError("%s: %r holds a NUL character" % (what, v))
+            b = v.encode()
             keep.append(b)
             return b
         if kw.get("preset") is not None:
@@ -90,7 +107,7 @@ class _Opts:
             if isinstance(bg, str):
                 bg = [w for w in bg.split(",") if w.strip()]
             bg = [str(w) for w in bg]
-            arr = (ctypes.c_char_p * max(len(bg), 1))(*[s(w) for w in bg])
+            arr = (ctypes.c_char_p * max(len(bg), 1))(*[s(w, "bg_words") for w in bg])
             keep.append(arr)
             o.bg_words, o.n_bg_words = arr, len(bg)
         t = kw.get("templates")
@@ -106,13 +123,18 @@ class _Opts:
                 raise TypeError("crf_params: unknown key(s) %s (known: %s)"
                                 % (", ".join(sorted(bad)), ", ".join(_CRF_KEYS)))
             for k, v in cp.items():
-                setattr(o.crf_params, k, int(v) if k == "iters" else float(v))
+                setattr(o.crf_params, k, _int("crf_params iters", v, 0, 2**31 - 1)
+                        if k == "iters" else float(v))
         o.fixes = _fixes(kw.get("fix"))
         o.keep_cams = 1 if kw.get("keep_cams") else 0
         if kw.get("threads") is not None:
-            if int(kw["threads"]) < 0:
-                raise ValueError("threads must be >= 0, got %r" % kw["threads"])
-            o.threads = int(kw["threads"])
+            o.threads = _int("threads", kw["threads"], 0, 65536)
+        for k, f in (("sam_iom", "iom_thres"), ("sam_min_pred", "min_pred"), ("sam_iou", "iou_thres")):
+            if kw.get(k) is not None:
+                v = float(kw[k])
+                if not 0 <= v <= 1:
+                    raise ValueError("%s %g: not in [0, 1]" % (k, v))
+                setattr(o.sam, f, v)
         self.o, self._keep = o, keep
 
     def ref(self):
@@ -126,6 +148,8 @@ def _strings(items, what):
     for c in items:
         if not isinstance(c, str):
             raise TypeError("%s must be str, got %s" % (what, type(c).__name__))
+        if "\0" in c:
+            raise ValueError("%s: %r holds a NUL character" % (what, c))
     items = [c.strip() for c in items]
     if any(not c for c in items):
         raise ValueError("%s: an empty name" % what)
@@ -136,8 +160,10 @@ class Prepared:
     """An image with the generator trunk, the affinity and the prompt backgrounds computed once;
     segment it with any number of class lists (through the CaR that prepared it)."""
 
-    def __init__(self, car, h, w, hgt):
+    def __init__(self, car, h, w, hgt, rgb):
         self._car, self._h, self.width, self.height = car, h, w, hgt
+        self._rgb = rgb                     # CaR + SAM runs its generator on the pixels
+        self._lock = threading.Lock()       # one call at a time on a prepared image
 
     def __del__(self):
         if getattr(self, "_h", None):
@@ -235,6 +261,8 @@ def encode_labels_png(labels, n_labels=0):
 def _write_atomic(path, data):
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise FileNotFoundError("%s: no such folder %s" % (path, d))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".carseg-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -258,7 +286,7 @@ class CaR:
     when this call opens the models."""
 
     def __init__(self, generator=None, classifier=None, vocab=None, *, model=None,
-                 precision=None, **options):
+                 precision=None, sam=None, **options):
         if model is None:
             model = CaRModel(generator, classifier, vocab, precision)
         elif isinstance(model, CaR):
@@ -272,16 +300,51 @@ class CaR:
         check(_lib.segmenter_new(model._h, ctypes.byref(h)))
         self._h = h
         self._lock = threading.Lock()       # one thread at a time per segmenter
+        self.sam = None
+        if sam is None and any(options.get(k) is not None for k in _SAM_GEN_KEYS):
+            raise ValueError("sam_* generator options need CaR(..., sam=MODEL)")
+        if sam is not None:
+            self.sam = sam if isinstance(sam, SamModel) else SamModel(sam)
 
     def __del__(self):
         if getattr(self, "_h", None):
             _lib.segmenter_free(self._h)
             self._h = None
 
+    def _sam_records(self, im, o):
+        """CaR + SAM: the generator's records of the prepared image, set as o's sam_masks."""
+        prm = _lib.SamAmgParams()
+        _lib.sam_amg_init(ctypes.byref(prm))
+        merged = dict(self.options)
+        for k, f in (("sam_points", "points_per_side"), ("sam_pred_iou", "pred_iou_thresh"),
+                     ("sam_stability", "stability_score_thresh"), ("sam_nms", "box_nms_thresh")):
+            v = o.kw.get(k, merged.get(k))
+            if v is not None:
+                setattr(prm, f, _int(k, v, 1, 1024) if f == "points_per_side" else float(v))
+        rgb = im._rgb
+        img = ctypes.c_void_p()
+        check(_lib.sam_set_image(self.sam._h, u8p(rgb), rgb.shape[1], rgb.shape[0],
+                                 ctypes.byref(img)))
+        recs = ctypes.c_void_p()
+        try:
+            check(_lib.sam_generate(self.sam._h, img, ctypes.byref(prm), ctypes.byref(recs)))
+        finally:
+            _lib.sam_image_free(img)
+        sm = _lib.SamMasks()
+        st = _lib.sam_records_masks(recs, ctypes.byref(sm))
+        if st:
+            _lib.sam_records_free(recs)
+            check(st)
+        o.o.sam_masks = ctypes.addressof(sm)
+        o._keep.append(sm)
+        return recs
+
     def _opts(self, kw):
         merged = dict(self.options)
         merged.update(kw)
-        return _Opts(merged)
+        o = _Opts(merged)
+        o.kw = kw
+        return o
 
     def prepare(self, image):
         """Computes the image's class-independent work once: a Prepared for segment/refer."""
@@ -290,7 +353,7 @@ class CaR:
         with self._lock:
             check(_lib.prepare(self._h, u8p(rgb), rgb.shape[1], rgb.shape[0], None,
                                ctypes.byref(h)))
-        return Prepared(self, h, rgb.shape[1], rgb.shape[0])
+        return Prepared(self, h, rgb.shape[1], rgb.shape[0], rgb)
 
     def _prepared(self, image):
         if isinstance(image, Prepared):
@@ -314,10 +377,19 @@ class CaR:
             arr = (ctypes.c_char_p * len(names))(*[c.encode() for c in names])
             n = len(names)
         check(_lib.options_check(o.ref(), 0))
+        if self.sam is None and any(o.kw.get(k) is not None for k in _SAM_GEN_KEYS):
+            raise ValueError("sam_* generator options need CaR(..., sam=MODEL)")
         im = self._prepared(image)
         r = ctypes.c_void_p()
-        with self._lock:
-            check(_lib.segment(self._h, im._h, arr, n, o.ref(), ctypes.byref(r)))
+        recs = None
+        with self._lock, im._lock:
+            try:
+                if self.sam is not None:
+                    recs = self._sam_records(im, o)
+                check(_lib.segment(self._h, im._h, arr, n, o.ref(), ctypes.byref(r)))
+            finally:
+                if recs is not None:
+                    _lib.sam_records_free(recs)
         try:
             return Result(r, image_name)
         finally:
@@ -336,12 +408,27 @@ class CaR:
         arr = (ctypes.c_char_p * len(names))(*[c.encode() for c in names])
         im = self._prepared(image)
         r = ctypes.c_void_p()
-        with self._lock:
+        with self._lock, im._lock:
             check(_lib.refer(self._h, im._h, arr, len(names), o.ref(), ctypes.byref(r)))
         try:
             return Result(r, image_name)
         finally:
             _lib.result_free(r)
+
+
+class SamModel:
+    """A SAM or HQ-SAM checkpoint (torch.save as released, or safetensors), for CaR + SAM:
+    CaR(..., sam=SamModel(path) or path). Immutable: share it between CaRs and threads."""
+
+    def __init__(self, path):
+        h = ctypes.c_void_p()
+        check(_lib.sam_load(os.fsencode(path), ctypes.byref(h)))
+        self._h = h
+
+    def __del__(self):
+        if getattr(self, "_h", None):
+            _lib.sam_free(self._h)
+            self._h = None
 
 
 def presets():

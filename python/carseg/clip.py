@@ -67,10 +67,12 @@ class Tokenizer:
         return out.astype(np.int64)
 
 
-def _text_bytes(t):
+def _text_bytes(t, what="texts"):
     if not isinstance(t, str):
-        raise TypeError("texts must be str, got %s" % type(t).__name__)
-    return t.encode("utf-8", "surrogatepass")
+        raise TypeError("%s must be str, got %s" % (what, type(t).__name__))
+    if "\0" in t:
+        raise ValueError("%s: %r holds a NUL character" % (what, t))
+    return t.encode("utf-8")          # a lone surrogate raises UnicodeEncodeError, as clip does
 
 
 def tokenizer(vocab=None):
@@ -145,8 +147,10 @@ class CLIP:
 
     def encode_text(self, text):
         """Unnormalised text features (n, E) float32 of strings or a token array (n, ctx)."""
+        if isinstance(text, (list, tuple)) and len(text) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
         if isinstance(text, str) or (isinstance(text, (list, tuple)) and
-                                     all(isinstance(t, str) for t in text) and len(text) > 0):
+                                     all(isinstance(t, str) for t in text)):
             tokens = self.tokenizer.tokenize(text, self.context_length)
         else:
             tokens = np.asarray(text)

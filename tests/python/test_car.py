@@ -221,3 +221,64 @@ def test_gil_released_during_compute(model, astronaut):
     assert len(inside) > 100
     gaps = np.diff([t0] + inside + [t1])
     assert gaps.max() < 0.5 * (t1 - t0), (gaps.max(), t1 - t0)
+
+
+def test_hostile_strings_and_numbers(model, coffee, sg, tmp_path):
+    seg = carseg.CaR(model=model)
+    with pytest.raises(ValueError, match="NUL"):
+        seg.segment(coffee, ["ca\0t"])
+    with pytest.raises(ValueError, match="NUL"):
+        seg.refer(coffee, ["the\0cat"])
+    with pytest.raises(ValueError, match="NUL"):
+        seg.segment(coffee, ["cat"], bg_words=["wa\0ll"])
+    with pytest.raises(ValueError, match="NUL"):
+        carseg.tokenize("a\0b", vocab=shared("clip/bpe_simple_vocab_16e6.txt.gz"))
+    with pytest.raises(UnicodeEncodeError):
+        seg.segment(coffee, ["a\ud800b"])
+    for kw in (dict(threads=10**12), dict(crf_params={"iters": 2**40}), dict(fix=1 << 40),
+               dict(threads=-1)):
+        with pytest.raises(ValueError, match="not in"):
+            seg.segment(coffee, ["cat"], **kw)
+    with pytest.raises(TypeError):
+        seg.segment(coffee, ["cat"], threads=1.5)
+    m = carseg.load(sg)
+    assert m.encode_text([]).shape == (0, m.embed_dim)
+    r = seg.segment(coffee, ["cat"], theta=0.06)
+    with pytest.raises(FileNotFoundError, match="nowhere/x.png"):
+        r.save(tmp_path / "nowhere" / "x.png")
+    with pytest.raises(ValueError, match="sam=MODEL"):
+        carseg.CaR(model=model, sam_points=8)
+
+
+def test_prepared_shared_between_segmenters(model, coffee):
+    a, b = carseg.CaR(model=model, theta=0.06), carseg.CaR(model=model, theta=0.06)
+    p = a.prepare(coffee)
+    ref = carseg.CaR(model=model, theta=0.06).segment(coffee, ["cat", "cup"])
+    out = []
+
+    def work(s):
+        out.append(s.segment(p, ["cat", "cup"]))
+    ts = [threading.Thread(target=work, args=(s,)) for s in (a, b, a, b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(out) == 4
+    for r in out:
+        assert np.array_equal(r.labels, ref.labels) and np.array_equal(r.scores, ref.scores)
+
+
+def test_car_sam_equals_cli(model, coffee, cli, sg, sc, vocab, tmp_path):
+    samp = shared("fixtures/sam/samt.safetensors")
+    kw = dict(sam_points=8, sam_pred_iou=0, sam_stability=0, sam_iom=0, sam_iou=0, theta=0)
+    seg = carseg.CaR(model=model, sam=samp)
+    r = seg.segment(coffee, ["cup", "person", "table"], image_name=coffee, **kw)
+    png, js = cli_segment(cli, tmp_path, coffee, "--classes", "cup,person,table", "--theta", "0",
+                          "--sam", samp, "--sam-points", "8", "--sam-pred-iou", "0",
+                          "--sam-stability", "0", "--sam-iom", "0", "--sam-iou", "0",
+                          *models_args(sg, sc, vocab))
+    assert r.label_png() == png and strip(r.json) == strip(js)
+    plain = carseg.CaR(model=model).segment(coffee, ["cup", "person", "table"], theta=0)
+    assert not np.array_equal(plain.labels, r.labels)      # the refinement did something
+    with pytest.raises(OSError, match="nope.pth"):
+        carseg.CaR(model=model, sam=str(tmp_path / "nope.pth"))
