@@ -89,13 +89,13 @@ carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, i
 
 carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
                                         float *out) {
-    if (!m || (n > 0 && (!x || !out)) || n < 0 || n_blocks < 0)
+    if (!m || (n > 0 && (!x || !out)) || n < 0)
         return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: invalid argument");
-    if (n == 0) return CARSEG_OK;
-    int S = carseg_clip_image_size(m);
-    if (n_blocks > m->cfg.v_layers)
+    if (n_blocks < 0 || n_blocks > m->cfg.v_layers)
         return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: n_blocks %d outside [0, %d]",
                        n_blocks, m->cfg.v_layers);
+    if (n == 0) return CARSEG_OK;
+    int S = carseg_clip_image_size(m);
     size_t px = (size_t)3 * S * S;
     for (size_t i = 0; i < px * (size_t)n; i++)
         if (!isfinite(x[i]))

@@ -509,7 +509,7 @@ static carseg_status on_round(const car_round *cr, void *user) {
 
 static carseg_status check_names(const char *fn, const char *what, const char *const *v, int n) {
     if (n <= 0) return set_err(CARSEG_EINVAL, "%s: empty %s list (n = %d)", fn, what, n);
-    if (n > 65535) return set_err(CARSEG_EINVAL, "%s: too many %ss (%d > 65535)", fn, what, n);
+    if (n > 65535) return set_err(CARSEG_EINVAL, "%s: too many %s names (%d > 65535)", fn, what, n);
     for (int i = 0; i < n; i++)
         if (!v[i] || !v[i][0]) return set_err(CARSEG_EINVAL, "%s: %s %d is %s", fn, what, i, v[i] ? "empty" : "NULL");
     return CARSEG_OK;
