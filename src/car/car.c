@@ -17,6 +17,9 @@
 #include "prompts.h"
 #include "util.h"
 
+#define CAR_TICK(st, stage, t0, c0) \
+    do { if (st) (st)->ms_##stage += now_ms() - (t0), (st)->cpu_##stage += cpu_ms() - (c0); } while (0)
+
 /* process CPU time in ms (all threads): the stable figure on a shared machine */
 static double cpu_ms(void) {
     struct timespec ts;
@@ -107,7 +110,7 @@ carseg_status car_image_new(car_ctx *c, const image_u8 *rgb, car_stats *st, car_
     memcpy(im->rgb.px, rgb->px, n);
     double t0 = now_ms(), c0 = cpu_ms();
     carseg_status s = cam_prepare(c->gen, &im->rgb, &im->ci);
-    if (st) st->ms_prepare += now_ms() - t0, st->cpu_prepare += cpu_ms() - c0;
+    CAR_TICK(st, prepare, t0, c0);
     if (s != CARSEG_OK) {
         car_image_free(im);
         return s;
@@ -303,12 +306,27 @@ static carseg_status post_process(car_image *im, const float *rows, int m, int H
             for (size_t i = 0; i < hw; i++) refined[(size_t)j * hw + i] = lab[i] == j + 1;
     }
     free(probs), free(lab);
-    if (st) st->ms_crf += now_ms() - t0, st->cpu_crf += cpu_ms() - c0;
+    CAR_TICK(st, crf, t0, c0);
     return s;
 }
 
 // ---------------------------------------------------------------------------------------------
 // the recurrence
+
+/* statistics, kept out of the method's flow: CAR_TICK adds the wall and CPU ms since (t0, c0)
+ * to the stage's pair of car_stats fields; round_stats records round `round` (1-based) as the
+ * difference of *st from its copy st0 taken at the round's start */
+static void round_stats(car_stats *st, const car_stats *st0, int round, int nl) {
+    if (!st || round > CAR_STATS_ROUNDS) return;
+    int r = round - 1;
+    st->r_live[r] = nl;
+    st->r_encodes[r] = st->image_encodes - st0->image_encodes;
+    st->r_ms_cam[r] = st->ms_cam - st0->ms_cam;
+    st->r_ms_prompt[r] = st->ms_prompt - st0->ms_prompt;
+    st->r_ms_cls[r] = st->ms_cls - st0->ms_cls;
+    st->r_cpu_cls[r] = st->cpu_cls - st0->cpu_cls;
+    st->r_cpu_cam[r] = st->cpu_cam - st0->cpu_cam;
+}
 
 carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, int n,
                        const char *const *bg, int nb, const car_params *p, const car_dump *dump,
@@ -360,7 +378,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
         sv_free(&v);
         if (s != CARSEG_OK) goto done;
     }
-    if (st) st->ms_text += now_ms() - t0, st->cpu_text += cpu_ms() - c0;
+    CAR_TICK(st, text, t0, c0);
     unsigned vpt = p->prompts | (p->fix_gray ? VP_GRAY_RGB : 0);
     if (!p->naive && (s = get_vp(im, vpt, &vp)) != CARSEG_OK) goto done;
 
@@ -381,7 +399,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
         s = text_feats(c, 1, &v, p->naive, fg);
         sv_free(&v);
         if (s != CARSEG_OK) goto done;
-        if (st) st->ms_text += now_ms() - t0, st->cpu_text += cpu_ms() - c0;
+        CAR_TICK(st, text, t0, c0);
         t0 = now_ms(), c0 = cpu_ms();
         masks = malloc(sizeof(float) * hw * (size_t)nl);
         if (!masks) {
@@ -404,7 +422,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
             s = cam_proposals(ci, fg, nl, bgf, nb, &cp, masks, NULL, NULL);
         }
         if (s != CARSEG_OK) goto done;
-        if (st) st->ms_cam += now_ms() - t0, st->cpu_cam += cpu_ms() - c0;
+        CAR_TICK(st, cam, t0, c0);
 
         /* --- visual prompts + classifier images (each encoded once) --- */
         if (p->naive) {
@@ -414,14 +432,14 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
                     s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
                     goto done;
                 }
-                if (st) st->ms_prompt += now_ms() - t0, st->cpu_prompt += cpu_ms() - c0;
+                CAR_TICK(st, prompt, t0, c0);
                 t0 = now_ms(), c0 = cpu_ms();
                 for (int k = 0; k < T && s == CARSEG_OK; k++) {   /* once per template, as upstream */
                     s = cls_encode_image(c->cls, prompted, W, H, p->fix_center_crop, imgf + (size_t)j * Ec);
                     if (st) st->image_encodes++;
                 }
                 if (s != CARSEG_OK) goto done;
-                if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
+                CAR_TICK(st, cls, t0, c0);
             }
         } else {
             /* the prompted images of the round in chunks of CLS_CHUNK, each chunk one batch
@@ -442,7 +460,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
                     if (r == 0) orig_j = j;
                     enc_src[j] = ne++;
                 }
-                if (st) st->ms_prompt += now_ms() - t0, st->cpu_prompt += cpu_ms() - c0;
+                CAR_TICK(st, prompt, t0, c0);
                 t0 = now_ms(), c0 = cpu_ms();
                 s = cls_encode_images(c->cls, pim, ne, W, H, p->fix_center_crop, encf);
                 if (s != CARSEG_OK) goto done;
@@ -458,7 +476,7 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
                     const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec : im->orig_feat[q8];
                     memcpy(imgf + (size_t)j * Ec, src, sizeof(float) * (size_t)Ec);
                 }
-                if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
+                CAR_TICK(st, cls, t0, c0);
             }
         }
         /* --- text side: each template over the live queries --- */
@@ -476,20 +494,11 @@ carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, in
             sv_free(&v);
             if (s != CARSEG_OK) goto done;
         }
-        if (st) st->ms_text += now_ms() - t0, st->cpu_text += cpu_ms() - c0;
+        CAR_TICK(st, text, t0, c0);
         t0 = now_ms(), c0 = cpu_ms();
         cls_probs(imgf, nl, txt, T, Ec, scale, dsoft, NULL, P);
-        if (st) st->ms_cls += now_ms() - t0, st->cpu_cls += cpu_ms() - c0;
-        if (st && round <= CAR_STATS_ROUNDS) {
-            int r = round - 1;
-            st->r_live[r] = nl;
-            st->r_encodes[r] = st->image_encodes - st0.image_encodes;
-            st->r_ms_cam[r] = st->ms_cam - st0.ms_cam;
-            st->r_ms_prompt[r] = st->ms_prompt - st0.ms_prompt;
-            st->r_ms_cls[r] = st->ms_cls - st0.ms_cls;
-            st->r_cpu_cls[r] = st->cpu_cls - st0.cpu_cls;
-            st->r_cpu_cam[r] = st->cpu_cam - st0.cpu_cam;
-        }
+        CAR_TICK(st, cls, t0, c0);
+        round_stats(st, &st0, round, nl);
 
         /* --- filter: strict > theta, argmax fallback --- */
         nk = 0;
