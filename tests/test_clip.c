@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "clip.h"
 #include "image.h"
 #include "nn.h"
@@ -22,14 +23,7 @@ static void report(const char *what, const float *got, const float *ref, size_t 
 }
 
 
-static clip_model *load_fixture_model(const char *rel) {
-    const char *p = shared_path(rel);
-    if (!p || !file_exists(p)) return NULL;
-    clip_model *m = NULL;
-    carseg_status st = clip_load(p, &m);
-    if (st != CARSEG_OK) fprintf(stderr, "  clip_load: %s\n", carseg_last_error());
-    return m;
-}
+#define load_fixture_model fixture_clip   /* tests/fixtures.h: missing -> skip, broken -> FAIL */
 
 /* rows of a JSON array of token lists, zero-padded to ctx */
 static int32_t *tokens_from_json(const json *arr, int ctx, int *n) {
@@ -771,4 +765,29 @@ TEST(clip_towers_thread_invariant) {
     for (int k = 0; k < nc; k++) free(out[k]);
     free(x), free(xb), free(tok);
     clip_free(m);
+}
+
+/* the fixture loader's three outcomes: a broken fixture FAILs, it is not skipped */
+TEST(clip_fixture_loader_three_states) {
+    const char *good = shared_path("fixtures/clip_sg/model_f16.safetensors");
+    if (!good || !file_exists(good)) SKIP("fixtures/clip_sg missing");
+    char bad[1024];
+    snprintf(bad, sizeof bad, "%s/truncated.safetensors", test_tmpdir());
+    uint8_t *d = NULL;
+    size_t n = 0;
+    REQUIRE(read_file(good, &d, &n) == CARSEG_OK);
+    FILE *f = fopen(bad, "wb");
+    REQUIRE(f);
+    fwrite(d, 1, n / 2, f);
+    fclose(f);
+    free(d);
+    int before = test_failed_checks;
+    clip_model *m = fixture_clip_path(bad);
+    int counted = test_failed_checks == before + 1;
+    test_failed_checks = before;            /* the failure above was the point of the test */
+    CHECK_MSG(m == NULL && counted, "a fixture that does not load must count as a failure");
+    clip_model *g = fixture_clip("fixtures/clip_sg/model_f16.safetensors");
+    CHECK(g != NULL && test_failed_checks == before);
+    clip_free(g);
+    CHECK(fixture_clip("fixtures/no/such/model.safetensors") == NULL && test_failed_checks == before);
 }

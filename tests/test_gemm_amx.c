@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "clip.h"
 #include "gemm_amx.h"
 #include "image.h"
@@ -425,13 +426,8 @@ TEST(amx_attention_vs_fp32) {
 // ---------------------------------------------------------------------------------------------
 // the image tower
 
-static clip_model *fixture_model(void) {
-    const char *p = shared_path("fixtures/clip_sg/model_f16.safetensors");
-    if (!p || !file_exists(p)) return NULL;
-    clip_model *m = NULL;
-    if (clip_load(p, &m) != CARSEG_OK) fprintf(stderr, "  %s\n", carseg_last_error());
-    return m;
-}
+/* tests/fixtures.h: missing -> skip, a file that does not load -> FAIL */
+static clip_model *fixture_model(void) { return fixture_clip("fixtures/clip_sg/model_f16.safetensors"); }
 
 static double max_rel(const float *got, const float *ref, size_t n) {
     double mx = 0, d = 0;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 typedef struct { const char *name, *summary; cli_fn fn; } cli_entry;
 static cli_entry g_cmds[64];
 static int g_ncmds;
@@ -90,19 +92,4 @@ int main(int argc, char **argv) {
     return 2;
 }
 
-void cli_json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        default:
-            if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-            else fputc(*p, f);
-        }
-    }
-    fputc('"', f);
-}
+void cli_json_str(FILE *f, const char *s) { json_write_str(f, s); }   /* util.c's writer */
