@@ -289,3 +289,34 @@ TEST(sam_cli_errors) {
         CHECK_MSG(!file_exists(path), "`%s`: wrote %s", v[k].args, path);
     }
 }
+
+/* the generator's records are the same bytes at 1, 2 and 3 threads (prompts decoded in parallel) */
+TEST(sam_cli_auto_thread_invariant) {
+    const char *bin = getenv("CARSEG_BIN");
+    char model_buf[1024], ipb[1024];
+    const char *model = fx(NULL, "samt.safetensors");
+    if (model) model = strcpy(model_buf, model);
+    const char *ip = fx(CASES[0], "input.png");
+    if (ip) ip = strcpy(ipb, ip);
+    if (!bin) SKIP("CARSEG_BIN not set");
+    if (!model || !ip) SKIP("fixtures/sam missing (set CARSEG_SHARED)");
+    const char *dir = test_tmpdir();
+    char *ref = NULL;
+    size_t nref = 0;
+    for (int t = 1; t <= 3; t++) {
+        char cmd[4096], path[1100];
+        snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=%d %s sam %s --model %s --auto --points-per-side 6 "
+                 "--pred-iou 0 --stability 0 --nms 1 --out %s/t%d > /dev/null 2>&1", t, bin, ip, model, dir, t);
+        CHECK_MSG(run(cmd) == 0, "%s", cmd);
+        snprintf(path, sizeof path, "%s/t%d/input.sam.json", dir, t);
+        size_t n;
+        char *d = slurp(path, &n);
+        REQUIRE(d);
+        if (!ref) ref = d, nref = n;
+        else {
+            CHECK_MSG(n == nref && !memcmp(d, ref, n), "records at %d threads differ from 1 thread", t);
+            free(d);
+        }
+    }
+    free(ref);
+}

@@ -1,6 +1,7 @@
 /* sam_api.c — the public SAM section of carseg.h over src/sam (the network) and sam_amg (the
  * automatic mask generator's selection stage): the generator runs the decoder on each batch of
  * grid points and feeds the selection. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,7 +94,37 @@ static carseg_status amg_predict(void *vctx, const double *points, int n, float 
         c->labels[i] = 1;
         c->prompts[i] = (sam_prompt){1, c->pts + 2 * i, c->labels + i, NULL};
     }
-    return sam_predict(c->m, c->im, c->prompts, n, 1, 0, iou, NULL, logits);
+    /* the first prompt alone (it fills the image's decoder cache), then the others in parallel,
+     * one prompt per task: each is decoded exactly as it would be alone (inside a parallel region
+     * the nn_* products run serially with the same tiles), so the bits do not depend on the
+     * thread count */
+    TRY(sam_predict(c->m, c->im, c->prompts, 1, 1, 0, iou, NULL, logits));
+    if (n == 1) return CARSEG_OK;
+    const int k = sam_masks_per_prompt(c->m, 1);
+    const size_t hw = (size_t)sam_image_width(c->im) * sam_image_height(c->im);
+    carseg_status fst = CARSEG_OK;
+    char msg[512] = "";
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(carseg_get_threads())
+    for (int i = 1; i < n; i++) {
+        int stop;
+#pragma omp atomic read
+        stop = failed;
+        if (stop) continue;
+        carseg_status s = sam_predict(c->m, c->im, c->prompts + i, 1, 1, 0, iou + (size_t)i * k,
+                                      NULL, logits + (size_t)i * k * hw);
+        if (s != CARSEG_OK) {
+#pragma omp critical
+            if (!failed) {
+                fst = s;
+                snprintf(msg, sizeof msg, "%s", carseg_last_error());
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+    }
+    if (fst != CARSEG_OK) return set_err(fst, "%s", msg);   /* the worker's message, here */
+    return CARSEG_OK;
 }
 
 carseg_status carseg_sam_generate(const carseg_sam *m, carseg_sam_image *im,

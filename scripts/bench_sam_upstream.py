@@ -1,0 +1,64 @@
+#!/usr/bin/python3
+"""bench_sam_upstream.py — upstream's automatic mask generator (SysCV/sam-hq segment_anything, run
+beside the project: SAMHQ_ROOT=folder holding segment_anything/) against `carseg sam --auto` on the
+same random-weight HQ-SAM of a real architecture, the same image and points, in one sitting.
+
+  SAMHQ_ROOT=/path/to/sam-hq /usr/bin/python3 scripts/bench_sam_upstream.py [vit_b|vit_l|vit_h]
+      [points_per_side] [image]
+
+Writes the random checkpoint (torch.save state dict, as released) to $TMPDIR, times upstream's
+set_image (encoder) and generate() and carseg's `sam --auto` (wall, both at the same thread count,
+OMP_NUM_THREADS / torch.set_num_threads), and prints the ratio. The thresholds are 0 so that the
+selection keeps work comparable; the CPU is printed from /proc/cpuinfo."""
+import os, subprocess, sys, tempfile, time
+
+root = os.environ.get("SAMHQ_ROOT")
+if not root or not os.path.isdir(os.path.join(root, "segment_anything")):
+    sys.exit("set SAMHQ_ROOT to a folder holding SysCV/sam-hq's segment_anything/")
+sys.path.insert(0, root)
+import numpy as np
+import torch
+from PIL import Image
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+arch = sys.argv[1] if len(sys.argv) > 1 else "vit_b"
+pps = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+img = sys.argv[3] if len(sys.argv) > 3 else os.path.join(REPO, "data", "examples", "chelsea.jpg")
+threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+torch.set_num_threads(threads)
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+
+torch.manual_seed(0)
+sam = sam_model_registry[arch]()
+sam.eval()
+ck = os.path.join(tempfile.gettempdir(), "carseg_bench_samhq_%s.pth" % arch)
+if not os.path.exists(ck):
+    torch.save(sam.state_dict(), ck)
+rgb = np.asarray(Image.open(img).convert("RGB"))
+params = dict(points_per_side=pps, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7)
+
+with torch.no_grad():
+    t0 = time.time()
+    SamPredictor(sam).set_image(rgb)
+    t_enc = time.time() - t0
+    gen = SamAutomaticMaskGenerator(sam, **params)
+    t0 = time.time()
+    recs = gen.generate(rgb)
+    t_gen = time.time() - t0
+
+out = tempfile.mkdtemp(prefix="carseg-bench-sam-")
+cmd = [os.path.join(REPO, "build", "carseg"), "sam", img, "--model", ck, "--auto",
+       "--points-per-side", str(pps), "--pred-iou", "0", "--stability", "0", "--nms", "0.7",
+       "--out", out]
+env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="passive")
+t0 = time.time()
+r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+t_car = time.time() - t0
+if r.returncode:
+    sys.exit("carseg failed: " + r.stderr)
+print("CPU: %s, %d threads; %s HQ-SAM (random weights), %s %dx%d, %d x %d points"
+      % (cpu, threads, arch, os.path.basename(img), rgb.shape[1], rgb.shape[0], pps, pps))
+print("upstream: encoder (set_image) %.1f s, generate() %.1f s, %d masks" % (t_enc, t_gen, len(recs)))
+print("carseg sam --auto (load + encoder + generator + outputs): %.1f s" % t_car)
+print("generate() / carseg: x%.2f" % (t_gen / t_car))
