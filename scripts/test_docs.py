@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """test_docs.py — the documentation is true: every page says what it documents in its first line,
-every relative link resolves, and the README's commands run as written.
+every relative link resolves, every docs page is linked from the README, and the README's commands run as written.
 
 Blocks of README.md and docs/*.md preceded by `<!-- docs-test: sh -->` or `<!-- docs-test: python -->`
 run in a scratch folder holding `build` and `data` (links to the repository's), with a model cache
@@ -151,9 +151,22 @@ def run_blocks():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_index():
+    """Every docs/*.md page is linked from the README (its index), so none is orphaned."""
+    readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+    linked = set(os.path.normpath(m.group(1).split('#')[0]) for m in LINK.finditer(readme))
+    missing = [os.path.relpath(p, ROOT) for p in pages()[1:]
+               if os.path.relpath(p, ROOT) not in linked]
+    if missing:
+        fail('README.md index', 'docs pages not linked from README.md: ' + ', '.join(missing))
+    else:
+        ok('README.md index')
+
+
 def main():
     for p in pages():
         check_page(p)
+    check_index()
     run_blocks()
     print('%d passed, %d failed' % (passed, failed))
     return 1 if failed else 0
