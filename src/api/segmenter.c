@@ -146,13 +146,9 @@ enum { N_FIXES = (int)(sizeof FIXES / sizeof FIXES[0]) };
 carseg_status carseg_fixes_parse(const char *list, unsigned *fixes) {
     if (!list || !fixes) return set_err(CARSEG_EINVAL, "carseg_fixes_parse: NULL argument");
     unsigned f = 0;
-    const char *p = list;
-    while (*p) {
-        while (*p == ',' || *p == ' ' || *p == '\t') p++;
-        if (!*p) break;
-        const char *e = p;
-        while (*e && *e != ',' && *e != ' ' && *e != '\t') e++;
-        size_t n = (size_t)(e - p);
+    const char *rest = list, *p;
+    size_t n;
+    while ((p = cs_list_next(&rest, &n))) {
         unsigned bit = 0;
         for (int i = 0; i < N_FIXES && !bit; i++)
             if (strlen(FIXES[i].name) == n && !strncasecmp(p, FIXES[i].name, n)) bit = FIXES[i].bit;
@@ -162,7 +158,6 @@ carseg_status carseg_fixes_parse(const char *list, unsigned *fixes) {
             return set_err(CARSEG_EINVAL, "fixes: unknown quirk '%.*s' (known: q1, q3, q4, q7, q8, "
                            "q9, q17, bugs, all, none)", (int)n, p);
         f |= bit;
-        p = e;
     }
     *fixes = f;
     return CARSEG_OK;

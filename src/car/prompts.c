@@ -22,13 +22,9 @@ static const char *const VP_NAMES[6] = {"blur", "gray", "black", "circle", "rect
 carseg_status vp_parse(const char *list, unsigned *types) {
     *types = 0;
     if (!list) return CARSEG_OK;
-    const char *p = list;
-    while (*p) {
-        while (*p == ',' || *p == ' ' || *p == '\t') p++;
-        if (!*p) break;
-        const char *e = p;
-        while (*e && *e != ',' && *e != ' ' && *e != '\t') e++;
-        size_t n = (size_t)(e - p);
+    const char *rest = list, *p;
+    size_t n;
+    while ((p = cs_list_next(&rest, &n))) {
         int found = -1;
         for (int i = 0; i < 6; i++)
             if (strlen(VP_NAMES[i]) == n && !strncmp(p, VP_NAMES[i], n)) found = i;
@@ -37,7 +33,6 @@ carseg_status vp_parse(const char *list, unsigned *types) {
                            "prompts: unknown visual prompt '%.*s' (known: blur, gray, black, "
                            "circle, rectangle, contour)", (int)n, p);
         *types |= 1u << found;
-        p = e;
     }
     return CARSEG_OK;
 }

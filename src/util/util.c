@@ -834,6 +834,20 @@ const char *json_str(const json *obj, const char *key, const char *dflt) {
     return v && v->type == JSON_STR ? v->str : dflt;
 }
 
+const char *cs_list_next(const char **p, size_t *n) {
+    const char *s = *p;
+    while (*s == ',' || *s == ' ' || *s == '\t') s++;
+    if (!*s) {
+        *p = s;
+        return NULL;
+    }
+    const char *e = s;
+    while (*e && *e != ',' && *e != ' ' && *e != '\t') e++;
+    *n = (size_t)(e - s);
+    *p = e;
+    return s;
+}
+
 void json_write_str(FILE *f, const char *s) {
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {

@@ -137,5 +137,8 @@ const char *json_str(const json *obj, const char *key, const char *dflt);
 
 /* JSON string writer: escapes s into f as a quoted JSON string. */
 void json_write_str(FILE *f, const char *s);
+/* The next item of a list separated by commas, spaces or tabs ("circle, blur", "q3,q8"): returns
+ * its start and length (*n), and moves *p past it; NULL at the end of the list. */
+const char *cs_list_next(const char **p, size_t *n);
 
 #endif
