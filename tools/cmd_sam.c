@@ -74,6 +74,28 @@ typedef struct {
     int is_box;
 } prompt_arg;
 
+/* appends the prompt of one --point / --box value; 0, or the exit status of the error */
+static int add_prompt(prompt_arg **pa, int *np, const char *v, int is_box) {
+    prompt_arg *q = realloc(*pa, sizeof *q * (size_t)(*np + 1));
+    if (!q) return cli_fail("out of memory");
+    *pa = q;
+    prompt_arg *a = &q[(*np)++];
+    memset(a, 0, sizeof *a);
+    a->is_box = is_box;
+    if (is_box) {
+        parse_floats("--box", v, a->box, 4, 4);
+        if (!(a->box[2] >= a->box[0] && a->box[3] >= a->box[1]))
+            return cli_fail("--box %s: expected x0,y0,x1,y1 with x1 >= x0 and y1 >= y0", v);
+        return 0;
+    }
+    float t[3] = {0, 0, 1};
+    int n = parse_floats("--point", v, t, 2, 3);
+    if (n == 3 && t[2] != 0 && t[2] != 1)
+        return cli_fail("--point %s: the label must be 1 (foreground) or 0 (background)", v);
+    a->pts[0] = t[0], a->pts[1] = t[1], a->label = n == 3 ? (int)t[2] : 1;
+    return 0;
+}
+
 static int cmd_sam(int argc, char **argv) {
     const char *image = NULL, *model = NULL, *out = NULL, *logits_path = NULL, *v;
     int single = 0, hq_only = 0, autogen = 0;
@@ -90,27 +112,12 @@ static int cmd_sam(int argc, char **argv) {
         else if ((v = cli_opt(argc, argv, &i, "--out"))) out = v;
         else if ((v = cli_opt(argc, argv, &i, "--logits"))) logits_path = v;
         else if ((v = cli_opt(argc, argv, &i, "--point")) || (v = cli_opt(argc, argv, &i, "--box"))) {
-            int is_box = strncmp(argv[i - (strchr(argv[i], '=') ? 0 : 1)], "--box", 5) == 0;
-            prompt_arg *q = realloc(pa, sizeof *pa * (size_t)(np + 1));
-            if (!q) { free(pa); return cli_fail("out of memory"); }
-            pa = q;
-            prompt_arg *a = &pa[np++];
-            memset(a, 0, sizeof *a);
-            a->is_box = is_box;
-            if (is_box) {
-                parse_floats("--box", v, a->box, 4, 4);
-                if (!(a->box[2] >= a->box[0] && a->box[3] >= a->box[1])) {
-                    free(pa);
-                    return cli_fail("--box %s: expected x0,y0,x1,y1 with x1 >= x0 and y1 >= y0", v);
-                }
-            } else {
-                float t[3] = {0, 0, 1};
-                int n = parse_floats("--point", v, t, 2, 3);
-                if (n == 3 && t[2] != 0 && t[2] != 1) {
-                    free(pa);
-                    return cli_fail("--point %s: the label must be 1 (foreground) or 0 (background)", v);
-                }
-                a->pts[0] = t[0], a->pts[1] = t[1], a->label = n == 3 ? (int)t[2] : 1;
+            /* cli_opt matched one of the two: the option is argv[i] ("--box=...") or the one before */
+            int is_box = !strncmp(strchr(argv[i], '=') ? argv[i] : argv[i - 1], "--box", 5);
+            int rc = add_prompt(&pa, &np, v, is_box);
+            if (rc) {
+                free(pa);
+                return rc;
             }
         } else if (cli_flag(argv, i, "--single")) single = 1;
         else if (cli_flag(argv, i, "--hq-only")) hq_only = 1;
@@ -150,7 +157,7 @@ static int cmd_sam(int argc, char **argv) {
     carseg_sam_records *recs = NULL;
     uint8_t *rgb = NULL, *mask = NULL;
     float *iou = NULL, *lg = NULL;
-    uint32_t *counts = NULL;
+    uint32_t *counts = NULL, **own = NULL;   /* prompt mode: a scratch run buffer, each record's runs */
     sam_out_rec *ro = NULL;
     double *ptd = NULL;
     int w = 0, h = 0, rc = 1, nrec = 0;
@@ -165,7 +172,7 @@ static int cmd_sam(int argc, char **argv) {
         nrec = carseg_sam_records_count(recs);
         ro = calloc((size_t)nrec + 1, sizeof *ro);
         ptd = calloc((size_t)nrec * 2 + 2, sizeof *ptd);
-        if (!ro || !ptd) { st = CARSEG_ENOMEM; goto fail; }
+        if (!ro || !ptd) { st = set_err(CARSEG_ENOMEM, "out of memory"); goto fail; }
         for (int k = 0; k < nrec; k++) {
             int bb[4];
             uint64_t area;
@@ -183,13 +190,13 @@ static int cmd_sam(int argc, char **argv) {
         iou = calloc((size_t)np * k, sizeof *iou);
         lg = malloc(sizeof *lg * (size_t)np * k * hw);
         mask = malloc(hw);
-        counts = malloc(sizeof *counts * (hw + 1) * (size_t)np * k);
+        counts = malloc(sizeof *counts * (hw + 1));
+        own = calloc((size_t)np * k, sizeof *own);
         ro = calloc((size_t)np * k, sizeof *ro);
         ptd = calloc((size_t)np * 2, sizeof *ptd);
-        if (!pr || !iou || !lg || !mask || !counts || !ro || !ptd) {
+        if (!pr || !iou || !lg || !mask || !counts || !own || !ro || !ptd) {
             free(pr);
-            st = CARSEG_ENOMEM;
-            carseg_sam_free(NULL);
+            st = set_err(CARSEG_ENOMEM, "out of memory");
             goto fail;
         }
         for (int i = 0; i < np; i++) {
@@ -199,12 +206,14 @@ static int cmd_sam(int argc, char **argv) {
         st = carseg_sam_predict(m, im, pr, np, !single, hq_only, iou, lg);
         free(pr);
         if (st != CARSEG_OK) goto fail;
-        uint32_t *cp = counts;
         for (int i = 0; i < np; i++)
             for (int j = 0; j < k; j++) {
                 const float *l = lg + ((size_t)i * k + j) * hw;
                 for (size_t t = 0; t < hw; t++) mask[t] = l[t] > 0.0f;
-                size_t nc = cs_rle_counts(mask, h, w, cp);
+                size_t nc = cs_rle_counts(mask, h, w, counts);
+                uint32_t *cp = own[nrec] = malloc(sizeof *cp * nc);
+                if (!cp) { st = set_err(CARSEG_ENOMEM, "out of memory"); goto fail; }
+                memcpy(cp, counts, sizeof *cp * nc);
                 sam_out_rec *r = &ro[nrec++];
                 r->counts = cp, r->n_counts = nc;
                 cs_rle_bbox(cp, nc, h, r->bbox);
@@ -214,7 +223,6 @@ static int cmd_sam(int argc, char **argv) {
                     ptd[2 * i] = pa[i].pts[0], ptd[2 * i + 1] = pa[i].pts[1];
                     r->points = ptd + 2 * i, r->n_points = 1;
                 }
-                cp += nc;
             }
         if (logits_path) {
             int64_t shape[4] = {np, k, h, w};
@@ -231,7 +239,8 @@ static int cmd_sam(int argc, char **argv) {
 fail:
     rc = cli_fail_status(st);
 done:
-    free(pa), free(iou), free(lg), free(mask), free(counts), free(ro), free(ptd);
+    for (int k = 0; own && k < nrec; k++) free(own[k]);
+    free(pa), free(iou), free(lg), free(mask), free(counts), free(own), free(ro), free(ptd);
     carseg_sam_records_free(recs);
     carseg_sam_image_free(im);
     carseg_sam_free(m);
