@@ -135,7 +135,7 @@ class _Opts:
                 if not 0 <= v <= 1:
                     raise ValueError("%s %g: not in [0, 1]" % (k, v))
                 setattr(o.sam, f, v)
-        self.o, self._keep = o, keep
+        self.o, self._keep, self.kw = o, keep, kw
 
     def ref(self):
         return ctypes.byref(self.o)
@@ -315,10 +315,9 @@ class CaR:
         """CaR + SAM: the generator's records of the prepared image, set as o's sam_masks."""
         prm = _lib.SamAmgParams()
         _lib.sam_amg_init(ctypes.byref(prm))
-        merged = dict(self.options)
         for k, f in (("sam_points", "points_per_side"), ("sam_pred_iou", "pred_iou_thresh"),
                      ("sam_stability", "stability_score_thresh"), ("sam_nms", "box_nms_thresh")):
-            v = o.kw.get(k, merged.get(k))
+            v = o.kw.get(k)
             if v is not None:
                 setattr(prm, f, _int(k, v, 1, 1024) if f == "points_per_side" else float(v))
         rgb = im._rgb
@@ -342,9 +341,7 @@ class CaR:
     def _opts(self, kw):
         merged = dict(self.options)
         merged.update(kw)
-        o = _Opts(merged)
-        o.kw = kw
-        return o
+        return _Opts(merged)
 
     def prepare(self, image):
         """Computes the image's class-independent work once: a Prepared for segment/refer."""
