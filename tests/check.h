@@ -111,6 +111,6 @@ float test_randf(unsigned *state);
 
 /* The thread counts of the thread-count invariance tests (docs/threads.md): above the core count
  * they oversubscribe a small machine, and must still give the same bits. */
-#define TEST_THREAD_COUNTS {1, 2, 3, 4, 7, 16}
+#define TEST_THREAD_COUNTS {1, 2, 3, 4, 7, 16, 64}
 
 #endif

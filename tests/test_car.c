@@ -88,7 +88,7 @@ static void run_fixture(const char *cs) {
         p.prompts |= t;
     }
     const char *dir = test_tmpdir();
-    car_dump dump = {dir, ""};
+    car_dump dump = {dir, "", NULL, NULL};
     car_stats st;
     memset(&st, 0, sizeof st);
     car_image *ci = NULL;
@@ -518,8 +518,9 @@ TEST(car_thread_count_invariant) {
     CHECK_OK(image_load_rgb(ip, &im));
     static const char *cls[] = {"cat", "dog", "sofa", "person", "tv monitor"};
     static const char *ph[] = {"a cat lying down", "the cat"};
-    enum { N = 5, NC = 5 };
-    static const int counts[NC] = {1, 2, 3, 4, 7};
+    enum { N = 5 };
+    static const int counts[] = TEST_THREAD_COUNTS;
+    enum { NC = sizeof counts / sizeof counts[0] };
     car_job job;
     memset(&job, 0, sizeof job);
     job.classes = cls, job.n_classes = N, job.bg = CAR_BG_WORDS, job.nb = 23;

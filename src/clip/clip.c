@@ -288,12 +288,14 @@ static void scratch_free(scratch *s) {
     s->cap = s->wk.n = 0;
 }
 
-/* out (N, OC; row stride ldo) = x (N, IC) @ w^T + b with nn_linear_ex's flags: the packed AMX
- * product when pk (a reduced precision mode), else float32 (ldo must then be OC). */
-static void linear(float *out, int ldo, const float *x, const float *w, const float *b, int N,
-                   int IC, int OC, int flags, const gemm_pack *pk, gemm_work *wk) {
-    if (pk) gemm_linear(out, ldo, x, N, pk, b, flags, wk);
-    else nn_linear_ex(out, x, w, b, N, IC, OC, flags);
+/* out (B * R, OC; row stride ldo) = x (B * R, IC) @ w^T + b with nn_linear_ex's flags, for B
+ * items (sequences) of R rows: the packed AMX product when pk (a reduced precision mode), else
+ * float32 item by item (nn_linear_items; ldo must then be OC). Either way a row's result does not
+ * depend on the other items of the batch. */
+static void linear(float *out, int ldo, const float *x, const float *w, const float *b, int B,
+                   int R, int IC, int OC, int flags, const gemm_pack *pk, gemm_work *wk) {
+    if (pk) gemm_linear(out, ldo, x, B * R, pk, b, flags, wk);
+    else nn_linear_items(out, x, w, b, B, R, IC, OC, flags);
 }
 
 /* One ResidualAttentionBlock on x (B, L, C) in place. avg: (B, L, L) head-averaged attention
@@ -318,29 +320,31 @@ static void block_forward(const clip_block *bk, float *x, scratch *s, int B, int
         }
     } else {
         nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
-        nn_linear(s->qkv, s->ln, bk->in_w, bk->in_b, (int)BL, C, 3 * C);
+        nn_linear_items(s->qkv, s->ln, bk->in_w, bk->in_b, B, L, C, 3 * C, 0);
     }
     /* AMX attention: probs are only scratch here unless avg is wanted */
     if (!pk || causal ||
         !gemm_attention(s->att, avg ? s->probs : NULL, avg, s->qkv, B, L, C, NH, pk[0].mode))
         nn_attention(s->att, s->probs, avg, s->qkv, B, L, C, NH, causal);
-    linear(x, C, s->att, bk->out_w, bk->out_b, (int)BL, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
+    linear(x, C, s->att, bk->out_w, bk->out_b, B, L, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
            &s->wk);
     if (pk) {   /* ln_2 inside c_fc's parallel region */
         gemm_linear_ln(s->hid, M, x, (int)BL, bk->ln2_w, bk->ln2_b, s->ln, &pk[3], NULL, bk->fc_b,
                        NN_GELU, &s->wk);
     } else {
         nn_layernorm(s->ln, x, bk->ln2_w, bk->ln2_b, (int)BL, C);
-        nn_linear_ex(s->hid, s->ln, bk->fc_w, bk->fc_b, (int)BL, C, M, NN_GELU);
+        nn_linear_items(s->hid, s->ln, bk->fc_w, bk->fc_b, B, L, C, M, NN_GELU);
     }
-    linear(x, C, s->hid, bk->proj_w, bk->proj_b, (int)BL, M, C, NN_ACCUMULATE,
+    linear(x, C, s->hid, bk->proj_w, bk->proj_b, B, L, M, C, NN_ACCUMULATE,
            pk ? &pk[4] : NULL, &s->wk);
 }
 
 /* The last block when only one row per sequence is read afterwards (CLS for images, EOT for
  * text): keys and values for all rows, everything else for that row only. x (B, L, C) is read;
- * out (B, C) receives the block's output at row[b]. Same arithmetic as block_forward on those
- * rows (a row of a product does not depend on the other rows). s->qkv holds (B*L, 2C) k|v here. */
+ * out (B, C) receives the block's output at row[b]. The same operations as block_forward on those
+ * rows; the products after k|v run row by row (one-row items), so a row's bits do not follow B,
+ * but they may differ in the last bits from block_forward's (OpenBLAS's kernels give a row other
+ * bits at another place in a product on some CPUs). s->qkv holds (B*L, 2C) k|v here. */
 static carseg_status block_forward_rows(const clip_block *bk, const float *x, const int *row,
                                         float *out, scratch *s, int B, int L, int C, int M, int NH,
                                         int causal) {
@@ -349,14 +353,14 @@ static carseg_status block_forward_rows(const clip_block *bk, const float *x, co
     float scale = 1.0f / sqrtf((float)hd);
     const gemm_pack *pk = bk->pk;
     nn_layernorm(s->ln, x, bk->ln1_w, bk->ln1_b, (int)BL, C);
-    linear(s->qkv, C2, s->ln, bk->in_w + (size_t)C * C, bk->in_b + C, (int)BL, C, C2, 0,
+    linear(s->qkv, C2, s->ln, bk->in_w + (size_t)C * C, bk->in_b + C, B, L, C, C2, 0,
            pk ? &pk[1] : NULL, &s->wk);   /* k | v */
     float *q = cs_malloc(sizeof(float) * ((size_t)3 * B * C + (size_t)B * M));
     if (!q) return set_err(CARSEG_ENOMEM, "clip: out of memory");
     float *att = q + (size_t)B * C, *h2 = att + (size_t)B * C, *hid = h2 + (size_t)B * C;
     for (int b = 0; b < B; b++)
         memcpy(out + (size_t)b * C, s->ln + ((size_t)b * L + row[b]) * C, sizeof(float) * C);
-    linear(q, C, out, bk->in_w, bk->in_b, B, C, C, 0, pk ? &pk[0] : NULL, &s->wk);
+    linear(q, C, out, bk->in_w, bk->in_b, B, 1, C, C, 0, pk ? &pk[0] : NULL, &s->wk);
     /* one query per (sequence, head): scores over the visible keys, softmax, weighted values */
 #pragma omp parallel for schedule(static) if (B * NH > 1 && (size_t)B * L * C > 65536)
     for (int bh = 0; bh < B * NH; bh++) {
@@ -380,10 +384,11 @@ static carseg_status block_forward_rows(const clip_block *bk, const float *x, co
     }
     for (int b = 0; b < B; b++)
         memcpy(out + (size_t)b * C, x + ((size_t)b * L + row[b]) * C, sizeof(float) * C);
-    linear(out, C, att, bk->out_w, bk->out_b, B, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL, &s->wk);
+    linear(out, C, att, bk->out_w, bk->out_b, B, 1, C, C, NN_ACCUMULATE, pk ? &pk[2] : NULL,
+           &s->wk);
     nn_layernorm(h2, out, bk->ln2_w, bk->ln2_b, B, C);
-    linear(hid, M, h2, bk->fc_w, bk->fc_b, B, C, M, NN_GELU, pk ? &pk[3] : NULL, &s->wk);
-    linear(out, C, hid, bk->proj_w, bk->proj_b, B, M, C, NN_ACCUMULATE, pk ? &pk[4] : NULL,
+    linear(hid, M, h2, bk->fc_w, bk->fc_b, B, 1, C, M, NN_GELU, pk ? &pk[3] : NULL, &s->wk);
+    linear(out, C, hid, bk->proj_w, bk->proj_b, B, 1, M, C, NN_ACCUMULATE, pk ? &pk[4] : NULL,
            &s->wk);
     cs_free(q);
     return CARSEG_OK;
@@ -461,7 +466,8 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
         if (st != CARSEG_OK) break;
         nn_layernorm(feat, feat, m->ln_final_w, m->ln_final_b, B, C);
         float *o = s.ln;   /* (B, E) */
-        nn_sgemm(0, 0, B, E, C, 1.0f, feat, C, m->t_proj, E, 0.0f, o, E);
+        for (int b = 0; b < B; b++)   /* prompt by prompt: a row's bits do not follow B */
+            nn_sgemm(0, 0, 1, E, C, 1.0f, feat + (size_t)b * C, C, m->t_proj, E, 0.0f, o + (size_t)b * E, E);
         for (int b = 0; b < B; b++)
             memcpy(out + (size_t)order[b0 + b] * E, o + (size_t)b * E, sizeof(float) * E);
     }
@@ -474,13 +480,13 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
     return st;
 }
 
-/* Batch-invariant text encoding: prompts are grouped by their EOT position and encoded in
- * batches of exactly TEXT_GROUP prompts of that one length (the last batch of a length padded with
- * copies of its first prompt), so every prompt always goes through the same shapes ((TEXT_GROUP,
- * EOT + 1) activations) and its features depend on its own tokens only: not on the other prompts
- * of the call, their number or their order. (clip_encode_text pads a batch to its longest prompt;
- * the padded length changes the attention's sums and so the last bits.) */
-enum { TEXT_GROUP = 8 };
+/* Batch-invariant text encoding: prompts are grouped by their EOT position and each group is
+ * encoded on its own (in batches of up to TEXT_GROUP), so every prompt goes through activations of
+ * its own length (EOT + 1) whatever else the call holds, and the products run sequence by sequence
+ * (nn_linear_items): its features depend on its own tokens only, not on the other prompts of the
+ * call, their number or their order. (clip_encode_text pads a batch to its longest prompt; the
+ * padded length changes the attention's sums and so the last bits.) */
+enum { TEXT_GROUP = 64 };
 carseg_status clip_encode_text_stable(const clip_model *m, const int32_t *tokens, int n, float *out) {
     const clip_config *c = &m->cfg;
     int ctx = c->t_ctx, E = c->embed;
@@ -498,9 +504,9 @@ carseg_status clip_encode_text_stable(const clip_model *m, const int32_t *tokens
         int k = 0;
         for (int j = i; j < n && k < TEXT_GROUP; j++)
             if (!done[j] && eot[j] == eot[i]) idx[k++] = j, done[j] = 1;
-        for (int b = 0; b < TEXT_GROUP; b++)
-            memcpy(tk + (size_t)b * ctx, tokens + (size_t)idx[b < k ? b : 0] * ctx, sizeof(int32_t) * (size_t)ctx);
-        st = clip_encode_text(m, tk, TEXT_GROUP, f);
+        for (int b = 0; b < k; b++)
+            memcpy(tk + (size_t)b * ctx, tokens + (size_t)idx[b] * ctx, sizeof(int32_t) * (size_t)ctx);
+        st = clip_encode_text(m, tk, k, f);
         for (int b = 0; st == CARSEG_OK && b < k; b++)
             memcpy(out + (size_t)idx[b] * E, f + (size_t)b * E, sizeof(float) * (size_t)E);
     }
@@ -641,7 +647,9 @@ carseg_status clip_encode_images(const clip_model *m, const float *x, int n, int
                                 c->v_heads, 0);
         if (st != CARSEG_OK) break;
         nn_layernorm(cls, cls, m->ln_post_w, m->ln_post_b, B, C);
-        nn_sgemm(0, 0, B, E, C, 1.0f, cls, C, m->v_proj, E, 0.0f, out + (size_t)b0 * E, E);
+        for (int b = 0; b < B; b++)   /* image by image: a row's bits do not follow B */
+            nn_sgemm(0, 0, 1, E, C, 1.0f, cls + (size_t)b * C, C, m->v_proj, E, 0.0f,
+                     out + (size_t)(b0 + b) * E, E);
     }
     scratch_free(&s);
     cs_free(tok);

@@ -4,6 +4,8 @@
  */
 #include "nn.h"
 
+#include "gemm_f32.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
@@ -288,26 +290,55 @@ void nn_epilogue(float *restrict o, int ldo, const float *restrict c, int ldc, c
     epilogue_clones(o, ldo, c, ldc, b, rows, cols, flags);
 }
 
-void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
-                  int flags) {
-    if (N <= 0 || OC <= 0) return;
+/* The tile loop of nn_linear_items on the fma-chain kernel (gemm_f32.h): a row's bits do not
+ * depend on its place in the product, so the whole batch is one product, tiled by its shape. */
+static void linear_f32(float *out, const float *x, const float *w, const float *b, int N, int IC,
+                       int OC, int flags) {
     nn_tiling tl = nn_tiles(N, OC, IC);
     int nt = tl.tm * tl.tn, th = nn_threads();
     th = th < nt ? th : nt;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (th > 1)
+    for (int t = 0; t < nt; t++) {
+        int i0 = t / tl.tn * tl.mt, j0 = t % tl.tn * tl.nt;
+        int m = N - i0 < tl.mt ? N - i0 : tl.mt, n = OC - j0 < tl.nt ? OC - j0 : tl.nt;
+        gemm_f32_linear(out + (size_t)i0 * OC + j0, OC, x + (size_t)i0 * IC, IC, w + (size_t)j0 * IC,
+                        IC, b ? b + j0 : NULL, m, n, IC, nn_epilogue, flags);
+    }
+}
+
+void nn_linear_items(float *out, const float *x, const float *w, const float *b, int items,
+                     int rows, int IC, int OC, int flags) {
+    if (items <= 0 || rows <= 0 || OC <= 0) return;
+    if (IC > 0 && gemm_f32_available()) {
+        linear_f32(out, x, w, b, items * rows, IC, OC, flags);
+        return;
+    }
+    /* no AVX2 + FMA: OpenBLAS, item by item */
+    nn_tiling tl = nn_tiles(rows, OC, IC);   /* the tiles of one item's product */
+    int per = tl.tm * tl.tn, th = nn_threads();
+    long nt = (long)items * per;
+    th = th < nt ? th : (int)nt;
     float beta = (flags & NN_ACCUMULATE) ? 1.0f : 0.0f;
     int gelu = (flags & NN_GELU) != 0;
     blas_solo_begin();
     /* one parallel region: each tile's product, then its bias (+ GELU) while it is in cache */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (th > 1)
-    for (int t = 0; t < nt; t++) {
-        int i0 = t / tl.tn * tl.mt, j0 = t % tl.tn * tl.nt;
-        int m = N - i0 < tl.mt ? N - i0 : tl.mt, n = OC - j0 < tl.nt ? OC - j0 : tl.nt;
-        float *o = out + (size_t)i0 * OC + j0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, IC, 1.0f, x + (size_t)i0 * IC,
-                    IC, w + (size_t)j0 * IC, IC, beta, o, OC);
+    for (long t = 0; t < nt; t++) {
+        int it = (int)(t / per), tt = (int)(t % per);
+        int i0 = tt / tl.tn * tl.mt, j0 = tt % tl.tn * tl.nt;
+        int m = rows - i0 < tl.mt ? rows - i0 : tl.mt, n = OC - j0 < tl.nt ? OC - j0 : tl.nt;
+        size_t r0 = (size_t)it * rows + i0;
+        float *o = out + r0 * OC + j0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, IC, 1.0f, x + r0 * IC, IC,
+                    w + (size_t)j0 * IC, IC, beta, o, OC);
         bias_gelu_block(o, OC, b ? b + j0 : NULL, m, n, gelu);
     }
     blas_solo_end();
+}
+
+void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
+                  int flags) {
+    nn_linear_items(out, x, w, b, 1, N, IC, OC, flags);
 }
 
 void nn_linear(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC) {

@@ -41,6 +41,13 @@ void nn_linear(float *out, const float *x, const float *w, const float *b, int N
 enum { NN_ACCUMULATE = 1, NN_GELU = 2 };
 void nn_linear_ex(float *out, const float *x, const float *w, const float *b, int N, int IC, int OC,
                   int flags);
+/* nn_linear_ex on a batch of items (sequences, images) of rows rows each, x (items * rows, IC):
+ * every item's product is cut into the tiles of its own shape (rows, OC, IC), so an item's
+ * output depends on its own rows only, never on the other items of the batch or their number.
+ * (OpenBLAS's kernels give other bits for a row at another place in a product on some CPUs:
+ * docs/threads.md.) */
+void nn_linear_items(float *out, const float *x, const float *w, const float *b, int items,
+                     int rows, int IC, int OC, int flags);
 /* nn_linear_ex's epilogue for other product kernels (gemm_amx.c), on a block o (rows, cols; row
  * stride ldo) and the product's sums c (rows, cols; row stride ldc): o = c (or o + c with
  * NN_ACCUMULATE), + b (b may be NULL), QuickGELU with NN_GELU; the same float operations in the

@@ -1,0 +1,44 @@
+/* gemm_f32.h — carseg's own float32 product for the linear layers (nn.Linear: x @ w^T), used by
+ * nn_linear_items where the CPU has AVX2 and FMA.
+ *
+ * Every element is one chain of fused multiply-adds in k order from zero:
+ *     acc = 0; for k = 0 .. K-1: acc = fma(x[i][k], w[j][k], acc)
+ * so its bits depend on its own row of x and row of w alone: not on where the row sits in the
+ * product, on the other rows, on how the product is cut into tiles or over threads, and not on the
+ * vector width (the scalar twin gemm_f32_nt_ref gives the same sums with fmaf). OpenBLAS's kernels
+ * do not have this property on every CPU (docs/threads.md): a row's bits there can follow its
+ * position in the product, which made a text's features depend on the other texts of its batch.
+ *
+ * Layout: a 6 x 16 register tile of accumulators (12 AVX2 registers) over the whole K; the rows of
+ * x read in place 6 at a time, the rows of w packed 16 at a time (k-major, zero rows at the edge)
+ * into a per-thread spare (cs_spare_take). Where that buffer cannot be had, the same chains run
+ * element by element (slow, the same bits).
+ */
+#ifndef CARSEG_GEMM_F32_H
+#define CARSEG_GEMM_F32_H
+
+/* 1 when this CPU runs gemm_f32_linear's vector kernel (x86-64 with AVX2 and FMA), else 0.
+ * CARSEG_NO_GEMM_F32=1 in the environment (read once) makes it 0: nn_linear_items then runs
+ * OpenBLAS item by item, as on a CPU without AVX2. */
+int gemm_f32_available(void);
+/* Tests: 0 makes gemm_f32_available() return 0 until called again with 1 (not while products run). */
+void gemm_f32_set_enabled(int on);
+
+/* The epilogue of a block of sums (nn_epilogue's signature: o = f(o, sums, bias; flags)). */
+typedef void (*gemm_f32_epilogue)(float *o, int ldo, const float *sums, int lds, const float *b,
+                                  int rows, int cols, int flags);
+
+/* c (m, n; row stride ldc) = a (m, K; row stride lda) @ w (n, K; row stride ldw)^T, through
+ * ep(c block, ldc, sums, .., b + j, rows, cols, flags) on each 6 x 16 register tile as it is done
+ * (nn_linear_items passes nn_epilogue: bias b (n; may be NULL), NN_ACCUMULATE, NN_GELU).
+ * Single-threaded (callers tile and thread). 0 on success; -1, with nothing written, when K <= 0
+ * or gemm_f32_available() is 0. */
+int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
+                    const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags);
+
+/* c = a @ w^T with scalar fmaf, for tests: the sums of gemm_f32_linear (flags 0, no bias), bit for
+ * bit. */
+void gemm_f32_nt_ref(float *c, int ldc, const float *a, int lda, const float *w, int ldw, int m,
+                     int n, int K);
+
+#endif
