@@ -20,6 +20,8 @@ typedef struct {
     int port;                  /* 0: any free port (see port_file) */
     const char *port_file;     /* written with the bound port once listening (tests) */
     const char *generator, *classifier, *vocab;
+    const char *sam;           /* --sam MODEL: HQ-SAM / SAM for CaR + SAM; NULL: none */
+    int max_sam_points;        /* the most generator points per side a request may ask for */
     carseg_precision precision;
     int threads;               /* kernel threads per computation (carseg_set_threads; 0 = all) */
     int workers;               /* requests computed at the same time */
@@ -100,6 +102,8 @@ typedef struct serve_worker serve_worker;   /* one per compute thread */
 
 carseg_status serve_engine_open(const serve_cfg *cfg, serve_engine **out);
 void serve_engine_close(serve_engine *e);
+/* 1 when the server holds a SAM model (--sam) */
+int serve_engine_has_sam(const serve_engine *e);
 carseg_status serve_worker_new(serve_engine *e, serve_worker **out);
 void serve_worker_free(serve_worker *w);
 

@@ -1,7 +1,8 @@
 /* serve_car.c — `carseg serve`: the compute side, on the public API (carseg.h) only.
- * /v1/segment (semantic or referring segmentation of an uploaded image → JSON or the label PNG),
- * /v1/embed (CLIP features of texts and images), /v1/models. The models are opened once
- * (carseg_car_model, shared); each compute thread owns a carseg_segmenter. */
+ * /v1/segment (semantic or referring segmentation of an uploaded image → JSON or the label PNG;
+ * with --sam, CaR + SAM), /v1/embed (CLIP features of texts and images), /v1/models. The models
+ * are opened once (carseg_car_model and the carseg_sam, shared read-only); each compute thread
+ * owns a carseg_segmenter, and a CaR + SAM request its own carseg_sam_image. */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,7 +15,8 @@
 struct serve_engine {
     const serve_cfg *cfg;
     carseg_car_model *model;
-    char gen_name[512], cls_name[512];
+    carseg_sam *sam;            /* --sam MODEL, or NULL */
+    char gen_name[512], cls_name[512], sam_name[512];
 };
 
 struct serve_worker {
@@ -32,8 +34,13 @@ carseg_status serve_engine_open(const serve_cfg *cfg, serve_engine **out) {
     snprintf(e->cls_name, sizeof e->cls_name, "%s", cfg->classifier ? cfg->classifier : "ViT-L/14");
     carseg_status st = carseg_car_model_open(e->gen_name, e->cls_name, cfg->vocab, &e->model);
     if (st == CARSEG_OK) st = carseg_car_model_set_precision(e->model, cfg->precision);
+    if (st == CARSEG_OK && cfg->sam) {
+        snprintf(e->sam_name, sizeof e->sam_name, "%s", cfg->sam);
+        st = carseg_sam_load(cfg->sam, &e->sam);
+    }
     if (st != CARSEG_OK) {
         carseg_car_model_close(e->model);
+        carseg_sam_free(e->sam);
         free(e);
         return st;
     }
@@ -44,8 +51,11 @@ carseg_status serve_engine_open(const serve_cfg *cfg, serve_engine **out) {
 void serve_engine_close(serve_engine *e) {
     if (!e) return;
     carseg_car_model_close(e->model);
+    carseg_sam_free(e->sam);
     free(e);
 }
+
+int serve_engine_has_sam(const serve_engine *e) { return e && e->sam; }
 
 carseg_status serve_worker_new(serve_engine *e, serve_worker **out) {
     *out = NULL;
@@ -80,6 +90,20 @@ void serve_models_json(const serve_engine *e, sbuf *b) {
     clip_json(b, e->gen_name, carseg_car_model_generator(e->model));
     sb_puts(b, ", \"classifier\": ");
     clip_json(b, e->cls_name, carseg_car_model_classifier(e->model));
+    sb_puts(b, ", \"sam\": ");
+    if (e->sam) {   /* CaR + SAM: the model and the generator's defaults (carseg_sam_amg_init) */
+        carseg_sam_amg_params a;
+        carseg_sam_amg_init(&a);
+        if (a.points_per_side > c->max_sam_points) a.points_per_side = c->max_sam_points;
+        sb_puts(b, "{\"name\": ");
+        sb_json_str(b, e->sam_name);
+        sb_printf(b, ", \"hq\": %s, \"points_per_side\": %d, \"pred_iou\": %g, \"stability\": %g, "
+                     "\"nms\": %g, \"max_points_per_side\": %d}",
+                  carseg_sam_is_hq(e->sam) ? "true" : "false", a.points_per_side, a.pred_iou_thresh,
+                  a.stability_score_thresh, a.box_nms_thresh, c->max_sam_points);
+    } else {
+        sb_puts(b, "null");
+    }
     sb_puts(b, ", \"precision\": ");
     sb_json_str(b, carseg_precision_name(carseg_car_model_precision(e->model)));
     sb_puts(b, ", \"presets\": [");
@@ -107,9 +131,10 @@ void serve_models_json(const serve_engine *e, sbuf *b) {
         first = 0;
     }
     sb_printf(b, "], \"limits\": {\"max_body_bytes\": %zu, \"max_pixels\": %lld, \"max_classes\": %d, "
-                 "\"request_timeout_s\": %d, \"idle_timeout_s\": %d, \"max_queue\": %d, \"workers\": %d}}\n",
+                 "\"request_timeout_s\": %d, \"idle_timeout_s\": %d, \"max_queue\": %d, \"workers\": %d, "
+                 "\"max_sam_points\": %d}}\n",
               c->max_body, (long long)c->max_pixels, c->max_classes, c->request_timeout_s,
-              c->idle_timeout_s, c->max_queue, c->workers);
+              c->idle_timeout_s, c->max_queue, c->workers, c->max_sam_points);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,6 +191,8 @@ typedef struct {
     char *prompts, *stuff_prompts, *preset, *templates;
     int want_png;     /* the field format=png (beside the Accept header) */
     int with_png;     /* the field label_png=1: the JSON holds the label PNG (base64) */
+    int sam;          /* CaR + SAM (the field sam; default on when the server has a SAM model) */
+    carseg_sam_amg_params amg;   /* the generator's settings (sam_points, sam_pred_iou, ...) */
     const serve_field *image;
 } seg_req;
 
@@ -175,7 +202,7 @@ static void seg_req_free(seg_req *q) {
     memset(q, 0, sizeof *q);
 }
 
-static int parse_num(const char *field, const char *v, double lo, double hi, float *out, serve_reply *r) {
+static int parse_dbl(const char *field, const char *v, double lo, double hi, double *out, serve_reply *r) {
     char *end;
     while (isspace((unsigned char)*v)) v++;
     double d = strtod(v, &end);
@@ -188,7 +215,32 @@ static int parse_num(const char *field, const char *v, double lo, double hi, flo
         reply_err(r, 400, "field '%s': %g is outside [%g, %g]", field, d, lo, hi);
         return 1;
     }
+    *out = d;
+    return 0;
+}
+
+static int parse_num(const char *field, const char *v, double lo, double hi, float *out, serve_reply *r) {
+    double d;
+    if (parse_dbl(field, v, lo, hi, &d, r)) return 1;
     *out = (float)d;
+    return 0;
+}
+
+/* an integer in [lo, hi]; `limit` names where hi comes from in the error, or NULL */
+static int parse_int(const char *field, const char *v, int lo, int hi, const char *limit, int *out,
+                     serve_reply *r) {
+    double d;
+    if (parse_dbl(field, v, -1e18, 1e18, &d, r)) return 1;
+    if (d != (double)(long long)d) {
+        reply_err(r, 400, "field '%s': expected an integer, got '%.40s'", field, v);
+        return 1;
+    }
+    if (d < lo || d > hi) {
+        reply_err(r, 400, "field '%s': %.0f is outside [%d, %d]%s%s", field, d, lo, hi, limit ? " " : "",
+                  limit ? limit : "");
+        return 1;
+    }
+    *out = (int)d;
     return 0;
 }
 
@@ -231,21 +283,69 @@ static int names_ok(const strv *s, const char *what, int max, serve_reply *r) {
     return 1;
 }
 
+/* the CaR + SAM fields beside `sam`: the generator's settings, then the matching thresholds */
+#define SAM_FIELDS "sam_points", "sam_pred_iou", "sam_stability", "sam_nms", "sam_iom", "sam_min_pred", "sam_iou"
+
+/* CaR + SAM: on by default when the server has a SAM model and the request is semantic; a SAM
+ * field the request cannot use (no model, sam=0, refer) is an error, not ignored. The defaults are
+ * carseg_sam_amg_init's (CaR's), with points per side capped at --max-sam-points. */
+static int sam_parse(const serve_engine *e, const serve_form *f, seg_req *q, serve_reply *r) {
+    static const char *fields[] = {SAM_FIELDS};
+    const char *given = NULL, *v;
+    for (size_t k = 0; k < sizeof fields / sizeof *fields && !given; k++)
+        if (form_get(f, fields[k])) given = fields[k];
+    q->sam = e->sam && !q->refer.n;
+    if ((v = form_str(f, "sam")) && parse_bool("sam", v, &q->sam, r)) return 1;
+    if (!e->sam && (q->sam || given)) {
+        reply_err(r, 400, "field '%s': this server has no SAM model (start it with --sam MODEL; "
+                          "/v1/models says \"sam\": null)", given && !q->sam ? given : "sam");
+        return 1;
+    }
+    if (q->sam && q->refer.n) {
+        reply_err(r, 400, "field 'sam': CaR + SAM refines semantic segmentation ('classes' or 'preset'), "
+                          "not 'refer'");
+        return 1;
+    }
+    if (!q->sam && given) {
+        reply_err(r, 400, "field '%s': CaR + SAM is off for this request (%s)", given,
+                  q->refer.n ? "'refer'" : "sam=0");
+        return 1;
+    }
+    if (!q->sam) return 0;
+    carseg_sam_amg_params *a = &q->amg;
+    carseg_sam_params *m = &q->o.sam;
+    if (a->points_per_side > e->cfg->max_sam_points) a->points_per_side = e->cfg->max_sam_points;
+    if ((v = form_str(f, "sam_points")) &&
+        parse_int("sam_points", v, 1, e->cfg->max_sam_points, "(--max-sam-points)", &a->points_per_side, r))
+        return 1;
+    if ((v = form_str(f, "sam_pred_iou")) && parse_dbl("sam_pred_iou", v, 0, 1, &a->pred_iou_thresh, r)) return 1;
+    if ((v = form_str(f, "sam_stability")) && parse_dbl("sam_stability", v, 0, 1, &a->stability_score_thresh, r)) return 1;
+    if ((v = form_str(f, "sam_nms")) && parse_dbl("sam_nms", v, 0, 1, &a->box_nms_thresh, r)) return 1;
+    if ((v = form_str(f, "sam_iom")) && parse_dbl("sam_iom", v, 0, 1, &m->iom_thres, r)) return 1;
+    if ((v = form_str(f, "sam_min_pred")) && parse_dbl("sam_min_pred", v, 0, 1, &m->min_pred, r)) return 1;
+    if ((v = form_str(f, "sam_iou")) && parse_dbl("sam_iou", v, 0, 1, &m->iou_thres, r)) return 1;
+    return 0;
+}
+
 /* fills q from the form; 0 = fine, else the 4xx answer is in *r */
 static int seg_parse(const serve_engine *e, const serve_form *f, seg_req *q, serve_reply *r) {
     static const char *known[] = {"image", "classes", "preset", "refer", "theta", "eta", "lambda",
                                   "prompts", "stuff_prompts", "bg_words", "crf", "fix",
-                                  "templates", "format", "label_png"};
+                                  "templates", "format", "label_png", "sam", SAM_FIELDS};
+    const size_t nk = sizeof known / sizeof *known;
     memset(q, 0, sizeof *q);
     carseg_options_init(&q->o);
+    carseg_sam_amg_init(&q->amg);
     int max = e->cfg->max_classes, oom = 0;
     for (int i = 0; i < f->n; i++) {
         const serve_field *x = &f->v[i];
         size_t k = 0;
-        while (k < sizeof known / sizeof *known && strcmp(x->name, known[k])) k++;
-        if (k == sizeof known / sizeof *known) {
-            reply_err(r, 400, "unknown field '%.60s' (fields: image, classes, preset, refer, theta, eta, "
-                              "lambda, prompts, stuff_prompts, bg_words, crf, fix, templates, format, label_png)", x->name);
+        while (k < nk && strcmp(x->name, known[k])) k++;
+        if (k == nk) {
+            char list[400] = "";
+            for (size_t j = 0, n = 0; j < nk && n < sizeof list; j++)
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", j ? ", " : "", known[j]);
+            reply_err(r, 400, "unknown field '%.60s' (fields: %s)", x->name, list);
             return 1;
         }
         if (!strcmp(x->name, "image")) continue;
@@ -323,6 +423,7 @@ static int seg_parse(const serve_engine *e, const serve_form *f, seg_req *q, ser
         else if (strcasecmp(v, "json")) { reply_err(r, 400, "field 'format': expected json or png, got '%.40s'", v); return 1; }
     }
     if (oom) { reply_err(r, 500, "out of memory"); return 1; }
+    if (sam_parse(e, f, q, r)) return 1;
     q->o.threads = e->cfg->threads;
     return 0;
 }
@@ -376,8 +477,27 @@ static void sb_base64(sbuf *b, const uint8_t *p, size_t n) {
     }
 }
 
+/* what CaR + SAM did in a request (the answer's "sam" object) */
+typedef struct {
+    const carseg_sam_amg_params *amg;
+    const carseg_sam_params *match;
+    int masks;                  /* the generator's records */
+    double ms_encoder, ms_generator;   /* carseg_sam_set_image; carseg_sam_generate */
+} sam_info;
+
+static void sam_json(sbuf *b, const sam_info *s) {
+    const carseg_sam_amg_params *a = s->amg;
+    sb_printf(b, "  \"sam\": {\"masks\": %d, \"points_per_side\": %d, \"pred_iou\": %.9g, "
+                 "\"stability\": %.9g, \"nms\": %.9g, \"iom\": %.9g, \"min_pred\": %.9g, \"iou\": %.9g, "
+                 "\"encoder_ms\": %.1f, \"generator_ms\": %.1f},\n",
+              s->masks, a->points_per_side, a->pred_iou_thresh, a->stability_score_thresh,
+              a->box_nms_thresh, s->match->iom_thres, s->match->min_pred, s->match->iou_thres,
+              s->ms_encoder, s->ms_generator);
+}
+
 static int result_json(const carseg_result *res, const char *image_name, carseg_precision prec,
-                       const uint8_t *png, size_t png_len, double ms_total, sbuf *b) {
+                       const uint8_t *png, size_t png_len, const sam_info *sam, double ms_total,
+                       sbuf *b) {
     int w = carseg_result_width(res), h = carseg_result_height(res), refer = carseg_result_is_refer(res);
     int n = carseg_result_count(res), nc = refer ? 1 : n;
     size_t np = (size_t)w * h;
@@ -448,6 +568,7 @@ static int result_json(const carseg_result *res, const char *image_name, carseg_
         sb_puts(b, "]}");
     }
     sb_printf(b, "%s],\n", carseg_result_rounds(res) ? "\n  " : "");
+    if (sam) sam_json(b, sam);
     if (png) {
         sb_puts(b, "  \"label_png\": \"");
         sb_base64(b, png, png_len);
@@ -485,6 +606,10 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
     int iw = 0, ih = 0;
     carseg_result *res = NULL;
     carseg_prepared *prep = NULL;
+    carseg_sam_image *sim = NULL;
+    carseg_sam_records *recs = NULL;
+    carseg_sam_masks sm;
+    sam_info si = {&q.amg, &q.o.sam, 0, 0, 0};
     carseg_status st = carseg_image_decode(q.image->data, q.image->len, cfg->max_pixels, &rgb, &iw, &ih);
     if (st != CARSEG_OK) {
         const char *m = carseg_last_error();
@@ -503,11 +628,33 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
                   iw, ih, nq, cfg->max_mask_bytes / 1e6);
         goto done;
     }
+    /* the generator's batch of logit maps (float, at the image's size) counts as masks too */
+    double sam_bytes = q.sam ? 4.0 * iw * ih * q.amg.points_per_batch * carseg_sam_masks_per_prompt(w->e->sam, 1) : 0;
+    if (sam_bytes > cfg->max_mask_bytes) {
+        reply_err(out, 413, "image %dx%d: CaR + SAM's generator needs more than %.0f MB for one batch of "
+                  "masks (limit: --max-pixels x classes)", iw, ih, cfg->max_mask_bytes / 1e6);
+        goto done;
+    }
     round_guard g = {t0 + cfg->request_timeout_s * 1e3, 0};
     q.o.on_round = on_round;
     q.o.on_round_user = &g;
     st = carseg_prepare(w->seg, rgb, iw, ih, &q.o, &prep);
-    if (st == CARSEG_OK) {
+    if (st == CARSEG_OK && q.sam) {   /* as `carseg segment --sam`: the generator once per image */
+        double ts = serve_now_ms();
+        st = carseg_sam_set_image(w->e->sam, rgb, iw, ih, &sim);
+        si.ms_encoder = serve_now_ms() - ts;
+        ts = serve_now_ms();
+        if (st == CARSEG_OK) st = carseg_sam_generate(w->e->sam, sim, &q.amg, &recs);
+        if (st == CARSEG_OK) st = carseg_sam_records_masks(recs, &sm);
+        carseg_sam_image_free(sim);   /* the embedding is done with; the records stay */
+        sim = NULL;
+        si.ms_generator = serve_now_ms() - ts;
+        si.masks = carseg_sam_records_count(recs);
+        if (st == CARSEG_OK) q.o.sam_masks = &sm;
+        if (serve_now_ms() > g.deadline) g.timed_out = 1;   /* the generator cannot stop half way */
+        else if (st != CARSEG_OK) { reply_lib(out, st, "CaR + SAM"); goto done; }
+    }
+    if (st == CARSEG_OK && !g.timed_out) {
         if (q.refer.n) st = carseg_refer(w->seg, prep, (const char *const *)q.refer.v, q.refer.n, &q.o, &res);
         else if (q.classes.n) st = carseg_segment(w->seg, prep, (const char *const *)q.classes.v, q.classes.n, &q.o, &res);
         else st = carseg_segment(w->seg, prep, NULL, 0, &q.o, &res);
@@ -538,7 +685,7 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
     } else {
         sbuf b = {0};
         int bad = result_json(res, q.image->filename, carseg_car_model_precision(w->e->model), png, len,
-                              serve_now_ms() - t0, &b);
+                              q.sam ? &si : NULL, serve_now_ms() - t0, &b);
         free(png);
         if (bad) {
             sb_free(&b);
@@ -550,6 +697,8 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
 done:
     carseg_result_free(res);
     carseg_prepared_free(prep);
+    carseg_sam_records_free(recs);
+    carseg_sam_image_free(sim);
     carseg_image_free(rgb);
     seg_req_free(&q);
 }

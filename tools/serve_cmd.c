@@ -10,15 +10,16 @@ static void usage(FILE *f) {
     fprintf(f,
         "usage: carseg serve [--host 127.0.0.1] [--port 8080] [--generator M] [--classifier M]\n"
         "                    [--vocab F] [--threads N] [--workers N] [--max-body MB]\n"
-        "                    [--max-pixels N] [--max-classes N] [options]\n"
+        "                    [--max-pixels N] [--max-classes N] [--sam MODEL] [options]\n"
         "\n"
         "Loads the models once and serves CaR over HTTP until SIGINT / SIGTERM (docs/serve.md):\n"
         "  GET  /             the demo page (no external assets)\n"
         "  GET  /v1/health    {\"status\": \"ok\", ...}\n"
         "  GET  /v1/models    the models, presets, fixes and limits\n"
         "  POST /v1/segment   multipart: image + classes | preset | refer (+ theta, eta, lambda,\n"
-        "                     prompts, bg_words, crf, fix, templates) -> JSON, or the label PNG\n"
-        "                     with 'Accept: image/png'\n"
+        "                     prompts, bg_words, crf, fix, templates; with --sam: sam, sam_points,\n"
+        "                     sam_pred_iou, sam_stability, sam_nms, sam_iom, sam_min_pred, sam_iou)\n"
+        "                     -> JSON, or the label PNG with 'Accept: image/png'\n"
         "  POST /v1/embed     multipart: text (repeatable) and/or image files -> CLIP features\n"
         "\n"
         "  --host ADDR          IPv4 address to listen on (default 127.0.0.1: this machine only)\n"
@@ -27,6 +28,10 @@ static void usage(FILE *f) {
         "  --generator M        mask generator CLIP: a file or a known name (default ViT-B/16)\n"
         "  --classifier M       mask classifier CLIP (default ViT-L/14)\n"
         "  --vocab F            CLIP BPE vocabulary (default: the cached one)\n"
+        "  --sam MODEL          an HQ-SAM / SAM checkpoint: CaR + SAM for semantic requests (on by\n"
+        "                       default; the field sam=0 turns it off), as carseg segment --sam\n"
+        "  --max-sam-points N   the most generator points per side a request may ask for\n"
+        "                       (sam_points; default 64, CaR's setting; at most 1024)\n"
         "  --threads N          kernel threads per computation (default: all cores)\n"
         "  --workers N          requests computed at the same time (default 1; each holds its own\n"
         "                       text caches and scratch, the models are shared)\n"
@@ -67,6 +72,7 @@ static int cmd_serve(int argc, char **argv) {
     c.max_connections = 64;
     c.idle_timeout_s = 15;
     c.request_timeout_s = 120;
+    c.max_sam_points = 64;
     const char *v;
     int rc;
     for (int i = 1; i < argc; i++) {
@@ -77,6 +83,8 @@ static int cmd_serve(int argc, char **argv) {
         else if ((v = cli_opt(argc, argv, &i, "--generator"))) c.generator = v;
         else if ((v = cli_opt(argc, argv, &i, "--classifier"))) c.classifier = v;
         else if ((v = cli_opt(argc, argv, &i, "--vocab"))) c.vocab = v;
+        else if ((v = cli_opt(argc, argv, &i, "--sam"))) c.sam = v;
+        else if ((v = cli_opt(argc, argv, &i, "--max-sam-points"))) { if ((rc = int_opt("--max-sam-points", v, 1, 1024, &c.max_sam_points))) return rc; }
         else if ((v = cli_opt(argc, argv, &i, "--precision"))) c.precision = cli_precision(v);
         else if ((v = cli_opt(argc, argv, &i, "--threads"))) { if ((rc = int_opt("--threads", v, 0, 4096, &c.threads))) return rc; }
         else if ((v = cli_opt(argc, argv, &i, "--workers"))) { if ((rc = int_opt("--workers", v, 1, 256, &c.workers))) return rc; }
@@ -101,8 +109,8 @@ static int cmd_serve(int argc, char **argv) {
     /* SIGINT / SIGTERM from here on only set a flag (a Ctrl-C while loading stops before serving) */
     if (serve_signals_install()) return cli_fail("serve: cannot install the signal handlers");
     if (c.threads > 0) carseg_set_threads(c.threads);
-    fprintf(stderr, "carseg: loading %s and %s\n", c.generator ? c.generator : "ViT-B/16",
-            c.classifier ? c.classifier : "ViT-L/14");
+    fprintf(stderr, "carseg: loading %s and %s%s%s\n", c.generator ? c.generator : "ViT-B/16",
+            c.classifier ? c.classifier : "ViT-L/14", c.sam ? ", SAM " : "", c.sam ? c.sam : "");
     serve_engine *e = NULL;
     carseg_status st = serve_engine_open(&c, &e);
     if (st != CARSEG_OK) return cli_fail_status(st);

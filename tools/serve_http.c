@@ -110,8 +110,8 @@ static void health_json(server *S, sbuf *b) {
     sb_printf(b, "{\"status\": \"%s\", \"version\": ", dr ? "shutting down" : "ok");
     sb_json_str(b, carseg_version());
     sb_printf(b, ", \"abi\": %d, \"uptime_s\": %.1f, \"workers\": %d, \"running\": %d, \"queued\": %d, "
-                 "\"served\": %ld}\n", carseg_abi_version(), (serve_now_ms() - S->t_start) / 1e3,
-              S->cfg->workers, run, q, served);
+                 "\"served\": %ld, \"sam\": %s}\n", carseg_abi_version(), (serve_now_ms() - S->t_start) / 1e3,
+              S->cfg->workers, run, q, served, serve_engine_has_sam(S->eng) ? "true" : "false");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ GEN = os.path.join(SHARED, "fixtures/clip_sg/model_f16.safetensors")
 CLS = os.path.join(SHARED, "fixtures/models/sc_f16.safetensors")
 VOCAB = os.path.join(SHARED, "clip/bpe_simple_vocab_16e6.txt.gz")
 PHOTOS = os.path.join(SHARED, "data/photos")
+SAMT = os.path.join(SHARED, "fixtures/sam/samt.safetensors")   # small random-weight HQ-SAM
 
 failures = []
 passed = 0
@@ -485,6 +486,145 @@ def test_mutations(S, count=120, seed=14):
     check(S.healthy(), "healthy after %d damaged requests" % count)
 
 
+# ----------------------------------------------------------------------------------------------
+# CaR + SAM (--sam): the fixture HQ-SAM has random weights, so with CaR's thresholds its generator
+# keeps nothing; these cases use thresholds of 0 (as the CLI test sam_cli_segment_sam_model), where
+# its one whole-image mask relabels the map, so the refinement visibly acts
+
+SAM_CASES = [  # (name, form fields, CLI options)
+    ("sam classes+crf", [("classes", "cup,person,table"), ("theta", "0"), ("sam_points", "8"), ("sam_pred_iou", "0"),
+                         ("sam_stability", "0"), ("sam_iom", "0"), ("sam_iou", "0")],
+     ["--classes", "cup,person,table", "--theta", "0", "--sam-points", "8", "--sam-pred-iou", "0",
+      "--sam-stability", "0", "--sam-iom", "0", "--sam-iou", "0"]),
+    ("sam preset", [("preset", "voc"), ("crf", "0"), ("theta", "0"), ("sam_points", "5"), ("sam_pred_iou", "0"),
+                    ("sam_stability", "0"), ("sam_nms", "0.5"), ("sam_iom", "0.01"), ("sam_min_pred", "0.1"),
+                    ("sam_iou", "0.05")],
+     ["--preset", "voc", "--no-crf", "--theta", "0", "--sam-points", "5", "--sam-pred-iou", "0", "--sam-stability",
+      "0", "--sam-nms", "0.5", "--sam-iom", "0.01", "--sam-min-pred", "0.1", "--sam-iou", "0.05"]),
+]
+
+
+def compare_with_cli(S, name, img, fields, args, tmp):
+    """the PNG and JSON answers against `carseg segment` with args; returns the PNG"""
+    cpng, cjson = cli_segment(img, args, os.path.join(tmp, name.replace(" ", "_")))
+    f = [("image", (os.path.basename(img), open(img, "rb").read(), "image/png"))] + fields
+    st, h, png = S.post("/v1/segment", f, accept="image/png", timeout=300)
+    check(st == 200 and png == cpng, "%s: label PNG byte-equal to carseg segment's (%d %r)" % (name, st, png[:200]))
+    st, _, body = S.post("/v1/segment", f, timeout=300)
+    if not check(st == 200, "%s: JSON answer %d %r" % (name, st, body[:300])):
+        return png, None
+    j = json.loads(body)
+    cj, ckeys = strip_cli_json(cjson)
+    mine = {k: j[k] for k in cj}
+    mine["classes"] = [{k: c[k] for k in c if k != "mask"} for c in j["classes"]]
+    check(mine == cj and sorted(j["timings_ms"]) == ckeys,
+          "%s: JSON values equal to carseg segment's\n  serve %r\n  cli   %r" % (name, mine, cj))
+    return png, j
+
+
+def test_sam(tmp):
+    S = Server(["--sam", SAMT, "--workers", "2", "--max-sam-points", "16"])
+    img = os.path.join(PHOTOS, "coffee.png")
+    data = open(img, "rb").read()
+    try:
+        st, _, b = S.request("GET", "/v1/health")
+        check(st == 200 and json.loads(b).get("sam") is True, "--sam: /v1/health says sam true (%r)" % b[:300])
+        st, _, b = S.request("GET", "/v1/models")
+        m = json.loads(b).get("sam") or {}
+        check(m.get("name") == SAMT and m.get("hq") is True and m.get("max_points_per_side") == 16 and
+              m.get("points_per_side") == 16 and m.get("pred_iou") == 0.88,
+              "--sam: /v1/models describes the SAM model (%r)" % m)
+        for name, fields, args in SAM_CASES:
+            png, j = compare_with_cli(S, name, img, fields, args + ["--sam", SAMT], tmp)
+            if j:
+                sam = j.get("sam") or {}
+                pts = [v for k, v in fields if k == "sam_points"][0]
+                check(sam.get("masks", 0) >= 1 and sam.get("points_per_side") == int(pts),
+                      "%s: the answer's sam object (%r)" % (name, sam))
+            # the same request with sam=0 is plain CaR, and the refinement changed the map
+            st, _, png0 = S.post("/v1/segment", [("image", ("coffee.png", data, "image/png"))] +
+                                 [(k, v) for k, v in fields if not k.startswith("sam_")] + [("sam", "0")],
+                                 accept="image/png")
+            check(st == 200 and png0 != png, "%s: sam=0 gives plain CaR, another label map (%d)" % (name, st))
+        # sam=0 and refer (where SAM is off by default) equal the CLI without --sam
+        compare_with_cli(S, "sam=0", img, [("classes", "cup,plate,table"), ("crf", "0"), ("sam", "0")],
+                         ["--classes", "cup,plate,table", "--no-crf"], tmp)
+        compare_with_cli(S, "refer beside --sam", img, [("refer", "a cup of coffee"), ("crf", "0")],
+                         ["--refer", "a cup of coffee", "--no-crf"], tmp)
+        # bad SAM fields: 400 naming the field
+        for fields, word in [([("sam_points", "0")], "sam_points"), ([("sam_points", "17")], "--max-sam-points"),
+                             ([("sam_points", "2.5")], "sam_points"), ([("sam_points", "many")], "sam_points"),
+                             ([("sam_pred_iou", "1.5")], "sam_pred_iou"), ([("sam_stability", "-0.1")], "sam_stability"),
+                             ([("sam_nms", "nan")], "sam_nms"), ([("sam_iom", "x")], "sam_iom"),
+                             ([("sam_min_pred", "2")], "sam_min_pred"), ([("sam_iou", "")], "sam_iou"),
+                             ([("sam", "maybe")], "sam"), ([("sam_point", "8")], "sam_point"),
+                             ([("sam", "0"), ("sam_points", "8")], "sam=0"),
+                             ([("sam_points", "4"), ("sam_points", "4")], "given 2 times")]:
+            st, _, b = S.post("/v1/segment", [("image", ("x.png", data, "image/png")), ("classes", "cat")] + fields)
+            check(st == 400 and word in err_of(b), "SAM field %r -> 400 naming %r (%d %r)" % (fields, word, st, b[:200]))
+        for fields, word in [([("refer", "the cup"), ("sam", "1")], "refer"),
+                             ([("refer", "the cup"), ("sam_points", "4")], "sam_points")]:
+            st, _, b = S.post("/v1/segment", [("image", ("x.png", data, "image/png"))] + fields)
+            check(st == 400 and word in err_of(b), "SAM with refer %r -> 400 naming %r (%d %r)" % (fields, word, st, b[:200]))
+        # concurrency: 8 CaR + SAM requests from 4 clients equal the same requests one by one
+        imgs = ["coffee.png", "chelsea.png", "astronaut.png", "camera.png"]
+        datas = {n: open(os.path.join(PHOTOS, n), "rb").read() for n in imgs}
+        form = [("classes", "cat,cup,person,sky"), ("crf", "0"), ("theta", "0"), ("sam_points", "4"),
+                ("sam_pred_iou", "0"), ("sam_stability", "0"), ("sam_iom", "0"), ("sam_iou", "0")]
+        want = {}
+        for n in imgs:
+            st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png"))] + form, accept="image/png")
+            check(st == 200, "SAM sequential %s: %d" % (n, st))
+            want[n] = png
+        got, lock = [], threading.Lock()
+
+        def client(ci):
+            for k in range(2):
+                n = imgs[(ci + k) % 4]
+                try:
+                    st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png"))] + form,
+                                        accept="image/png", timeout=300)
+                except Exception as e:
+                    st, png = repr(e), b""
+                with lock:
+                    got.append((n, st, png))
+
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        bad = [(n, st) for n, st, png in got if st != 200 or png != want[n]]
+        check(len(got) == 8 and not bad, "8 CaR + SAM requests from 4 clients equal to the sequential answers: "
+                                         "%d answers, bad %r" % (len(got), bad))
+        check(S.healthy(), "--sam: healthy at the end")
+    finally:
+        rc, log = S.stop()
+    check(rc == 0, "--sam server: clean exit (%r)" % rc)
+    # a SAM checkpoint that does not load stops the server before it listens, with the loader's error
+    bad = os.path.join(tmp, "cut.safetensors")
+    open(bad, "wb").write(open(SAMT, "rb").read()[:5000])
+    r = subprocess.run([BIN, "serve", "--port", "0", "--generator", GEN, "--classifier", CLS, "--vocab", VOCAB,
+                        "--sam", bad], capture_output=True, text=True, timeout=60)
+    check(r.returncode != 0 and "cut.safetensors" in r.stderr, "--sam with a cut checkpoint: error naming it (%d %r)"
+          % (r.returncode, r.stderr[-300:]))
+
+
+def test_no_sam(S):
+    """a server without --sam: says so, and refuses a request that asks for SAM"""
+    img = open(os.path.join(PHOTOS, "coffee.png"), "rb").read()
+    st, _, b = S.request("GET", "/v1/health")
+    check(json.loads(b).get("sam") is False, "no --sam: /v1/health says sam false")
+    st, _, b = S.request("GET", "/v1/models")
+    check("sam" in json.loads(b) and json.loads(b)["sam"] is None, "no --sam: /v1/models says sam null")
+    for fields, word in [([("sam", "1")], "no SAM model"), ([("sam_points", "8")], "sam_points"),
+                         ([("sam", "on"), ("sam_nms", "0.5")], "no SAM model")]:
+        st, _, b = S.post("/v1/segment", [("image", ("x.png", img, "image/png")), ("classes", "cat")] + fields)
+        check(st == 400 and word in err_of(b) and "--sam" in err_of(b),
+              "no --sam: %r -> 400 naming %r (%d %r)" % (fields, word, st, b[:200]))
+    st, _, b = S.post("/v1/segment", [("image", ("x.png", img, "image/png")), ("classes", "cat"), ("sam", "0")],
+                      accept="image/png")
+    check(st == 200 and b[:4] == b"\x89PNG", "no --sam: sam=0 is plain CaR (%d)" % st)
+
+
 def test_limits():
     S = Server(["--max-pixels", "1000", "--max-body", "1"])
     try:
@@ -570,6 +710,7 @@ def main():
         for t in (test_equal_to_cli, test_embed):
             t(S, tmp)
         test_concurrent(S)
+        test_no_sam(S)
         test_hostile(S)
         test_mutations(S)
     finally:
@@ -582,6 +723,10 @@ def main():
     check("stopped" in log, "shutdown logged")
     test_limits()
     test_timeout_and_shutdown()
+    if os.path.exists(SAMT):
+        test_sam(tmp)
+    else:
+        print("test_serve: CaR + SAM tests SKIPPED (no %s)" % SAMT)
     page = os.path.join(HERE, "test_page.py")
     if os.path.exists(page):
         r = subprocess.run([sys.executable, page])
