@@ -115,8 +115,10 @@ void carseg_release_memory(void);
 // Models: known checkpoints, cache, download (models.c)
 
 /* Known files: OpenAI's CLIP checkpoints ViT-B/16, ViT-L/14, ViT-B/32, ViT-L/14@336px (kind
- * "clip") and the BPE vocabulary "bpe" (kind "vocab"). Names are matched ignoring case and
- * punctuation: "ViT-B/16", "ViT-B-16", "vit-b16", "ViT-B-16.pt" are the same model.
+ * "clip"), the BPE vocabulary "bpe" (kind "vocab") and HQ-SAM's sam_hq_vit_b, sam_hq_vit_l,
+ * sam_hq_vit_h (kind "sam": the authors' files on Hugging Face, lkeab/hq-sam). Names are matched
+ * ignoring case and punctuation: "ViT-B/16", "ViT-B-16", "vit-b16", "ViT-B-16.pt" are the same
+ * model. A loader given a known name of another kind refuses it before any download.
  *
  * Cache directory: $CARSEG_CACHE, else $XDG_CACHE_HOME/carseg, else ~/.cache/carseg. A file is
  * renamed into the cache only after its sha256 matched, so a cached file is complete.
@@ -126,7 +128,7 @@ void carseg_release_memory(void);
  * FILE.part while hashing. The registry functions are not thread-safe while downloading. */
 typedef struct {
     const char *name;     /* canonical name: "ViT-B/16", ..., "bpe"                          */
-    const char *kind;     /* "clip" (checkpoint) or "vocab" (BPE vocabulary)                 */
+    const char *kind;     /* "clip" (checkpoint), "vocab" (BPE vocabulary) or "sam" (HQ-SAM) */
     const char *file;     /* file name in the cache: "ViT-B-16.pt"                           */
     const char *url;      /* official URL (CARSEG_MODELS_URL replaces all before the file)   */
     const char *sha256;   /* expected sha256, 64 hex digits                                  */
@@ -548,6 +550,7 @@ carseg_status carseg_result_json(const carseg_result *r, const char *image_name,
 /* A SAM or HQ-SAM checkpoint: torch.save state dicts as released (sam_hq_vit_{h,l,b}.pth,
  * sam_vit_{h,l,b}_*.pth) or safetensors; the architecture is read off the tensor shapes (the
  * decoder's head count: 8, unless a safetensors __metadata__ "sam_config" says otherwise).
+ * path: a file, or a known name of kind "sam" (sam_hq_vit_b, ...: carseg_models_resolve).
  * Immutable once loaded: share it between threads. */
 typedef struct sam_model carseg_sam;
 carseg_status carseg_sam_load(const char *path, carseg_sam **out);

@@ -138,6 +138,69 @@ TEST(models_names) {
     CHECK(carseg_models_get(-1) == NULL && carseg_models_get(carseg_models_count()) == NULL);
 }
 
+/* HQ-SAM's names: the authors' Hugging Face files, with the sha256 of their Git LFS pointers */
+TEST(models_sam_names) {
+    static const struct { const char *name, *sha; } v[] = {
+        {"sam_hq_vit_b", "14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57"},
+        {"sam_hq_vit_l", "e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343"},
+        {"sam_hq_vit_h", "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35"},
+    };
+    for (int i = 0; i < 3; i++) {
+        const carseg_model_info *m = carseg_models_find(v[i].name);
+        REQUIRE(m);
+        char file[64], url[160];
+        snprintf(file, sizeof file, "%s.pth", v[i].name);
+        snprintf(url, sizeof url, "https://huggingface.co/lkeab/hq-sam/resolve/main/%s", file);
+        CHECK_MSG(!strcmp(m->kind, "sam") && !strcmp(m->file, file) && !strcmp(m->url, url) &&
+                  !strcmp(m->sha256, v[i].sha), "%s", v[i].name);
+        CHECK(carseg_models_find(file) == m);
+    }
+    CHECK(carseg_models_find("HQ-SAM ViT-B") == carseg_models_find("sam_hq_vit_b"));
+    CHECK(carseg_models_find("sam_vit_b_01ec64") == NULL);   /* SAM's own: no verified sha256 */
+}
+
+/* a loader refuses a known name of another kind, before the cache or a download */
+TEST(models_kind_mismatch) {
+    const char *cache = env_begin();
+    char *p = NULL;
+    carseg_clip *c = NULL;
+    carseg_sam *s = NULL;
+    CHECK(carseg_clip_load("sam_hq_vit_h", &c) == CARSEG_EINVAL && !c);
+    CHECK(strstr(carseg_last_error(), "sam_hq_vit_h") && strstr(carseg_last_error(), "clip model"));
+    CHECK(carseg_sam_load("ViT-B/16", &s) == CARSEG_EINVAL && !s);
+    CHECK(strstr(carseg_last_error(), "ViT-B/16") && strstr(carseg_last_error(), "sam model"));
+    setenv("CARSEG_OFFLINE", "1", 1);   /* the right kind goes on to the cache (offline: ENET) */
+    CHECK(models_resolve_kind("bpe", "vocab", &p) == CARSEG_ENET && !p);
+    CHECK(count_files(cache) == 0);
+    env_end();
+}
+
+/* carseg_sam_load of a known name takes the cached file (here the fixture HQ-SAM put there) */
+TEST(models_sam_from_cache) {
+    const char *fx = shared_path("fixtures/sam/samt.pth");
+    if (!fx || !file_exists(fx)) SKIP("fixtures/sam missing");
+    char src[1024];
+    snprintf(src, sizeof src, "%s", fx);
+    const char *cache = env_begin();
+    setenv("CARSEG_OFFLINE", "1", 1);
+    uint8_t *d = NULL;
+    size_t n = 0;
+    char dst[1200];
+    snprintf(dst, sizeof dst, "%s/sam_hq_vit_b.pth", cache);
+    CHECK_OK(mkdir_p(cache));
+    CHECK_OK(read_file(src, &d, &n));
+    CHECK_OK(write_file_atomic(dst, d, n));
+    free(d);
+    carseg_sam *s = NULL;
+    CHECK_OK(carseg_sam_load("sam_hq_vit_b", &s));
+    CHECK(s && carseg_sam_is_hq(s));
+    carseg_sam_free(s);
+    s = NULL;
+    CHECK(carseg_sam_load("sam_hq_vit_l", &s) == CARSEG_ENET && !s);   /* not cached, offline */
+    CHECK(strstr(carseg_last_error(), "huggingface.co/lkeab/hq-sam"));
+    env_end();
+}
+
 TEST(models_cache_dir) {
     env_begin();
     char *d = NULL;

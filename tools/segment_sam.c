@@ -62,12 +62,10 @@ carseg_status segment_sam_check(const segment_sam_opts *o) {
         return set_err(CARSEG_EINVAL, "--sam and --sam-masks: give one of them");
     if (o->amg.points_per_side < 1 || o->amg.points_per_side > 1024)
         return set_err(CARSEG_EINVAL, "--sam-points %d: not in [1, 1024]", o->amg.points_per_side);
-    if (o->model_path) {   /* load it now: a bad checkpoint stops the run before any image */
-        if (!file_exists(o->model_path))
-            return set_err(CARSEG_EIO, "--sam %s: no such file", o->model_path);
+    if (o->model_path)   /* load it now (a file or a known name): a bad checkpoint stops the run
+                            before any image */
         return ((segment_sam_opts *)o)->model ? CARSEG_OK
                                               : carseg_sam_load(o->model_path, &((segment_sam_opts *)o)->model);
-    }
     struct stat sb;
     if (stat(o->masks_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return set_err(CARSEG_EINVAL, "--sam-masks %s: not a folder", o->masks_dir);

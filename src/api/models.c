@@ -64,6 +64,21 @@ static const entry builtin[] = {
       "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz",
       "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"},
      "bpe vocab vocabulary bpesimplevocab16e6 bpesimplevocab16e6txt bpesimplevocab16e6txtgz"},
+    /* HQ-SAM (SysCV/sam-hq's README: "hugging face", lkeab/hq-sam, the first author's). The
+     * sha256 is each file's Git LFS oid in that repository's upload commits (8a94b5e, 519b37f,
+     * 67ab824 of 2023-06-13; sizes 379335069, 1254865805, 2570940653 bytes). */
+    {{"sam_hq_vit_b", "sam", "sam_hq_vit_b.pth",
+      "https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_vit_b.pth",
+      "14a9d662cd6f5a9c2dba6d40ab0058d88d287e4a18fd6fdc6ad5fb1a3fdeaa57"},
+     "hqsamvitb"},
+    {{"sam_hq_vit_l", "sam", "sam_hq_vit_l.pth",
+      "https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_vit_l.pth",
+      "e1a6c385d62bf005ded91a54d5ec55c985cfc4103ef89c08d90f39f04934c343"},
+     "hqsamvitl"},
+    {{"sam_hq_vit_h", "sam", "sam_hq_vit_h.pth",
+      "https://huggingface.co/lkeab/hq-sam/resolve/main/sam_hq_vit_h.pth",
+      "a7ac14a085326d9fa6199c8c698c4f0e7280afdbb974d2c4660ec60877b45e35"},
+     "hqsamvith"},
 };
 #define NBUILTIN ((int)(sizeof builtin / sizeof *builtin))
 #define MAX_EXTRA 16
@@ -477,6 +492,16 @@ carseg_status models_resolve(const char *name_or_path, char **path_out) {
     const entry *e;
     TRY(need_entry(name_or_path, &e));
     return get_entry_file(e, downloads_allowed(), path_out);
+}
+
+carseg_status models_resolve_kind(const char *name_or_path, const char *kind, char **path_out) {
+    struct stat sb;
+    const entry *e = name_or_path && stat(name_or_path, &sb) != 0 ? find_entry(name_or_path) : NULL;
+    if (path_out) *path_out = NULL;
+    if (e && kind && strcmp(e->info.kind, kind))
+        return set_err(CARSEG_EINVAL, "'%s' names the known model %s of kind %s; this needs a %s model",
+                       name_or_path, e->info.name, e->info.kind, kind);
+    return models_resolve(name_or_path, path_out);
 }
 
 carseg_status models_resolve_vocab(const char *path_or_null, char **path_out) {

@@ -8,6 +8,9 @@
 /* An existing file path is returned as is (a malloc'd copy); a known name (aliases allowed)
  * gives its cached file, downloading it first when it is missing and downloads are allowed. */
 carseg_status models_resolve(const char *name_or_path, char **path_out);
+/* models_resolve for a loader of one kind ("clip", "vocab", "sam"): a known name of another kind
+ * is refused (EINVAL naming both kinds) before any download. */
+carseg_status models_resolve_kind(const char *name_or_path, const char *kind, char **path_out);
 /* The same for the BPE vocabulary; NULL means the default (OpenAI's bpe_simple_vocab_16e6). */
 carseg_status models_resolve_vocab(const char *path_or_null, char **path_out);
 /* Adds an entry to the registry (tests: files with a checksum they chose). name, url and sha256

@@ -12,7 +12,7 @@ carseg_status carseg_clip_load(const char *name_or_path, carseg_clip **out) {
     if (!out || !name_or_path) return set_err(CARSEG_EINVAL, "carseg_clip_load: NULL argument");
     *out = NULL;
     char *path = NULL;
-    TRY(models_resolve(name_or_path, &path));
+    TRY(models_resolve_kind(name_or_path, "clip", &path));
     carseg_status st = clip_load(path, out);
     free(path);
     return st;

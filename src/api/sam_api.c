@@ -6,13 +6,19 @@
 #include <string.h>
 
 #include "carseg.h"
+#include "models.h"
 #include "sam.h"
 #include "sam_amg.h"
 #include "util.h"
 
 carseg_status carseg_sam_load(const char *path, carseg_sam **out) {
     if (!path || !out) return set_err(CARSEG_EINVAL, "carseg_sam_load: NULL argument");
-    return sam_load(path, out);
+    *out = NULL;
+    char *file = NULL;   /* a known name (sam_hq_vit_b, ...) through the model cache */
+    TRY(models_resolve_kind(path, "sam", &file));
+    carseg_status st = sam_load(file, out);
+    free(file);
+    return st;
 }
 
 void carseg_sam_free(carseg_sam *m) { sam_free(m); }
