@@ -129,6 +129,39 @@ class CDP:
         return None
 
 
+def sam_page(cdp, img, classes):
+    """a server with --sam: the page shows the CaR + SAM controls, sends sam and sam_points, and
+    its legend equals the API's answer to the same CaR + SAM request"""
+    S = T.Server(["--sam", T.SAMT, "--max-sam-points", "8"])
+    try:
+        url = "http://127.0.0.1:%d/" % S.port
+        cdp.call("Page.navigate", url=url)
+        T.check(cdp.wait("location.href === %s && document.readyState === 'complete' && "
+                         "!document.getElementById('sam-box').classList.contains('hidden')" % json.dumps(url), 60),
+                "--sam: the page shows the CaR + SAM controls")
+        T.check(cdp.js("document.getElementById('sam_points').placeholder") == "8", "--sam: the default points shown")
+        obj = cdp.call("Runtime.evaluate", expression="document.getElementById('file')")["result"]["objectId"]
+        cdp.call("DOM.setFileInputFiles", files=[img], objectId=obj)
+        cdp.wait("!document.getElementById('run').disabled && !!window.__carseg.img", 30)
+        cdp.js("document.getElementById('classes').value = %s; document.getElementById('crf').checked = false; "
+               "document.getElementById('sam_points').value = '4'; document.getElementById('run').click()"
+               % json.dumps(classes))
+        st = cdp.wait("['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state", 120)
+        sam = cdp.js("window.__carseg.res && window.__carseg.res.sam")
+        T.check(st == "done" and isinstance(sam, dict) and sam.get("points_per_side") == 4,
+                "--sam: the page's request ran CaR + SAM with its points (%r %r)" % (st, sam))
+        code, _, body = S.post("/v1/segment", [("image", ("chelsea.png", open(img, "rb").read(), "image/png")),
+                                               ("classes", classes), ("crf", "0"), ("sam", "1"), ("sam_points", "4")])
+        api = json.loads(body)
+        rows = cdp.js("Array.from(document.querySelectorAll('#legend tr.cls')).map(tr => [+tr.dataset.label, "
+                      "tr.children[1].textContent])")
+        T.check(code == 200 and rows == [[c["label"], c["name"]] for c in api["classes"]],
+                "--sam: the legend = the API's CaR + SAM classes (%r)" % rows)
+    finally:
+        rc, _ = S.stop()
+        T.check(rc == 0, "--sam page server: clean exit (%r)" % rc)
+
+
 def main():
     if not all(os.path.exists(p) for p in (T.GEN, T.CLS, T.VOCAB, T.PHOTOS)):
         print("test_page: SKIPPED (no ../shared fixtures)")
@@ -211,6 +244,8 @@ def main():
         drops = cdp.js("document.querySelectorAll('#rounds .q.drop').length")
         T.check(drops == sum(r["survived"].count(0) for r in api["recurrence"]), "dropped queries marked (%r)" % drops)
         T.check(cdp.js("document.querySelectorAll('#timings tr').length") == len(api["timings_ms"]), "timings shown")
+        T.check(cdp.js("document.getElementById('sam-box').classList.contains('hidden')") is True,
+                "no --sam: the page hides the CaR + SAM controls")
         png = cdp.js("btoa(String.fromCharCode.apply(null, window.__carseg.pngBytes))")
         T.check(png is not None and base64.b64decode(png) == base64.b64decode(api["label_png"]),
                 "the page's label PNG download = the API's")
@@ -224,6 +259,8 @@ def main():
         with open(os.path.join(art, "page.png"), "wb") as f:
             f.write(base64.b64decode(shot))
         T.check(os.path.getsize(os.path.join(art, "page.png")) > 10000, "screenshot saved")
+        if os.path.exists(T.SAMT):
+            sam_page(cdp, img, classes)
         errs = [e for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"]
         T.check(not errs, "no JavaScript exception (%r)" % errs[:1])
     finally:
