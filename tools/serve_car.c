@@ -631,8 +631,9 @@ void serve_segment(serve_worker *w, const serve_form *f, int want_png, serve_rep
     /* the generator's batch of logit maps (float, at the image's size) counts as masks too */
     double sam_bytes = q.sam ? 4.0 * iw * ih * q.amg.points_per_batch * carseg_sam_masks_per_prompt(w->e->sam, 1) : 0;
     if (sam_bytes > cfg->max_mask_bytes) {
-        reply_err(out, 413, "image %dx%d: CaR + SAM's generator needs more than %.0f MB for one batch of "
-                  "masks (limit: --max-pixels x classes)", iw, ih, cfg->max_mask_bytes / 1e6);
+        reply_err(out, 413, "image %dx%d: CaR + SAM's generator needs %.0f MB for one batch of logit maps, "
+                  "more than the %.0f MB of masks a request may use", iw, ih, sam_bytes / 1e6,
+                  cfg->max_mask_bytes / 1e6);
         goto done;
     }
     round_guard g = {t0 + cfg->request_timeout_s * 1e3, 0};
