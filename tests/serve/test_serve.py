@@ -562,6 +562,9 @@ def test_sam(tmp):
                              ([("sam_points", "4"), ("sam_points", "4")], "given 2 times")]:
             st, _, b = S.post("/v1/segment", [("image", ("x.png", data, "image/png")), ("classes", "cat")] + fields)
             check(st == 400 and word in err_of(b), "SAM field %r -> 400 naming %r (%d %r)" % (fields, word, st, b[:200]))
+        # an image whose generator batch (64 logit maps of 4 bytes a pixel) passes 4 GB: 413 before any work
+        st, _, b = S.post("/v1/segment", [("image", ("big.png", flat_png(4096, 4000), "image/png")), ("classes", "cat")])
+        check(st == 413 and "logit maps" in err_of(b), "CaR + SAM on 4096x4000 -> 413 (%d %r)" % (st, b[:200]))
         for fields, word in [([("refer", "the cup"), ("sam", "1")], "refer"),
                              ([("refer", "the cup"), ("sam_points", "4")], "sam_points")]:
             st, _, b = S.post("/v1/segment", [("image", ("x.png", data, "image/png"))] + fields)
@@ -606,6 +609,15 @@ def test_sam(tmp):
                         "--sam", bad], capture_output=True, text=True, timeout=60)
     check(r.returncode != 0 and "cut.safetensors" in r.stderr, "--sam with a cut checkpoint: error naming it (%d %r)"
           % (r.returncode, r.stderr[-300:]))
+
+
+def flat_png(w, h):
+    """a w x h 8-bit gray PNG, all zeros (small on the wire, large in pixels)"""
+    def chunk(t, d):
+        return len(d).to_bytes(4, "big") + t + d + zlib.crc32(t + d).to_bytes(4, "big")
+    raw = zlib.compress((b"\x00" + b"\x00" * w) * h, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])) +
+            chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
 def test_no_sam(S):
