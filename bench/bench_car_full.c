@@ -146,7 +146,7 @@ int main(int argc, char **argv) {
     if (carseg_segment_rgb(seg, rgb, w, h, NULL, 0, &o, &res) != CARSEG_OK) return fail("segment");
     double total = bench_now_ms() - t0, cpu = cpu_s() - c0, l1 = load1();
 
-    /* the rounds (one pass): live queries, and which classes went into later rounds, whose CAM
+    /* the rounds (the voc preset has one pass, so "roundK" below is round K of the result): live queries, and which classes went into later rounds, whose CAM
      * text is "a clean origami {}." (one string per class, then cached) */
     int nr = carseg_result_rounds(res), nq_cam = 0, later[64] = {0}, n_later = 0;
     for (int r = 0; r < nr; r++) {

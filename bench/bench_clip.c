@@ -170,6 +170,7 @@ static int32_t *make_prompts(int n, int ctx, double *flops, const bench_clip_sha
 /* the model files, and the peak resident memory outside their loading */
 static char g_dir[512], g_b16[600], g_l14[600];
 static double g_peak;
+static int g_no_reset;   /* the peak could not be reset: it includes the loading */
 static void note_peak(void) {
     double p = bench_status_mb("VmHWM:");
     if (p > g_peak) g_peak = p;
@@ -181,7 +182,7 @@ static carseg_clip *load(const char *path) {
         fprintf(stderr, "bench_clip: %s\n", carseg_last_error());
         exit(1);
     }
-    if (bench_reset_peak_rss() != 0) g_peak = -1;   /* no reset: the peak includes the loading */
+    if (bench_reset_peak_rss() != 0) g_no_reset = 1;
     return m;
 }
 static void remove_files(void) {
@@ -369,8 +370,8 @@ int main(void) {
     row("ViT-B/16 image 224x224", ms, bench_image_flops(cb, 14, 14, 12) * 1e-9, c1, none);
     carseg_clip_free(m);
     carseg_set_threads(nt);
-    if (g_peak >= 0) {
-        note_peak();
+    note_peak();
+    if (!g_no_reset) {
         printf("peak resident memory of this run: %.0f MB (outside the loading of the model files)\n", g_peak);
     } else {
         printf("peak resident memory of this run: %.0f MB (with the loading of the model files)\n",
