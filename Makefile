@@ -51,7 +51,14 @@ LIB_SRC   := $(sort $(wildcard src/*.c src/*/*.c))
 EVAL_SRC  := $(filter-out src/eval/eval.c,$(wildcard src/eval/*.c))
 CORE_SRC  := $(filter-out $(EVAL_SRC),$(LIB_SRC))
 CLI_SRC   := $(sort $(wildcard tools/*.c))
-TEST_SRC  := $(sort $(wildcard tests/*.c))
+# the tests run in the order of the pipeline (their constructors register them in link order):
+# the utilities and images, the tokenizer and the kernels, the CLIP engine, the method's stages, the
+# method, SAM, evaluation, the public API and the programs; a test file not named here runs last
+TEST_ORDER := main util image imgproc tokenizer weights nn gemm_f32 gemm_amx clip clip_api prompts \
+              presets cam classify crf car car_oracle sam sam_amg sam_cli carsam eval label models \
+              api header examples build
+TEST_FIRST := $(foreach t,$(TEST_ORDER),$(wildcard tests/$(if $(filter main,$(t)),main,test_$(t)).c))
+TEST_SRC  := $(TEST_FIRST) $(filter-out $(TEST_FIRST),$(sort $(wildcard tests/*.c)))
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 FUZZ_SRC  := $(sort $(wildcard fuzz/*.c))
 

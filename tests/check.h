@@ -92,6 +92,18 @@ int check_close_f32(const char *what, const float *got, const float *ref, size_t
 #define CHECK_CLOSE(what, got, ref, n, rtol, atol) \
     check_close_f32(what, got, ref, n, rtol, atol, __FILE__, __LINE__)
 
+/* max |got - ref| over n values (NaN counts as infinite), with max |ref| and the worst index when
+ * asked (either may be NULL). */
+double test_max_abs_diff(const float *got, const float *ref, size_t n, double *max_ref, size_t *at);
+
+/* Subprocesses, through the shell. test_run: the command's exit status (-1 when it did not exit
+ * normally). test_capture: its stdout as a malloc'd NUL-terminated string and its exit status in
+ * *status; with status NULL, NULL unless it exited 0. test_shq appends ' ' and s in single quotes
+ * (shell-safe) to dst (capacity cap). */
+int test_run(const char *cmd);
+char *test_capture(const char *cmd, int *status);
+void test_shq(char *dst, size_t cap, const char *s);
+
 /* Path of a file under the shared folder (../shared, or $CARSEG_SHARED). Returns a static
  * buffer (rotating among 8), or NULL when the shared folder is missing (the test should SKIP). */
 const char *shared_path(const char *rel);

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -24,16 +25,25 @@ void test_register(const char *name, const char *file, test_fn fn) {
     g_tests[g_n++] = (test_entry){name, file, fn};
 }
 
-int check_close_f32(const char *what, const float *got, const float *ref, size_t n, double rtol,
-                    double atol, const char *file, int line) {
-    double maxref = 0, worst = -1;
+double test_max_abs_diff(const float *got, const float *ref, size_t n, double *max_ref, size_t *at) {
+    double maxref = 0, worst = n ? -1 : 0;
     size_t wi = 0;
-    for (size_t i = 0; i < n; i++) if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - ref[i]);
-        if (d != d) d = INFINITY;
-        if (d > worst) { worst = d; wi = i; }
+        if (d != d) d = INFINITY;   /* NaN: the worst */
+        if (d > worst) worst = d, wi = i;
+        if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
     }
+    if (max_ref) *max_ref = maxref;
+    if (at) *at = wi;
+    return worst;
+}
+
+int check_close_f32(const char *what, const float *got, const float *ref, size_t n, double rtol,
+                    double atol, const char *file, int line) {
+    double maxref;
+    size_t wi;
+    double worst = test_max_abs_diff(got, ref, n, &maxref, &wi);
     double tol = rtol * maxref + atol;
     if (n && worst > tol) {
         test_failed_checks++;
@@ -42,6 +52,45 @@ int check_close_f32(const char *what, const float *got, const float *ref, size_t
         return 0;
     }
     return 1;
+}
+
+int test_run(const char *cmd) {
+    int r = system(cmd);
+    return r != -1 && WIFEXITED(r) ? WEXITSTATUS(r) : -1;
+}
+
+char *test_capture(const char *cmd, int *status) {
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        if (status) *status = -1;
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0, k;
+    char *buf = malloc(cap);
+    while (buf && (k = fread(buf + n, 1, cap - 1 - n, p)) > 0)
+        if ((n += k) + 1 >= cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) free(buf);
+            buf = nb;
+        }
+    if (buf) buf[n] = 0;
+    int r = pclose(p), st = r != -1 && WIFEXITED(r) ? WEXITSTATUS(r) : -1;
+    if (status) *status = st;
+    else if (st != 0) free(buf), buf = NULL;
+    return buf;
+}
+
+void test_shq(char *dst, size_t cap, const char *s) {
+    size_t n = strlen(dst);
+    if (n + 3 >= cap) return;
+    dst[n++] = ' ';
+    dst[n++] = '\'';
+    for (; *s && n + 6 < cap; s++) {
+        if (*s == '\'') memcpy(dst + n, "'\\''", 4), n += 4;
+        else dst[n++] = *s;
+    }
+    dst[n++] = '\'';
+    dst[n] = 0;
 }
 
 static char g_shared[4096];

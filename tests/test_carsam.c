@@ -182,7 +182,7 @@ static int write_text(const char *path, const char *s) {
 }
 
 static int run_cmd(const char *cmd, const char *errfile, char *err, size_t n) {
-    int rc = system(cmd);
+    int rc = test_run(cmd);
     err[0] = 0;
     FILE *f = fopen(errfile, "r");
     if (f) { size_t k = fread(err, 1, n - 1, f); err[k] = 0; fclose(f); }

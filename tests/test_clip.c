@@ -541,36 +541,6 @@ TEST(clip_car_classifier_image_emb) {
 // ---------------------------------------------------------------------------------------------
 // CLI end to end: tokenizer + preprocessing + engine against the upstream expected.json
 
-static char *run_capture(const char *cmd) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (n + 4096 > cap) buf = realloc(buf, cap *= 2);
-        size_t k = fread(buf + n, 1, 4096, p);
-        if (k == 0) break;
-        n += k;
-    }
-    buf[n] = 0;
-    if (pclose(p) != 0) { free(buf); return NULL; }
-    return buf;
-}
-
-/* appends ' "s"' shell-quoted (single quotes) */
-static void shq(char *dst, size_t cap, const char *s) {
-    size_t n = strlen(dst);
-    if (n + 3 >= cap) return;
-    dst[n++] = ' ';
-    dst[n++] = '\'';
-    for (; *s && n + 6 < cap; s++) {
-        if (*s == '\'') { memcpy(dst + n, "'\\''", 4); n += 4; }
-        else dst[n++] = *s;
-    }
-    dst[n++] = '\'';
-    dst[n] = 0;
-}
-
 TEST(clip_cli_embed_classify) {
     const char *bin = getenv("CARSEG_BIN");
     const char *ej = shared_path("fixtures/clip_sg/expected.json");
@@ -582,16 +552,16 @@ TEST(clip_cli_embed_classify) {
     const json *texts = json_get(j, "texts");
     static char cmd[16384];
     snprintf(cmd, sizeof cmd, "%s embed --model", bin);
-    shq(cmd, sizeof cmd, model);
+    test_shq(cmd, sizeof cmd, model);
     strcat(cmd, " --vocab");
-    shq(cmd, sizeof cmd, vocab);
+    test_shq(cmd, sizeof cmd, vocab);
     for (size_t i = 0; i < texts->len; i++) {
         strcat(cmd, " --text");
-        shq(cmd, sizeof cmd, json_at(texts, i)->str);
+        test_shq(cmd, sizeof cmd, json_at(texts, i)->str);
     }
     strcat(cmd, " --image");
-    shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
-    char *out = run_capture(cmd);
+    test_shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
+    char *out = test_capture(cmd, NULL);
     REQUIRE(out);
     char err[128];
     json *o = json_parse(out, strlen(out), err, sizeof err);
@@ -607,15 +577,15 @@ TEST(clip_cli_embed_classify) {
     /* classify with the identity template over the texts: p = softmax(logits_per_image[0]) */
     int nc = (int)texts->len - 1;   /* the last text is "" */
     snprintf(cmd, sizeof cmd, "%s classify --json --template '{}' --model", bin);
-    shq(cmd, sizeof cmd, model);
+    test_shq(cmd, sizeof cmd, model);
     strcat(cmd, " --vocab");
-    shq(cmd, sizeof cmd, vocab);
-    shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
+    test_shq(cmd, sizeof cmd, vocab);
+    test_shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
     for (int i = 0; i < nc; i++) {
         strcat(cmd, " --class");
-        shq(cmd, sizeof cmd, json_at(texts, i)->str);
+        test_shq(cmd, sizeof cmd, json_at(texts, i)->str);
     }
-    out = run_capture(cmd);
+    out = test_capture(cmd, NULL);
     REQUIRE(out);
     o = json_parse(out, strlen(out), err, sizeof err);
     REQUIRE(o && o->type == JSON_ARR && (int)o->len == nc);
@@ -642,12 +612,12 @@ TEST(clip_cli_embed_classify) {
     json_free(o);
     /* the default: CaR's 15 templates, plain output, ranked */
     snprintf(cmd, sizeof cmd, "%s classify --model", bin);
-    shq(cmd, sizeof cmd, model);
+    test_shq(cmd, sizeof cmd, model);
     strcat(cmd, " --vocab");
-    shq(cmd, sizeof cmd, vocab);
-    shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
+    test_shq(cmd, sizeof cmd, vocab);
+    test_shq(cmd, sizeof cmd, shared_path("data/photos/chelsea.png"));
     strcat(cmd, " --classes cat,dog,car --top 2");
-    out = run_capture(cmd);
+    out = test_capture(cmd, NULL);
     REQUIRE(out);
     int lines = 0;
     for (char *s = out; *s; s++) lines += *s == '\n';

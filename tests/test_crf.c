@@ -615,8 +615,7 @@ static int run_cli(const char *args, const char *errfile) {
     const char *bin = getenv("CARSEG_BIN");
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "'%s' crf %s 2>'%s' >/dev/null", bin, args, errfile);
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    return test_run(cmd);
 }
 
 static int file_contains(const char *path, const char *needle) {

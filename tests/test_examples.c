@@ -81,20 +81,6 @@ static int same_png_labels(const char *path, const uint16_t *labels, int w, int 
     return ok;
 }
 
-static char *run_capture(const char *cmd) {
-    char out[800], full[6000];
-    snprintf(out, sizeof out, "%s/stdout.txt", test_tmpdir());
-    snprintf(full, sizeof full, "%s > '%s'", cmd, out);
-    if (system(full) != 0) return NULL;
-    uint8_t *d = NULL;
-    size_t n = 0;
-    if (read_file(out, &d, &n) != CARSEG_OK) return NULL;
-    char *s = realloc(d, n + 1);
-    if (!s) { free(d); return NULL; }
-    s[n] = 0;
-    return s;
-}
-
 /* examples/segment.c: the label PNG and the scores it prints are the in-process API's. */
 TEST(examples_segment_runs_on_fixtures) {
     const char *g, *c, *v, *ip;
@@ -105,7 +91,7 @@ TEST(examples_segment_runs_on_fixtures) {
     char cmd[4000], out_png[700];
     snprintf(out_png, sizeof out_png, "%s/seg.png", test_tmpdir());
     snprintf(cmd, sizeof cmd, "'%s' '%s' '%s' '%s' '%s' '%s'", exe, ip, out_png, g, c, v);
-    char *text = run_capture(cmd);
+    char *text = test_capture(cmd, NULL);
     REQUIRE(text);
     /* the same through the API here */
     carseg_car_model *m = NULL;
@@ -147,7 +133,7 @@ TEST(examples_embed_runs_on_fixtures) {
     REQUIRE(*exe);
     char cmd[4000];
     snprintf(cmd, sizeof cmd, "'%s' '%s' '%s' 'a cup of coffee' 'a dog' --vocab '%s'", exe, c, ip, v);
-    char *text = run_capture(cmd);
+    char *text = test_capture(cmd, NULL);
     REQUIRE(text);
     CHECK(strstr(text, "embedding size ") == text);
     CHECK(strstr(text, "a cup of coffee") && strstr(text, "a dog"));
@@ -176,7 +162,7 @@ TEST(examples_refer_runs_on_fixtures) {
     snprintf(out_png, sizeof out_png, "%s/refer.png", test_tmpdir());
     snprintf(cmd, sizeof cmd, "'%s' '%s' '%s' 'a cup of coffee' 'the white cup' --models '%s' '%s' '%s'", exe,
              ip, out_png, g, c, v);
-    char *text = run_capture(cmd);
+    char *text = test_capture(cmd, NULL);
     REQUIRE(text);
     CHECK(strstr(text, "mask: ") == text && strstr(text, "phrase \"the white cup\"") && strstr(text, "semantic: "));
     carseg_car_model *m = NULL;

@@ -365,16 +365,6 @@ TEST(amx_block_same_bits) {
     free(hid);
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n, double *mref) {
-    double d = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        m = fmax(m, fabs((double)b[i]));
-    }
-    *mref = m;
-    return d;
-}
-
 /* gemm_attention (both products on AMX) against nn_attention in float32: outputs, per-head
  * probabilities and their head average, odd and tile-straddling lengths, two sequences; the
  * result independent of the thread count; shapes it does not take are declined (returns 0). */
@@ -408,14 +398,14 @@ TEST(amx_attention_vs_fp32) {
             /* without probs (the forward's case): the same outputs */
             CHECK(gemm_attention(o2, NULL, NULL, qkv, B, L, C, NH, mode) == 1);
             CHECK_MSG(!memcmp(o, o2, sizeof(float) * no), "L %d mode %d: probs NULL differs", L, mode);
-            double d = max_abs_diff(o, r, no, &m);
+            double d = test_max_abs_diff(o, r, no, &m, NULL);
             CHECK_MSG(d <= tol * m, "L %d mode %d: out max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
-            d = max_abs_diff(p, pr, np, &m);
+            d = test_max_abs_diff(p, pr, np, &m, NULL);
             CHECK_MSG(d <= tol * m, "L %d mode %d: probs max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
-            d = max_abs_diff(a, ar, (size_t)B * L * L, &m);
+            d = test_max_abs_diff(a, ar, (size_t)B * L * L, &m, NULL);
             CHECK_MSG(d <= tol * m, "L %d mode %d: avg max|diff| %.2e vs max|ref| %.2e", L, mode, d, m);
             if (getenv("CARSEG_VERBOSE"))
-                fprintf(stderr, "  L %d mode %d: out %.2e\n", L, mode, max_abs_diff(o, r, no, &m) / m);
+                fprintf(stderr, "  L %d mode %d: out %.2e\n", L, mode, test_max_abs_diff(o, r, no, &m, NULL) / m);
         }
         free(qkv), free(o), free(r), free(o2), free(p), free(pr), free(p2), free(a), free(ar);
     }
@@ -695,22 +685,6 @@ TEST(amx_precision_auto) {
 /* CLI: --precision on `carseg embed` (the same option and helper as classify, segment, eval):
  * bf16x3 meets the parity bar end to end; an unknown value exits 2; AMX unavailable exits 1
  * with the reason */
-static int run_cmd(const char *cmd, char **out) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t k;
-    while (buf && (k = fread(buf + n, 1, cap - 1 - n, p)) > 0) {
-        n += k;
-        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
-    }
-    if (buf) buf[n] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(amx_cli_precision) {
     const char *bin = getenv("CARSEG_BIN");
     const char *ej = shared_path("fixtures/clip_sg/expected.json");
@@ -718,21 +692,22 @@ TEST(amx_cli_precision) {
     const char *img = shared_path("data/photos/chelsea.png");
     if (!bin || !ej || !file_exists(model) || !file_exists(img)) SKIP("CARSEG_BIN or fixtures missing");
     char cmd[4096], *out = NULL;
+    int rc;
     snprintf(cmd, sizeof cmd, "'%s' embed --model '%s' --image '%s' --precision fp64 2>&1", bin,
              model, img);
-    CHECK(run_cmd(cmd, &out) == 2);
+    CHECK((out = test_capture(cmd, &rc), rc) == 2);
     CHECK_MSG(out && strstr(out, "--precision"), "output: %s", out ? out : "");
     free(out);
     snprintf(cmd, sizeof cmd, "CARSEG_NO_AMX=1 '%s' embed --model '%s' --image '%s' "
              "--precision bf16x3 2>&1", bin, model, img);
-    CHECK(run_cmd(cmd, &out) == 1);
+    CHECK((out = test_capture(cmd, &rc), rc) == 1);
     CHECK_MSG(out && strstr(out, "carseg: error:") && strstr(out, "AMX"), "output: %s",
               out ? out : "");
     free(out);
     if (gemm_amx_check() != CARSEG_OK) SKIP("no AMX here: the bf16x3 run is skipped");
     snprintf(cmd, sizeof cmd, "'%s' embed --model '%s' --image '%s' --precision bf16x3", bin,
              model, img);
-    REQUIRE(run_cmd(cmd, &out) == 0 && out);
+    REQUIRE((out = test_capture(cmd, &rc), rc) == 0 && out);
     char err[128];
     json *o = json_parse(out, strlen(out), err, sizeof err), *j = json_parse_file(ej);
     REQUIRE(o && j);

@@ -34,7 +34,7 @@ TEST(gemm_f32_equals_scalar_fma_chains) {
                 float *c1 = rnd((size_t)m * ldc, &s, 1), *c2 = malloc(sizeof(float) * m * ldc);
                 memcpy(c2, c1, sizeof(float) * m * ldc);
                 CHECK(gemm_f32_linear(c1, ldc, x, lda, w, ldw, NULL, m, n, K, nn_epilogue, 0) == 0);
-                gemm_f32_nt_ref(c2, ldc, x, lda, w, ldw, m, n, K);
+                gemm_f32_ref(0, 1, m, n, K, x, lda, w, ldw, c2, ldc);
                 CHECK_MSG(!memcmp(c1, c2, sizeof(float) * m * ldc), "m %d n %d K %d: not the scalar chains' bits "
                           "(or the padding between rows was written)", m, n, K);
                 free(x), free(w), free(c1), free(c2);
@@ -68,7 +68,7 @@ TEST(gemm_f32_epilogues) {
     int m = 19, n = 33, K = 65;
     float *x = rnd((size_t)m * K, &s, 1), *w = rnd((size_t)n * K, &s, 0.2f), *b = rnd(n, &s, 1);
     float *sum = malloc(sizeof(float) * m * n), *o1 = rnd((size_t)m * n, &s, 1), *o2 = malloc(sizeof(float) * m * n);
-    gemm_f32_nt_ref(sum, n, x, K, w, K, m, n, K);
+    gemm_f32_ref(0, 1, m, n, K, x, K, w, K, sum, n);
     static const int flags[] = {0, NN_ACCUMULATE, NN_GELU};
     for (int f = 0; f < 3; f++) {
         memcpy(o2, o1, sizeof(float) * m * n);
@@ -111,4 +111,57 @@ TEST(nn_linear_items_batch_invariant_both_paths) {
     items_invariant("OpenBLAS item by item");
     gemm_f32_set_enabled(1);
     CHECK(gemm_f32_available() == had);
+}
+
+TEST(gemm_f32_layouts_alpha_accumulate) {
+    NEED_KERNEL();
+    unsigned s = 19;
+    int m = 23, n = 37, K = 41, lda = 50, ldb = 60, ldc = 40;
+    float *a = rnd((size_t)50 * 50, &s, 1), *b = rnd((size_t)60 * 60, &s, 1);
+    float *c0 = rnd((size_t)m * ldc, &s, 1), *c = malloc(sizeof(float) * m * ldc), *r = malloc(sizeof(float) * m * ldc);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int acc = 0; acc < 2; acc++)
+                for (int al = 0; al < 2; al++) {
+                    float alpha = al ? 0.37f : 1.0f;
+                    memcpy(c, c0, sizeof(float) * m * ldc);
+                    CHECK(gemm_f32(ta, tb, m, n, K, alpha, a, lda, b, ldb, acc, c, ldc) == 0);
+                    gemm_f32_ref(ta, tb, m, n, K, a, lda, b, ldb, r, ldc);
+                    int bad = 0;
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < n; j++) {
+                            float v = al ? alpha * r[i * ldc + j] : r[i * ldc + j];
+                            float want = acc ? c0[i * ldc + j] + v : v;
+                            bad += memcmp(&want, &c[i * ldc + j], sizeof want) != 0;
+                        }
+                    for (int i = 0; i < m; i++)   /* the columns past n untouched */
+                        bad += memcmp(c + i * ldc + n, c0 + i * ldc + n, sizeof(float) * (ldc - n)) != 0;
+                    CHECK_MSG(!bad, "ta %d tb %d accumulate %d alpha %g: %d elements differ", ta, tb, acc, alpha, bad);
+                }
+    free(a), free(b), free(c0), free(c), free(r);
+}
+
+/* Two identical queries must get identical CAMs (the reference's duplicate-name case, Q17): rows
+ * of A that are equal give equal rows of C, and equal columns of B equal columns, wherever they
+ * sit in a product and however it is tiled over threads (nn_sgemm, every layout). */
+TEST(nn_sgemm_equal_rows_equal_bits) {
+    NEED_KERNEL();
+    unsigned s = 23;
+    int M = 300, N = 290, K = 200;
+    float *A = rnd((size_t)M * K, &s, 1), *B = rnd((size_t)K * N, &s, 1);
+    /* rows 7 and 257 = row 3, columns 20 and 281 = column 5: with Debian's OpenBLAS 0.3.21 on a
+     * Zen 3, rows 3 and 7 and columns 5 and 20 of this product come out with other bits */
+    memcpy(A + (size_t)7 * K, A + (size_t)3 * K, sizeof(float) * K);
+    memcpy(A + (size_t)257 * K, A + (size_t)3 * K, sizeof(float) * K);
+    for (int k = 0; k < K; k++) B[(size_t)k * N + 20] = B[(size_t)k * N + 281] = B[(size_t)k * N + 5];
+    float *C = malloc(sizeof(float) * M * N);
+    nn_sgemm(0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+    CHECK_MSG(!memcmp(C + (size_t)3 * N, C + (size_t)7 * N, sizeof(float) * N) &&
+              !memcmp(C + (size_t)3 * N, C + (size_t)257 * N, sizeof(float) * N), "equal rows of A, other rows of C");
+    int bad = 0;
+    for (int i = 0; i < M; i++)
+        bad += memcmp(&C[(size_t)i * N + 5], &C[(size_t)i * N + 20], sizeof(float)) != 0 ||
+               memcmp(&C[(size_t)i * N + 5], &C[(size_t)i * N + 281], sizeof(float)) != 0;
+    CHECK_MSG(!bad, "equal columns of B, %d rows where the columns of C differ", bad);
+    free(A), free(B), free(C);
 }

@@ -149,15 +149,6 @@ TEST(image_resize_single_channel) {
     image_free(&rgb), image_free(&g), image_free(&r3), image_free(&r1);
 }
 
-static float max_abs_diff(const float *a, const float *b, size_t n) {
-    float m = 0;
-    for (size_t i = 0; i < n; i++) {
-        float d = fabsf(a[i] - b[i]);
-        if (!(d <= m)) m = d;   /* NaN propagates */
-    }
-    return m;
-}
-
 TEST(image_clip_preprocess_matches_torchvision) {
     const char *why;
     const json *m = image_fixtures("clip", &why);
@@ -175,13 +166,13 @@ TEST(image_clip_preprocess_matches_torchvision) {
         if (fx_npy(json_str(c, "crop224", ""), NPY_F32, &a)) {
             CHECK_OK(clip_preprocess(&im, 224, out));
             CHECK(a.count == 3 * 224 * 224);
-            float d = max_abs_diff(out, a.data, a.count);
+            float d = (float)test_max_abs_diff(out, a.data, a.count, NULL, NULL);
             CHECK_MSG(d == 0.0f, "%s: 224 crop differs by %g", file, d);
             npy_free(&a);
         }
         if (fx_npy(json_str(c, "crop32", ""), NPY_F32, &a)) {
             CHECK_OK(clip_preprocess(&im, 32, out));
-            float d = max_abs_diff(out, a.data, a.count);
+            float d = (float)test_max_abs_diff(out, a.data, a.count, NULL, NULL);
             CHECK_MSG(d == 0.0f, "%s: 32 crop differs by %g", file, d);
             npy_free(&a);
         }
@@ -190,7 +181,7 @@ TEST(image_clip_preprocess_matches_torchvision) {
             float *ex = malloc(sizeof(float) * 3 * w16 * h16);
             CHECK_OK(clip_preprocess_exact(&im, w16, h16, ex));
             CHECK(a.count == (size_t)3 * w16 * h16);
-            float d = max_abs_diff(ex, a.data, a.count);
+            float d = (float)test_max_abs_diff(ex, a.data, a.count, NULL, NULL);
             CHECK_MSG(d == 0.0f, "%s: exact %dx%d differs by %g", file, w16, h16, d);
             free(ex);
             npy_free(&a);
@@ -251,7 +242,7 @@ TEST(image_clip_preprocess_exact_car_gen_input) {
             float *ex = malloc(sizeof(float) * 3 * w16 * h16);
             CHECK_OK(clip_preprocess_exact(&im, w16, h16, ex));
             if (a.count == (size_t)3 * w16 * h16) {
-                float d = max_abs_diff(ex, a.data, a.count);
+                float d = (float)test_max_abs_diff(ex, a.data, a.count, NULL, NULL);
                 CHECK_MSG(d == 0.0f, "%s: gen_input differs by %g", cases[i], d);
             }
             free(ex);

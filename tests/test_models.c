@@ -92,15 +92,6 @@ static void count_progress(const char *what, uint64_t done, uint64_t total, int 
     if (finished) g_prog_finished = finished;
 }
 
-static int run_cmd(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 // ---------------------------------------------------------------------------------------------
 
 /* the download tests SKIP in a build without a downloader (make NO_CURL=1) */
@@ -415,7 +406,8 @@ TEST(models_cli) {
     if (!bin) SKIP("CARSEG_BIN not set (run through make test)");
     const char *vocab = shared_path("clip/bpe_simple_vocab_16e6.txt.gz");
     if (!vocab || !file_exists(vocab)) SKIP("clip/bpe_simple_vocab_16e6.txt.gz missing from the shared folder");
-    char dir[1024], cache[1024], env[3000], cmd[4096], out[8192];
+    char dir[1024], cache[1024], env[3000], cmd[4096], *out = NULL;
+    int rc;
     snprintf(dir, sizeof dir, "%s/mirror", test_tmpdir());
     snprintf(cache, sizeof cache, "%s/cache", test_tmpdir());
     CHECK_OK(mkdir_p(dir));
@@ -428,36 +420,37 @@ TEST(models_cli) {
     snprintf(env, sizeof env, "env -u CARSEG_OFFLINE CARSEG_CACHE='%s' CARSEG_MODELS_URL='file://%s'", cache, dir);
     /* offline and empty cache: tokenize fails, naming the URL and where to put the file */
     snprintf(cmd, sizeof cmd, "%s CARSEG_OFFLINE=1 '%s' tokenize hello 2>&1", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 1);
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 1);
     CHECK_MSG(strstr(out, "carseg: error:") && strstr(out, "bpe_simple_vocab_16e6.txt.gz") && strstr(out, cache),
               "%s", out);
     snprintf(cmd, sizeof cmd, "%s '%s' models pull BPE 2>/dev/null", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 0);
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 0);
     CHECK_MSG(strstr(out, cache) && strstr(out, "bpe_simple_vocab_16e6.txt.gz\n"), "%s", out);
     snprintf(cmd, sizeof cmd, "%s '%s' models list 2>/dev/null", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 0);
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 0);
     CHECK_MSG(strstr(out, "bpe ") && strstr(out, "cached") && strstr(out, "ViT-L/14@336px") &&
               strstr(out, "missing") && strstr(out, "openaipublic.azureedge.net"), "%s", out);
     snprintf(cmd, sizeof cmd, "%s '%s' models path vocab", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 0 && strstr(out, cache));
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 0 && strstr(out, cache));
     snprintf(cmd, sizeof cmd, "%s '%s' models path vit-b16 2>/dev/null", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "ViT-B-16.pt"));
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 1 && strstr(out, "ViT-B-16.pt"));
     snprintf(cmd, sizeof cmd, "%s '%s' models pull nonsense 2>&1", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "known model"));
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 1 && strstr(out, "known model"));
     snprintf(cmd, sizeof cmd, "%s '%s' models frobnicate 2>&1", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 2);
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 2);
     snprintf(cmd, sizeof cmd, "%s '%s' models --help", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 0 && strstr(out, "usage"));
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 0 && strstr(out, "usage"));
     /* tokenize without --vocab: the cached vocabulary, offline */
     snprintf(cmd, sizeof cmd, "%s CARSEG_OFFLINE=1 '%s' tokenize 'Hello World!' 2>&1", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 0);
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 0);
     CHECK_MSG(!strcmp(out, "49406 3306 1002 256 49407\n"), "%s", out);
     /* pulling a wrong file: error, nothing in the cache */
     snprintf(cmd, sizeof cmd, "%s/ViT-B-16.pt", dir);
     CHECK_OK(write_file_atomic(cmd, "not a model", 11));
     snprintf(cmd, sizeof cmd, "%s '%s' models pull vit-b16 2>&1", env, bin);
-    CHECK(run_cmd(cmd, out, sizeof out) == 1 && strstr(out, "checksum mismatch"));
+    CHECK((free(out), out = test_capture(cmd, &rc), rc) == 1 && strstr(out, "checksum mismatch"));
     CHECK(count_files(cache) == 1);
+    free(out);
 }
 
 /* make NO_CURL=1: a name not in the cache fails, saying the build has no downloader; a cached

@@ -29,12 +29,7 @@ static const char *fx(const char *cs, const char *file) {
 
 /* max |a - b| / max |b| over n values */
 static double rel_err(const float *a, const float *b, size_t n) {
-    double md = 0, mb = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= md)) md = d;   /* NaN propagates */
-        if (fabs(b[i]) > mb) mb = fabs(b[i]);
-    }
+    double mb, md = test_max_abs_diff(a, b, n, &mb, NULL);
     if (getenv("SAM_TEST_VERBOSE")) fprintf(stderr, "    rel err %.3g (max ref %.3g)\n", mb > 0 ? md / mb : md, mb);
     return mb > 0 ? md / mb : md;
 }

@@ -34,11 +34,6 @@ static const char *fx(const char *c, const char *f) {
 }
 
 /* runs cmd (stderr to errf); returns the exit status */
-static int run(const char *cmd) {
-    int r = system(cmd);
-    return WIFEXITED(r) ? WEXITSTATUS(r) : -1;
-}
-
 static void compare_records(const char *what, const json *ref, const char *got_path) {
     json *got = json_parse_file(got_path);
     REQUIRE(got);
@@ -95,7 +90,7 @@ TEST(sam_cli_auto_equals_upstream) {
             snprintf(out, sizeof out, "%s/auto_%d_%zu", dir, c, i);
             snprintf(cmd, sizeof cmd, "%s sam %s --model %s --auto %s --out %s > /dev/null 2>&1", bin,
                      ip, model, opts, out);
-            CHECK_MSG(run(cmd) == 0, "%s", cmd);
+            CHECK_MSG(test_run(cmd) == 0, "%s", cmd);
             char what[256], path[1100];
             snprintf(what, sizeof what, "%s %s", CASES[c], amg->keys[i]);
             snprintf(path, sizeof path, "%s/input.sam.json", out);
@@ -146,7 +141,7 @@ TEST(sam_cli_prompts_equal_upstream) {
             snprintf(npy, sizeof npy, "%s/logits.npy", dir);
             snprintf(cmd, sizeof cmd, "%s sam %s --model %s%s%s --logits %s --out %s > /dev/null 2>&1",
                      bin, ip, model, v[t].args, v[t].flags, npy, out);
-            CHECK_MSG(run(cmd) == 0, "%s", cmd);
+            CHECK_MSG(test_run(cmd) == 0, "%s", cmd);
             float *a = NULL, *b = NULL;
             int na, nb;
             int64_t sa[8], sb[8];
@@ -205,16 +200,16 @@ TEST(sam_cli_segment_sam_model) {
     char cmd[8192], base[4096];
     snprintf(cmd, sizeof cmd, "%s sam %s --model %s --auto --points-per-side 8 --pred-iou 0 --stability 0 "
              "--out %s/recs > /dev/null 2>&1", bin, ip, model, dir);
-    REQUIRE(run(cmd) == 0);
+    REQUIRE(test_run(cmd) == 0);
     snprintf(base, sizeof base, "%s segment %s --classes cup,person,table --theta 0 --generator %s "
              "--classifier %s --vocab %s --quiet --sam-iom 0 --sam-iou 0", bin, ip, g, cl, vb);
     snprintf(cmd, sizeof cmd, "%s --sam-masks %s/recs --out %s/a > /dev/null 2>&1", base, dir, dir);
-    CHECK(run(cmd) == 0);
+    CHECK(test_run(cmd) == 0);
     snprintf(cmd, sizeof cmd, "%s --sam %s --sam-points 8 --sam-pred-iou 0 --sam-stability 0 --out %s/b "
              "> /dev/null 2>&1", base, model, dir);
-    CHECK(run(cmd) == 0);
+    CHECK(test_run(cmd) == 0);
     snprintf(cmd, sizeof cmd, "%s --out %s/c > /dev/null 2>&1", base, dir);
-    CHECK(run(cmd) == 0);
+    CHECK(test_run(cmd) == 0);
     char pa[1100], pb[1100], pc[1100];
     snprintf(pa, sizeof pa, "%s/a/input.png", dir);
     snprintf(pb, sizeof pb, "%s/b/input.png", dir);
@@ -277,7 +272,7 @@ TEST(sam_cli_errors) {
         }
         snprintf(out, sizeof out, "%s/e%d", dir, k);
         snprintf(cmd, sizeof cmd, "%s sam %s %s --out %s > /dev/null 2>%s", bin, ip, args, out, err);
-        int rc = run(cmd);
+        int rc = test_run(cmd);
         size_t el;
         char *es = slurp(err, &el);
         snprintf(e, sizeof e, "%s", es ? es : "");
@@ -307,7 +302,7 @@ TEST(sam_cli_auto_thread_invariant) {
         char cmd[4096], path[1100];
         snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=%d %s sam %s --model %s --auto --points-per-side 6 "
                  "--pred-iou 0 --stability 0 --nms 1 --out %s/t%d > /dev/null 2>&1", t, bin, ip, model, dir, t);
-        CHECK_MSG(run(cmd) == 0, "%s", cmd);
+        CHECK_MSG(test_run(cmd) == 0, "%s", cmd);
         snprintf(path, sizeof path, "%s/t%d/input.sam.json", dir, t);
         size_t n;
         char *d = slurp(path, &n);

@@ -316,6 +316,13 @@ static carseg_status post_process(car_image *im, const float *rows, int m, int H
 /* statistics, kept out of the method's flow: CAR_TICK adds the wall and CPU ms since (t0, c0)
  * to the stage's pair of car_stats fields; round_stats records round `round` (1-based) as the
  * difference of *st from its copy st0 taken at the round's start */
+static void round_stats_reset(car_stats *st) {   /* per-round figures are of this pass */
+    if (!st) return;
+    memset(st->r_live, 0, sizeof st->r_live), memset(st->r_encodes, 0, sizeof st->r_encodes);
+    memset(st->r_ms_cam, 0, sizeof st->r_ms_cam), memset(st->r_ms_prompt, 0, sizeof st->r_ms_prompt);
+    memset(st->r_ms_cls, 0, sizeof st->r_ms_cls);
+    memset(st->r_cpu_cls, 0, sizeof st->r_cpu_cls), memset(st->r_cpu_cam, 0, sizeof st->r_cpu_cam);
+}
 static void round_stats(car_stats *st, const car_stats *st0, int round, int nl) {
     if (!st || round > CAR_STATS_ROUNDS) return;
     int r = round - 1;
@@ -328,257 +335,296 @@ static void round_stats(car_stats *st, const car_stats *st0, int round, int nl) 
     st->r_cpu_cam[r] = st->cpu_cam - st0->cpu_cam;
 }
 
+/* The state of one pass: the queries, the live set and the buffers of a round. The round's masks
+ * and the previous round's are allocated per round at their sizes (nl, H, W) (the larger
+ * buffers); everything else is sized for all n queries at the start as one block (round_alloc,
+ * round_free). */
+typedef struct {
+    car_ctx *c;
+    car_image *im;
+    const char *const *queries;
+    int n, nb;                 /* queries, background words */
+    const car_params *p;
+    car_stats *st;
+    int H, W, T, Eg, Ec;       /* image size, templates, generator and classifier widths */
+    size_t hw;
+    const char *const *tpls;   /* the classifier's templates (T of them) */
+    unsigned vpt;              /* visual prompt types */
+    const vp_ctx *vp;          /* the prepared prompts (hoisted path) */
+    cam_image *ci_naive;       /* the naive path's trunk + affinity of this round */
+    /* the round */
+    int round, nl, nk, nprev;  /* live, kept and previous-round queries */
+    int *live, *keep, *prev_live, *enc_src;
+    float *bgf, *fg, *masks, *prev, *imgf, *txt, *P, *diag, *rsc, *encf;
+    uint8_t *pim;              /* (CLS_CHUNK or 1, H, W, 3) prompted images */
+    void *block;
+} car_run;
+
+static carseg_status round_alloc(car_run *r) {
+    size_t n = (size_t)r->n, nch = r->p->naive ? 1 : (size_t)(r->n < CLS_CHUNK ? r->n : CLS_CHUNK);
+    size_t nbg = (size_t)(r->nb > 0 ? r->nb : 1);
+    size_t ints = 4 * n, floats = nbg * r->Eg + n * r->Eg + n * r->Ec +
+                  (size_t)r->T * n * r->Ec + n * n + 2 * n + nch * r->Ec;
+    size_t bytes = ints * sizeof(int) + floats * sizeof(float) + nch * r->hw * 3;
+    char *b = r->block = malloc(bytes);
+    if (!b) return set_err(CARSEG_ENOMEM, "car: out of memory (%d queries on %dx%d)", r->n, r->W, r->H);
+    float *f = (float *)b;   /* floats first (aligned), then ints, then bytes */
+    r->bgf = f, f += nbg * r->Eg;
+    r->fg = f, f += n * r->Eg;
+    r->imgf = f, f += n * r->Ec;
+    r->txt = f, f += (size_t)r->T * n * r->Ec;
+    r->P = f, f += n * n;
+    r->diag = f, f += n;
+    r->rsc = f, f += n;
+    r->encf = f, f += nch * r->Ec;
+    int *q = (int *)f;
+    r->live = q, q += n;
+    r->keep = q, q += n;
+    r->prev_live = q, q += n;
+    r->enc_src = q, q += n;
+    r->pim = (uint8_t *)q;
+    return CARSEG_OK;
+}
+
+static void round_free(car_run *r) {
+    cam_image_free(r->ci_naive);
+    free(r->masks), free(r->prev), free(r->block);
+}
+
+/* text features of strings format(tpl, query) of the live queries (tpl NULL: the raw names) */
+static carseg_status live_text(car_run *r, int gen, const char *tpl, float *out) {
+    strvec v = {0};
+    TRY(sv_format(&v, tpl, r->queries, r->live, r->nl));
+    carseg_status s = text_feats(r->c, gen, &v, r->p->naive, out);
+    sv_free(&v);
+    return s;
+}
+
+/* Step 1: one mask proposal per live query (Grad-CAM of the generator against the background
+ * words, §2): the CAM template from round 2 on (Q5), masks (nl, H, W). */
+static carseg_status propose(car_run *r) {
+    const car_params *p = r->p;
+    double t0 = now_ms(), c0 = cpu_ms();
+    TRY(live_text(r, 1, (r->round == 1 || p->cam_raw_names) ? NULL : CAR_CAM_TEMPLATE, r->fg));
+    CAR_TICK(r->st, text, t0, c0);
+    t0 = now_ms(), c0 = cpu_ms();
+    if (!(r->masks = malloc(sizeof(float) * r->hw * (size_t)r->nl)))
+        return set_err(CARSEG_ENOMEM, "car: out of memory (%d masks of %dx%d)", r->nl, r->W, r->H);
+    cam_image *ci = r->im->ci;
+    if (p->naive) {   /* re-run the trunk and the affinity as the reference does */
+        cam_image_free(r->ci_naive);
+        r->ci_naive = NULL;
+        TRY(cam_prepare(r->c->gen, &r->im->rgb, &r->ci_naive));
+        ci = r->ci_naive;
+    }
+    cam_params cp = {p->lambda, 0, p->fix_box_clamp};
+    carseg_status s = CARSEG_OK;
+    if (p->refer)   /* each phrase against the background words alone */
+        for (int j = 0; j < r->nl && s == CARSEG_OK; j++)
+            s = cam_proposals(ci, r->fg + (size_t)j * r->Eg, 1, r->bgf, r->nb, &cp,
+                              r->masks + (size_t)j * r->hw, NULL, NULL);
+    else
+        s = cam_proposals(ci, r->fg, r->nl, r->bgf, r->nb, &cp, r->masks, NULL, NULL);
+    CAR_TICK(r->st, cam, t0, c0);
+    return s;
+}
+
+/* Step 2: each mask becomes a visually prompted image, encoded by the classifier: imgf (nl, Ec).
+ * The prompted images go in chunks of CLS_CHUNK, one batch each; a mask with sum <= 1 leaves the
+ * original image, whose features are encoded once per car_image (per Q8 setting). */
+static carseg_status prompt_images(car_run *r) {
+    car_image *im = r->im;
+    int q8 = r->p->fix_center_crop != 0, W = r->W, H = r->H;
+    size_t hw = r->hw, Ec = (size_t)r->Ec;
+    for (int j0 = 0; j0 < r->nl; j0 += CLS_CHUNK) {
+        int j1 = j0 + CLS_CHUNK < r->nl ? j0 + CLS_CHUNK : r->nl, ne = 0, orig_j = -1;
+        double t0 = now_ms(), c0 = cpu_ms();
+        for (int j = j0; j < j1; j++) {
+            int v = vp_apply(r->vp, r->masks + (size_t)j * hw, r->p->eta, r->pim + (size_t)ne * hw * 3);
+            if (v < 0) return set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+            r->enc_src[j] = -1;
+            if (v == 0 && (im->orig_feat[q8] || orig_j >= 0)) continue;   /* copied below */
+            if (v == 0) orig_j = j;
+            r->enc_src[j] = ne++;
+        }
+        CAR_TICK(r->st, prompt, t0, c0);
+        t0 = now_ms(), c0 = cpu_ms();
+        TRY(cls_encode_images(r->c->cls, r->pim, ne, W, H, r->p->fix_center_crop, r->encf));
+        if (r->st) r->st->image_encodes += ne;
+        if (orig_j >= 0) {
+            if (!(im->orig_feat[q8] = malloc(sizeof(float) * Ec))) return set_err(CARSEG_ENOMEM, "car: out of memory");
+            memcpy(im->orig_feat[q8], r->encf + (size_t)r->enc_src[orig_j] * Ec, sizeof(float) * Ec);
+        }
+        for (int j = j0; j < j1; j++) {
+            const float *src = r->enc_src[j] >= 0 ? r->encf + (size_t)r->enc_src[j] * Ec : im->orig_feat[q8];
+            memcpy(r->imgf + (size_t)j * Ec, src, sizeof(float) * Ec);
+        }
+        CAR_TICK(r->st, cls, t0, c0);
+    }
+    return CARSEG_OK;
+}
+
+/* the classifier's text features txt (T, nl, Ec) of the live queries in every template: all
+ * templates in one request, so the uncached strings go in few, full batches */
+static carseg_status class_texts(car_run *r) {
+    strvec v = {0};
+    TRY(sv_format_all(&v, r->tpls, r->T, r->queries, r->live, r->nl));
+    carseg_status s = text_feats(r->c, 0, &v, 0, r->txt);
+    sv_free(&v);
+    return s;
+}
+
+/* The naive twins (car_params.naive, tests only): every prompt drawn from scratch per mask as the
+ * reference does, each prompted image encoded once per template, each template's texts encoded
+ * apart, no caches (and propose re-runs the trunk and the affinity every round). */
+static carseg_status prompt_images_naive(car_run *r) {
+    for (int j = 0; j < r->nl; j++) {
+        double t0 = now_ms(), c0 = cpu_ms();
+        if (vp_apply_naive(r->im->rgb.px, r->W, r->H, r->vpt, r->masks + (size_t)j * r->hw, r->p->eta, r->pim) < 0)
+            return set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
+        CAR_TICK(r->st, prompt, t0, c0);
+        t0 = now_ms(), c0 = cpu_ms();
+        for (int k = 0; k < r->T; k++) {
+            TRY(cls_encode_image(r->c->cls, r->pim, r->W, r->H, r->p->fix_center_crop, r->imgf + (size_t)j * r->Ec));
+            if (r->st) r->st->image_encodes++;
+        }
+        CAR_TICK(r->st, cls, t0, c0);
+    }
+    return CARSEG_OK;
+}
+
+static carseg_status class_texts_naive(car_run *r) {
+    for (int t = 0; t < r->T; t++) TRY(live_text(r, 0, r->tpls[t], r->txt + (size_t)t * r->nl * r->Ec));
+    return CARSEG_OK;
+}
+
+/* Step 3: the classifier's probabilities P (nl, nl) of every prompted image against every live
+ * query over the templates (§3). */
+static carseg_status classify(car_run *r) {
+    double t0 = now_ms(), c0 = cpu_ms();
+    TRY(r->p->naive ? class_texts_naive(r) : class_texts(r));
+    CAR_TICK(r->st, text, t0, c0);
+    t0 = now_ms(), c0 = cpu_ms();
+    cls_probs(r->imgf, r->nl, r->txt, r->T, r->Ec, r->c->cls->cfg.logit_scale, r->p->n_templates > 0,
+              NULL, r->P);
+    CAR_TICK(r->st, cls, t0, c0);
+    return CARSEG_OK;
+}
+
+/* Step 4: keep the queries whose own score is strictly above theta, the best one if none (§1.2);
+ * rsc holds the kept scores (0 for the dropped). */
+static void filter(car_run *r) {
+    int nl = r->nl, amax = 0;
+    r->nk = 0;
+    for (int j = 0; j < nl; j++) {
+        r->diag[j] = r->P[(size_t)j * nl + j];
+        if (r->diag[j] > r->diag[amax]) amax = j;
+        if (r->diag[j] > r->p->theta) r->keep[r->nk++] = j;
+    }
+    if (r->nk == 0) r->keep[r->nk++] = amax;
+    memset(r->rsc, 0, sizeof(float) * (size_t)nl);
+    for (int k = 0; k < r->nk; k++) r->rsc[r->keep[k]] = r->diag[r->keep[k]];
+}
+
+/* The round's masks become the previous round's, with the all-zero guard (Q9): when every mask is
+ * zero the reference keeps the previous round's masks (and crashes in round 1, where there are
+ * none: here the zeros stay). Upstream keeps those rows as they are, later zipped positionally
+ * with this round's survivors; fix_zero_guard takes the same queries' rows instead. */
+static void carry_masks(car_run *r) {
+    size_t hw = r->hw;
+    float mx = 0;
+    for (size_t i = 0; i < hw * (size_t)r->nl; i++) mx = fmaxf(mx, r->masks[i]);
+    if (mx == 0 && r->nprev > 0) {
+        if (!r->p->fix_zero_guard) {   /* prev, nprev and prev_live stay */
+            free(r->masks);
+            r->masks = NULL;
+            return;
+        }
+        for (int j = 0; j < r->nl; j++) {
+            int k = 0;
+            while (k < r->nprev && r->prev_live[k] != r->live[j]) k++;
+            if (k < r->nprev) memcpy(r->masks + (size_t)j * hw, r->prev + (size_t)k * hw, sizeof(float) * hw);
+        }
+    }
+    free(r->prev);
+    r->prev = r->masks, r->masks = NULL;
+    r->nprev = r->nl;
+    memcpy(r->prev_live, r->live, sizeof(int) * (size_t)r->nl);
+}
+
+/* After the last round: the CRF on its masks, and zip(survivor ids, refined rows, positional
+ * scores) as the reference does (Q17: a duplicate name goes to its first index). */
+static carseg_status finish(car_run *r, uint8_t *masks_out, float *scores_out, float *cams_out) {
+    size_t hw = r->hw;
+    uint8_t *refined = malloc(hw * (size_t)(r->nprev > 0 ? r->nprev : 1));
+    if (!refined) return set_err(CARSEG_ENOMEM, "car: out of memory");
+    carseg_status s = post_process(r->im, r->prev, r->nprev, r->H, r->W, r->p, refined, r->st);
+    int nz = r->nk < r->nprev ? r->nk : r->nprev;
+    for (int j = 0; j < nz && s == CARSEG_OK; j++) {
+        int idx = r->live[r->keep[j]];
+        if (!r->p->fix_duplicates)   /* init_clip_text.index(): the first equal string */
+            for (int k = 0; k < r->n; k++)
+                if (!strcmp(r->queries[k], r->queries[idx])) { idx = k; break; }
+        memcpy(masks_out + (size_t)idx * hw, refined + (size_t)j * hw, hw);
+        scores_out[idx] = r->rsc[j];
+        if (cams_out) memcpy(cams_out + (size_t)idx * hw, r->prev + (size_t)j * hw, sizeof(float) * hw);
+    }
+    free(refined);
+    return s;
+}
+
+/* The method (§1.2): propose, prompt, classify, filter, until the live set stops shrinking. */
 carseg_status car_pass(car_ctx *c, car_image *im, const char *const *queries, int n,
                        const char *const *bg, int nb, const car_params *p, const car_dump *dump,
                        uint8_t *masks_out, float *scores_out, float *cams_out, car_stats *st) {
     if (n <= 0) return set_err(CARSEG_EINVAL, "car: empty query list");
-    int H = im->rgb.h, W = im->rgb.w;
-    size_t hw = (size_t)H * W;
-    int Eg = c->gen->cfg.embed, Ec = c->cls->cfg.embed;
-    int T = p->n_templates > 0 ? p->n_templates : 1;
-    const char *const *tpls = p->n_templates > 0 ? p->templates : &CAR_CAM_TEMPLATE;
-    int dsoft = p->n_templates > 0;
-    float scale = c->cls->cfg.logit_scale;
-    carseg_status s = CARSEG_OK;
-
-    memset(masks_out, 0, hw * (size_t)n);
+    car_run r = {.c = c, .im = im, .queries = queries, .n = n, .nb = nb > 0 ? nb : 0, .p = p, .st = st};
+    r.H = im->rgb.h, r.W = im->rgb.w, r.hw = (size_t)r.H * r.W;
+    r.Eg = c->gen->cfg.embed, r.Ec = c->cls->cfg.embed;
+    r.T = p->n_templates > 0 ? p->n_templates : 1;
+    r.tpls = p->n_templates > 0 ? p->templates : &CAR_CAM_TEMPLATE;
+    r.vpt = p->prompts | (p->fix_gray ? VP_GRAY_RGB : 0);
+    memset(masks_out, 0, r.hw * (size_t)n);
     memset(scores_out, 0, sizeof(float) * (size_t)n);
-    if (cams_out) memset(cams_out, 0, sizeof(float) * hw * (size_t)n);
+    if (cams_out) memset(cams_out, 0, sizeof(float) * r.hw * (size_t)n);
+    TRY(round_alloc(&r));
+    for (int i = 0; i < n; i++) r.live[i] = i;
+    r.nl = n;
+    round_stats_reset(st);
 
-    int *live = malloc(sizeof(int) * (size_t)n), *keep = malloc(sizeof(int) * (size_t)n);
-    int *prev_live = malloc(sizeof(int) * (size_t)n);
-    float *diag = malloc(sizeof(float) * (size_t)n), *rsc = malloc(sizeof(float) * (size_t)n);
-    float *bgf = malloc(sizeof(float) * (size_t)(nb > 0 ? nb : 1) * Eg);
-    float *fg = malloc(sizeof(float) * (size_t)n * Eg);
-    float *imgf = malloc(sizeof(float) * (size_t)n * Ec);
-    float *txt = malloc(sizeof(float) * (size_t)T * n * Ec);
-    float *P = malloc(sizeof(float) * (size_t)n * n);
-    float *masks = NULL, *prev = NULL;
-    int nch = n < CLS_CHUNK ? n : CLS_CHUNK;
-    uint8_t *prompted = malloc(hw * 3), *refined = NULL;
-    uint8_t *pim = malloc(hw * 3 * (size_t)nch);                 /* (nch, H, W, 3) a chunk */
-    int *enc_src = malloc(sizeof(int) * (size_t)n);             /* row of encf per live query */
-    float *encf = malloc(sizeof(float) * (size_t)nch * Ec);     /* (nch, Ec) a chunk's features */
-    strvec v = {0};
-    cam_image *ci_naive = NULL;
-    if (!live || !keep || !prev_live || !diag || !rsc || !bgf || !fg || !imgf || !txt || !P ||
-        !prompted || !pim || !enc_src || !encf) {
-        s = set_err(CARSEG_ENOMEM, "car: out of memory (%d queries)", n);
-        goto done;
-    }
-    for (int i = 0; i < n; i++) live[i] = i;
-    int nl = n, nprev = 0, last = 0, round = 0, nk = 0;
-    const vp_ctx *vp = NULL;
-
-    /* background features: each word in the CAM template (§2.4), once */
-    double t0 = now_ms(), c0 = cpu_ms();
-    if (nb > 0) {
-        if ((s = sv_format(&v, CAR_CAM_TEMPLATE, bg, NULL, nb)) != CARSEG_OK) goto done;
-        s = text_feats(c, 1, &v, p->naive, bgf);
+    double t0 = now_ms(), c0 = cpu_ms();   /* the background words in the CAM template, once */
+    carseg_status s = CARSEG_OK;
+    if (r.nb > 0) {
+        strvec v = {0};
+        s = sv_format(&v, CAR_CAM_TEMPLATE, bg, NULL, r.nb);
+        if (s == CARSEG_OK) s = text_feats(c, 1, &v, p->naive, r.bgf);
         sv_free(&v);
-        if (s != CARSEG_OK) goto done;
     }
     CAR_TICK(st, text, t0, c0);
-    unsigned vpt = p->prompts | (p->fix_gray ? VP_GRAY_RGB : 0);
-    if (!p->naive && (s = get_vp(im, vpt, &vp)) != CARSEG_OK) goto done;
+    if (s == CARSEG_OK && !p->naive) s = get_vp(im, r.vpt, &r.vp);
 
-    if (st) {   /* per-round figures are of this pass */
-        memset(st->r_live, 0, sizeof st->r_live), memset(st->r_encodes, 0, sizeof st->r_encodes);
-        memset(st->r_ms_cam, 0, sizeof st->r_ms_cam);
-        memset(st->r_ms_prompt, 0, sizeof st->r_ms_prompt);
-        memset(st->r_ms_cls, 0, sizeof st->r_ms_cls);
-        memset(st->r_cpu_cls, 0, sizeof st->r_cpu_cls), memset(st->r_cpu_cam, 0, sizeof st->r_cpu_cam);
-    }
-    for (;;) {
-        round++;
+    for (int last = 0; s == CARSEG_OK;) {
+        r.round++;
         car_stats st0 = st ? *st : (car_stats){0};
-        /* --- mask proposals --- */
-        t0 = now_ms(), c0 = cpu_ms();
-        const char *cam_tpl = (round == 1 || p->cam_raw_names) ? NULL : CAR_CAM_TEMPLATE;
-        if ((s = sv_format(&v, cam_tpl, queries, live, nl)) != CARSEG_OK) goto done;
-        s = text_feats(c, 1, &v, p->naive, fg);
-        sv_free(&v);
-        if (s != CARSEG_OK) goto done;
-        CAR_TICK(st, text, t0, c0);
-        t0 = now_ms(), c0 = cpu_ms();
-        masks = malloc(sizeof(float) * hw * (size_t)nl);
-        if (!masks) {
-            s = set_err(CARSEG_ENOMEM, "car: out of memory (%d masks of %dx%d)", nl, W, H);
-            goto done;
-        }
-        cam_image *ci = im->ci;
-        if (p->naive) {   /* re-run the trunk and the affinity as the reference does */
-            cam_image_free(ci_naive);
-            ci_naive = NULL;
-            if ((s = cam_prepare(c->gen, &im->rgb, &ci_naive)) != CARSEG_OK) goto done;
-            ci = ci_naive;
-        }
-        cam_params cp = {p->lambda, 0, p->fix_box_clamp};
-        if (p->refer) {
-            for (int j = 0; j < nl && s == CARSEG_OK; j++)
-                s = cam_proposals(ci, fg + (size_t)j * Eg, 1, bgf, nb, &cp, masks + (size_t)j * hw,
-                                  NULL, NULL);
-        } else {
-            s = cam_proposals(ci, fg, nl, bgf, nb, &cp, masks, NULL, NULL);
-        }
-        if (s != CARSEG_OK) goto done;
-        CAR_TICK(st, cam, t0, c0);
-
-        /* --- visual prompts + classifier images (each encoded once) --- */
-        if (p->naive) {
-            for (int j = 0; j < nl; j++) {
-                t0 = now_ms(), c0 = cpu_ms();
-                if (vp_apply_naive(im->rgb.px, W, H, vpt, masks + (size_t)j * hw, p->eta, prompted) < 0) {
-                    s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
-                    goto done;
-                }
-                CAR_TICK(st, prompt, t0, c0);
-                t0 = now_ms(), c0 = cpu_ms();
-                for (int k = 0; k < T && s == CARSEG_OK; k++) {   /* once per template, as upstream */
-                    s = cls_encode_image(c->cls, prompted, W, H, p->fix_center_crop, imgf + (size_t)j * Ec);
-                    if (st) st->image_encodes++;
-                }
-                if (s != CARSEG_OK) goto done;
-                CAR_TICK(st, cls, t0, c0);
-            }
-        } else {
-            /* the prompted images of the round in chunks of CLS_CHUNK, each chunk one batch
-             * through the classifier; an image whose mask has sum <= 1 is the original image:
-             * encoded once per car_image */
-            int q8 = p->fix_center_crop != 0;
-            for (int j0 = 0; j0 < nl; j0 += CLS_CHUNK) {
-                int j1 = j0 + CLS_CHUNK < nl ? j0 + CLS_CHUNK : nl, ne = 0, orig_j = -1;
-                t0 = now_ms(), c0 = cpu_ms();
-                for (int j = j0; j < j1; j++) {
-                    int r = vp_apply(vp, masks + (size_t)j * hw, p->eta, pim + (size_t)ne * hw * 3);
-                    if (r < 0) {
-                        s = set_err(CARSEG_ENOMEM, "car: out of memory (visual prompt)");
-                        goto done;
-                    }
-                    enc_src[j] = -1;
-                    if (r == 0 && (im->orig_feat[q8] || orig_j >= 0)) continue;   /* copied below */
-                    if (r == 0) orig_j = j;
-                    enc_src[j] = ne++;
-                }
-                CAR_TICK(st, prompt, t0, c0);
-                t0 = now_ms(), c0 = cpu_ms();
-                s = cls_encode_images(c->cls, pim, ne, W, H, p->fix_center_crop, encf);
-                if (s != CARSEG_OK) goto done;
-                if (st) st->image_encodes += ne;
-                if (orig_j >= 0) {
-                    if (!(im->orig_feat[q8] = malloc(sizeof(float) * (size_t)Ec))) {
-                        s = set_err(CARSEG_ENOMEM, "car: out of memory");
-                        goto done;
-                    }
-                    memcpy(im->orig_feat[q8], encf + (size_t)enc_src[orig_j] * Ec, sizeof(float) * (size_t)Ec);
-                }
-                for (int j = j0; j < j1; j++) {
-                    const float *src = enc_src[j] >= 0 ? encf + (size_t)enc_src[j] * Ec : im->orig_feat[q8];
-                    memcpy(imgf + (size_t)j * Ec, src, sizeof(float) * (size_t)Ec);
-                }
-                CAR_TICK(st, cls, t0, c0);
-            }
-        }
-        /* --- text side: each template over the live queries --- */
-        t0 = now_ms(), c0 = cpu_ms();
-        if (p->naive) {
-            for (int t = 0; t < T; t++) {
-                if ((s = sv_format(&v, tpls[t], queries, live, nl)) != CARSEG_OK) goto done;
-                s = text_feats(c, 0, &v, p->naive, txt + (size_t)t * nl * Ec);
-                sv_free(&v);
-                if (s != CARSEG_OK) goto done;
-            }
-        } else {   /* all templates in one request: the uncached strings go in few, full batches */
-            if ((s = sv_format_all(&v, tpls, T, queries, live, nl)) != CARSEG_OK) goto done;
-            s = text_feats(c, 0, &v, 0, txt);   /* (T, nl, Ec) */
-            sv_free(&v);
-            if (s != CARSEG_OK) goto done;
-        }
-        CAR_TICK(st, text, t0, c0);
-        t0 = now_ms(), c0 = cpu_ms();
-        cls_probs(imgf, nl, txt, T, Ec, scale, dsoft, NULL, P);
-        CAR_TICK(st, cls, t0, c0);
-        round_stats(st, &st0, round, nl);
-
-        /* --- filter: strict > theta, argmax fallback --- */
-        nk = 0;
-        int amax = 0;
-        for (int j = 0; j < nl; j++) {
-            diag[j] = P[(size_t)j * nl + j];
-            if (diag[j] > diag[amax]) amax = j;
-            if (diag[j] > p->theta) keep[nk++] = j;
-        }
-        if (nk == 0) keep[nk++] = amax;
-        memset(rsc, 0, sizeof(float) * (size_t)nl);
-        for (int k = 0; k < nk; k++) rsc[keep[k]] = diag[keep[k]];
-        if ((s = dump_round(dump, round, queries, live, nl, diag, keep, nk, masks, H, W)) != CARSEG_OK)
-            goto done;
-
-        /* --- all-zero guard (Q9): the reference falls back to the previous round's masks
-         * (and crashes in round 1, where there are none: here the zeros stay) --- */
-        float mx = 0;
-        for (size_t i = 0; i < hw * (size_t)nl; i++) mx = fmaxf(mx, masks[i]);
-        if (mx == 0 && prev) {
-            if (p->fix_zero_guard) {   /* the same queries' rows of the previous round */
-                for (int j = 0; j < nl; j++) {
-                    int r = 0;
-                    while (r < nprev && prev_live[r] != live[j]) r++;
-                    if (r < nprev)
-                        memcpy(masks + (size_t)j * hw, prev + (size_t)r * hw, sizeof(float) * hw);
-                }
-                free(prev);
-                prev = masks;
-                nprev = nl;
-                memcpy(prev_live, live, sizeof(int) * (size_t)nl);
-            } else {
-                /* upstream: the previous round's rows as they are (prev, nprev and prev_live
-                 * stay); later zipped positionally with this round's survivors */
-                free(masks);
-            }
-        } else {
-            free(prev);
-            prev = masks;
-            nprev = nl;
-            memcpy(prev_live, live, sizeof(int) * (size_t)nl);
-        }
-        masks = NULL;
-        int kpos = 0;
-        for (int j = 0; j < nl; j++) kpos += rsc[j] > 0;
-        if (st) st->rounds = round;
+        if ((s = propose(&r)) != CARSEG_OK) break;
+        if ((s = (p->naive ? prompt_images_naive : prompt_images)(&r)) != CARSEG_OK) break;
+        if ((s = classify(&r)) != CARSEG_OK) break;
+        round_stats(st, &st0, r.round, r.nl);
+        filter(&r);
+        s = dump_round(dump, r.round, queries, r.live, r.nl, r.diag, r.keep, r.nk, r.masks, r.H, r.W);
+        if (s != CARSEG_OK) break;
+        carry_masks(&r);
+        int kpos = 0;   /* the loop ends when the number of positive scores stops changing */
+        for (int j = 0; j < r.nl; j++) kpos += r.rsc[j] > 0;
+        if (st) st->rounds = r.round;
         if (kpos == last) break;
         last = kpos;
-        for (int k = 0; k < nk; k++) live[k] = live[keep[k]];
-        nl = nk;
+        for (int k = 0; k < r.nk; k++) r.live[k] = r.live[r.keep[k]];
+        r.nl = r.nk;
     }
-    if (st) st->rounds_total += round;
-
-    /* --- post-processing of the last round's rows (prev) --- */
-    refined = malloc(hw * (size_t)(nprev > 0 ? nprev : 1));
-    if (!refined) {
-        s = set_err(CARSEG_ENOMEM, "car: out of memory");
-        goto done;
-    }
-    if ((s = post_process(im, prev, nprev, H, W, p, refined, st)) != CARSEG_OK) goto done;
-    /* zip(survivor ids, refined rows, positional scores) as the reference does */
-    {
-        int nz = nk < nprev ? nk : nprev;
-        for (int j = 0; j < nz; j++) {
-            int idx = live[keep[j]];
-            if (!p->fix_duplicates)   /* init_clip_text.index(): the first equal string */
-                for (int k = 0; k < n; k++)
-                    if (!strcmp(queries[k], queries[idx])) { idx = k; break; }
-            memcpy(masks_out + (size_t)idx * hw, refined + (size_t)j * hw, hw);
-            scores_out[idx] = rsc[j];
-            if (cams_out)
-                memcpy(cams_out + (size_t)idx * hw, prev + (size_t)j * hw, sizeof(float) * hw);
-        }
-    }
-done:
-    sv_free(&v);
-    cam_image_free(ci_naive);
-    free(live), free(keep), free(prev_live), free(diag), free(rsc), free(bgf), free(fg);
-    free(imgf), free(txt), free(P), free(masks), free(prev), free(prompted), free(refined);
-    free(pim), free(enc_src), free(encf);
+    if (st) st->rounds_total += r.round;
+    if (s == CARSEG_OK) s = finish(&r, masks_out, scores_out, cams_out);
+    round_free(&r);
     return s;
 }
 

@@ -1,4 +1,4 @@
-/* gemm_f32.c — float32 x @ w^T with one fma chain per element (see gemm_f32.h). */
+/* gemm_f32.c — float32 products with one fma chain per element (see gemm_f32.h). */
 #include "gemm_f32.h"
 
 #include <math.h>
@@ -15,15 +15,56 @@
 
 enum { MR = 6, NR = 16 };
 
+/* op(a)[i][k] and op(b)[k][j] of a cblas-style row-major product */
+static inline float at_a(const float *a, int lda, int ta, int i, int k) {
+    return ta ? a[(size_t)k * lda + i] : a[(size_t)i * lda + k];
+}
+static inline float at_b(const float *b, int ldb, int tb, int k, int j) {
+    return tb ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j];
+}
 
-void gemm_f32_nt_ref(float *c, int ldc, const float *a, int lda, const float *w, int ldw, int m,
-                     int n, int K) {
+void gemm_f32_ref(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b,
+                  int ldb, float *c, int ldc) {
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             float acc = 0.0f;
-            for (int k = 0; k < K; k++)
-                acc = fmaf(a[(size_t)i * lda + k], w[(size_t)j * ldw + k], acc);
+            for (int k = 0; k < K; k++) acc = fmaf(at_a(a, lda, ta, i, k), at_b(b, ldb, tb, k, j), acc);
             c[(size_t)i * ldc + j] = acc;
+        }
+}
+
+/* what becomes of a block of sums: the linear layers' epilogue, or alpha * sums (+ c) */
+typedef struct {
+    gemm_f32_epilogue ep;   /* NULL: c = alpha * sums, or c + alpha * sums with acc */
+    const float *bias;      /* ep's bias (n) or NULL */
+    int flags, acc;
+    float alpha;
+} out_op;
+
+static void put(float *c, int ldc, const float *t, int ldt, int j, int mi, int nj, const out_op *o) {
+    if (o->ep) {
+        o->ep(c, ldc, t, ldt, o->bias ? o->bias + j : NULL, mi, nj, o->flags);
+        return;
+    }
+    for (int r = 0; r < mi; r++) {
+        float *cr = c + (size_t)r * ldc;
+        const float *tr = t + (size_t)r * ldt;
+        for (int q = 0; q < nj; q++) {
+            float v = o->alpha == 1.0f ? tr[q] : o->alpha * tr[q];
+            cr[q] = o->acc ? cr[q] + v : v;
+        }
+    }
+}
+
+/* the element-by-element chains (no buffers needed): the same bits, slowly */
+static void run_ref(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b,
+                    int ldb, float *c, int ldc, const out_op *o) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            float acc;
+            if (ta) gemm_f32_ref(1, tb, 1, 1, K, a + i, lda, tb ? b + (size_t)j * ldb : b + j, ldb, &acc, 1);
+            else gemm_f32_ref(0, tb, 1, 1, K, a + (size_t)i * lda, lda, tb ? b + (size_t)j * ldb : b + j, ldb, &acc, 1);
+            put(c + (size_t)i * ldc + j, ldc, &acc, 1, j, 1, 1, o);
         }
 }
 
@@ -44,36 +85,48 @@ int gemm_f32_available(void) {
     return k;
 }
 
-/* c (MR x NR, row stride ldc) = the sums over K steps of MR rows of A (row stride lda) and one
- * B panel (K x NR): 12 accumulators, each element's fma chain in k order from zero */
-__attribute__((target("avx2,fma"))) static void kernel_6x16(int K, const float *pa, size_t lda,
-                                                           const float *pb, float *c, int ldc) {
-    const float *a0 = pa, *a1 = pa + lda, *a2 = pa + 2 * lda, *a3 = pa + 3 * lda,
-                *a4 = pa + 4 * lda, *a5 = pa + 5 * lda;
+/* t (MR x NR, row stride NR) = the sums over K steps of MR rows of A (row r, step k at
+ * pa + r * ars + k * aks) and one B panel (K x NR): 12 accumulators, each element's fma chain in
+ * k order from zero */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+kernel_body(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t) {
+    const float *a0 = pa, *a1 = pa + ars, *a2 = pa + 2 * ars, *a3 = pa + 3 * ars,
+                *a4 = pa + 4 * ars, *a5 = pa + 5 * ars;
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
     __m256 d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0;
 #pragma GCC unroll 4
     for (int k = 0; k < K; k++) {
         __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8), x;
-        x = _mm256_broadcast_ss(a0 + k), c0 = _mm256_fmadd_ps(x, b0, c0), d0 = _mm256_fmadd_ps(x, b1, d0);
-        x = _mm256_broadcast_ss(a1 + k), c1 = _mm256_fmadd_ps(x, b0, c1), d1 = _mm256_fmadd_ps(x, b1, d1);
-        x = _mm256_broadcast_ss(a2 + k), c2 = _mm256_fmadd_ps(x, b0, c2), d2 = _mm256_fmadd_ps(x, b1, d2);
-        x = _mm256_broadcast_ss(a3 + k), c3 = _mm256_fmadd_ps(x, b0, c3), d3 = _mm256_fmadd_ps(x, b1, d3);
-        x = _mm256_broadcast_ss(a4 + k), c4 = _mm256_fmadd_ps(x, b0, c4), d4 = _mm256_fmadd_ps(x, b1, d4);
-        x = _mm256_broadcast_ss(a5 + k), c5 = _mm256_fmadd_ps(x, b0, c5), d5 = _mm256_fmadd_ps(x, b1, d5);
+        size_t o = (size_t)k * aks;
+        x = _mm256_broadcast_ss(a0 + o), c0 = _mm256_fmadd_ps(x, b0, c0), d0 = _mm256_fmadd_ps(x, b1, d0);
+        x = _mm256_broadcast_ss(a1 + o), c1 = _mm256_fmadd_ps(x, b0, c1), d1 = _mm256_fmadd_ps(x, b1, d1);
+        x = _mm256_broadcast_ss(a2 + o), c2 = _mm256_fmadd_ps(x, b0, c2), d2 = _mm256_fmadd_ps(x, b1, d2);
+        x = _mm256_broadcast_ss(a3 + o), c3 = _mm256_fmadd_ps(x, b0, c3), d3 = _mm256_fmadd_ps(x, b1, d3);
+        x = _mm256_broadcast_ss(a4 + o), c4 = _mm256_fmadd_ps(x, b0, c4), d4 = _mm256_fmadd_ps(x, b1, d4);
+        x = _mm256_broadcast_ss(a5 + o), c5 = _mm256_fmadd_ps(x, b0, c5), d5 = _mm256_fmadd_ps(x, b1, d5);
         pb += NR;
     }
-    _mm256_storeu_ps(c + 0 * (size_t)ldc, c0), _mm256_storeu_ps(c + 0 * (size_t)ldc + 8, d0);
-    _mm256_storeu_ps(c + 1 * (size_t)ldc, c1), _mm256_storeu_ps(c + 1 * (size_t)ldc + 8, d1);
-    _mm256_storeu_ps(c + 2 * (size_t)ldc, c2), _mm256_storeu_ps(c + 2 * (size_t)ldc + 8, d2);
-    _mm256_storeu_ps(c + 3 * (size_t)ldc, c3), _mm256_storeu_ps(c + 3 * (size_t)ldc + 8, d3);
-    _mm256_storeu_ps(c + 4 * (size_t)ldc, c4), _mm256_storeu_ps(c + 4 * (size_t)ldc + 8, d4);
-    _mm256_storeu_ps(c + 5 * (size_t)ldc, c5), _mm256_storeu_ps(c + 5 * (size_t)ldc + 8, d5);
+    _mm256_store_ps(t + 0 * NR, c0), _mm256_store_ps(t + 0 * NR + 8, d0);
+    _mm256_store_ps(t + 1 * NR, c1), _mm256_store_ps(t + 1 * NR + 8, d1);
+    _mm256_store_ps(t + 2 * NR, c2), _mm256_store_ps(t + 2 * NR + 8, d2);
+    _mm256_store_ps(t + 3 * NR, c3), _mm256_store_ps(t + 3 * NR + 8, d3);
+    _mm256_store_ps(t + 4 * NR, c4), _mm256_store_ps(t + 4 * NR + 8, d4);
+    _mm256_store_ps(t + 5 * NR, c5), _mm256_store_ps(t + 5 * NR + 8, d5);
+}
+/* A's rows contiguous in k (op(a) = a), and A stored transposed (op(a) = a^T: k strides lda) */
+__attribute__((target("avx2,fma"))) static void kernel_rows(int K, const float *pa, size_t ars,
+                                                           const float *pb, float *t) {
+    kernel_body(K, pa, ars, 1, pb, t);
+}
+__attribute__((target("avx2,fma"))) static void kernel_cols(int K, const float *pa, size_t aks,
+                                                           const float *pb, float *t) {
+    kernel_body(K, pa, 1, aks, pb, t);
 }
 
-/* rows [0, r_n) of w (row stride ldw), K columns, into one panel pb[k * NR + r] = w[r][k], zero
+/* op(b) = b^T (b holds the panel's columns as rows: nn.Linear's w): rows [0, r_n) of w (row
+ * stride ldw), K columns, into one panel pb[k * NR + r] = w[r][k], zero
  * rows past r_n: whole 8 x 8 blocks through an AVX transpose, the rest one by one */
-__attribute__((target("avx2,fma"))) static void pack_panel(float *pb, const float *w, int ldw,
+__attribute__((target("avx2,fma"))) static void pack_panel_t(float *pb, const float *w, int ldw,
                                                           int r_n, int K) {
     int k = 0;
     if (r_n == NR)
@@ -109,40 +162,46 @@ __attribute__((target("avx2,fma"))) static void pack_panel(float *pb, const floa
     }
 }
 
-/* Blocking: one B panel (16 rows of w over the whole K: 48 KB at K 768, in L2) at a time against
- * every 6-row panel of A, read in place (A's rows are contiguous in k; the last, partial panel is
- * copied with zero rows below it). No K blocks: each element's chain runs through K in registers
- * (measured on an AVX2 Zen 3 on 256 x 256 tiles with K 768-4096: as fast as K blocks of 384-512,
- * and OpenBLAS's speed within the noise), and the epilogue runs on each register tile at once. */
-int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
-                    const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags) {
+/* op(b) = b (K x N, row stride ldb): columns [0, r_n) into one panel pb[k * NR + r] = b[k][r] */
+static void pack_panel_n(float *pb, const float *b, int ldb, int r_n, int K) {
+    for (int k = 0; k < K; k++) {
+        float *d = pb + (size_t)k * NR;
+        memcpy(d, b + (size_t)k * ldb, sizeof(float) * r_n);
+        for (int r = r_n; r < NR; r++) d[r] = 0.0f;
+    }
+}
+
+/* Blocking: one B panel (16 columns of op(b) over the whole K: 48 KB at K 768, in L2) at a time
+ * against every 6-row panel of op(a), read in place (the last, partial panel is copied, rows
+ * contiguous, with zero rows below it). No K blocks: each element's chain runs through K in
+ * registers (measured on an AVX2 Zen 3 on 256 x 256 tiles with K 768-4096: as fast as K blocks of
+ * 384-512, and OpenBLAS's speed within the noise), and the output runs on each register tile at
+ * once. */
+static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b, int ldb,
+               float *c, int ldc, const out_op *o) {
     if (m <= 0 || n <= 0) return 0;
-    if (K <= 0) return -1;
+    if (K <= 0 || !gemm_f32_available()) return -1;
     int mp = (m + MR - 1) / MR, me = m % MR;   /* me: rows of the last, partial panel (0: none) */
-    size_t nb = (size_t)NR * K, ne = me ? (size_t)MR * K : 0, cap = 0;
-    char *buf = cs_spare_take(CS_SPARE_GEMM_F32, sizeof(float) * (nb + ne) + 64, &cap);
-    if (!buf) {   /* no room for the packed panel: the same sums element by element */
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++) {
-                float acc;
-                gemm_f32_nt_ref(&acc, 1, a + (size_t)i * lda, lda, w + (size_t)j * ldw, ldw, 1, 1, K);
-                ep(c + (size_t)i * ldc + j, ldc, &acc, 1, b ? b + j : NULL, 1, 1, flags);
-            }
+    size_t nb = (size_t)NR * K, ne = me ? ((size_t)MR * K + 15) & ~(size_t)15 : 0, cap = 0;
+    char *buf = cs_spare_take(CS_SPARE_GEMM_F32, sizeof(float) * (nb + ne + MR * NR) + 64, &cap);
+    if (!buf) {
+        run_ref(ta, tb, m, n, K, a, lda, b, ldb, c, ldc, o);
         return 0;
     }
-    float *pb = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63), *pe = pb + nb, tmp[MR * NR];
-    for (int r = 0; r < (me ? MR : 0); r++) {
-        if (r < me) memcpy(pe + (size_t)r * K, a + (size_t)(m - me + r) * lda, sizeof(float) * K);
-        else memset(pe + (size_t)r * K, 0, sizeof(float) * K);
-    }
+    /* nb and ne are multiples of 16 floats: the panel, the edge rows and t 64-byte aligned */
+    float *pb = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63), *pe = pb + nb, *t = pe + ne;
+    for (int r = 0; r < (me ? MR : 0); r++)
+        for (int k = 0; k < K; k++) pe[(size_t)r * K + k] = r < me ? at_a(a, lda, ta, m - me + r, k) : 0.0f;
     for (int j = 0; j < n; j += NR) {
         int nj = n - j < NR ? n - j : NR;
-        pack_panel(pb, w + (size_t)j * ldw, ldw, nj, K);
+        if (tb) pack_panel_t(pb, b + (size_t)j * ldb, ldb, nj, K);
+        else pack_panel_n(pb, b + j, ldb, nj, K);
         for (int p = 0; p < mp; p++) {
             int i = p * MR, mi = m - i < MR ? m - i : MR;
-            if (mi == MR) kernel_6x16(K, a + (size_t)i * lda, (size_t)lda, pb, tmp, NR);
-            else kernel_6x16(K, pe, (size_t)K, pb, tmp, NR);
-            ep(c + (size_t)i * ldc + j, ldc, tmp, NR, b ? b + j : NULL, mi, nj, flags);
+            if (mi < MR) kernel_rows(K, pe, (size_t)K, pb, t);
+            else if (ta) kernel_cols(K, a + i, (size_t)lda, pb, t);
+            else kernel_rows(K, a + (size_t)i * lda, (size_t)lda, pb, t);
+            put(c + (size_t)i * ldc + j, ldc, t, NR, j, mi, nj, o);
         }
     }
     cs_spare_give(CS_SPARE_GEMM_F32, buf, cap);
@@ -150,10 +209,22 @@ int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, 
 }
 #else
 int gemm_f32_available(void) { return 0 * __atomic_load_n(&g_off, __ATOMIC_RELAXED); }
-int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
-                    const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags) {
-    (void)ep, (void)c, (void)ldc, (void)a, (void)lda, (void)w, (void)ldw, (void)b, (void)m, (void)n, (void)K;
-    (void)flags;
+static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b, int ldb,
+               float *c, int ldc, const out_op *o) {
+    (void)ta, (void)tb, (void)m, (void)n, (void)K, (void)a, (void)lda, (void)b, (void)ldb;
+    (void)c, (void)ldc, (void)o, (void)run_ref;
     return -1;
 }
 #endif
+
+int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
+                    const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags) {
+    out_op o = {ep, b, flags, 0, 1.0f};
+    return run(0, 1, m, n, K, a, lda, w, ldw, c, ldc, &o);
+}
+
+int gemm_f32(int ta, int tb, int m, int n, int K, float alpha, const float *a, int lda,
+             const float *b, int ldb, int accumulate, float *c, int ldc) {
+    out_op o = {NULL, NULL, 0, accumulate != 0, alpha};
+    return run(ta, tb, m, n, K, a, lda, b, ldb, c, ldc, &o);
+}

@@ -1,16 +1,17 @@
-/* gemm_f32.h — carseg's own float32 product for the linear layers (nn.Linear: x @ w^T), used by
- * nn_linear_items where the CPU has AVX2 and FMA.
+/* gemm_f32.h — carseg's own float32 matrix products, used by nn_linear_items (nn.Linear: x @ w^T),
+ * nn_sgemm and nn_attention where the CPU has AVX2 and FMA.
  *
  * Every element is one chain of fused multiply-adds in k order from zero:
  *     acc = 0; for k = 0 .. K-1: acc = fma(x[i][k], w[j][k], acc)
  * so its bits depend on its own row of x and row of w alone: not on where the row sits in the
  * product, on the other rows, on how the product is cut into tiles or over threads, and not on the
- * vector width (the scalar twin gemm_f32_nt_ref gives the same sums with fmaf). OpenBLAS's kernels
+ * vector width (the scalar twin gemm_f32_ref gives the same sums with fmaf). OpenBLAS's kernels
  * do not have this property on every CPU (docs/threads.md): a row's bits there can follow its
- * position in the product, which made a text's features depend on the other texts of its batch.
+ * position in the product, which made a text's features depend on the other texts of its batch
+ * and two identical queries get CAMs that differ in the last bits.
  *
- * Layout: a 6 x 16 register tile of accumulators (12 AVX2 registers) over the whole K; the rows of
- * x read in place 6 at a time, the rows of w packed 16 at a time (k-major, zero rows at the edge)
+ * Layout: a 6 x 16 register tile of accumulators (12 AVX2 registers) over the whole K; op(a) read
+ * in place 6 rows at a time, op(b) packed 16 columns at a time (k-major, zero columns at the edge)
  * into a per-thread spare (cs_spare_take). Where that buffer cannot be had, the same chains run
  * element by element (slow, the same bits).
  */
@@ -36,9 +37,16 @@ typedef void (*gemm_f32_epilogue)(float *o, int ldo, const float *sums, int lds,
 int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
                     const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags);
 
-/* c = a @ w^T with scalar fmaf, for tests: the sums of gemm_f32_linear (flags 0, no bias), bit for
- * bit. */
-void gemm_f32_nt_ref(float *c, int ldc, const float *a, int lda, const float *w, int ldw, int m,
-                     int n, int K);
+/* The general product: c (m, n) = alpha * op(a) op(b), or c + alpha * op(a) op(b) with
+ * accumulate, cblas-style (row-major; ta/tb: 0 = as stored, 1 = transposed: a is (m, K) or (K, m),
+ * b is (K, n) or (n, K)). The same fma chains; single-threaded; 0, or -1 (nothing written) as
+ * gemm_f32_linear. */
+int gemm_f32(int ta, int tb, int m, int n, int K, float alpha, const float *a, int lda,
+             const float *b, int ldb, int accumulate, float *c, int ldc);
+
+/* c = op(a) op(b) with scalar fmaf, for tests: the sums of gemm_f32 (alpha 1) and of
+ * gemm_f32_linear (ta 0, tb 1, no bias, flags 0), bit for bit. */
+void gemm_f32_ref(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b,
+                  int ldb, float *c, int ldc);
 
 #endif

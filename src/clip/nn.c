@@ -116,7 +116,9 @@ void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
     nn_tiling tl = nn_tiles(M, N, K);
     int nt = tl.tm * tl.tn, th = nn_threads();
     th = th < nt ? th : nt;
-    blas_solo_begin();
+    /* carseg's fma-chain kernel (gemm_f32.h) where it runs: the bits do not depend on the tiles */
+    int own = K > 0 && (beta == 0.0f || beta == 1.0f) && gemm_f32_available();
+    if (!own) blas_solo_begin();
     /* tiles in row-major order, handed out one at a time to whichever thread is free */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (th > 1)
     for (int t = 0; t < nt; t++) {
@@ -124,10 +126,11 @@ void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
         int m = M - i0 < tl.mt ? M - i0 : tl.mt, n = N - j0 < tl.nt ? N - j0 : tl.nt;
         const float *At = ta ? A + i0 : A + (size_t)i0 * lda;
         const float *Bt = tb ? B + (size_t)j0 * ldb : B + j0;
-        cblas_sgemm(CblasRowMajor, TA, TB, m, n, K, alpha, At, lda, Bt, ldb, beta,
-                    C + (size_t)i0 * ldc + j0, ldc);
+        float *Ct = C + (size_t)i0 * ldc + j0;
+        if (own) gemm_f32(ta, tb, m, n, K, alpha, At, lda, Bt, ldb, beta != 0.0f, Ct, ldc);
+        else cblas_sgemm(CblasRowMajor, TA, TB, m, n, K, alpha, At, lda, Bt, ldb, beta, Ct, ldc);
     }
-    blas_solo_end();
+    if (!own) blas_solo_end();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
     int RB = 256;   /* larger blocks repack K less often; the block of P stays within ~1 MB */
     while (RB > 16 && (size_t)RB * L * sizeof(float) > (1u << 20)) RB /= 2;
     int nrb = (L + RB - 1) / RB;
-    int th = nn_threads(), par = B * NH * nrb > 1 && th > 1;
+    int th = nn_threads(), par = B * NH * nrb > 1 && th > 1, own = hd > 0 && gemm_f32_available();
     blas_solo_begin();
     /* work items of a shape-only size, each on one thread: the same bits for any thread count */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(th) if (par)
@@ -377,16 +380,19 @@ void nn_attention(float *out, float *probs, float *avg, const float *qkv, int B,
         const float *k = qkv + (size_t)b * L * C3 + C + h * hd;
         const float *v = k + C;
         float *P = probs + ((size_t)bh * L + r0) * L;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, ncol, hd, scale, q, C3, k,
-                    C3, 0.0f, P, L);
+        if (own) gemm_f32(0, 1, r1 - r0, ncol, hd, scale, q, C3, k, C3, 0, P, L);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, ncol, hd, scale, q, C3, k,
+                         C3, 0.0f, P, L);
         for (int i = r0; i < r1; i++) {
             float *row = P + (size_t)(i - r0) * L;
             int n = causal ? i + 1 : L;
             softmax_row(row, n);
             if (n < L) memset(row + n, 0, sizeof(float) * (L - n));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, ncol, 1.0f, P, L, v,
-                    C3, 0.0f, out + ((size_t)b * L + r0) * C + h * hd, C);
+        float *o = out + ((size_t)b * L + r0) * C + h * hd;
+        if (own) gemm_f32(0, 0, r1 - r0, hd, ncol, 1.0f, P, L, v, C3, 0, o, C);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hd, ncol, 1.0f, P, L,
+                         v, C3, 0.0f, o, C);
     }
     blas_solo_end();
     if (avg) nn_attention_avg(avg, probs, B, L, NH);
