@@ -4,7 +4,7 @@
  * and 512x384 (the CaR generator's VOC size, carseg_clip_encode_images_hw), ViT-L/14 at 224x224
  * (the classifier), the ViT-B/16 text tower on 300 prompts (carseg_clip_encode_tokens). For each:
  * milliseconds, GFLOP/s, the ratio to the sgemm throughput on that tower's own block products (the
- * ceiling: OpenBLAS's cblas_sgemm in OpenMP tiles, as src/clip/nn.c's nn_sgemm runs it), and the
+ * ceiling: single-threaded OpenBLAS cblas_sgemm calls in nn_sgemm's OpenMP tiles), and the
  * ratio to Debian's PyTorch on the same shapes and thread count (scripts/bench_torch_clip.py,
  * skipped with a message when /usr/bin/python3 lacks torch).
  * A one-thread pass (ViT-B/16 224x224 and its sgemm ceiling) gives an efficiency figure that does
@@ -58,7 +58,7 @@ static float *falloc(size_t n) {
     return p;
 }
 
-/* The tiles of nn_sgemm (src/clip/nn.c): a product under 4 MFLOP is one tile; else tiles of at
+/* The tiles of nn_sgemm (src/clip/nn.c, nn_tiles): a product under 4 MFLOP is one tile; else tiles of at
  * least 256 x 256, multiples of 16, about 64 of them, the split packing the least. */
 typedef struct { int mt, nt, tm, tn; } tiling;
 static int even16(int len, int parts) {
@@ -82,7 +82,7 @@ static tiling tiles(int M, int N, int K) {
     return t;
 }
 /* y (N, Nout) = x (N, K) @ w (Nout, K)^T: single-threaded OpenBLAS on each tile, the tiles shared
- * out to carseg_get_threads() OpenMP threads (nn_sgemm's scheme: the sgemm ceiling) */
+ * out to carseg_get_threads() OpenMP threads (nn_sgemm's tiles, OpenBLAS's kernel: the ceiling) */
 static void tiled_sgemm(int N, int Nout, int K, const float *x, const float *w, float *y) {
     tiling tl = tiles(N, Nout, K);
     int nt = tl.tm * tl.tn, th = carseg_get_threads();
@@ -297,7 +297,7 @@ int main(void) {
     double w_b16l = block_sgemm_gflops(769, 768, 3072, &c_b16l);
     double w_l14 = block_sgemm_gflops(257, 1024, 4096, &c_l14);
     double w_txt = block_sgemm_gflops(64 * 12, 512, 2048, &c_txt);
-    printf("sgemm (OpenMP tiles of single-threaded OpenBLAS, as nn_sgemm) on the block products,\n"
+    printf("sgemm (single-threaded OpenBLAS in nn_sgemm's OpenMP tiles) on the block products,\n"
            "GFLOP/s wall (GFLOP per CPU-second):\n");
     printf("  ViT-B/16 197 tokens %.1f (%.1f), 769 tokens %.1f (%.1f), ViT-L/14 257 tokens %.1f (%.1f),\n"
            "  text 768 rows %.1f (%.1f)\n", w_b16, c_b16, w_b16l, c_b16l, w_l14, c_l14, w_txt, c_txt);
