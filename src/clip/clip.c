@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm_f32.h"
 #include "image.h"
 #include "nn.h"
 #include "tokenizer.h"
@@ -480,17 +481,21 @@ carseg_status clip_encode_text(const clip_model *m, const int32_t *tokens, int n
     return st;
 }
 
-/* Batch-invariant text encoding: prompts are grouped by their EOT position and each group is
- * encoded on its own (in batches of up to TEXT_GROUP), so every prompt goes through activations of
- * its own length (EOT + 1) whatever else the call holds, and the products run sequence by sequence
- * (nn_linear_items): its features depend on its own tokens only, not on the other prompts of the
- * call, their number or their order. (clip_encode_text pads a batch to its longest prompt; the
- * padded length changes the attention's sums and so the last bits.) */
+/* Batch-invariant text encoding: a prompt's features depend on its own tokens only, not on the
+ * other prompts of the call, their number or their order. On the fma-chain kernel (gemm_f32.h)
+ * that holds for clip_encode_text itself. Elsewhere (OpenBLAS) prompts are grouped by their EOT
+ * position and each group is encoded on its own (in batches of up to TEXT_GROUP), so every prompt
+ * goes through activations of its own length (EOT + 1), the products run sequence by sequence
+ * (nn_linear_items), and the padded length, which changes OpenBLAS's sums in the attention, is
+ * always the prompt's own. */
 enum { TEXT_GROUP = 64 };
 carseg_status clip_encode_text_stable(const clip_model *m, const int32_t *tokens, int n, float *out) {
     const clip_config *c = &m->cfg;
     int ctx = c->t_ctx, E = c->embed;
     if (n <= 0) return CARSEG_OK;
+    /* On the fma-chain kernel a row's bits follow neither the batch nor the padded length (the
+     * causal attention's extra columns add exact zeros to a chain): free batching is invariant. */
+    if (gemm_f32_available()) return clip_encode_text(m, tokens, n, out);
     int *eot = malloc(sizeof(int) * (size_t)n), *idx = malloc(sizeof(int) * TEXT_GROUP);
     int32_t *tk = malloc(sizeof(int32_t) * (size_t)TEXT_GROUP * ctx);
     float *f = malloc(sizeof(float) * (size_t)TEXT_GROUP * E);

@@ -69,7 +69,7 @@ typedef struct clip_model {
 
 /* Sets the precision of the image tower's matrix products (patch embedding, in_proj, out_proj,
  * c_fc, c_proj; the attention products, LayerNorm, softmax and the text tower stay float32):
- * GEMM_FP32 (the default, OpenBLAS), GEMM_BF16X3 or GEMM_BF16 (Intel AMX, gemm_amx.h). Packs the
+ * GEMM_FP32 (the default: nn.c, gemm_f32.c), GEMM_BF16X3 or GEMM_BF16 (Intel AMX, gemm_amx.h). Packs the
  * weights once (freeing the previous packs); AMX missing -> CARSEG_EINVAL saying why, the model
  * unchanged; out of memory while packing -> CARSEG_ENOMEM, the model then in float32. In bf16x3,
  * a model that owns its tensors keeps the packs of lossless matrices (fp16 checkpoints: all but

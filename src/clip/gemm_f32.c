@@ -113,14 +113,40 @@ kernel_body(int K, const float *pa, size_t ars, size_t aks, const float *pb, flo
     _mm256_store_ps(t + 4 * NR, c4), _mm256_store_ps(t + 4 * NR + 8, d4);
     _mm256_store_ps(t + 5 * NR, c5), _mm256_store_ps(t + 5 * NR + 8, d5);
 }
-/* A's rows contiguous in k (op(a) = a), and A stored transposed (op(a) = a^T: k strides lda) */
+/* The same for the last panel when it has at most 8 columns: 6 accumulators, half the work of the
+ * full tile (the panel is still NR wide in memory; its columns past 8 are not read). */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+kernel_body8(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t) {
+    const float *a0 = pa, *a1 = pa + ars, *a2 = pa + 2 * ars, *a3 = pa + 3 * ars,
+                *a4 = pa + 4 * ars, *a5 = pa + 5 * ars;
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+#pragma GCC unroll 4
+    for (int k = 0; k < K; k++) {
+        __m256 b0 = _mm256_load_ps(pb);
+        size_t o = (size_t)k * aks;
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + o), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + o), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + o), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + o), b0, c3);
+        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a4 + o), b0, c4);
+        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a5 + o), b0, c5);
+        pb += NR;
+    }
+    _mm256_store_ps(t + 0 * NR, c0), _mm256_store_ps(t + 1 * NR, c1), _mm256_store_ps(t + 2 * NR, c2);
+    _mm256_store_ps(t + 3 * NR, c3), _mm256_store_ps(t + 4 * NR, c4), _mm256_store_ps(t + 5 * NR, c5);
+}
+
+/* A's rows contiguous in k (op(a) = a), and A stored transposed (op(a) = a^T: k strides lda);
+ * narrow: the panel's first 8 columns only */
 __attribute__((target("avx2,fma"))) static void kernel_rows(int K, const float *pa, size_t ars,
-                                                           const float *pb, float *t) {
-    kernel_body(K, pa, ars, 1, pb, t);
+                                                           const float *pb, float *t, int narrow) {
+    if (narrow) kernel_body8(K, pa, ars, 1, pb, t);
+    else kernel_body(K, pa, ars, 1, pb, t);
 }
 __attribute__((target("avx2,fma"))) static void kernel_cols(int K, const float *pa, size_t aks,
-                                                           const float *pb, float *t) {
-    kernel_body(K, pa, 1, aks, pb, t);
+                                                           const float *pb, float *t, int narrow) {
+    if (narrow) kernel_body8(K, pa, 1, aks, pb, t);
+    else kernel_body(K, pa, 1, aks, pb, t);
 }
 
 /* op(b) = b^T (b holds the panel's columns as rows: nn.Linear's w): rows [0, r_n) of w (row
@@ -198,9 +224,10 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
         else pack_panel_n(pb, b + j, ldb, nj, K);
         for (int p = 0; p < mp; p++) {
             int i = p * MR, mi = m - i < MR ? m - i : MR;
-            if (mi < MR) kernel_rows(K, pe, (size_t)K, pb, t);
-            else if (ta) kernel_cols(K, a + i, (size_t)lda, pb, t);
-            else kernel_rows(K, a + (size_t)i * lda, (size_t)lda, pb, t);
+            int narrow = nj <= 8;
+            if (mi < MR) kernel_rows(K, pe, (size_t)K, pb, t, narrow);
+            else if (ta) kernel_cols(K, a + i, (size_t)lda, pb, t, narrow);
+            else kernel_rows(K, a + (size_t)i * lda, (size_t)lda, pb, t, narrow);
             put(c + (size_t)i * ldc + j, ldc, t, NR, j, mi, nj, o);
         }
     }
