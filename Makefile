@@ -12,7 +12,8 @@
 # whose hidden symbols are made local (a user's program may define read_file or json_parse).
 # The evaluation data code (datasets, REFER annotations, journal, label files: EVAL_SRC) is not in
 # the public library. build/libcarseg_internal.a holds every library object with its internal
-# symbols global: what the CLI, the benchmarks and the tests link.
+# symbols global: what the CLI links (the tests link the objects themselves). The benchmarks are
+# public-API programs: include/carseg.h only, linked against build/libcarseg.so.
 # Include rule: headers are included by bare name ("nn.h"); every layer folder is on the include
 # path, so header names are unique across src/.
 
@@ -106,8 +107,8 @@ $(BUILD)/libcarseg.a: $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $(BUILD)/libcarseg_all.o
 
-# every library object, internal symbols global: the CLI and the benchmarks (until they use only
-# carseg.h) and the evaluation code
+# every library object, internal symbols global: what the CLI links (it holds the evaluation code,
+# which the public library leaves out)
 $(BUILD)/libcarseg_internal.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
@@ -185,8 +186,17 @@ check:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" test
 
-$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcarseg_internal.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libcarseg_internal.a $(LDLIBS)
+# the benchmarks use the public API alone: compiled with include/ (and bench/) as the only project
+# include path, linked against the shared library as the examples are (rpath: build/), plus
+# OpenBLAS for bench_clip's sgemm ceiling; scripts/check_layers.py refuses any other header
+BENCH_CFLAGS := $(CSTD) $(WARN) $(OPT) -fopenmp -Iinclude -Ibench $(EXTRA_CFLAGS)
+$(BUILD)/bench/%.o: bench/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(BENCH_CFLAGS) -MMD -MP -c $< -o $@
+
+.SECONDARY: $(BENCH_OBJ)
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcarseg.so
+	$(CC) $(BENCH_CFLAGS) $(LDFLAGS) -o $@ $< -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -lcarseg -lopenblas -lm
 
 bench: $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%) $(BUILD)/carseg
 	@for b in $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%); do echo "== $$b"; $$b || exit 1; done

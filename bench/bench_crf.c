@@ -1,20 +1,42 @@
-/* bench_crf.c — speed of the dense CRF (crf_run) on a 500×375 image, 10 iterations, CaR's
+/* bench_crf.c — speed of the dense CRF (carseg_crf) on a 500×375 image, 10 iterations, CaR's
  * parameters, with 3 and 21 labels, plus how time grows with image size and label count.
  * Colour features: the voc8_3 fixture's when ../shared is found, else a synthetic image.
- * Usage: build/bench/bench_crf [threads (default 2)] [repeats (default 3)] */
+ * Usage: build/bench/bench_crf [threads (default 2)] [repeats (default 3)]
+ * (The lattice's own figures, vertex counts and one filtering, are internals: not measured
+ * here; the CRF's tests cover the lattice.) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "crf.h"
-#include "lattice.h"
-#include "util.h"
+#include "bench_common.h"
 
-static double cpu_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+#define cpu_ms bench_cpu_ms
+#define now_ms bench_now_ms
+
+/* the uint8 (H, W, 3) array of a C-order .npy file; NULL when absent or of another kind */
+static uint8_t *read_u8_npy(const char *path, int *w, int *h) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char pre[10];
+    uint8_t *data = NULL;
+    char hdr[1024];
+    size_t hl = 0;
+    if (fread(pre, 1, 10, f) == 10 && !memcmp(pre, "\x93NUMPY", 6) && pre[6] == 1 &&
+        (hl = pre[8] | (size_t)pre[9] << 8) < sizeof hdr && fread(hdr, 1, hl, f) == hl) {
+        hdr[hl] = 0;
+        long H = 0, W = 0, Cc = 0;
+        const char *sp = strstr(hdr, "'shape': (");
+        if (strstr(hdr, "'|u1'") && strstr(hdr, "'fortran_order': False") && sp &&
+            sscanf(sp, "'shape': (%ld, %ld, %ld)", &H, &W, &Cc) == 3 && Cc == 3 && H > 0 && W > 0 &&
+            (data = malloc((size_t)H * W * 3)) && fread(data, 3, (size_t)H * W, f) == (size_t)H * W) {
+            *w = (int)W, *h = (int)H;
+        } else {
+            free(data);
+            data = NULL;
+        }
+    }
+    fclose(f);
+    return data;
 }
 
 static unsigned rng = 12345;
@@ -59,12 +81,12 @@ static double time_crf(int C, int W, int H, const uint8_t *src, int sw, int sh, 
     uint16_t *lab = malloc(N * sizeof(uint16_t));
     make_feat(feat, W, H, src, sw, sh);
     make_probs(p, C, W, H);
-    crf_params prm = crf_default_params();
+    carseg_crf_params prm = carseg_crf_defaults();
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t = now_ms(), c = cpu_ms();
-        if (crf_run(p, C, H, W, feat, &prm, lab, NULL) != CARSEG_OK) {
-            fprintf(stderr, "crf_run: %s\n", carseg_last_error());
+        if (carseg_crf(p, C, H, W, feat, &prm, lab, NULL) != CARSEG_OK) {
+            fprintf(stderr, "carseg_crf: %s\n", carseg_last_error());
             exit(1);
         }
         t = now_ms() - t;
@@ -84,58 +106,12 @@ int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     int reps = argc > 2 ? atoi(argv[2]) : 3;
     carseg_set_threads(threads);
-    const char *sh = getenv("CARSEG_SHARED");
     char path[1024];
-    snprintf(path, sizeof path, "%s/fixtures/crf/voc8_3/features.npy", sh ? sh : "../shared");
-    npy_array fx = {0};
-    const uint8_t *src = NULL;
+    bench_shared("fixtures/crf/voc8_3/features.npy", path, sizeof path);
     int sw = 0, shh = 0;
-    if (npy_read(path, &fx) == CARSEG_OK && fx.dtype == NPY_U8 && fx.ndim == 3 && fx.shape[2] == 3) {
-        src = fx.data;
-        shh = (int)fx.shape[0];
-        sw = (int)fx.shape[1];
-    }
+    uint8_t *src = read_u8_npy(path, &sw, &shh);
     printf("dense CRF, 10 iterations, CaR parameters, %d threads, best of %d; features: %s\n", threads,
            reps, src ? "voc8_3 fixture (tiled)" : "synthetic");
-
-    /* lattice sizes and build time for the 500x375 image */
-    {
-        int W = 500, H = 375;
-        size_t N = (size_t)W * H;
-        uint8_t *feat = malloc(N * 3);
-        float *fg = malloc(N * 2 * sizeof(float)), *fb = malloc(N * 5 * sizeof(float));
-        make_feat(feat, W, H, src, sw, shh);
-        crf_gaussian_features(W, H, 1, 1, fg);
-        crf_bilateral_features(W, H, 67, 67, 3, 3, 3, feat, fb);
-        lattice lg, lb;
-        double t0 = now_ms();
-        lattice_build(&lg, fg, (int)N, 2, 1);
-        double t1 = now_ms();
-        lattice_build(&lb, fb, (int)N, 5, 1);
-        double t2 = now_ms();
-        float *v = malloc(N * 21 * sizeof(float));
-        for (size_t i = 0; i < N * 21; i++) v[i] = frand();
-        double fl[2][2];
-        for (int c = 0; c < 2; c++) {
-            int vs = c ? 21 : 3;
-            double a = now_ms();
-            lattice_filter(&lg, v, v, vs, 0, NULL);
-            double b = now_ms();
-            lattice_filter(&lb, v, v, vs, 0, NULL);
-            fl[c][0] = b - a;
-            fl[c][1] = now_ms() - b;
-        }
-        printf("500x375: Gaussian lattice %d vertices (build %.1f ms), bilateral %d vertices (build %.1f ms)\n",
-               lg.m, t1 - t0, lb.m, t2 - t1);
-        printf("one filtering, 3 values: Gaussian %.1f ms, bilateral %.1f ms; 21 values: %.1f ms, %.1f ms\n",
-               fl[0][0], fl[0][1], fl[1][0], fl[1][1]);
-        lattice_free(&lg);
-        lattice_free(&lb);
-        free(v);
-        free(feat);
-        free(fg);
-        free(fb);
-    }
 
     double t3 = time_crf(3, 500, 375, src, sw, shh, reps);
     double c3 = last_cpu;
@@ -154,6 +130,6 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 3; i++)
         printf("  %dx%d %.3f s", sz[i][0], sz[i][1], time_crf(3, sz[i][0], sz[i][1], src, sw, shh, reps));
     printf("\n");
-    npy_free(&fx);
+    free(src);
     return 0;
 }

@@ -258,6 +258,14 @@ carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, i
  * bits as n single calls). n_blocks as above; a NaN or Inf in x -> EINVAL naming the image. */
 carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
                                         float *out);
+/* The same at another input size, as CaR's mask generator runs its images (and as Hugging Face's
+ * interpolate_pos_encoding): x (n, 3, H, W), H and W positive multiples of the patch size; at
+ * another grid than the native one the positional embedding is resized bilinearly
+ * (align_corners=False) and rounded through fp16, as CaR's clip_wrapper.py does. At H = W =
+ * carseg_clip_image_size(m) the result is carseg_clip_encode_images's, bit for bit. The cost grows
+ * with the tokens: (H/P)(W/P) + 1, P the patch (carseg_clip_config_json). */
+carseg_status carseg_clip_encode_images_hw(const carseg_clip *m, const float *x, int n, int H, int W,
+                                           int n_blocks, float *out);
 /* The architecture as a JSON object ({"embed": 512, "image_size": 224, "patch": 16, "vision_width":
  * 768, "vision_layers": 12, "vision_heads": 12, "text_width": 512, "text_layers": 12,
  * "text_heads": 8, "context": 77, "vocab": 49408, "logit_scale": 100, "precision": "fp32"}).
@@ -536,7 +544,13 @@ int carseg_result_round(const carseg_result *r, int i, const int **live, const f
                         const uint8_t **survived);
 int carseg_result_round_pass(const carseg_result *r, int i);   /* 0 thing or only pass, 1 stuff */
 /* Wall-clock ms of a stage: "prepare" (generator trunk + affinity; 0 for an image prepared
- * earlier), "text", "cam", "prompt", "classify", "crf", "total" (the call); -1 when unknown. */
+ * earlier), "text", "cam", "prompt", "classify", "crf", "sam", "total" (the call); -1 when unknown.
+ * "prepare.cpu", "text.cpu", "cam.cpu", "prompt.cpu", "classify.cpu", "crf.cpu": the process's
+ * CPU ms in that stage (all its threads, so other work of the process counts too): on a loaded
+ * machine the figure that does not depend on when the threads got a core.
+ * "roundK.cam", "roundK.prompt", "roundK.classify" and "roundK.cam.cpu", "roundK.classify.cpu":
+ * round K's share (K = 1..8, of the last pass: the stuff pass when there are two); -1 for a
+ * round that did not run. */
 double carseg_result_timing(const carseg_result *r, const char *stage);
 /* The per-image JSON `carseg segment` writes as NAME.json, with "image" set to image_name
  * (may be NULL: null) and "precision" to the classifier's. *out: free with free(). */

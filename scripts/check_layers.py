@@ -1,10 +1,12 @@
 #!/usr/bin/python3
-"""check_layers.py [--src DIR] [BUILD] — the layer rule of src/, read off the sources and (with BUILD) the objects.
+"""check_layers.py [--src DIR] [--bench DIR] [BUILD] — the layer rule of src/, read off the sources and (with BUILD) the objects.
 
 Layers, lowest first: util < image < clip < crf < car < sam < eval < api. A file in src/<layer>/
 may include headers of its own layer and of lower layers only; sam may not include car (car reaches
 sam through its seam). Headers that are not in src/ (carseg.h, system headers) are outside the rule;
 tools/ and tests/ are outside too.
+The benchmarks (bench/) are public-API programs: a file there may include "carseg.h", its own
+folder's headers (bench_common.h) and system headers, never a header of src/ (by any path).
 With BUILD (the build folder), the same rule at link level: an object of a layer must not use a
 symbol defined in a higher layer (nm), and the objects' use of each other has no cycle
 (A uses B uses ... uses A), within a layer too.
@@ -16,8 +18,12 @@ FORBIDDEN = {("sam", "car")}          # (from, to) pairs refused even though to 
 RANK = {l: i for i, l in enumerate(ORDER)}
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 src = os.path.join(root, "src")
-if len(sys.argv) > 2 and sys.argv[1] == "--src":     # another tree (the checker's own test)
-    src = sys.argv[2]
+bench = os.path.join(root, "bench")
+while len(sys.argv) > 2 and sys.argv[1] in ("--src", "--bench"):   # another tree (the checker's own test)
+    if sys.argv[1] == "--src":
+        src = sys.argv[2]
+    else:
+        bench = sys.argv[2]
     del sys.argv[1:3]
 
 bad = []
@@ -57,6 +63,23 @@ for layer, f in files:
                 bad.append(f"src/{layer}/{f}:{n}: includes {h} of the higher layer {to}")
             elif (layer, to) in FORBIDDEN:
                 bad.append(f"src/{layer}/{f}:{n}: includes {h} of {to} ({layer} may not use {to})")
+
+# the benchmarks: carseg.h, bench/'s own headers and system headers only
+any_inc = re.compile(r'^\s*#\s*include\s*([<"])([^">]+)[">]')
+bench_files = sorted(f for f in os.listdir(bench) if f.endswith((".c", ".h"))) if os.path.isdir(bench) else []
+for f in bench_files:
+    with open(os.path.join(bench, f), encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            m = any_inc.match(line)
+            if not m:
+                continue
+            h = os.path.basename(m.group(2))
+            if h in layer_of_header:
+                bad.append(f"bench/{f}:{n}: includes {h} of src/{layer_of_header[h]}/ "
+                           "(benchmarks use the public API, include/carseg.h, only)")
+            elif m.group(1) == '"' and m.group(2) != "carseg.h" and m.group(2) not in bench_files:
+                bad.append(f"bench/{f}:{n}: includes \"{m.group(2)}\" (benchmarks include \"carseg.h\", "
+                           "their own headers and system headers only)")
 
 if len(sys.argv) > 1:
     build = sys.argv[1]
@@ -124,4 +147,5 @@ if bad:
     print(f"check_layers: {len(bad)} violation(s)", file=sys.stderr)
     sys.exit(1)
 print(f"check_layers: {len(files)} files in {len(set(l for l, _ in files))} layers, "
-      + ("includes and objects" if len(sys.argv) > 1 else "includes") + " follow " + " < ".join(ORDER))
+      + ("includes and objects" if len(sys.argv) > 1 else "includes") + " follow " + " < ".join(ORDER)
+      + f"; {len(bench_files)} benchmark files include carseg.h only")

@@ -160,6 +160,38 @@ TEST(api_segment_equals_internal) {
         CHECK(carseg_result_timing(r, "total") >= carseg_result_timing(r, "cam"));
         CHECK(carseg_result_timing(r, "prepare") > 0);
         CHECK(carseg_result_timing(r, "nonsense") == -1);
+        /* CPU ms per stage, and the rounds' shares, which add up to the stage (one pass here) */
+        static const char *const stages[6] = {"prepare", "text", "cam", "prompt", "classify", "crf"};
+        for (int k = 0; k < 6; k++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "%s.cpu", stages[k]);
+            CHECK(carseg_result_timing(r, nm) >= 0);
+        }
+        CHECK(carseg_result_timing(r, "cam.cpu") > 0 && carseg_result_timing(r, "prepare.cpu") > 0);
+        int nr = carseg_result_rounds(r);
+        REQUIRE(nr >= 2 && nr <= 8);
+        double sum[3] = {0, 0, 0};
+        static const char *const rs[3] = {"cam", "prompt", "classify"};
+        for (int i = 1; i <= nr; i++)
+            for (int k = 0; k < 3; k++) {
+                char nm[32];
+                snprintf(nm, sizeof nm, "round%d.%s", i, rs[k]);
+                double t = carseg_result_timing(r, nm);
+                CHECK(t >= 0);
+                sum[k] += t;
+            }
+        for (int k = 0; k < 3; k++)
+            CHECK(fabs(sum[k] - carseg_result_timing(r, rs[k])) < 1e-6 * (1 + sum[k]));
+        CHECK(carseg_result_timing(r, "round1.cam.cpu") > 0);
+        CHECK(carseg_result_timing(r, "round1.classify.cpu") >= 0);
+        char nm[32];
+        snprintf(nm, sizeof nm, "round%d.cam", nr + 1);
+        CHECK(carseg_result_timing(r, nm) == -1);
+        CHECK(carseg_result_timing(r, "round0.cam") == -1);
+        CHECK(carseg_result_timing(r, "round1.crf") == -1);
+        CHECK(carseg_result_timing(r, "round1.prompt.cpu") == -1);
+        CHECK(carseg_result_timing(r, "cam.wall") == -1);
+        CHECK(carseg_result_timing(r, "camx") == -1);
         CHECK(carseg_result_cams(r, 0) == NULL);
         char *js = NULL;
         CHECK_OK(carseg_result_json(r, "x.png", &js));

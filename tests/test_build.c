@@ -197,8 +197,9 @@ TEST(build_install_pkg_config) {
     CHECK_MSG(system(cmd) == 0, "prog0 does not load the installed libcarseg.so.1");
 }
 
-/* The layer rule holds (scripts/check_layers.py on the sources and the built objects), and the
- * checker fails on a tree where util includes a car header and sam includes car. */
+/* The layer rule holds (scripts/check_layers.py on the sources and the built objects, and the
+ * benchmarks on carseg.h alone), and the checker fails on a tree where util includes a car header
+ * and sam includes car, and on a benchmark that includes src/ headers. */
 TEST(build_layers) {
     const char *b = build_dir();
     if (system("/usr/bin/python3 -c 1 2>/dev/null") != 0) SKIP("/usr/bin/python3 missing");
@@ -214,4 +215,13 @@ TEST(build_layers) {
              "grep -q 'sam/x.c:1: includes cam.h of car' '%s/out.txt'",
              dir, dir, dir, dir, dir, dir, dir, dir);
     CHECK_MSG(system(cmd) == 0, "check_layers.py did not catch an upward include / sam including car");
+    /* the benchmarks: a src/ header, by bare name or by path, is refused */
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/bench' && cp bench/*.c bench/*.h '%s/bench/' && "
+             "printf '#include \"nn.h\"\n#include \"../src/car/car.h\"\n' >> '%s/bench/bench_api.c' && "
+             "/usr/bin/python3 scripts/check_layers.py --bench '%s/bench' > '%s/outb.txt' 2>&1; test $? = 1 && "
+             "grep -q 'bench/bench_api.c:.*includes nn.h of src/clip/' '%s/outb.txt' && "
+             "grep -q 'bench/bench_api.c:.*includes car.h of src/car/' '%s/outb.txt' && "
+             "test $(grep -c '^bench/' '%s/outb.txt') = 2",
+             dir, dir, dir, dir, dir, dir, dir, dir);
+    CHECK_MSG(system(cmd) == 0, "check_layers.py did not catch a benchmark including internal headers");
 }

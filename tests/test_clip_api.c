@@ -8,6 +8,7 @@
 
 #include "carseg.h"
 #include "check.h"
+#include "clip.h"
 #include "util.h"
 
 TEST(clip_api_tokens_pixels_config) {
@@ -53,6 +54,30 @@ TEST(clip_api_tokens_pixels_config) {
     CHECK_OK(carseg_clip_encode_images(m, x, 1, 1, b));
     CHECK(!memcmp(a, b, sizeof(float) * E));
     CHECK(carseg_clip_encode_images(m, x, 1, 99, b) == CARSEG_EINVAL);
+    /* another size: at the native one the same bits; at 2S x S (a 2:1 grid) the engine's own
+     * resized-positional-embedding path, and not the native features */
+    CHECK_OK(carseg_clip_encode_images_hw(m, x, 2, S, S, 1, b));
+    CHECK(!memcmp(a, b, sizeof(float) * E) && !memcmp(a, b + E, sizeof(float) * E));
+    float *x2 = malloc(sizeof(float) * 3 * S * 2 * S), c[64];
+    REQUIRE(x2);
+    for (int ch = 0; ch < 3; ch++)
+        for (int y = 0; y < S; y++)
+            for (int xx = 0; xx < 2 * S; xx++)
+                x2[((size_t)ch * S + y) * 2 * S + xx] = x[((size_t)ch * S + y) * S + xx % S];
+    CHECK_OK(carseg_clip_encode_images_hw(m, x2, 1, S, 2 * S, 0, b));
+    CHECK_OK(clip_encode_images(m, x2, 1, S, 2 * S, 0, c));
+    CHECK(!memcmp(b, c, sizeof(float) * E));
+    CHECK_OK(carseg_clip_encode_image_rgb(m, rgb, w, h, 0, a));
+    CHECK(memcmp(a, b, sizeof(float) * E) != 0);
+    for (int i = 0; i < E; i++) CHECK(isfinite(b[i]));
+    CHECK(carseg_clip_encode_images_hw(m, x2, 1, S, 2 * S - 1, 0, b) == CARSEG_EINVAL);
+    CHECK(strstr(carseg_last_error(), "carseg_clip_encode_images_hw") && strstr(carseg_last_error(), "patch"));
+    CHECK(carseg_clip_encode_images_hw(m, x2, 1, 0, S, 0, b) == CARSEG_EINVAL);
+    CHECK(carseg_clip_encode_images_hw(NULL, x2, 1, S, S, 0, b) == CARSEG_EINVAL);
+    x2[7] = INFINITY;
+    CHECK(carseg_clip_encode_images_hw(m, x2, 1, S, 2 * S, 0, b) == CARSEG_EINVAL);
+    CHECK(strstr(carseg_last_error(), "image 0"));
+    free(x2);
     x[3 * S * S + 5] = NAN;
     CHECK(carseg_clip_encode_images(m, x, 2, 0, b) == CARSEG_EINVAL);
     CHECK(strstr(carseg_last_error(), "image 1"));

@@ -87,21 +87,35 @@ carseg_status carseg_clip_preprocess(const carseg_clip *m, const uint8_t *rgb, i
     return clip_preprocess(&im, carseg_clip_image_size(m), out);
 }
 
-carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
-                                        float *out) {
-    if (!m || (n > 0 && (!x || !out)) || n < 0)
-        return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: invalid argument");
+static carseg_status encode_images(const char *fn, const carseg_clip *m, const float *x, int n, int H,
+                                   int W, int n_blocks, float *out) {
+    if (!m || (n > 0 && (!x || !out)) || n < 0) return set_err(CARSEG_EINVAL, "%s: invalid argument", fn);
     if (n_blocks < 0 || n_blocks > m->cfg.v_layers)
-        return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: n_blocks %d outside [0, %d]",
-                       n_blocks, m->cfg.v_layers);
+        return set_err(CARSEG_EINVAL, "%s: n_blocks %d outside [0, %d]", fn, n_blocks, m->cfg.v_layers);
+    int P = m->cfg.v_patch;
+    if (H <= 0 || W <= 0 || H % P || W % P)
+        return set_err(CARSEG_EINVAL, "%s: image %dx%d is not a positive multiple of the patch %d", fn,
+                       W, H, P);
+    if ((int64_t)(H / P) * (W / P) >= (1 << 24))   /* the token count stays an int */
+        return set_err(CARSEG_EINVAL, "%s: image %dx%d gives too many tokens", fn, W, H);
     if (n == 0) return CARSEG_OK;
-    int S = carseg_clip_image_size(m);
-    size_t px = (size_t)3 * S * S;
+    size_t px = (size_t)3 * H * W;
     for (size_t i = 0; i < px * (size_t)n; i++)
         if (!isfinite(x[i]))
-            return set_err(CARSEG_EINVAL, "carseg_clip_encode_images: image %zu has a non-finite "
-                           "value at %zu", i / px, i % px);
-    return clip_encode_images(m, x, n, S, S, n_blocks, out);
+            return set_err(CARSEG_EINVAL, "%s: image %zu has a non-finite value at %zu", fn, i / px,
+                           i % px);
+    return clip_encode_images(m, x, n, H, W, n_blocks, out);
+}
+
+carseg_status carseg_clip_encode_images_hw(const carseg_clip *m, const float *x, int n, int H, int W,
+                                           int n_blocks, float *out) {
+    return encode_images("carseg_clip_encode_images_hw", m, x, n, H, W, n_blocks, out);
+}
+
+carseg_status carseg_clip_encode_images(const carseg_clip *m, const float *x, int n, int n_blocks,
+                                        float *out) {
+    int S = m ? carseg_clip_image_size(m) : 0;
+    return encode_images("carseg_clip_encode_images", m, x, n, S, S, n_blocks, out);
 }
 
 carseg_status carseg_clip_config_json(const carseg_clip *m, char **out) {

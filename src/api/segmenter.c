@@ -34,6 +34,7 @@ struct carseg_prepared {
     car_image *ci;
     image_u8 rgb;       /* own copy */
     double ms_prepare;  /* not yet reported by a result */
+    double cpu_prepare; /* its process CPU ms, likewise */
 };
 
 typedef struct {
@@ -355,6 +356,7 @@ static carseg_status prepare_image(carseg_segmenter *s, carseg_prepared *p) {
     p->ci = NULL;
     TRY(car_image_new(s->ctx, &p->rgb, &st, &p->ci));
     p->ms_prepare += st.ms_prepare;
+    p->cpu_prepare += st.cpu_prepare;
     return CARSEG_OK;
 }
 
@@ -578,7 +580,8 @@ static carseg_status run(carseg_segmenter *s, carseg_prepared *im, const char *c
         return st;
     }
     r->st.ms_prepare = im->ms_prepare;   /* the image's preparation, reported once */
-    im->ms_prepare = 0;
+    r->st.cpu_prepare = im->cpu_prepare;
+    im->ms_prepare = im->cpu_prepare = 0;
     r->ms_total = now_ms() - t0 + r->st.ms_prepare;
     *out = r;
     return CARSEG_OK;
@@ -641,15 +644,31 @@ int carseg_result_round_pass(const carseg_result *r, int i) {
     return r && i >= 0 && i < r->n_rounds ? r->rounds[i].pass : -1;
 }
 
+/* "STAGE", "STAGE.cpu", "roundK.STAGE" and "roundK.STAGE.cpu" (carseg.h) */
 double carseg_result_timing(const carseg_result *r, const char *stage) {
     if (!r || !stage) return -1;
     const car_stats *s = &r->st;
-    if (!strcmp(stage, "prepare")) return s->ms_prepare;
-    if (!strcmp(stage, "text")) return s->ms_text;
-    if (!strcmp(stage, "cam")) return s->ms_cam;
-    if (!strcmp(stage, "prompt")) return s->ms_prompt;
-    if (!strcmp(stage, "classify")) return s->ms_cls;
-    if (!strcmp(stage, "crf")) return s->ms_crf;
+    int round = 0, used = 0;
+    if (sscanf(stage, "round%d.%n", &round, &used) == 1 && used > 0) {
+        if (round < 1 || round > CAR_STATS_ROUNDS || round > s->rounds) return -1;
+        int k = round - 1;
+        const char *t = stage + used;
+        if (!strcmp(t, "cam")) return s->r_ms_cam[k];
+        if (!strcmp(t, "cam.cpu")) return s->r_cpu_cam[k];
+        if (!strcmp(t, "prompt")) return s->r_ms_prompt[k];
+        if (!strcmp(t, "classify")) return s->r_ms_cls[k];
+        if (!strcmp(t, "classify.cpu")) return s->r_cpu_cls[k];
+        return -1;
+    }
+    static const char *const names[6] = {"prepare", "text", "cam", "prompt", "classify", "crf"};
+    const double wall[6] = {s->ms_prepare, s->ms_text, s->ms_cam, s->ms_prompt, s->ms_cls, s->ms_crf};
+    const double cpu[6] = {s->cpu_prepare, s->cpu_text, s->cpu_cam, s->cpu_prompt, s->cpu_cls, s->cpu_crf};
+    for (int i = 0; i < 6; i++) {
+        size_t n = strlen(names[i]);
+        if (strncmp(stage, names[i], n)) continue;
+        if (!stage[n]) return wall[i];
+        if (!strcmp(stage + n, ".cpu")) return cpu[i];
+    }
     if (!strcmp(stage, "sam")) return s->ms_sam;
     if (!strcmp(stage, "total")) return r->ms_total;
     return -1;
