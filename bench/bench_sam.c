@@ -30,18 +30,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_common.h"
 #include "carseg.h"
 
-static double clock_s(clockid_t c) {
-    struct timespec t;
-    clock_gettime(c, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
+static double now_s(void) { return bench_now_ms() / 1e3; }
 
 /* a stage's wall and process CPU seconds */
 typedef struct { double wall, cpu; } stamp;
-static stamp stamp_now(void) { return (stamp){now_s(), clock_s(CLOCK_PROCESS_CPUTIME_ID)}; }
+static stamp stamp_now(void) { return (stamp){now_s(), bench_cpu_ms() / 1e3}; }
 static stamp since(stamp t0) {
     stamp t = stamp_now();
     return (stamp){t.wall - t0.wall, t.cpu - t0.cpu};
@@ -50,19 +46,6 @@ static stamp since(stamp t0) {
 static int exists(const char *p) {
     struct stat sb;
     return stat(p, &sb) == 0;
-}
-
-/* ../shared (or $CARSEG_SHARED) / rel */
-static const char *shared(const char *rel, char *buf, size_t n) {
-    const char *root = getenv("CARSEG_SHARED");
-    static const char *tries[] = {"../shared", "../../shared"};
-    for (int i = 0; !root && i < 2; i++) {
-        char probe[512];
-        snprintf(probe, sizeof probe, "%s/fixtures", tries[i]);
-        if (exists(probe)) root = tries[i];
-    }
-    snprintf(buf, n, "%s/%s", root ? root : "../shared", rel);
-    return buf;
 }
 
 static void print_cpu(void) {
@@ -405,8 +388,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     char fx[1024], ib[1024];
-    shared("fixtures/sam/samt.safetensors", fx, sizeof fx);
-    if (!image) image = shared("fixtures/sam/coffee_360x240/input.png", ib, sizeof ib);
+    bench_shared("fixtures/sam/samt.safetensors", fx, sizeof fx);
+    if (!image) image = bench_shared("fixtures/sam/coffee_360x240/input.png", ib, sizeof ib);
     if (!exists(fx) || !exists(image)) {
         printf("bench_sam: fixtures missing (%s or %s; set CARSEG_SHARED), skipped\n", fx, image);
         return 0;
