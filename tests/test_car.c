@@ -57,7 +57,36 @@ static const char *fx(const char *cs, const char *rel) {
     return shared_path(buf);
 }
 
-/* Runs one fixture case through car_pass with the dump, compares round by round. */
+/* The rounds of a pass as the observer saw them: each round's scores, survivors and CAMs. */
+enum { MAX_ROUNDS = 16 };
+typedef struct {
+    int n;
+    int n_live[MAX_ROUNDS], n_keep[MAX_ROUNDS];
+    float *scores[MAX_ROUNDS], *cams[MAX_ROUNDS];
+    char **survivors[MAX_ROUNDS];
+    int H, W;
+} rounds_seen;
+
+static carseg_status see_round(const car_round *r, void *user) {
+    rounds_seen *rs = user;
+    if (rs->n == MAX_ROUNDS) return CARSEG_OK;
+    int k = rs->n++;
+    size_t cam_n = (size_t)r->n_live * r->H * r->W;
+    rs->n_live[k] = r->n_live, rs->n_keep[k] = r->n_keep, rs->H = r->H, rs->W = r->W;
+    rs->scores[k] = malloc(sizeof(float) * (size_t)r->n_live);
+    rs->cams[k] = malloc(sizeof(float) * cam_n);
+    rs->survivors[k] = malloc(sizeof(char *) * (size_t)r->n_keep);
+    memcpy(rs->scores[k], r->scores, sizeof(float) * (size_t)r->n_live);
+    memcpy(rs->cams[k], r->cams, sizeof(float) * cam_n);
+    for (int i = 0; i < r->n_keep; i++) rs->survivors[k][i] = (char *)r->queries[r->live[r->keep[i]]];
+    return CARSEG_OK;
+}
+
+static void rounds_free(rounds_seen *rs) {
+    for (int k = 0; k < rs->n; k++) free(rs->scores[k]), free(rs->cams[k]), free(rs->survivors[k]);
+}
+
+/* Runs one fixture case through car_pass with a round observer, compares round by round. */
 static void run_fixture(const char *cs) {
     const char *mp = fx(cs, "meta.json");
     if (!mp || !file_exists(mp)) SKIP("CaR fixtures missing");
@@ -87,8 +116,8 @@ static void run_fixture(const char *cs) {
         CHECK_OK(vp_parse(json_at(vpt, i)->str, &t));
         p.prompts |= t;
     }
-    const char *dir = test_tmpdir();
-    car_dump dump = {dir, "", NULL, NULL};
+    rounds_seen seen = {0};
+    car_dump dump = {"", see_round, &seen};
     car_stats st;
     memset(&st, 0, sizeof st);
     car_image *ci = NULL;
@@ -101,48 +130,47 @@ static void run_fixture(const char *cs) {
     int nit = (int)json_num(meta, "n_iterations", 0);
     double worst_s = 0, worst_c = 0;
     CHECK_MSG(st.rounds == nit, "%s: %d rounds, reference %d", cs, st.rounds, nit);
-    for (int r = 1; r <= nit && r <= st.rounds; r++) {
-        char rel[64], path[700];
+    CHECK_MSG(seen.n == st.rounds, "%s: the observer saw %d rounds of %d", cs, seen.n, st.rounds);
+    for (int r = 1; r <= nit && r <= seen.n; r++) {
+        char rel[64];
         snprintf(rel, sizeof rel, "iter%02d/stage.json", r);
         json *ref = json_parse_file(fx(cs, rel));
-        snprintf(path, sizeof path, "%s/round%d.json", dir, r);
-        json *got = json_parse_file(path);
-        REQUIRE(ref && got);
-        const json *gs = json_get(got, "scores"), *rs = json_get(ref, "diag_scores");
-        REQUIRE(gs && rs && gs->len == rs->len);
+        REQUIRE(ref);
+        const json *rs = json_get(ref, "diag_scores");
+        REQUIRE(rs && (int)rs->len == seen.n_live[r - 1]);
         double worst = 0;
-        for (size_t i = 0; i < gs->len; i++) {
-            double d = fabs(json_at(gs, i)->num - json_at(rs, i)->num);
+        for (size_t i = 0; i < rs->len; i++) {
+            double d = fabs(seen.scores[r - 1][i] - json_at(rs, i)->num);
             worst = d > worst ? d : worst;
         }
         CHECK_MSG(worst <= SCORE_TOL, "%s round %d: diagonal scores off by %.3g", cs, r, worst);
         worst_s = worst > worst_s ? worst : worst_s;
-        const json *gsv = json_get(got, "survivors"), *rsv = json_get(ref, "survivors");
-        REQUIRE(gsv && rsv);
-        CHECK_MSG(gsv->len == rsv->len, "%s round %d: %zu survivors, reference %zu", cs, r, gsv->len, rsv->len);
-        for (size_t i = 0; i < gsv->len && i < rsv->len; i++) {
-            char *t = car_format(CAR_CAM_TEMPLATE, json_at(gsv, i)->str);
-            CHECK_MSG(!strcmp(t, json_at(rsv, i)->str), "%s round %d survivor %zu: %s vs %s", cs, r, i,
-                      t, json_at(rsv, i)->str);
+        const json *rsv = json_get(ref, "survivors");
+        REQUIRE(rsv);
+        int nk = seen.n_keep[r - 1];
+        CHECK_MSG(nk == (int)rsv->len, "%s round %d: %d survivors, reference %zu", cs, r, nk, rsv->len);
+        for (int i = 0; i < nk && i < (int)rsv->len; i++) {
+            char *t = car_format(CAR_CAM_TEMPLATE, seen.survivors[r - 1][i]);
+            CHECK_MSG(!strcmp(t, json_at(rsv, (size_t)i)->str), "%s round %d survivor %d: %s vs %s", cs, r, i,
+                      t, json_at(rsv, (size_t)i)->str);
             free(t);
         }
         /* CAMs of the round (where the fixture kept them) */
         snprintf(rel, sizeof rel, "iter%02d/masks.npy", r);
         const char *mref = fx(cs, rel);
         if (mref && file_exists(mref)) {
-            float *a, *b;
+            float *b;
             int nd;
-            int64_t sa[8], sb[8];
-            snprintf(path, sizeof path, "%s/round%d_cams.npy", dir, r);
-            CHECK_OK(npy_read_f32(path, &a, &nd, sa));
+            int64_t sb[8];
             CHECK_OK(npy_read_f32(mref, &b, &nd, sb));
-            REQUIRE(sa[0] == sb[0] && sa[1] == sb[1] && sa[2] == sb[2]);
-            CHECK_CLOSE("CAMs", a, b, (size_t)(sa[0] * sa[1] * sa[2]), 0, 1e-3);
-            for (size_t k = 0; k < (size_t)(sa[0] * sa[1] * sa[2]); k++)
+            REQUIRE(sb[0] == seen.n_live[r - 1] && sb[1] == seen.H && sb[2] == seen.W);
+            const float *a = seen.cams[r - 1];
+            CHECK_CLOSE("CAMs", a, b, (size_t)(sb[0] * sb[1] * sb[2]), 0, 1e-3);
+            for (size_t k = 0; k < (size_t)(sb[0] * sb[1] * sb[2]); k++)
                 worst_c = fabs(a[k] - b[k]) > worst_c ? fabs(a[k] - b[k]) : worst_c;
-            free(a), free(b);
+            free(b);
         }
-        json_free(ref), json_free(got);
+        json_free(ref);
     }
     /* final scores and the label map */
     float *fs;
@@ -168,6 +196,7 @@ static void run_fixture(const char *cs) {
             cs, st.rounds, worst_s, worst_c, 100.0 * same / hw);
     npy_free(&lref);
     free(lab), free(ids), free(masks), free(scores), free(queries), free(bg);
+    rounds_free(&seen);
     car_image_free(ci);
     image_free(&im);
     free_models(&M);

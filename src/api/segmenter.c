@@ -552,7 +552,7 @@ static carseg_status run(carseg_segmenter *s, carseg_prepared *im, const char *c
     TRY(result_new(w, h, classes, n, refer, o->keep_cams != 0, &r));
     r->precision = carseg_clip_get_precision(s->m->cls);
     observer ob = {r, job.stuff && job.n_stuff > 0 ? 2 : 1, o, NULL, NULL, 0};
-    car_dump dump = {NULL, "", on_round, &ob};
+    car_dump dump = {"", on_round, &ob};
     carseg_status st;
     if (refer) {
         uint8_t *m1 = malloc(hw);

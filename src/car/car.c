@@ -206,45 +206,12 @@ static carseg_status text_feats(car_ctx *c, int gen, const strvec *v, int naive,
     return st;
 }
 
-static void json_list_str(FILE *f, const char *const *q, const int *idx, int n) {
-    fputc('[', f);
-    for (int i = 0; i < n; i++) {
-        if (i) fputs(", ", f);
-        json_write_str(f, q[idx ? idx[i] : i]);
-    }
-    fputc(']', f);
-}
-
 static carseg_status dump_round(const car_dump *d, int round, const char *const *queries,
                                 const int *live, int nl, const float *diag, const int *keep,
                                 int nk, const float *masks, int H, int W) {
-    if (!d) return CARSEG_OK;
-    if (d->on_round) {
-        car_round r = {d->prefix ? d->prefix : "", round, queries, live, nl, diag, keep, nk, masks, H, W};
-        TRY(d->on_round(&r, d->user));
-    }
-    if (!d->dir) return CARSEG_OK;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%sround%d.json", d->dir, d->prefix ? d->prefix : "", round);
-    atomic_file af;
-    TRY(atomic_open(&af, path));
-    FILE *f = af.f;
-    fprintf(f, "{\n  \"round\": %d,\n  \"queries\": ", round);
-    json_list_str(f, queries, live, nl);
-    fputs(",\n  \"scores\": [", f);
-    for (int i = 0; i < nl; i++) fprintf(f, "%s%.9g", i ? ", " : "", diag[i]);
-    fputs("],\n  \"kept_idx\": [", f);
-    for (int i = 0; i < nk; i++) fprintf(f, "%s%d", i ? ", " : "", keep[i]);
-    fputs("],\n  \"survivors\": [", f);
-    for (int i = 0; i < nk; i++) {
-        if (i) fputs(", ", f);
-        json_write_str(f, queries[live[keep[i]]]);
-    }
-    fputs("]\n}\n", f);
-    TRY(atomic_commit(&af));
-    snprintf(path, sizeof path, "%s/%sround%d_cams.npy", d->dir, d->prefix ? d->prefix : "", round);
-    int64_t shape[3] = {nl, H, W};
-    return npy_write(path, NPY_F32, masks, 3, shape);
+    if (!d || !d->on_round) return CARSEG_OK;
+    car_round r = {d->prefix ? d->prefix : "", round, queries, live, nl, diag, keep, nk, masks, H, W};
+    return d->on_round(&r, d->user);
 }
 
 /* CRF (or plain argmax) of probs (C, H, W) -> labels (H, W) */
@@ -704,8 +671,8 @@ carseg_status car_segment(car_ctx *c, car_image *im, const car_job *job, const c
             for (int i = 0; i < nt; i++) bgq[i] = job->classes[things[i]];
             bg = bgq, nb = nt;
         }
-        car_dump d = {dump ? dump->dir : NULL, passes == 2 ? (stuff ? "stuff_" : "things_") : "",
-                      dump ? dump->on_round : NULL, dump ? dump->user : NULL};
+        car_dump d = {passes == 2 ? (stuff ? "stuff_" : "things_") : "", dump ? dump->on_round : NULL,
+                      dump ? dump->user : NULL};
         free(pc);
         pc = NULL;
         if (job->cams && !(pc = malloc(sizeof(float) * hw * (size_t)n))) {

@@ -96,10 +96,10 @@ typedef struct {
 } car_round;
 typedef carseg_status (*car_round_fn)(const car_round *r, void *user);
 
-/* Optional per-round dump (round<k>.json, round<k>_cams.npy under dir, names prefixed) and/or
- * observer (called once per round; a non-OK return stops the pass with that status). */
+/* The per-round observer (called once per round; a non-OK return stops the pass with that
+ * status). The public on_round (carseg_options) and through it `carseg segment --dump` and the
+ * JSON's rounds are built on it. */
 typedef struct {
-    const char *dir;        /* NULL: no dump */
     const char *prefix;     /* "" or "stuff_" ... */
     car_round_fn on_round;  /* NULL: none */
     void *user;
