@@ -303,23 +303,23 @@ def test_embed(S, tmp):
         check(abs(sum(x * x for x in v) - 1) < 1e-4 and len(v) == 32, "embed: unit norm, generator width")
 
 
-def test_concurrent(S):
+def concurrent_equals_sequential(S, form, per_client, what):
+    """each of 4 photos segmented one by one (the reference answers), then per_client requests from
+    each of 4 concurrent clients: every answer must equal its photo's sequential PNG"""
     imgs = ["coffee.png", "chelsea.png", "astronaut.png", "camera.png"]
     datas = {n: open(os.path.join(PHOTOS, n), "rb").read() for n in imgs}
     want = {}
-    for n in imgs:   # one by one first: the reference answers
-        st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png")), ("classes", "cat,cup,person,sky"),
-                                            ("crf", "0")], accept="image/png")
-        check(st == 200, "sequential %s: %d" % (n, st))
+    for n in imgs:
+        st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png"))] + form, accept="image/png")
+        check(st == 200, "%s sequential %s: %d" % (what, n, st))
         want[n] = png
     got, lock = [], threading.Lock()
 
     def client(ci):
-        for k in range(4):
+        for k in range(per_client):
             n = imgs[(ci + k) % 4]
             try:
-                st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png")),
-                                                    ("classes", "cat,cup,person,sky"), ("crf", "0")],
+                st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png"))] + form,
                                     accept="image/png", timeout=300)
             except Exception as e:
                 st, png = repr(e), b""
@@ -329,9 +329,13 @@ def test_concurrent(S):
     ts = [threading.Thread(target=client, args=(i,)) for i in range(4)]
     [t.start() for t in ts]
     [t.join() for t in ts]
-    check(len(got) == 16, "16 concurrent answers (%d)" % len(got))
     bad = [(n, st) for n, st, png in got if st != 200 or png != want[n]]
-    check(not bad, "16 requests from 4 clients equal to the sequential answers: bad %r" % bad)
+    check(len(got) == 4 * per_client and not bad, "%s: %d requests from 4 clients equal to the sequential answers: "
+          "%d answers, bad %r" % (what, 4 * per_client, len(got), bad))
+
+
+def test_concurrent(S):
+    concurrent_equals_sequential(S, [("classes", "cat,cup,person,sky"), ("crf", "0")], 4, "CaR")
 
 
 def raw_exchange(port, payload, read_timeout=15, send_chunks=None):
@@ -570,34 +574,9 @@ def test_sam(tmp):
             st, _, b = S.post("/v1/segment", [("image", ("x.png", data, "image/png"))] + fields)
             check(st == 400 and word in err_of(b), "SAM with refer %r -> 400 naming %r (%d %r)" % (fields, word, st, b[:200]))
         # concurrency: 8 CaR + SAM requests from 4 clients equal the same requests one by one
-        imgs = ["coffee.png", "chelsea.png", "astronaut.png", "camera.png"]
-        datas = {n: open(os.path.join(PHOTOS, n), "rb").read() for n in imgs}
-        form = [("classes", "cat,cup,person,sky"), ("crf", "0"), ("theta", "0"), ("sam_points", "4"),
-                ("sam_pred_iou", "0"), ("sam_stability", "0"), ("sam_iom", "0"), ("sam_iou", "0")]
-        want = {}
-        for n in imgs:
-            st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png"))] + form, accept="image/png")
-            check(st == 200, "SAM sequential %s: %d" % (n, st))
-            want[n] = png
-        got, lock = [], threading.Lock()
-
-        def client(ci):
-            for k in range(2):
-                n = imgs[(ci + k) % 4]
-                try:
-                    st, _, png = S.post("/v1/segment", [("image", (n, datas[n], "image/png"))] + form,
-                                        accept="image/png", timeout=300)
-                except Exception as e:
-                    st, png = repr(e), b""
-                with lock:
-                    got.append((n, st, png))
-
-        ts = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-        [t.start() for t in ts]
-        [t.join() for t in ts]
-        bad = [(n, st) for n, st, png in got if st != 200 or png != want[n]]
-        check(len(got) == 8 and not bad, "8 CaR + SAM requests from 4 clients equal to the sequential answers: "
-                                         "%d answers, bad %r" % (len(got), bad))
+        concurrent_equals_sequential(S, [("classes", "cat,cup,person,sky"), ("crf", "0"), ("theta", "0"),
+                                         ("sam_points", "4"), ("sam_pred_iou", "0"), ("sam_stability", "0"),
+                                         ("sam_iom", "0"), ("sam_iou", "0")], 2, "CaR + SAM")
         check(S.healthy(), "--sam: healthy at the end")
     finally:
         rc, log = S.stop()
