@@ -16,15 +16,18 @@
 #include <omp.h>
 #endif
 
-/* The elementwise kernels are built for AVX-512, AVX2 and the baseline and picked at load time
- * (GCC target_clones, x86-64 + glibc), and without trapping math so that the branch-free clamps
- * of expf_fast if-convert and the loops vectorise. Results do not depend on the clone beyond the
- * order of the vectorised sums. */
+/* The elementwise kernels are built for AVX2 and the baseline and picked at load time (GCC
+ * target_clones, x86-64 + glibc), and without trapping math so that the branch-free clamps of
+ * expf_fast if-convert and the loops vectorise. Results do not depend on the clone beyond the
+ * order of the vectorised sums (LayerNorm, softmax), which follows the vector width: so there is
+ * no AVX-512 clone, and every x86-64 CPU with AVX2 runs the same instructions here, Intel and AMD
+ * alike (with the fma-chain products, the float32 results are meant to be the same bits on all of
+ * them: docs/threads.md). */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
 #endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NN_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#define NN_HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define NN_HOT
 #endif
@@ -112,13 +115,13 @@ static nn_tiling tiles_target(int M, int N, int K, int target) {
 nn_tiling nn_tiles(int M, int N, int K) { return tiles_target(M, N, K, NN_TILE_TARGET); }
 
 /* The tiles for the fma-chain kernel: its bits do not depend on the tiles, so they may follow the
- * thread count: about 2 tiles per thread (nn_tiles's rules, at least 256 x 256, with that target),
+ * thread count: about 8 tiles per thread (nn_tiles's rules, at least 256 x 256, with that target),
  * their number rounded up to a multiple of th where that is cheap (3 tiles on 2 threads leave one
- * idle a third of the time). Fewer, larger tiles pack less: measured on an AVX2 Zen 3 at 2
- * threads, ViT-B/16 at 512 x 384 took 954 ms with 4 tiles a product against 1 018 ms with 64
- * (nn_tiles's target). */
+ * idle a third of the time). Measured on an AVX2 Zen 3 at 2 threads (noisy, shared machine):
+ * nn_tiles's 64 tiles cost ViT-B/16 at 512 x 384 ~6 % against 4 tiles, while 4 tiles cost the
+ * classifier's 7-image ViT-L/14 batches more than 32 did (larger packed panels per tile). */
 static nn_tiling tiles_for_threads(int M, int N, int K, int th) {
-    nn_tiling t = tiles_target(M, N, K, th > 1 ? 2 * th : 1);
+    nn_tiling t = tiles_target(M, N, K, th > 1 ? 8 * th : 1);
     int T = t.tm * t.tn;
     if (th <= 1 || T % th == 0 || 2.0 * M * N * K < 4e6) return t;
     for (int tn = t.tn + 1; tn <= t.tn + th; tn++) {   /* more column tiles, whole 16-column panels */
