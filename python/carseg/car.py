@@ -175,7 +175,8 @@ class Result:
     """One segmentation. labels: (H, W) uint16, 0 = background, k = classes[k-1] (refer: 1 =
     the merged mask); masks: (n, H, W) bool, each class's (phrase's) final mask; scores: (n)
     float32 (0 = dropped); classes; rounds: one dict per round of the recurrence (pass, round,
-    live, scores, survivors, dropped); timings: ms per stage; cams: (n, H, W) float32 with
+    live, scores, survivors, dropped); timings: ms per stage; timings_cpu: the process's CPU ms
+    per stage (all its threads); cams: (n, H, W) float32 with
     keep_cams, else None; json: the JSON `carseg segment` writes for the image."""
 
     def __init__(self, r, image_name=None):
@@ -209,11 +210,14 @@ class Result:
                 "scores": [float(sc[j]) for j in range(m)],
                 "survivors": [self.classes[j] for j, k in zip(li, keep) if k],
                 "dropped": [self.classes[j] for j, k in zip(li, keep) if not k]})
-        self.timings = {}
+        self.timings, self.timings_cpu = {}, {}
         for st in _STAGES:
             t = _lib.result_timing(r, st.encode())
             if t >= 0:
                 self.timings[st] = t
+            t = _lib.result_timing(r, (st + ".cpu").encode()) if st != "total" else -1
+            if t >= 0:
+                self.timings_cpu[st] = t
         js = ctypes.c_void_p()
         check(_lib.result_json(r, None if image_name is None else str(image_name).encode(),
                                ctypes.byref(js)))

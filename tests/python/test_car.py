@@ -59,6 +59,8 @@ def test_preset_equals_fixture_and_cli(model, coffee, cli, sg, sc, vocab, tmp_pa
     assert [len(x["survivors"]) for x in r.rounds] == [2, 1, 1]
     assert set(r.rounds[0]["dropped"]) | set(r.rounds[0]["survivors"]) == set(r.classes)
     assert set(r.timings) >= {"text", "cam", "classify", "crf", "total"}
+    assert set(r.timings_cpu) >= {"text", "cam", "classify", "crf"} and "total" not in r.timings_cpu
+    assert all(v >= 0 for v in r.timings_cpu.values())
     png, js = cli_segment(cli, tmp_path, coffee, "--preset", "voc", "--theta", "0.06",
                           *models_args(sg, sc, vocab))
     assert r.label_png() == png                  # byte for byte the CLI's label PNG
