@@ -2,15 +2,17 @@
  * then inputs, then sizes; shapes in the comments. Mirrors the PyTorch ops OpenAI CLIP uses
  * (LayerNorm in fp32 with eps 1e-5, nn.Linear, nn.MultiheadAttention, QuickGELU).
  *
- * Threads: carseg parallelises with OpenMP, and no result depends on the thread count. A product
- * is cut into tiles of C whose sizes are a function of its shape alone (nn_tiles), each tile one
- * single-threaded OpenBLAS call, the tiles handed out to whichever thread is free: every element
- * comes from the same call, so from the same arithmetic, at any thread count (docs/threads.md).
- * OpenBLAS's own thread count is 1 while any nn_* call runs and is given back after the last
- * one, so carseg_set_threads bounds the threads, OpenBLAS's threads never run inside ours (the
- * pthread and the OpenMP builds of libopenblas behave the same), and a plain cblas_sgemm from
- * serial code elsewhere still gets OpenBLAS's threads. Called inside a parallel region, the nn_*
- * functions run serially (the same tiles, one after the other).
+ * Threads: carseg parallelises with OpenMP, and no result depends on the thread count. Where the
+ * CPU has AVX2 + FMA every product runs on carseg's fma-chain kernel (gemm_f32.h): an element's bits
+ * depend on its own row and column only, so the tiles, handed out to whichever thread is free, may
+ * follow the thread count. Elsewhere a product is cut into tiles of C whose sizes are a function of
+ * its shape alone (nn_tiles), each tile one single-threaded OpenBLAS call: every element comes from
+ * the same call, so from the same arithmetic, at any thread count (docs/threads.md). OpenBLAS's own
+ * thread count is 1 while any nn_* call on it runs and is given back after the last one, so
+ * carseg_set_threads bounds the threads, OpenBLAS's threads never run inside ours (the pthread and
+ * the OpenMP builds of libopenblas behave the same), and a plain cblas_sgemm from serial code
+ * elsewhere still gets OpenBLAS's threads. Called inside a parallel region, the nn_* functions run
+ * serially (the same tiles, one after the other).
  */
 #ifndef CARSEG_NN_H
 #define CARSEG_NN_H
@@ -25,8 +27,9 @@ typedef struct {
 nn_tiling nn_tiles(int M, int N, int K);
 
 /* Row-major C(M,N) = alpha * op(A) op(B) + beta * C, like cblas_sgemm(CblasRowMajor, ...),
- * in the tiles of nn_tiles(M, N, K) over the OpenMP threads. ta/tb: 0 = as stored, 1 = transposed. A is (M,K) or (K,M)
- * when ta, B is (K,N) or (N,K) when tb. Safe to call inside a parallel region (runs serially). */
+ * in tiles over the OpenMP threads (the kernel's for beta 0 or 1, else nn_tiles(M, N, K) on
+ * OpenBLAS). ta/tb: 0 = as stored, 1 = transposed. A is (M,K) or (K,M) when ta, B is (K,N) or (N,K)
+ * when tb. Safe to call inside a parallel region (runs serially). */
 void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 
