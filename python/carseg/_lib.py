@@ -140,6 +140,8 @@ clip_preprocess = _fn("carseg_clip_preprocess", status, P, POINTER(c_uint8), c_i
                       POINTER(c_float))
 clip_encode_images = _fn("carseg_clip_encode_images", status, P, POINTER(c_float), c_int, c_int,
                          POINTER(c_float))
+clip_encode_images_hw = _fn("carseg_clip_encode_images_hw", status, P, POINTER(c_float), c_int,
+                            c_int, c_int, c_int, POINTER(c_float))
 clip_encode_tokens = _fn("carseg_clip_encode_tokens", status, P, POINTER(c_int32), c_int, c_int,
                          POINTER(c_float))
 clip_config_json = _fn("carseg_clip_config_json", status, P, POINTER(c_void_p))

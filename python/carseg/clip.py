@@ -176,16 +176,26 @@ class CLIP:
     def encode_image(self, x, n_blocks=0):
         """Unnormalised image features (n, E) float32. x: an image (H×W×3 uint8 array, PIL image,
         path) or a list of them, preprocessed with CLIP's transform first; or an already
-        preprocessed float array (3, R, R) / (n, 3, R, R). n_blocks: transformer blocks to run
+        preprocessed float array (3, H, W) / (n, 3, H, W): R x R (R = input_resolution), or any
+        multiple of the patch size, where the positional embedding is resized as CaR's mask
+        generator does (carseg_clip_encode_images_hw). n_blocks: transformer blocks to run
         (0 = all; CaR's classifier runs layers - 1)."""
-        R = self.input_resolution
+        R, P = self.input_resolution, self.config["patch"]
         if isinstance(x, np.ndarray) and x.dtype.kind == "f":
             if x.ndim == 3:
                 x = x[None]
-            if x.ndim != 4 or x.shape[1:] != (3, R, R):
-                raise ValueError("encode_image: expected a float array (3, %d, %d) or (n, 3, %d, "
-                                 "%d), got %s" % (R, R, R, R, x.shape))
+            if (x.ndim != 4 or x.shape[1] != 3 or x.shape[2] <= 0 or x.shape[3] <= 0
+                    or x.shape[2] % P or x.shape[3] % P):
+                raise ValueError("encode_image: expected a float array (3, H, W) or (n, 3, H, W) "
+                                 "with H and W multiples of the patch size %d (%d x %d natively), got %s"
+                                 % (P, R, R, x.shape))
             pixels = np.ascontiguousarray(x, dtype=np.float32)
+            if pixels.shape[2:] != (R, R):
+                n, H, W = pixels.shape[0], pixels.shape[2], pixels.shape[3]
+                out = np.empty((n, self.embed_dim), dtype=np.float32)
+                check(_lib.clip_encode_images_hw(self._h, f32p(pixels), n, H, W, int(n_blocks),
+                                                 f32p(out)))
+                return out
         else:
             images = x if isinstance(x, (list, tuple)) else [x]
             if not images:

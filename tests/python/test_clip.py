@@ -74,6 +74,13 @@ def test_preprocess_and_image_kinds(expected, images, sg):
     # one image's features do not depend on the others of the call
     both = m.encode_image([images[1], path])
     assert np.array_equal(both[1], ref[0])
+    # another size in whole patches (CaR's generator): the positional embedding resized; two equal
+    # images in one call give equal rows, and the features are not the 224 x 224 crop's
+    P = m.config["patch"]
+    big = np.concatenate([x, x], axis=2)[:, :, : 224 + 2 * P]   # (3, 224, 224 + 2P)
+    f2 = m.encode_image(np.stack([big, big]))
+    assert f2.shape == (2, ref.shape[1]) and np.isfinite(f2).all()
+    assert np.array_equal(f2[0], f2[1]) and not np.array_equal(f2[0], ref[0])
 
 
 def test_clip_errors(sg, tmp_path):
@@ -82,8 +89,8 @@ def test_clip_errors(sg, tmp_path):
         m.encode_image(np.zeros((8, 8, 3), np.int16))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         m.encode_image(np.zeros((8, 8, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"\(3, 224, 224\)"):
-        m.encode_image(np.zeros((3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"multiples of the patch size"):
+        m.encode_image(np.zeros((3, 30, 224), np.float32))
     x = np.zeros((1, 3, 224, 224), np.float32)
     x[0, 1, 2, 3] = np.nan
     with pytest.raises(carseg.InvalidArgument, match="non-finite"):
