@@ -150,7 +150,7 @@ TEST(nn_sgemm_equal_rows_equal_bits) {
     int M = 300, N = 290, K = 200;
     float *A = rnd((size_t)M * K, &s, 1), *B = rnd((size_t)K * N, &s, 1);
     /* rows 7 and 257 = row 3, columns 20 and 281 = column 5: with Debian's OpenBLAS 0.3.21 on a
-     * Zen 3, rows 3 and 7 and columns 5 and 20 of this product come out with other bits */
+     * AMD EPYC (avx2), rows 3 and 7 and columns 5 and 20 of this product come out with other bits */
     memcpy(A + (size_t)7 * K, A + (size_t)3 * K, sizeof(float) * K);
     memcpy(A + (size_t)257 * K, A + (size_t)3 * K, sizeof(float) * K);
     for (int k = 0; k < K; k++) B[(size_t)k * N + 20] = B[(size_t)k * N + 281] = B[(size_t)k * N + 5];

@@ -50,7 +50,7 @@ static void put(float *c, int ldc, const float *t, int ldt, int j, int mi, int n
         float *cr = c + (size_t)r * ldc;
         const float *tr = t + (size_t)r * ldt;
         for (int q = 0; q < nj; q++) {
-            float v = o->alpha == 1.0f ? tr[q] : o->alpha * tr[q];
+            float v = o->alpha * tr[q];   /* alpha 1: exactly tr[q] */
             cr[q] = o->acc ? cr[q] + v : v;
         }
     }
@@ -62,8 +62,8 @@ static void run_ref(int ta, int tb, int m, int n, int K, const float *a, int lda
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             float acc;
-            if (ta) gemm_f32_ref(1, tb, 1, 1, K, a + i, lda, tb ? b + (size_t)j * ldb : b + j, ldb, &acc, 1);
-            else gemm_f32_ref(0, tb, 1, 1, K, a + (size_t)i * lda, lda, tb ? b + (size_t)j * ldb : b + j, ldb, &acc, 1);
+            gemm_f32_ref(ta, tb, 1, 1, K, ta ? a + i : a + (size_t)i * lda, lda,
+                         tb ? b + (size_t)j * ldb : b + j, ldb, &acc, 1);
             put(c + (size_t)i * ldc + j, ldc, &acc, 1, j, 1, 1, o);
         }
 }
@@ -200,9 +200,10 @@ static void pack_panel_n(float *pb, const float *b, int ldb, int r_n, int K) {
 /* Blocking: every 16-column panel of op(b) is packed once (k-major, the whole K); op(a) is read in
  * place in blocks of rows that stay in L2 (A_BLOCK bytes: 6-row panels, at least one), each block
  * against every panel. No K blocks: each element's chain runs through K in registers, and the
- * output runs on each register tile at once. (Measured on an AVX2 Zen 3, 2 threads, ViT-B/16 at
- * 512 x 384: A read in L2-sized row blocks instead of streamed from L3 once per panel, ~5 % faster;
- * K blocks of 384-512, with the partial sums stored between them, no faster than none.) */
+ * output runs on each register tile at once. (Measured on an AMD EPYC (avx2), noisy: at 2 threads
+ * on ViT-B/16 at 512 x 384 the row blocks were no faster than packing one panel at a time and
+ * streaming A per panel, 1017-1028 ms against 1017; at one thread, K blocks of 384-512 with the
+ * partial sums stored between them were no faster than none.) */
 enum { A_BLOCK = 192 << 10 };
 static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b, int ldb,
                float *c, int ldc, const out_op *o) {

@@ -117,9 +117,10 @@ nn_tiling nn_tiles(int M, int N, int K) { return tiles_target(M, N, K, NN_TILE_T
 /* The tiles for the fma-chain kernel: its bits do not depend on the tiles, so they may follow the
  * thread count: about 8 tiles per thread (nn_tiles's rules, at least 256 x 256, with that target),
  * their number rounded up to a multiple of th where that is cheap (3 tiles on 2 threads leave one
- * idle a third of the time). Measured on an AVX2 Zen 3 at 2 threads (noisy, shared machine):
- * nn_tiles's 64 tiles cost ViT-B/16 at 512 x 384 ~6 % against 4 tiles, while 4 tiles cost the
- * classifier's 7-image ViT-L/14 batches more than 32 did (larger packed panels per tile). */
+ * idle a third of the time). Measured on an AMD EPYC (avx2) at 2 threads (noisy, one alternated
+ * run each): nn_tiles's 64 tiles made ViT-B/16 at 512 x 384 ~6 % slower than 4 (1 018 against
+ * 954 ms), while with 2 tiles per thread the whole method's classifier stage took 1.17x the
+ * time of the code before thread invariance (29.7 against 25.5 s) and with 8 per thread 0.95-0.98x. */
 static nn_tiling tiles_for_threads(int M, int N, int K, int th) {
     nn_tiling t = tiles_target(M, N, K, th > 1 ? 8 * th : 1);
     int T = t.tm * t.tn;
