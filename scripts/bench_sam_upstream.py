@@ -19,6 +19,23 @@ sys.path.insert(0, root)
 import numpy as np
 import torch
 from PIL import Image
+
+try:   # sam-hq imports timm for TinyViT (Light HQ-SAM) only; a stand-in when it is missing
+    import timm  # noqa: F401
+except ImportError:
+    import types
+    class _DropPath(torch.nn.Identity):
+        def __init__(self, *a, **k):
+            super().__init__()
+    _layers = types.ModuleType("timm.models.layers")
+    _layers.DropPath = _DropPath
+    _layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+    _layers.trunc_normal_ = torch.nn.init.trunc_normal_
+    _registry = types.ModuleType("timm.models.registry")
+    _registry.register_model = lambda f: f
+    for _n, _m in (("timm", types.ModuleType("timm")), ("timm.models", types.ModuleType("timm.models")),
+                   ("timm.models.layers", _layers), ("timm.models.registry", _registry)):
+        sys.modules[_n] = _m
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

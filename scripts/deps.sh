@@ -10,7 +10,7 @@ pkgs=(
   libopenblas-dev       # sgemm for the transformer layers
   libtiff-dev           # 16-bit TIFF labels of ADE-847 / Pascal-Context-459
   libopenmpi-dev openmpi-bin  # `make MPI=1` cluster evaluation
-  python3 python3-numpy python3-torch python3-opencv python3-pil python3-scipy  # fixture/bench tools
+  python3 python3-numpy python3-torch python3-torchvision python3-opencv python3-pil python3-scipy  # fixture/bench tools
   python3-pytest python3-venv python3-pip python3-setuptools python3-wheel  # the Python package: make test-python
   python3-regex         # scripts/clip_tokenizer_oracle.py, gen_tokenizer_tables.py (tokenizer oracle)
   clang libclang-rt-14-dev  # `make fuzz` (libFuzzer)

@@ -46,11 +46,33 @@ static void put(float *c, int ldc, const float *t, int ldt, int j, int mi, int n
         o->ep(c, ldc, t, ldt, o->bias ? o->bias + j : NULL, mi, nj, o->flags);
         return;
     }
+    if (o->alpha == 1.0f && !o->acc) {   /* the common case: a copy */
+        for (int r = 0; r < mi; r++) {
+            float *restrict cr = c + (size_t)r * ldc;
+            const float *restrict tr = t + (size_t)r * ldt;
+            if (nj == NR)
+                for (int q = 0; q < NR; q++) cr[q] = tr[q];
+            else
+                for (int q = 0; q < nj; q++) cr[q] = tr[q];
+        }
+        return;
+    }
+    if (o->alpha == 1.0f) {
+        for (int r = 0; r < mi; r++) {
+            float *restrict cr = c + (size_t)r * ldc;
+            const float *restrict tr = t + (size_t)r * ldt;
+            if (nj == NR)
+                for (int q = 0; q < NR; q++) cr[q] += tr[q];
+            else
+                for (int q = 0; q < nj; q++) cr[q] += tr[q];
+        }
+        return;
+    }
     for (int r = 0; r < mi; r++) {
         float *cr = c + (size_t)r * ldc;
         const float *tr = t + (size_t)r * ldt;
         for (int q = 0; q < nj; q++) {
-            float v = o->alpha * tr[q];   /* alpha 1: exactly tr[q] */
+            float v = o->alpha * tr[q];
             cr[q] = o->acc ? cr[q] + v : v;
         }
     }
@@ -85,68 +107,94 @@ int gemm_f32_available(void) {
     return k;
 }
 
-/* t (MR x NR, row stride NR) = the sums over K steps of MR rows of A (row r, step k at
- * pa + r * ars + k * aks) and one B panel (K x NR): 12 accumulators, each element's fma chain in
- * k order from zero */
+/* t (MR x NR, row stride NR) = the sums over nseg segments of K steps of MR rows of A (row r,
+ * segment s, step k at pa + off[s] + r * ars + k * aks; off NULL: one segment at 0) and one B
+ * panel (nseg K x NR): 12 accumulators, each element's fma chain in (segment, k) order from zero */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
-kernel_body(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t) {
-    const float *a0 = pa, *a1 = pa + ars, *a2 = pa + 2 * ars, *a3 = pa + 3 * ars,
-                *a4 = pa + 4 * ars, *a5 = pa + 5 * ars;
+kernel_segs_body(int nseg, const size_t *off, int K, const float *pa, size_t ars, size_t aks,
+                 const float *pb, float *t, size_t ldt) {
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
     __m256 d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0;
+    for (int sg = 0; sg < nseg; sg++) {
+        const float *s0 = pa + (off ? off[sg] : 0);
+        const float *a0 = s0, *a1 = s0 + ars, *a2 = s0 + 2 * ars, *a3 = s0 + 3 * ars,
+                    *a4 = s0 + 4 * ars, *a5 = s0 + 5 * ars;
 #pragma GCC unroll 4
-    for (int k = 0; k < K; k++) {
-        __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8), x;
-        size_t o = (size_t)k * aks;
-        x = _mm256_broadcast_ss(a0 + o), c0 = _mm256_fmadd_ps(x, b0, c0), d0 = _mm256_fmadd_ps(x, b1, d0);
-        x = _mm256_broadcast_ss(a1 + o), c1 = _mm256_fmadd_ps(x, b0, c1), d1 = _mm256_fmadd_ps(x, b1, d1);
-        x = _mm256_broadcast_ss(a2 + o), c2 = _mm256_fmadd_ps(x, b0, c2), d2 = _mm256_fmadd_ps(x, b1, d2);
-        x = _mm256_broadcast_ss(a3 + o), c3 = _mm256_fmadd_ps(x, b0, c3), d3 = _mm256_fmadd_ps(x, b1, d3);
-        x = _mm256_broadcast_ss(a4 + o), c4 = _mm256_fmadd_ps(x, b0, c4), d4 = _mm256_fmadd_ps(x, b1, d4);
-        x = _mm256_broadcast_ss(a5 + o), c5 = _mm256_fmadd_ps(x, b0, c5), d5 = _mm256_fmadd_ps(x, b1, d5);
-        pb += NR;
+        for (int k = 0; k < K; k++) {
+            __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8), x;
+            size_t o = (size_t)k * aks;
+            x = _mm256_broadcast_ss(a0 + o), c0 = _mm256_fmadd_ps(x, b0, c0), d0 = _mm256_fmadd_ps(x, b1, d0);
+            x = _mm256_broadcast_ss(a1 + o), c1 = _mm256_fmadd_ps(x, b0, c1), d1 = _mm256_fmadd_ps(x, b1, d1);
+            x = _mm256_broadcast_ss(a2 + o), c2 = _mm256_fmadd_ps(x, b0, c2), d2 = _mm256_fmadd_ps(x, b1, d2);
+            x = _mm256_broadcast_ss(a3 + o), c3 = _mm256_fmadd_ps(x, b0, c3), d3 = _mm256_fmadd_ps(x, b1, d3);
+            x = _mm256_broadcast_ss(a4 + o), c4 = _mm256_fmadd_ps(x, b0, c4), d4 = _mm256_fmadd_ps(x, b1, d4);
+            x = _mm256_broadcast_ss(a5 + o), c5 = _mm256_fmadd_ps(x, b0, c5), d5 = _mm256_fmadd_ps(x, b1, d5);
+            pb += NR;
+        }
     }
-    _mm256_store_ps(t + 0 * NR, c0), _mm256_store_ps(t + 0 * NR + 8, d0);
-    _mm256_store_ps(t + 1 * NR, c1), _mm256_store_ps(t + 1 * NR + 8, d1);
-    _mm256_store_ps(t + 2 * NR, c2), _mm256_store_ps(t + 2 * NR + 8, d2);
-    _mm256_store_ps(t + 3 * NR, c3), _mm256_store_ps(t + 3 * NR + 8, d3);
-    _mm256_store_ps(t + 4 * NR, c4), _mm256_store_ps(t + 4 * NR + 8, d4);
-    _mm256_store_ps(t + 5 * NR, c5), _mm256_store_ps(t + 5 * NR + 8, d5);
+    _mm256_storeu_ps(t + 0 * ldt, c0), _mm256_storeu_ps(t + 0 * ldt + 8, d0);
+    _mm256_storeu_ps(t + 1 * ldt, c1), _mm256_storeu_ps(t + 1 * ldt + 8, d1);
+    _mm256_storeu_ps(t + 2 * ldt, c2), _mm256_storeu_ps(t + 2 * ldt + 8, d2);
+    _mm256_storeu_ps(t + 3 * ldt, c3), _mm256_storeu_ps(t + 3 * ldt + 8, d3);
+    _mm256_storeu_ps(t + 4 * ldt, c4), _mm256_storeu_ps(t + 4 * ldt + 8, d4);
+    _mm256_storeu_ps(t + 5 * ldt, c5), _mm256_storeu_ps(t + 5 * ldt + 8, d5);
+}
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+kernel_body(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t, size_t ldt) {
+    kernel_segs_body(1, NULL, K, pa, ars, aks, pb, t, ldt);
 }
 /* The same for the last panel when it has at most 8 columns: 6 accumulators, half the work of the
  * full tile (the panel is still NR wide in memory; its columns past 8 are not read). */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
-kernel_body8(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t) {
-    const float *a0 = pa, *a1 = pa + ars, *a2 = pa + 2 * ars, *a3 = pa + 3 * ars,
-                *a4 = pa + 4 * ars, *a5 = pa + 5 * ars;
+kernel_segs_body8(int nseg, const size_t *off, int K, const float *pa, size_t ars, size_t aks,
+                   const float *pb, float *t, size_t ldt) {
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    for (int sg = 0; sg < nseg; sg++) {
+        const float *s0 = pa + (off ? off[sg] : 0);
+        const float *a0 = s0, *a1 = s0 + ars, *a2 = s0 + 2 * ars, *a3 = s0 + 3 * ars,
+                    *a4 = s0 + 4 * ars, *a5 = s0 + 5 * ars;
 #pragma GCC unroll 4
-    for (int k = 0; k < K; k++) {
-        __m256 b0 = _mm256_load_ps(pb);
-        size_t o = (size_t)k * aks;
-        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + o), b0, c0);
-        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + o), b0, c1);
-        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + o), b0, c2);
-        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + o), b0, c3);
-        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a4 + o), b0, c4);
-        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a5 + o), b0, c5);
-        pb += NR;
+        for (int k = 0; k < K; k++) {
+            __m256 b0 = _mm256_load_ps(pb);
+            size_t o = (size_t)k * aks;
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + o), b0, c0);
+            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + o), b0, c1);
+            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + o), b0, c2);
+            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + o), b0, c3);
+            c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a4 + o), b0, c4);
+            c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a5 + o), b0, c5);
+            pb += NR;
+        }
     }
-    _mm256_store_ps(t + 0 * NR, c0), _mm256_store_ps(t + 1 * NR, c1), _mm256_store_ps(t + 2 * NR, c2);
-    _mm256_store_ps(t + 3 * NR, c3), _mm256_store_ps(t + 4 * NR, c4), _mm256_store_ps(t + 5 * NR, c5);
+    _mm256_storeu_ps(t + 0 * ldt, c0), _mm256_storeu_ps(t + 1 * ldt, c1), _mm256_storeu_ps(t + 2 * ldt, c2);
+    _mm256_storeu_ps(t + 3 * ldt, c3), _mm256_storeu_ps(t + 4 * ldt, c4), _mm256_storeu_ps(t + 5 * ldt, c5);
+}
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+kernel_body8(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t, size_t ldt) {
+    kernel_segs_body8(1, NULL, K, pa, ars, aks, pb, t, ldt);
 }
 
-/* A's rows contiguous in k (op(a) = a), and A stored transposed (op(a) = a^T: k strides lda);
- * narrow: the panel's first 8 columns only */
+/* A's rows contiguous in k (op(a) = a), A stored transposed (op(a) = a^T: k strides lda), and A
+ * in segments (gemm_f32_segs: row r of segment s at pa + off[s] + r * ars, contiguous in k);
+ * narrow: the panel's first 8 columns only. The tile goes to t, rows ldt apart. */
 __attribute__((target("avx2,fma"))) static void kernel_rows(int K, const float *pa, size_t ars,
-                                                           const float *pb, float *t, int narrow) {
-    if (narrow) kernel_body8(K, pa, ars, 1, pb, t);
-    else kernel_body(K, pa, ars, 1, pb, t);
+                                                           const float *pb, float *t, size_t ldt,
+                                                           int narrow) {
+    if (narrow) kernel_body8(K, pa, ars, 1, pb, t, ldt);
+    else kernel_body(K, pa, ars, 1, pb, t, ldt);
 }
 __attribute__((target("avx2,fma"))) static void kernel_cols(int K, const float *pa, size_t aks,
-                                                           const float *pb, float *t, int narrow) {
-    if (narrow) kernel_body8(K, pa, 1, aks, pb, t);
-    else kernel_body(K, pa, 1, aks, pb, t);
+                                                           const float *pb, float *t, size_t ldt,
+                                                           int narrow) {
+    if (narrow) kernel_body8(K, pa, 1, aks, pb, t, ldt);
+    else kernel_body(K, pa, 1, aks, pb, t, ldt);
+}
+__attribute__((target("avx2,fma"))) static void kernel_segs(int nseg, const size_t *off, int klen,
+                                                           const float *pa, size_t ars,
+                                                           const float *pb, float *t, size_t ldt,
+                                                           int narrow) {
+    if (narrow) kernel_segs_body8(nseg, off, klen, pa, ars, 1, pb, t, ldt);
+    else kernel_segs_body(nseg, off, klen, pa, ars, 1, pb, t, ldt);
 }
 
 /* op(b) = b^T (b holds the panel's columns as rows: nn.Linear's w): rows [0, r_n) of w (row
@@ -205,8 +253,18 @@ static void pack_panel_n(float *pb, const float *b, int ldb, int r_n, int K) {
  * streaming A per panel, 1017-1028 ms against 1017; at one thread, K blocks of 384-512 with the
  * partial sums stored between them were no faster than none.) */
 enum { A_BLOCK = 192 << 10 };
-static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b, int ldb,
-               float *c, int ldc, const out_op *o) {
+/* A in segments: nseg > 1 splits k into nseg runs of K / nseg, run s of row i at
+ * a + i * lda + off[s] (ta 0 only) */
+typedef struct { int nseg; const size_t *off; } a_segs;
+static const a_segs one_seg = {1, NULL};
+
+static float a_elem(const float *a, int lda, int ta, const a_segs *sg, int klen, int i, int k) {
+    if (sg->nseg > 1) return a[(size_t)i * lda + sg->off[k / klen] + k % klen];
+    return at_a(a, lda, ta, i, k);
+}
+
+static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const a_segs *sg,
+               const float *b, int ldb, float *c, int ldc, const out_op *o) {
     if (m <= 0 || n <= 0) return 0;
     if (K <= 0 || !gemm_f32_available()) return -1;
     int mp = (m + MR - 1) / MR, me = m % MR;   /* me: rows of the last, partial panel (0: none) */
@@ -215,20 +273,23 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
     bp = bp < 1 ? 1 : bp;
     size_t nb = (size_t)np * NR * K, ne = me ? ((size_t)MR * K + 15) & ~(size_t)15 : 0, cap = 0;
     char *buf = cs_spare_take(CS_SPARE_GEMM_F32, sizeof(float) * (nb + ne + MR * NR) + 64, &cap);
+    const int klen = K / sg->nseg;
     if (!buf) {
+        if (sg->nseg > 1) return -1;
         run_ref(ta, tb, m, n, K, a, lda, b, ldb, c, ldc, o);
         return 0;
     }
     /* nb and ne are multiples of 16 floats: the panels, the edge rows and t 64-byte aligned */
     float *pb = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63), *pe = pb + nb, *t = pe + ne;
     for (int r = 0; r < (me ? MR : 0); r++)
-        for (int k = 0; k < K; k++) pe[(size_t)r * K + k] = r < me ? at_a(a, lda, ta, m - me + r, k) : 0.0f;
+        for (int k = 0; k < K; k++) pe[(size_t)r * K + k] = r < me ? a_elem(a, lda, ta, sg, klen, m - me + r, k) : 0.0f;
     for (int jp = 0; jp < np; jp++) {
         int j = jp * NR, nj = n - j < NR ? n - j : NR;
         float *d = pb + (size_t)jp * NR * K;
         if (tb) pack_panel_t(d, b + (size_t)j * ldb, ldb, nj, K);
         else pack_panel_n(d, b + j, ldb, nj, K);
     }
+    const int copy = !o->ep && o->alpha == 1.0f && !o->acc;
     for (int p0 = 0; p0 < mp; p0 += bp) {
         int p1 = p0 + bp < mp ? p0 + bp : mp;
         for (int jp = 0; jp < np; jp++) {
@@ -236,10 +297,16 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
             const float *pj = pb + (size_t)jp * NR * K;
             for (int p = p0; p < p1; p++) {
                 int i = p * MR, mi = m - i < MR ? m - i : MR;
-                if (mi < MR) kernel_rows(K, pe, (size_t)K, pj, t, narrow);
-                else if (ta) kernel_cols(K, a + i, (size_t)lda, pj, t, narrow);
-                else kernel_rows(K, a + (size_t)i * lda, (size_t)lda, pj, t, narrow);
-                put(c + (size_t)i * ldc + j, ldc, t, NR, j, mi, nj, o);
+                /* a whole tile that is a plain copy goes straight from the registers to c */
+                float *ct = c + (size_t)i * ldc + j;
+                int direct = copy && mi == MR && nj == (narrow ? 8 : NR);
+                float *tt = direct ? ct : t;
+                size_t ldt = direct ? (size_t)ldc : NR;
+                if (mi < MR) kernel_rows(K, pe, (size_t)K, pj, tt, ldt, narrow);
+                else if (ta) kernel_cols(K, a + i, (size_t)lda, pj, tt, ldt, narrow);
+                else if (sg->nseg > 1) kernel_segs(sg->nseg, sg->off, klen, a + (size_t)i * lda, (size_t)lda, pj, tt, ldt, narrow);
+                else kernel_rows(K, a + (size_t)i * lda, (size_t)lda, pj, tt, ldt, narrow);
+                if (!direct) put(ct, ldc, t, NR, j, mi, nj, o);
             }
         }
     }
@@ -248,9 +315,11 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
 }
 #else
 int gemm_f32_available(void) { return 0 * __atomic_load_n(&g_off, __ATOMIC_RELAXED); }
-static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b, int ldb,
-               float *c, int ldc, const out_op *o) {
-    (void)ta, (void)tb, (void)m, (void)n, (void)K, (void)a, (void)lda, (void)b, (void)ldb;
+typedef struct { int nseg; const size_t *off; } a_segs;
+static const a_segs one_seg = {1, NULL};
+static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const a_segs *sg,
+               const float *b, int ldb, float *c, int ldc, const out_op *o) {
+    (void)sg, (void)ta, (void)tb, (void)m, (void)n, (void)K, (void)a, (void)lda, (void)b, (void)ldb;
     (void)c, (void)ldc, (void)o, (void)run_ref;
     return -1;
 }
@@ -259,11 +328,19 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
 int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
                     const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags) {
     out_op o = {ep, b, flags, 0, 1.0f};
-    return run(0, 1, m, n, K, a, lda, w, ldw, c, ldc, &o);
+    return run(0, 1, m, n, K, a, lda, &one_seg, w, ldw, c, ldc, &o);
 }
 
 int gemm_f32(int ta, int tb, int m, int n, int K, float alpha, const float *a, int lda,
              const float *b, int ldb, int accumulate, float *c, int ldc) {
     out_op o = {NULL, NULL, 0, accumulate != 0, alpha};
-    return run(ta, tb, m, n, K, a, lda, b, ldb, c, ldc, &o);
+    return run(ta, tb, m, n, K, a, lda, &one_seg, b, ldb, c, ldc, &o);
+}
+
+int gemm_f32_segs(int m, int n, int nseg, const size_t *off, int klen, const float *a, int ars,
+                  const float *w, float *c, int ldc) {
+    if (nseg < 1 || klen < 1) return -1;
+    out_op o = {NULL, NULL, 0, 0, 1.0f};
+    a_segs sg = {nseg, off};
+    return run(0, 1, m, n, nseg * klen, a, ars, &sg, w, nseg * klen, c, ldc, &o);
 }

@@ -18,6 +18,8 @@
 #ifndef CARSEG_GEMM_F32_H
 #define CARSEG_GEMM_F32_H
 
+#include <stddef.h>
+
 /* 1 when this CPU runs gemm_f32_linear's vector kernel (x86-64 with AVX2 and FMA), else 0.
  * CARSEG_NO_GEMM_F32=1 in the environment (read once) makes it 0: nn_linear_items then runs
  * OpenBLAS item by item, as on a CPU without AVX2. */
@@ -48,5 +50,14 @@ int gemm_f32(int ta, int tb, int m, int n, int K, float alpha, const float *a, i
  * gemm_f32_linear (ta 0, tb 1, no bias, flags 0), bit for bit. */
 void gemm_f32_ref(int ta, int tb, int m, int n, int K, const float *a, int lda, const float *b,
                   int ldb, float *c, int ldc);
+
+/* Implicit-GEMM convolution: c (m, n; row stride ldc) = sum over segments s < nseg and k < klen of
+ * a[i * ars + off[s] + k] * w[j * (nseg * klen) + s * klen + k] (w as nn.Linear's (n, nseg * klen)),
+ * one fma chain per element in (s, k) order from zero, as gemm_f32 of the gathered A. A 3x3
+ * convolution on a zero-padded channels-last input: nine segments of Cin, off[s] the tap's pixel
+ * offset times Cin, rows the output pixels on the padded grid. -1 (nothing done) without AVX2/FMA or
+ * out of memory. */
+int gemm_f32_segs(int m, int n, int nseg, const size_t *off, int klen, const float *a, int ars,
+                  const float *w, float *c, int ldc);
 
 #endif

@@ -225,6 +225,152 @@ void nn_softmax(float *x, int rows, int cols) {
     for (int i = 0; i < rows; i++) softmax_row(x + (size_t)i * cols, cols);
 }
 
+/* softmax over each column of x (rows, cols; row stride ld) of x * scale, serial: the max, the
+ * exponentials and their sums run down the rows, one lane per column (the same operations at any
+ * vector width: each column's sum is a chain in row order) */
+NN_HOT static void softmax_cols_span(float *restrict x, int rows, int cols, int ld, float scale,
+                                     float *restrict mx, float *restrict sum) {
+    for (int j = 0; j < cols; j++) mx[j] = -INFINITY, sum[j] = 0.0f;
+    for (int i = 0; i < rows; i++) {
+        const float *r = x + (size_t)i * ld;
+#pragma omp simd
+        for (int j = 0; j < cols; j++) {
+            float v = r[j] * scale;
+            mx[j] = v > mx[j] ? v : mx[j];
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        float *r = x + (size_t)i * ld;
+#pragma omp simd
+        for (int j = 0; j < cols; j++) {
+            float e = expf_fast(r[j] * scale - mx[j]);
+            r[j] = e;
+            sum[j] += e;
+        }
+    }
+    for (int j = 0; j < cols; j++) sum[j] = 1.0f / sum[j];
+    for (int i = 0; i < rows; i++) {
+        float *r = x + (size_t)i * ld;
+#pragma omp simd
+        for (int j = 0; j < cols; j++) r[j] *= sum[j];
+    }
+}
+
+void nn_softmax_cols(float *x, int rows, int cols, int ld, float scale) {
+    float mx[64], sum[64];
+    for (int j0 = 0; j0 < cols; j0 += 64)
+        softmax_cols_span(x + j0, rows, cols - j0 < 64 ? cols - j0 : 64, ld, scale, mx, sum);
+}
+
+/* softmax of x * scale over short rows (n <= 64), serial */
+NN_HOT static void softmax_short(float *restrict x, int rows, int n, float scale) {
+    for (int i = 0; i < rows; i++, x += n) {
+        float mx = -INFINITY, e[64], sum = 0.0f;
+        for (int j = 0; j < n; j++) {
+            float v = x[j] * scale;
+            mx = v > mx ? v : mx;
+        }
+#pragma omp simd
+        for (int j = 0; j < n; j++) e[j] = expf_fast(x[j] * scale - mx);
+        for (int j = 0; j < n; j++) sum += e[j];
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j < n; j++) x[j] = e[j] * inv;
+    }
+}
+
+void nn_softmax_short_rows(float *x, int rows, int n, float scale) {
+    if (n > 64) {
+        for (int i = 0; i < rows; i++) {
+            float *r = x + (size_t)i * n;
+            for (int j = 0; j < n; j++) r[j] *= scale;
+            softmax_row(r, n);
+        }
+        return;
+    }
+    softmax_short(x, rows, n, scale);
+}
+
+/* GELU with erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, the size of torch's own
+ * vectorised erf's error) and expf_fast's polynomial, every step a fused multiply-add where one
+ * fits: gelu1 in scalar fmaf, gelu8 the same operations on 8 lanes (AVX2 + FMA), so the bits do not
+ * depend on which of the two ran */
+static inline float exp_fma(float x) {
+    x = x < 88.3762626647949f ? x : 88.3762626647949f;
+    x = x > -87.3365447504f ? x : -87.3365447504f;
+    float n = fmaf(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = fmaf(1.9875691500e-4f, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &e, sizeof sc);
+    return p * sc;
+}
+static inline float gelu1(float v) {
+    float z = v * 0.70710678118654752f, a = fabsf(z);
+    float t = 1.0f / fmaf(0.3275911f, a, 1.0f);
+    float r = fmaf(1.061405429f, t, -1.453152027f);
+    r = fmaf(r, t, 1.421413741f);
+    r = fmaf(r, t, -0.284496736f);
+    r = fmaf(r, t, 0.254829592f);
+    float y = fmaf(-(r * t), exp_fma(-(a * a)), 1.0f);
+    return 0.5f * v * (1.0f + copysignf(y, z));
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447504f));
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+__attribute__((target("avx2,fma"))) static void gelu_avx2(float *x, size_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 z = _mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f));
+        __m256 a = _mm256_andnot_ps(sign, z);
+        __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, one));
+        __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
+        r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(1.421413741f));
+        r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(-0.284496736f));
+        r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(0.254829592f));
+        __m256 ex = exp8(_mm256_xor_ps(sign, _mm256_mul_ps(a, a)));
+        __m256 y = _mm256_fmadd_ps(_mm256_xor_ps(sign, _mm256_mul_ps(r, t)), ex, one);
+        y = _mm256_or_ps(_mm256_andnot_ps(sign, y), _mm256_and_ps(sign, z));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, y)));
+    }
+    for (; i < n; i++) x[i] = gelu1(x[i]);
+}
+#endif
+
+void nn_gelu_rows(float *x, size_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (gemm_f32_available()) {
+        gelu_avx2(x, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) x[i] = gelu1(x[i]);
+}
+
 void nn_l2norm(float *x, int rows, int cols) {
     for (int i = 0; i < rows; i++) {
         float *r = x + (size_t)i * cols;

@@ -69,6 +69,15 @@ void nn_softmax(float *x, int rows, int cols);
 /* The same, serial (for callers inside their own parallel region). */
 void nn_softmax_rows(float *x, int rows, int cols);
 
+/* Serial softmaxes of x * scale (for callers inside their own parallel region):
+ * nn_softmax_cols over each column of x (rows, cols; row stride ld), down the rows;
+ * nn_softmax_short_rows over each of rows consecutive runs of n values (x (rows, n)). */
+void nn_softmax_cols(float *x, int rows, int cols, int ld, float scale);
+void nn_softmax_short_rows(float *x, int rows, int n, float scale);
+/* Exact-form GELU x/2 (1 + erf(x / sqrt 2)) in place, serial, with a vectorised erf of |error| <=
+ * 1.5e-7 (Abramowitz & Stegun 7.1.26; torch's CPU GELU uses an approximation of the same size). */
+void nn_gelu_rows(float *x, size_t n);
+
 /* Row-wise L2 normalisation in place: x (rows, cols) <- x / ||x|| (rows of zeros stay zero). */
 void nn_l2norm(float *x, int rows, int cols);
 

@@ -149,19 +149,23 @@ static void embed_prompt(const sam_model *m, const sam_image *im, const sam_prom
 }
 
 /* ---------------------------------------------------------------------------------------------
- * the two-way transformer */
+ * the per-prompt scratch: one block per thread (cs_spare), carved into the arrays below */
 
 typedef struct {
-    float *keys, *kp, *Q, *K, *V, *O, *A, *P;      /* image side (N rows) */
+    float *keys, *kp, *A, *S;                       /* image side: (N, D) x 3, (N, NH*T) */
     float *tq, *tp, *tQ, *tK, *tV, *tO, *tA, *th;   /* token side (T rows) */
-    float *ups, *up_t, *up_mid, *up_t2;             /* upscaling */
-    float *z, *zpad, *zacc, *hqm, *w1;              /* HQ branch */
-    float *tok;                                     /* the prompt's tokens (T, D) */
-    float *lr;                                      /* low-res masks (k, 256, 256) */
-    float *full;                                    /* (1024, 1024) */
+    float *Qt, *U, *Kbd, *cb;                       /* contracted attention: (NH*T, D) x 2, ... */
+    float *up_t, *up_mid, *ups;                     /* upscaling; ups on the zero-padded grid */
+    float *zb, *hqm, *w1, *dot;                     /* HQ branch */
+    float *tok, *lr, *full;
+    void *block;
+    size_t cap;
 } scratch;
 
-/* out (Nq, I) = softmax(Q K^T / sqrt(hd)) V per head; P: Nq*Nk */
+#define PADN(h, w) ((size_t)((h) + 2) * ((w) + 2) + 2)   /* a zero-padded map's pixels */
+
+/* out (Nq, I) = softmax(Q K^T / sqrt(hd)) V per head; P: Nq*Nk (the first layer's token-to-image
+ * attention on the cached k0, v0) */
 static void mha(float *out, const float *Q, const float *K, const float *V, int Nq, int Nk, int I,
                 int NH, float *P) {
     const int hd = I / NH;
@@ -182,13 +186,82 @@ static void token_self(const sam_dattn *a, scratch *s, const float *qin, const f
     nn_linear(s->tQ, qin, a->q.w, a->q.b, T, D, a->internal);
     nn_linear(s->tK, qin, a->k.w, a->k.b, T, D, a->internal);
     nn_linear(s->tV, vin, a->v.w, a->v.b, T, D, a->internal);
-    mha(s->tO, s->tQ, s->tK, s->tV, T, T, a->internal, NH, s->P);
+    mha(s->tO, s->tQ, s->tK, s->tV, T, T, a->internal, NH, s->S);
     nn_linear(out, s->tO, a->o.w, a->o.b, T, a->internal, D);
 }
 
 static void add_inplace(float *o, const float *a, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) o[i] += a[i];
+}
+
+/* per head h: o (T, cols) at o + h * ldo_h = x_h (T, hd: columns h*hd of x, row stride ldx) times
+ * a weight block: tb 0 w_h (hd, cols) = rows h*hd of w (row stride ldw); tb 1 w_h^T with w_h the
+ * hd columns h*hd of w (cols, ldw) */
+static void per_head(float *o, size_t ldo_h, int ldo, const float *x, int ldx, const float *w, int ldw,
+                     int tb, int T, int cols, int NH, int hd) {
+    for (int h = 0; h < NH; h++)
+        nn_sgemm(0, tb, T, cols, hd, 1.0f, x + h * hd, ldx, tb ? w + h * hd : w + (size_t)h * hd * ldw,
+                 ldw, 0.0f, o + h * ldo_h, ldo);
+}
+
+/* Tokens to image, contracted through the projections (exact algebra, fewer products): with keys
+ * k = (XP) Wk^T + bk and values v = X Wv^T + bv, q_h . k_h = (q_h Wk_h) . XP + q_h . bk_h, whose
+ * last term is the same for every image token and drops out of the softmax; and sum_j p_j v_j =
+ * (sum_j p_j X_j) Wv^T + bv as the p_j sum to one. So S^T (N, NH*T) = XP Qt^T with Qt_h = q_h Wk_h
+ * (T, D), softmax down the image tokens, U (NH*T, D) = P X, out_h = U_h Wv_h^T + bv_h: two
+ * products of N x D x NH*T instead of two projections of the whole image (N x D x I each) and the
+ * per-head products. out (T, D) = out_proj(attention). */
+static void t2i(const sam_dattn *a, scratch *s, const float *X, const float *XP, const float *qin,
+                int T, int D, int NH, float *out) {
+    const int N = SAM_GRID * SAM_GRID, I = a->internal, hd = I / NH, R = NH * T;
+    nn_linear(s->tQ, qin, a->q.w, a->q.b, T, D, I);
+    per_head(s->Qt, (size_t)T * D, D, s->tQ, I, a->k.w, D, 0, T, D, NH, hd);
+    nn_sgemm(0, 1, N, R, D, 1.0f, XP, D, s->Qt, D, 0.0f, s->S, R);
+    nn_softmax_cols(s->S, N, R, R, 1.0f / sqrtf((float)hd));
+    nn_sgemm(1, 0, R, D, N, 1.0f, s->S, R, X, D, 0.0f, s->U, D);
+    for (int h = 0; h < NH; h++)   /* U_h (T, D) times Wv_h^T (D, hd) */
+        nn_sgemm(0, 1, T, hd, D, 1.0f, s->U + (size_t)h * T * D, D, a->v.w + (size_t)h * hd * D, D,
+                 0.0f, s->tO + h * hd, I);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < I; c++) s->tO[(size_t)t * I + c] += a->v.b[c];
+    nn_linear(out, s->tO, a->o.w, a->o.b, T, I, D);
+}
+
+/* Image to tokens, contracted: q = (XP) Wq^T + bq (or the cached Q0 (N, I) of the first layer),
+ * k = kin Wk^T + bk, v = vin Wv^T + bv over the T tokens. Scores q_h . k_h = XP . (k_h Wq_h) +
+ * bq_h . k_h (per token: a column constant), and out_proj(sum_j p_j v_j) = sum_h P_h (v_h Wo_h^T)
+ * + bo. So S (N, NH*T) = XP Kt^T + c (Q0: Q0 times the block-diagonal heads of k), softmax over
+ * each head's T tokens, A (N, D) = S Vt with Vt_h = v_h Wo_h^T (T, D); A gets out_proj's bias in
+ * the caller. */
+static void i2t(const sam_dattn *a, scratch *s, const float *XP, const float *Q0, const float *kin,
+                const float *vin, int T, int D, int NH, float *A) {
+    const int N = SAM_GRID * SAM_GRID, I = a->internal, hd = I / NH, R = NH * T;
+    nn_linear(s->tK, kin, a->k.w, a->k.b, T, D, I);
+    nn_linear(s->tV, vin, a->v.w, a->v.b, T, D, I);
+    if (Q0) {
+        memset(s->Kbd, 0, sizeof(float) * R * I);
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++)
+                memcpy(s->Kbd + (size_t)(h * T + t) * I + h * hd, s->tK + (size_t)t * I + h * hd,
+                       sizeof(float) * hd);
+        nn_sgemm(0, 1, N, R, I, 1.0f, Q0, I, s->Kbd, I, 0.0f, s->S, R);
+    } else {
+        per_head(s->Qt, (size_t)T * D, D, s->tK, I, a->q.w, D, 0, T, D, NH, hd);
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                float c = 0;
+                for (int j = 0; j < hd; j++) c += a->q.b[h * hd + j] * s->tK[(size_t)t * I + h * hd + j];
+                s->cb[h * T + t] = c;
+            }
+        nn_sgemm(0, 1, N, R, D, 1.0f, XP, D, s->Qt, D, 0.0f, s->S, R);
+#pragma omp parallel for schedule(static) if ((size_t)N * R > 65536)
+        for (int i = 0; i < N; i++)
+            for (int r = 0; r < R; r++) s->S[(size_t)i * R + r] += s->cb[r];
+    }
+    nn_softmax_short_rows(s->S, N * NH, T, 1.0f / sqrtf((float)hd));
+    per_head(s->Qt, (size_t)T * D, D, s->tV, I, a->o.w, I, 1, T, D, NH, hd);
+    nn_sgemm(0, 0, N, D, R, 1.0f, s->S, R, s->Qt, D, 0.0f, A, D);
 }
 
 static void transformer(const sam_model *m, const sam_image *im, scratch *s, const float *tok, int T) {
@@ -208,21 +281,17 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
             add_inplace(q, s->tA, (size_t)T * D);
         }
         sam_layernorm(q, q, l->norm1.w, l->norm1.b, T, D, LN_DEC);
-        /* (2) tokens to image */
-        const int I = l->t2i.internal;
-        const float *K, *V, *keys;
-        if (li == 0) {
-            K = im->k0, V = im->v0, keys = im->src0;
-        } else {
-            add_mat(s->kp, s->keys, m->dense_pe, (size_t)N * D);
-            nn_linear(s->K, s->kp, l->t2i.k.w, l->t2i.k.b, N, D, I);
-            nn_linear(s->V, s->keys, l->t2i.v.w, l->t2i.v.b, N, D, I);
-            K = s->K, V = s->V, keys = s->keys;
-        }
+        /* (2) tokens to image (keys: the image embedding in the first layer, cached projections) */
+        const float *X = li == 0 ? im->src0 : s->keys, *XP = li == 0 ? im->kpe0 : s->kp;
         add_mat(s->tp, q, pe, (size_t)T * D);
-        nn_linear(s->tQ, s->tp, l->t2i.q.w, l->t2i.q.b, T, D, I);
-        mha(s->tO, s->tQ, K, V, T, N, I, NH, s->P);
-        nn_linear(s->tA, s->tO, l->t2i.o.w, l->t2i.o.b, T, I, D);
+        if (li == 0) {
+            const int I = l->t2i.internal;
+            nn_linear(s->tQ, s->tp, l->t2i.q.w, l->t2i.q.b, T, D, I);
+            mha(s->tO, s->tQ, im->k0, im->v0, T, N, I, NH, s->S);
+            nn_linear(s->tA, s->tO, l->t2i.o.w, l->t2i.o.b, T, I, D);
+        } else {
+            t2i(&l->t2i, s, X, XP, s->tp, T, D, NH, s->tA);
+        }
         add_inplace(q, s->tA, (size_t)T * D);
         sam_layernorm(q, q, l->norm2.w, l->norm2.b, T, D, LN_DEC);
         /* (3) MLP (ReLU) */
@@ -231,31 +300,14 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
         nn_linear_ex(q, s->th, l->mlp2.w, l->mlp2.b, T, m->c.dec_mlp, D, NN_ACCUMULATE);
         sam_layernorm(q, q, l->norm3.w, l->norm3.b, T, D, LN_DEC);
         /* (4) image to tokens: q = keys + key_pe, k = queries + query_pe, v = queries */
-        const int I2 = l->i2t.internal;
-        const float *Qi;
-        if (li == 0) {
-            Qi = im->q0;
-        } else {
-            nn_linear(s->Q, s->kp, l->i2t.q.w, l->i2t.q.b, N, D, I2);
-            Qi = s->Q;
-        }
         add_mat(s->tp, q, pe, (size_t)T * D);
-        nn_linear(s->tK, s->tp, l->i2t.k.w, l->i2t.k.b, T, D, I2);
-        nn_linear(s->tV, q, l->i2t.v.w, l->i2t.v.b, T, D, I2);
-        mha(s->O, Qi, s->tK, s->tV, N, T, I2, NH, s->P);
-        nn_linear(s->A, s->O, l->i2t.o.w, l->i2t.o.b, N, I2, D);
-        add_mat(s->keys, keys, s->A, (size_t)N * D);
-        sam_layernorm(s->keys, s->keys, l->norm4.w, l->norm4.b, N, D, LN_DEC);
+        i2t(&l->i2t, s, XP, li == 0 ? im->q0 : NULL, s->tp, q, T, D, NH, s->A);
+        sam_resid_layernorm(s->keys, s->kp, X, s->A, l->i2t.o.b, l->norm4.w, l->norm4.b, m->dense_pe, N, D,
+                            LN_DEC);
     }
     /* final attention tokens to image */
-    const sam_dattn *f = &m->fin;
-    add_mat(s->kp, s->keys, m->dense_pe, (size_t)N * D);
-    nn_linear(s->K, s->kp, f->k.w, f->k.b, N, D, f->internal);
-    nn_linear(s->V, s->keys, f->v.w, f->v.b, N, D, f->internal);
     add_mat(s->tp, q, pe, (size_t)T * D);
-    nn_linear(s->tQ, s->tp, f->q.w, f->q.b, T, D, f->internal);
-    mha(s->tO, s->tQ, s->K, s->V, T, N, f->internal, NH, s->P);
-    nn_linear(s->tA, s->tO, f->o.w, f->o.b, T, f->internal, D);
+    t2i(&m->fin, s, s->keys, s->kp, s->tp, T, D, NH, s->tA);
     add_inplace(q, s->tA, (size_t)T * D);
     sam_layernorm(q, q, m->norm_fin.w, m->norm_fin.b, T, D, LN_DEC);
 }
@@ -268,18 +320,6 @@ static void mlp_vec(const sam_lin *L, int nl, const int *widths, const float *x,
         nn_linear(o, in, L[j].w, L[j].b, 1, widths[j], widths[j + 1]);
         if (j < nl - 1) sam_relu(o, (size_t)widths[j + 1]);
         in = o;
-    }
-}
-
-/* lr (256*256) = hyper (C) . e (65536, C) per pixel */
-static void mask_dot(float *lr, const float *hyper, const float *e, int C) {
-    const int NP = SAM_LOWRES * SAM_LOWRES;
-#pragma omp parallel for schedule(static)
-    for (int p = 0; p < NP; p++) {
-        const float *r = e + (size_t)p * C;
-        float acc = 0;
-        for (int c = 0; c < C; c++) acc += hyper[c] * r[c];
-        lr[p] = acc;
     }
 }
 
@@ -304,17 +344,23 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
     wi[c->iou_depth] = nmt;
     mlp_vec(m->iou_head, c->iou_depth, wi, hs, iou, tmp);
 
-    /* upscaling: ConvT, LayerNorm2d, GELU, ConvT, GELU -> (256*256, D/8) */
-    const int G = SAM_GRID, C8 = D / 8;
-    sam_convt2(s->up_mid, s->keys, m->up0.w, m->up0.b, G, G, D, D / 4, s->up_t);
-    sam_layernorm(s->up_mid, s->up_mid, m->up1.w, m->up1.b, 4 * G * G, D / 4, LN_2D);
-    sam_gelu(s->up_mid, (size_t)4 * G * G * (D / 4));
-    sam_convt2(s->ups, s->up_mid, m->up3.w, m->up3.b, 2 * G, 2 * G, D / 4, C8, s->up_t2);
-    sam_gelu(s->ups, (size_t)SAM_LOWRES * SAM_LOWRES * C8);
+    /* upscaling: ConvT, LayerNorm2d, GELU, ConvT, GELU -> (256*256, D/8) on the zero-padded grid
+     * (the HQ branch's 3x3 convolution reads it there) */
+    const int G = SAM_GRID, L = SAM_LOWRES, Lp = L + 2, C8 = D / 8, C4 = D / 4;
+    sam_convt2_fused(s->up_mid, 0, 2 * G, s->keys, m->up0r, m->up0.b, G, G, D, C4, &m->up1, LN_2D, 1,
+                     s->up_t);
+    memset(s->ups, 0, sizeof(float) * C8 * (Lp + 1));
+    memset(s->ups + (size_t)(PADN(L, L) - Lp - 1) * C8, 0, sizeof(float) * C8 * (Lp + 1));
+    for (int y = 1; y <= L; y++) {
+        memset(s->ups + ((size_t)y * Lp + L + 1) * C8, 0, sizeof(float) * 2 * C8);
+    }
+    sam_convt2_fused(s->ups, (size_t)Lp + 1, Lp, s->up_mid, m->up3r, m->up3.b, 2 * G, 2 * G, C4, C8,
+                     NULL, 0, 1, s->up_t);
 
-    const int NP = SAM_LOWRES * SAM_LOWRES;
+    const int NP = L * L;
     int hw[4] = {D, D, D, C8};
     float hyper[1024];
+    const float *ups0 = s->ups + (size_t)(Lp + 1) * C8;   /* pixel (0, 0); rows Lp apart */
     if (hq) {
         /* multimask: the best of the multimask tokens by predicted IoU (torch.max, first max) */
         int j = multimask ? 1 : 0;
@@ -325,10 +371,20 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
         /* the HQ mask: hf_mlp(token), folded into embedding_maskfeature.3 */
         float hf[1024];
         mlp_vec(m->hf_mlp, 3, hw, hs + (size_t)(1 + nmt) * D, hf, tmp);
-        const int C4 = D / 4;
-        sam_conv3x3(s->z, s->ups, &m->mf0, SAM_LOWRES, SAM_LOWRES, s->zpad, s->zacc);
-        sam_layernorm(s->z, s->z, m->mf1.w, m->mf1.b, NP, C4, LN_2D);
-        sam_gelu(s->z, (size_t)NP * C4);
+        /* z = GELU(LN2d(conv3x3(ups))) on the padded grid, itself zero-padded for the next one */
+        float *zacc = s->zb + (size_t)(Lp + 1) * C4;
+        sam_conv3x3_padded(zacc, s->ups, &m->mf0, L, L);
+        memset(s->zb, 0, sizeof(float) * C4 * (Lp + 1));
+        memset(zacc + (size_t)L * Lp * C4, 0, sizeof(float) * C4 * Lp);
+#pragma omp parallel for schedule(static)
+        for (int y = 0; y < L; y++) {
+            float *r = zacc + (size_t)y * Lp * C4;
+            for (int x = 0; x < L; x++)
+                for (int ch = 0; ch < C4; ch++) r[(size_t)x * C4 + ch] += m->mf0.b[ch];
+            sam_layernorm(r, r, m->mf1.w, m->mf1.b, L, C4, LN_2D);
+            nn_gelu_rows(r, (size_t)L * C4);
+            memset(r + (size_t)L * C4, 0, sizeof(float) * 2 * C4);
+        }
         /* w1 (9 x (1, C4)): sum_co hf[co] W3[co, ci, k]; the constant hf . b3 */
         float cb = 0;
         for (int co = 0; co < C8; co++) cb += hf[co] * m->mf3_b[co];
@@ -338,64 +394,59 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
                 for (int co = 0; co < C8; co++) a += hf[co] * m->mf3_w[((size_t)co * C4 + ci) * 9 + k];
                 s->w1[k * C4 + ci] = a;
             }
-        sam_conv3 one = {s->w1, NULL, C4, 1};
-        sam_conv3x3(s->hqm, s->z, &one, SAM_LOWRES, SAM_LOWRES, s->zpad, s->zacc);
-        const float *hf_feat = im->hq_feat;
-#pragma omp parallel for schedule(static)
-        for (int q = 0; q < NP; q++) {
-            const float *r = hf_feat + (size_t)q * C8;
-            float a = 0;
-            for (int co = 0; co < C8; co++) a += hf[co] * r[co];
-            s->hqm[q] += cb + a;
-        }
+        /* hqm = conv(z; w1) + hf . hq_features + cb */
+        size_t off9[9];
+        for (int k = 0; k < 9; k++) off9[k] = ((size_t)(k / 3) * Lp + k % 3) * C4;
+        sam_dot_pixels(s->hqm, s->zb, Lp, off9, 9, s->w1, C4, L, L);
+        size_t off0 = 0;
+        sam_dot_pixels(s->dot, im->hq_feat, L, &off0, 1, hf, C8, L, L);
+        for (int q = 0; q < NP; q++) s->hqm[q] += cb + s->dot[q];
         if (hq_only) {
             memcpy(lr, s->hqm, sizeof(float) * NP);
         } else {
             mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, hyper, tmp);
-            mask_dot(lr, hyper, s->ups, C8);
+            sam_dot_pixels(lr, ups0, Lp, &off0, 1, hyper, C8, L, L);
             for (int q = 0; q < NP; q++) lr[q] += s->hqm[q];
         }
     } else {
         int j0 = multimask ? 1 : 0, j1 = multimask ? nmt : 1;
+        size_t off0 = 0;
         for (int j = j0; j < j1; j++) {
             iou_out[j - j0] = iou[j];
             mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, hyper, tmp);
-            mask_dot(lowres_out + (size_t)(j - j0) * NP, hyper, s->ups, C8);
+            sam_dot_pixels(lowres_out + (size_t)(j - j0) * NP, ups0, Lp, &off0, 1, hyper, C8, L, L);
         }
     }
     return CARSEG_OK;
 }
 
-static void scratch_free(scratch *s) {
-    float **f = (float **)s;
-    for (size_t i = 0; i < sizeof *s / sizeof(float *); i++) cs_free(f[i]);
-}
+static void scratch_free(scratch *s) { cs_spare_give(CS_SPARE_SAM_DEC, s->block, s->cap); }
 
 static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int k) {
     memset(s, 0, sizeof *s);
     const size_t N = SAM_GRID * SAM_GRID, D = m->c.dim, NP = SAM_LOWRES * SAM_LOWRES;
     const size_t T = (size_t)Tmax, W = D > (size_t)m->c.dec_mlp ? D : (size_t)m->c.dec_mlp;
-    s->keys = alloc_f(N * D), s->kp = alloc_f(N * D), s->Q = alloc_f(N * D), s->K = alloc_f(N * D);
-    s->V = alloc_f(N * D), s->O = alloc_f(N * D), s->A = alloc_f(N * D);
-    s->P = alloc_f(N * (T > 1 ? T : 1) > T * T ? N * T : T * T);
-    s->tq = alloc_f(T * D), s->tp = alloc_f(T * D), s->tQ = alloc_f(T * D), s->tK = alloc_f(T * D);
-    s->tV = alloc_f(T * D), s->tO = alloc_f(T * D), s->tA = alloc_f(T * D), s->th = alloc_f(T * W);
-    s->ups = alloc_f(NP * (D / 8)), s->up_t = alloc_f(N * (D / 4) * 4);
-    s->up_mid = alloc_f(4 * N * (D / 4)), s->up_t2 = alloc_f(4 * N * (D / 8) * 4);
-    s->tok = alloc_f(T * D), s->lr = alloc_f(NP * k), s->full = alloc_f((size_t)SAM_IMG * SAM_IMG);
-    int ok = s->keys && s->kp && s->Q && s->K && s->V && s->O && s->A && s->P && s->tq && s->tp &&
-             s->tQ && s->tK && s->tV && s->tO && s->tA && s->th && s->ups && s->up_t && s->up_mid &&
-             s->up_t2 && s->tok && s->lr && s->full;
-    if (m->c.hq) {
-        size_t C4 = D / 4, pad = ((size_t)(SAM_LOWRES + 2) * (SAM_LOWRES + 2) + 2) * C4;
-        s->z = alloc_f(NP * C4), s->zpad = alloc_f(pad);
-        s->zacc = alloc_f((size_t)SAM_LOWRES * (SAM_LOWRES + 2) * C4);
-        s->hqm = alloc_f(NP), s->w1 = alloc_f(9 * C4);
-        ok = ok && s->z && s->zpad && s->zacc && s->hqm && s->w1;
-    }
-    if (!ok) {
-        scratch_free(s);
-        return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder scratch)");
+    const size_t R = (size_t)m->c.dec_heads * T, C4 = D / 4, C8 = D / 8, Lp = SAM_LOWRES + 2;
+    const size_t I = (size_t)m->dl[0].t2i.internal > D ? (size_t)m->dl[0].t2i.internal : D;
+    struct { float **p; size_t n; } parts[] = {
+        {&s->keys, N * D}, {&s->kp, N * D}, {&s->A, N * D}, {&s->S, N * (R > T ? R : T) + T * T},
+        {&s->tq, T * D}, {&s->tp, T * D}, {&s->tQ, T * I}, {&s->tK, T * I}, {&s->tV, T * I},
+        {&s->tO, T * I}, {&s->tA, T * D}, {&s->th, T * W}, {&s->Qt, R * D}, {&s->U, R * D},
+        {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, N * C4 * 4 * 4}, {&s->up_mid, 4 * N * C4},
+        {&s->ups, PADN(SAM_LOWRES, SAM_LOWRES) * C8},
+        {&s->zb, m->c.hq ? ((Lp + 1) + SAM_LOWRES * Lp + Lp) * C4 : 0}, {&s->hqm, m->c.hq ? NP : 0},
+        {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0}, {&s->tok, T * D},
+        {&s->lr, NP * k}, {&s->full, (size_t)SAM_IMG * SAM_IMG},
+    };
+    const int np = (int)(sizeof parts / sizeof parts[0]);
+    size_t total = 0;
+    for (int i = 0; i < np; i++) total += (parts[i].n + 15) & ~(size_t)15;   /* 64-byte aligned */
+    s->block = cs_spare_take(CS_SPARE_SAM_DEC, sizeof(float) * total, &s->cap);
+    if (!s->block) return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder scratch)");
+    float *f = s->block;
+    for (int i = 0; i < np; i++) {
+        *parts[i].p = f;
+        f += (parts[i].n + 15) & ~(size_t)15;
     }
     return CARSEG_OK;
 }

@@ -49,6 +49,7 @@ struct sam_model {
     sam_lin norm_fin;
     const float *iou_token, *mask_tokens, *hf_token;
     sam_lin up0, up1, up3;                  /* ConvT (dim, dim/4, 2, 2); LN2d; ConvT (dim/4, dim/8) */
+    float *up0r, *up3r;                     /* their weights by sam_convt2_reorder */
     sam_lin *hyper;                         /* n_mask_tokens x 3 layers */
     sam_lin hf_mlp[3];
     sam_lin *iou_head;                      /* iou_depth layers */
@@ -77,18 +78,40 @@ struct sam_image {
 /* out (N, C) = LayerNorm(x) * w + b with eps; out may be x. */
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
                    float eps);
-void sam_gelu(float *x, size_t n);        /* exact GELU: x/2 (1 + erf(x/sqrt 2)) */
+/* out (N, C) = LayerNorm(x + (a + bo)) (a: an attention's output before its bias, overwritten
+ * with the sum), and sum = out + pe when sum is not NULL: the decoder's residual + norm4 */
+void sam_resid_layernorm(float *out, float *sum, const float *x, float *a, const float *bo,
+                         const float *w, const float *b, const float *pe, int N, int C, float eps);
+void sam_gelu(float *x, size_t n);        /* GELU x/2 (1 + erf(x/sqrt 2)) (nn_gelu_rows) */
 void sam_relu(float *x, size_t n);
 /* ConvTranspose2d kernel 2 stride 2 (weights (Cin, Cout, 2, 2), bias): x (H*W, Cin) channels-last
  * -> out (2H*2W, Cout). tmp: H*W*Cout*4 floats. */
 void sam_convt2(float *out, const float *x, const float *w, const float *b, int H, int W, int cin,
                 int cout, float *tmp);
-/* Conv2d 3x3 padding 1 as 9 shifted products on the zero-padded input: x (H*W, Cin) -> out
- * (H*W, Cout). pad: ((H+2)*(W+2)+2)*Cin floats, acc: H*(W+2)*Cout floats. */
+/* The same with the weights reordered by sam_convt2_reorder to (Cin, 4 * Cout), column
+ * (2 dy + dx) * Cout + co, and the rest fused: output pixel (2y+dy, 2x+dx) at
+ * out + (o0 + (2y+dy) * ow + 2x+dx) * Cout (ow: the output's row stride in pixels, o0 its origin:
+ * a zero-padded map's interior), + bias, then LayerNorm2d (ln, eps) when ln is not NULL, GELU when
+ * gelu. tmp: H*W*4*Cout floats. */
+void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4, const float *b,
+                      int H, int W, int cin, int cout, const sam_lin *ln, float eps, int gelu,
+                      float *tmp);
+float *sam_convt2_reorder(const float *w, int cin, int cout);
+/* Conv2d 3x3 padding 1 as one product over the zero-padded input (the nine taps as segments of
+ * the inner sum): x (H*W, Cin) -> out (H*W, Cout). pad: ((H+2)*(W+2)+2)*Cin floats, acc:
+ * H*(W+2)*Cout floats. */
 void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, float *pad,
                  float *acc);
-/* Reorders torch conv weights (Cout, Cin, 3, 3) to 9 x (Cout, Cin). */
+/* Its product alone, without bias: pad the zero-padded input (((H+2)*(W+2)+2) pixels of Cin),
+ * acc (H*(W+2), Cout): pixel (y, x) at row y*(W+2) + x; rows x = W, W+1 are junk. */
+void sam_conv3x3_padded(float *acc, const float *pad, const sam_conv3 *c, int H, int W);
+/* Reorders torch conv weights (Cout, Cin, 3, 3) to (Cout, 9 * Cin): k = tap * Cin + ci. */
 float *sam_conv3_reorder(const float *w, int cout, int cin);
+/* out (H, W) = for each pixel (y, x): sum over k < noff, c < C of
+ * base[(y * rs + x) * C + off[k] + c] * w[k * C + c] (rs: the row stride in pixels): a 3x3
+ * convolution to one channel (nine offsets) or a per-pixel dot product (one). */
+void sam_dot_pixels(float *out, const float *base, int rs, const size_t *off, int noff,
+                    const float *w, int C, int H, int W);
 /* F.interpolate(mode="bilinear", align_corners=False) of a single-channel map src (sh, sw), row
  * stride ld (a crop of a larger map), to dst (dh, dw); torch 1.13's CPU kernel arithmetic.
  * -1 when out of memory. */

@@ -315,7 +315,9 @@ static carseg_status bind(sam_model *m, loader *L) {
 
     /* derived: reordered 3x3 convolutions, the dense positional encoding */
     m->neck2 = (sam_conv3){sam_conv3_reorder(n2, D, D), NULL, D, D};
-    if (!m->neck2.w) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
+    m->up0r = sam_convt2_reorder(m->up0.w, D, D / 4);
+    m->up3r = sam_convt2_reorder(m->up3.w, D / 4, D / 8);
+    if (!m->neck2.w || !m->up0r || !m->up3r) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
     if (c->hq) {
         m->mf0.w = sam_conv3_reorder(mf0, D / 4, D / 8);
         m->mf0.cin = D / 8, m->mf0.cout = D / 4;
@@ -376,6 +378,7 @@ void sam_free(sam_model *m) {
     free(m->iou_head);
     cs_free(m->neck2.w);
     cs_free(m->mf0.w);
+    cs_free(m->up0r), cs_free(m->up3r);
     cs_free(m->dense_pe);
     free(m);
 }

@@ -9,27 +9,91 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm_f32.h"
 #include "nn.h"
 #include "util.h"
 
-static void ln_row(float *o, const float *x, const float *w, const float *b, int C, float eps) {
-    float s = 0;
-    for (int c = 0; c < C; c++) s += x[c];
-    float m = s / C, ss = 0;
-    for (int c = 0; c < C; c++) ss += (x[c] - m) * (x[c] - m);
-    float rstd = 1.0f / sqrtf(ss / C + eps);
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SAM_X86 1
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int free_threads(void) {
+#ifdef _OPENMP
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* LayerNorm of one row: the sums in 16 lanes (lane l: the channels c = l mod 16, in order), then
+ * a fixed tree: the same operations at any vector width */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SAM_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define SAM_HOT
+#endif
+static float lanes_sum(const float *t) {
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+static float lanes16_sum(const float *t) { return lanes_sum(t) + lanes_sum(t + 8); }
+SAM_HOT static void ln_row(float *o, const float *x, const float *restrict w,
+                           const float *restrict b, int C, float eps) {
+    float acc[16] = {0}, acc2[16] = {0};
+    int c16 = C & ~15;
+    for (int c = 0; c < c16; c += 16)
+#pragma omp simd
+        for (int l = 0; l < 16; l++) acc[l] += x[c + l];
+    for (int c = c16; c < C; c++) acc[c - c16] += x[c];
+    float m = lanes16_sum(acc) / C;
+    for (int c = 0; c < c16; c += 16)
+#pragma omp simd
+        for (int l = 0; l < 16; l++) {
+            float d = x[c + l] - m;
+            acc2[l] += d * d;
+        }
+    for (int c = c16; c < C; c++) acc2[c - c16] += (x[c] - m) * (x[c] - m);
+    float rstd = 1.0f / sqrtf(lanes16_sum(acc2) / C + eps);
+#pragma omp simd
     for (int c = 0; c < C; c++) o[c] = (x[c] - m) * rstd * w[c] + b[c];
+}
+
+SAM_HOT static void resid_row(float *a, const float *x, const float *bo, int C) {
+#pragma omp simd
+    for (int c = 0; c < C; c++) a[c] = x[c] + (a[c] + bo[c]);
+}
+SAM_HOT static void add_row(float *o, const float *a, const float *b, int C) {
+#pragma omp simd
+    for (int c = 0; c < C; c++) o[c] = a[c] + b[c];
 }
 
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
                    float eps) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C > 32768)
+    if ((size_t)N * C <= 32768) {
+        for (int i = 0; i < N; i++) ln_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C, eps);
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) ln_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C, eps);
+}
+
+void sam_resid_layernorm(float *out, float *sum, const float *x, float *a, const float *bo,
+                         const float *w, const float *b, const float *pe, int N, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
+    for (int i = 0; i < N; i++) {
+        float *ai = a + (size_t)i * C, *oi = out + (size_t)i * C;
+        resid_row(ai, x + (size_t)i * C, bo, C);
+        ln_row(oi, ai, w, b, C, eps);
+        if (sum) add_row(sum + (size_t)i * C, oi, pe + (size_t)i * C, C);
+    }
 }
 
 void sam_gelu(float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    for (size_t i = 0; i < n; i += 4096) nn_gelu_rows(x + i, n - i < 4096 ? n - i : 4096);
 }
 
 void sam_relu(float *x, size_t n) {
@@ -52,14 +116,76 @@ void sam_convt2(float *out, const float *x, const float *w, const float *b, int 
         }
 }
 
+float *sam_convt2_reorder(const float *w, int cin, int cout) {
+    float *r = cs_malloc(sizeof(float) * 4 * (size_t)cout * cin);
+    if (!r) return NULL;
+    for (int ci = 0; ci < cin; ci++)
+        for (int co = 0; co < cout; co++)
+            for (int d = 0; d < 4; d++)
+                r[((size_t)ci * 4 + d) * cout + co] = w[((size_t)ci * cout + co) * 4 + d];
+    return r;
+}
+
+void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4, const float *b,
+                      int H, int W, int cin, int cout, const sam_lin *ln, float eps, int gelu,
+                      float *tmp) {
+    const int n4 = 4 * cout;
+    nn_sgemm(0, 0, H * W, n4, cin, 1.0f, x, cin, w4, n4, 0.0f, tmp, n4);
+#pragma omp parallel for schedule(static) if ((size_t)H * W * cout > 65536)
+    for (int y = 0; y < H; y++) {
+        for (int xx = 0; xx < W; xx++) {
+            const float *t = tmp + ((size_t)y * W + xx) * n4;
+            for (int d = 0; d < 4; d++) {
+                float *o = out + (o0 + (size_t)(2 * y + d / 2) * ow + 2 * xx + d % 2) * cout;
+                const float *td = t + d * cout;
+                for (int co = 0; co < cout; co++) o[co] = td[co] + b[co];
+                if (ln) ln_row(o, o, ln->w, ln->b, cout, eps);
+            }
+        }
+        for (int dy = 0; gelu && dy < 2; dy++)
+            nn_gelu_rows(out + (o0 + (size_t)(2 * y + dy) * ow) * cout, (size_t)2 * W * cout);
+    }
+}
+
 float *sam_conv3_reorder(const float *w, int cout, int cin) {
     float *r = cs_malloc(sizeof(float) * 9 * (size_t)cout * cin);
     if (!r) return NULL;
-    for (int k = 0; k < 9; k++)
-        for (int co = 0; co < cout; co++)
+    for (int co = 0; co < cout; co++)
+        for (int k = 0; k < 9; k++)
             for (int ci = 0; ci < cin; ci++)
-                r[((size_t)k * cout + co) * cin + ci] = w[((size_t)co * cin + ci) * 9 + k];
+                r[((size_t)co * 9 + k) * cin + ci] = w[((size_t)co * cin + ci) * 9 + k];
     return r;
+}
+
+void sam_conv3x3_padded(float *acc, const float *pad, const sam_conv3 *c, int H, int W) {
+    const int cin = c->cin, cout = c->cout, Wp = W + 2, M = H * Wp;
+    size_t off[9];
+    for (int k = 0; k < 9; k++) off[k] = ((size_t)(k / 3) * Wp + k % 3) * cin;
+    if (!gemm_f32_available()) {   /* nine shifted products (OpenBLAS) */
+        for (int k = 0; k < 9; k++)
+            nn_sgemm(0, 1, M, cout, cin, 1.0f, pad + off[k], cin, c->w + (size_t)k * cin, 9 * cin,
+                     k ? 1.0f : 0.0f, acc, cout);
+        return;
+    }
+    /* one product with the taps as segments of k (each element one chain over the 9 Cin); row
+     * blocks over the threads (any split gives the same bits) */
+    const int th = free_threads(), nb = th > 1 ? 4 * th : 1;
+    const int rows = ((M + nb - 1) / nb + 5) / 6 * 6;
+#pragma omp parallel for schedule(dynamic, 1) if (nb > 1)
+    for (int bi = 0; bi < nb; bi++) {
+        int r0 = bi * rows, r1 = r0 + rows < M ? r0 + rows : M;
+        if (r0 >= r1) continue;
+        if (gemm_f32_segs(r1 - r0, cout, 9, off, cin, pad + (size_t)r0 * cin, cin, c->w,
+                          acc + (size_t)r0 * cout, cout))
+            for (int i = r0; i < r1; i++)   /* out of memory for the panels: the slow way */
+                for (int j = 0; j < cout; j++) {
+                    float a = 0.0f;
+                    for (int k = 0; k < 9; k++)
+                        for (int ci = 0; ci < cin; ci++)
+                            a = fmaf(pad[(size_t)i * cin + off[k] + ci], c->w[((size_t)j * 9 + k) * cin + ci], a);
+                    acc[(size_t)i * cout + j] = a;
+                }
+    }
 }
 
 void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, float *pad,
@@ -73,12 +199,7 @@ void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, f
                sizeof(float) * W * cin);
     /* acc (H*(W+2), Cout) on the padded grid's rows: pixel (y, x) reads pad[(y+ky)*Wp + x+kx];
      * the two extra columns per row are never used */
-    const int M = H * Wp;
-    for (int k = 0; k < 9; k++) {
-        int ky = k / 3, kx = k % 3;
-        nn_sgemm(0, 1, M, cout, cin, 1.0f, pad + ((size_t)ky * Wp + kx) * cin, cin,
-                 c->w + (size_t)k * cout * cin, cin, k ? 1.0f : 0.0f, acc, cout);
-    }
+    sam_conv3x3_padded(acc, pad, c, H, W);
 #pragma omp parallel for schedule(static) if ((size_t)H * W * cout > 65536)
     for (int y = 0; y < H; y++)
         for (int xx = 0; xx < W; xx++) {
@@ -86,6 +207,65 @@ void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, f
             float *o = out + ((size_t)y * W + xx) * cout;
             for (int co = 0; co < cout; co++) o[co] = a[co] + (c->b ? c->b[co] : 0.0f);
         }
+}
+
+/* sam_dot_pixels: each pixel's sum in 8 lanes (lane l: the channels c = l mod 8 of every tap, in
+ * (tap, c) order, one fma chain), then ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); the AVX2 code and the
+ * scalar code do the same operations */
+static void dot_row_scalar(float *o, const float *row, const size_t *off, int noff, const float *w,
+                           int C, int W) {
+    for (int x = 0; x < W; x++) {
+        float acc[8] = {0};
+        const float *p = row + (size_t)x * C;
+        for (int k = 0; k < noff; k++)
+            for (int c = 0; c < C; c++) acc[c % 8] = fmaf(p[off[k] + c], w[(size_t)k * C + c], acc[c % 8]);
+        o[x] = lanes_sum(acc);
+    }
+}
+#ifdef SAM_X86
+__attribute__((target("avx2,fma"))) static void dot_row_avx2(float *o, const float *row,
+                                                            const size_t *off, int noff,
+                                                            const float *w, int C, int W) {
+    int x = 0;
+    float t[8];
+    for (; x + 8 <= W; x += 8) {
+        __m256 a[8];
+        for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+        const float *p = row + (size_t)x * C;
+        for (int k = 0; k < noff; k++) {
+            const float *pk = p + off[k], *wk = w + (size_t)k * C;
+            for (int c = 0; c < C; c += 8) {
+                __m256 wv = _mm256_loadu_ps(wk + c);
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(pk + (size_t)i * C + c), wv, a[i]);
+            }
+        }
+        for (int i = 0; i < 8; i++) {
+            _mm256_storeu_ps(t, a[i]);
+            o[x + i] = lanes_sum(t);
+        }
+    }
+    if (x < W) dot_row_scalar(o + x, row + (size_t)x * C, off, noff, w, C, W - x);
+}
+#endif
+
+void sam_dot_pixels(float *out, const float *base, int rs, const size_t *off, int noff,
+                    const float *w, int C, int H, int W) {
+#ifdef SAM_X86
+    const int fast = C % 8 == 0 && gemm_f32_available();
+#endif
+#pragma omp parallel for schedule(static) if ((size_t)H * W * C * noff > 262144)
+    for (int y = 0; y < H; y++) {
+        const float *row = base + (size_t)y * rs * C;
+#ifdef SAM_X86
+        if (fast) {
+            dot_row_avx2(out + (size_t)y * W, row, off, noff, w, C, W);
+            continue;
+        }
+#endif
+        dot_row_scalar(out + (size_t)y * W, row, off, noff, w, C, W);
+    }
 }
 
 /* torch 1.13 compute_indices_weights_linear (align_corners False, no scale given) */

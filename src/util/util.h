@@ -48,7 +48,7 @@ void cs_free(void *p);
  * when n == 0); cs_spare_give keeps p as the thread's spare of this tag (the larger of the old and
  * the new; the other is freed). Blocks from the kernel come as fresh pages: page faults and
  * zeroing on every call otherwise. Freed at thread exit and by carseg_release_memory(). */
-enum { CS_SPARE_CLIP_ACT = 0, CS_SPARE_GEMM_WORK = 1, CS_SPARE_GEMM_F32 = 2 };
+enum { CS_SPARE_CLIP_ACT = 0, CS_SPARE_GEMM_WORK = 1, CS_SPARE_GEMM_F32 = 2, CS_SPARE_SAM_DEC = 3 };
 void *cs_spare_take(int tag, size_t n, size_t *cap);
 void cs_spare_give(int tag, void *p, size_t cap);
 
