@@ -257,35 +257,38 @@ enum { A_BLOCK = 192 << 10 };
  * a + i * lda + off[s] (ta 0 only) */
 typedef struct { int nseg; const size_t *off; } a_segs;
 static const a_segs one_seg = {1, NULL};
+static const float *const no_pre = NULL;
 
 static float a_elem(const float *a, int lda, int ta, const a_segs *sg, int klen, int i, int k) {
     if (sg->nseg > 1) return a[(size_t)i * lda + sg->off[k / klen] + k % klen];
     return at_a(a, lda, ta, i, k);
 }
 
+/* pre: op(b) already packed (gemm_f32_pack_b), b unused */
 static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const a_segs *sg,
-               const float *b, int ldb, float *c, int ldc, const out_op *o) {
+               const float *b, int ldb, const float *pre, float *c, int ldc, const out_op *o) {
     if (m <= 0 || n <= 0) return 0;
     if (K <= 0 || !gemm_f32_available()) return -1;
     int mp = (m + MR - 1) / MR, me = m % MR;   /* me: rows of the last, partial panel (0: none) */
     int np = (n + NR - 1) / NR;
     int bp = (int)(A_BLOCK / ((size_t)MR * K * sizeof(float)));   /* row panels per block */
     bp = bp < 1 ? 1 : bp;
-    size_t nb = (size_t)np * NR * K, ne = me ? ((size_t)MR * K + 15) & ~(size_t)15 : 0, cap = 0;
+    size_t nb = pre ? 0 : (size_t)np * NR * K, ne = me ? ((size_t)MR * K + 15) & ~(size_t)15 : 0, cap = 0;
     char *buf = cs_spare_take(CS_SPARE_GEMM_F32, sizeof(float) * (nb + ne + MR * NR) + 64, &cap);
     const int klen = K / sg->nseg;
     if (!buf) {
-        if (sg->nseg > 1) return -1;
+        if (sg->nseg > 1 || pre) return -1;
         run_ref(ta, tb, m, n, K, a, lda, b, ldb, c, ldc, o);
         return 0;
     }
     /* nb and ne are multiples of 16 floats: the panels, the edge rows and t 64-byte aligned */
-    float *pb = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63), *pe = pb + nb, *t = pe + ne;
+    float *pw = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63), *pe = pw + nb, *t = pe + ne;
+    const float *pb = pre ? pre : pw;
     for (int r = 0; r < (me ? MR : 0); r++)
         for (int k = 0; k < K; k++) pe[(size_t)r * K + k] = r < me ? a_elem(a, lda, ta, sg, klen, m - me + r, k) : 0.0f;
-    for (int jp = 0; jp < np; jp++) {
+    for (int jp = 0; jp < (pre ? 0 : np); jp++) {
         int j = jp * NR, nj = n - j < NR ? n - j : NR;
-        float *d = pb + (size_t)jp * NR * K;
+        float *d = pw + (size_t)jp * NR * K;
         if (tb) pack_panel_t(d, b + (size_t)j * ldb, ldb, nj, K);
         else pack_panel_n(d, b + j, ldb, nj, K);
     }
@@ -317,9 +320,10 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
 int gemm_f32_available(void) { return 0 * __atomic_load_n(&g_off, __ATOMIC_RELAXED); }
 typedef struct { int nseg; const size_t *off; } a_segs;
 static const a_segs one_seg = {1, NULL};
+static const float *const no_pre = NULL;
 static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, const a_segs *sg,
-               const float *b, int ldb, float *c, int ldc, const out_op *o) {
-    (void)sg, (void)ta, (void)tb, (void)m, (void)n, (void)K, (void)a, (void)lda, (void)b, (void)ldb;
+               const float *b, int ldb, const float *pre, float *c, int ldc, const out_op *o) {
+    (void)sg, (void)pre, (void)ta, (void)tb, (void)m, (void)n, (void)K, (void)a, (void)lda, (void)b, (void)ldb;
     (void)c, (void)ldc, (void)o, (void)run_ref;
     return -1;
 }
@@ -328,13 +332,13 @@ static int run(int ta, int tb, int m, int n, int K, const float *a, int lda, con
 int gemm_f32_linear(float *c, int ldc, const float *a, int lda, const float *w, int ldw,
                     const float *b, int m, int n, int K, gemm_f32_epilogue ep, int flags) {
     out_op o = {ep, b, flags, 0, 1.0f};
-    return run(0, 1, m, n, K, a, lda, &one_seg, w, ldw, c, ldc, &o);
+    return run(0, 1, m, n, K, a, lda, &one_seg, w, ldw, no_pre, c, ldc, &o);
 }
 
 int gemm_f32(int ta, int tb, int m, int n, int K, float alpha, const float *a, int lda,
              const float *b, int ldb, int accumulate, float *c, int ldc) {
     out_op o = {NULL, NULL, 0, accumulate != 0, alpha};
-    return run(ta, tb, m, n, K, a, lda, &one_seg, b, ldb, c, ldc, &o);
+    return run(ta, tb, m, n, K, a, lda, &one_seg, b, ldb, no_pre, c, ldc, &o);
 }
 
 int gemm_f32_segs(int m, int n, int nseg, const size_t *off, int klen, const float *a, int ars,
@@ -342,5 +346,29 @@ int gemm_f32_segs(int m, int n, int nseg, const size_t *off, int klen, const flo
     if (nseg < 1 || klen < 1) return -1;
     out_op o = {NULL, NULL, 0, 0, 1.0f};
     a_segs sg = {nseg, off};
-    return run(0, 1, m, n, nseg * klen, a, ars, &sg, w, nseg * klen, c, ldc, &o);
+    return run(0, 1, m, n, nseg * klen, a, ars, &sg, w, nseg * klen, no_pre, c, ldc, &o);
+}
+
+size_t gemm_f32_packed_size(int n, int K) { return (size_t)((n + NR - 1) / NR) * NR * (size_t)K; }
+
+int gemm_f32_pack_b(float *pb, int tb, const float *b, int ldb, int n, int K) {
+#ifdef GEMM_F32_X86
+    if (n <= 0 || K <= 0 || !gemm_f32_available()) return -1;
+    for (int j = 0; j < n; j += NR) {
+        int nj = n - j < NR ? n - j : NR;
+        float *d = pb + (size_t)j * K;
+        if (tb) pack_panel_t(d, b + (size_t)j * ldb, ldb, nj, K);
+        else pack_panel_n(d, b + j, ldb, nj, K);
+    }
+    return 0;
+#else
+    (void)pb, (void)tb, (void)b, (void)ldb, (void)n, (void)K;
+    return -1;
+#endif
+}
+
+int gemm_f32_prepacked(int m, int n, int K, const float *a, int lda, const float *pb, float *c,
+                       int ldc) {
+    out_op o = {NULL, NULL, 0, 0, 1.0f};
+    return run(0, 0, m, n, K, a, lda, &one_seg, NULL, 0, pb, c, ldc, &o);
 }

@@ -60,4 +60,12 @@ void gemm_f32_ref(int ta, int tb, int m, int n, int K, const float *a, int lda, 
 int gemm_f32_segs(int m, int n, int nseg, const size_t *off, int klen, const float *a, int ars,
                   const float *w, float *c, int ldc);
 
+/* B packed once for many products (a convolution's weights): op(b) (K x n; b (n, K) when tb, else
+ * (K, n)) into pb, gemm_f32_packed_size(n, K) floats, 64-byte aligned; then c (m, n) = a (m, K) times
+ * it, as gemm_f32 gives. -1 without AVX2/FMA (or out of memory in the product). */
+size_t gemm_f32_packed_size(int n, int K);
+int gemm_f32_pack_b(float *pb, int tb, const float *b, int ldb, int n, int K);
+int gemm_f32_prepacked(int m, int n, int K, const float *a, int lda, const float *pb, float *c,
+                       int ldc);
+
 #endif

@@ -156,7 +156,7 @@ typedef struct {
     float *tq, *tp, *tQ, *tK, *tV, *tO, *tA, *th;   /* token side (T rows) */
     float *Qt, *U, *Kbd, *cb;                       /* contracted attention: (NH*T, D) x 2, ... */
     float *up_t, *up_mid, *ups;                     /* upscaling; ups on the zero-padded grid */
-    float *zb, *hqm, *w1, *dot;                     /* HQ branch */
+    float *zb, *hqm, *w1, *dot, *wino;              /* HQ branch */
     float *tok, *lr, *full;
     void *block;
     size_t cap;
@@ -373,7 +373,8 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
         mlp_vec(m->hf_mlp, 3, hw, hs + (size_t)(1 + nmt) * D, hf, tmp);
         /* z = GELU(LN2d(conv3x3(ups))) on the padded grid, itself zero-padded for the next one */
         float *zacc = s->zb + (size_t)(Lp + 1) * C4;
-        sam_conv3x3_padded(zacc, s->ups, &m->mf0, L, L);
+        if (sam_conv3x3_wino(zacc, s->ups, m->mf0_wino, C8, C4, L, L, s->wino))
+            sam_conv3x3_padded(zacc, s->ups, &m->mf0, L, L);
         memset(s->zb, 0, sizeof(float) * C4 * (Lp + 1));
         memset(zacc + (size_t)L * Lp * C4, 0, sizeof(float) * C4 * Lp);
 #pragma omp parallel for schedule(static)
@@ -435,7 +436,8 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
         {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, N * C4 * 4 * 4}, {&s->up_mid, 4 * N * C4},
         {&s->ups, PADN(SAM_LOWRES, SAM_LOWRES) * C8},
         {&s->zb, m->c.hq ? ((Lp + 1) + SAM_LOWRES * Lp + Lp) * C4 : 0}, {&s->hqm, m->c.hq ? NP : 0},
-        {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0}, {&s->tok, T * D},
+        {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0},
+        {&s->wino, m->c.hq ? sam_conv3_wino_work((int)C8, (int)C4) : 0}, {&s->tok, T * D},
         {&s->lr, NP * k}, {&s->full, (size_t)SAM_IMG * SAM_IMG},
     };
     const int np = (int)(sizeof parts / sizeof parts[0]);

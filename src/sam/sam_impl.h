@@ -56,6 +56,7 @@ struct sam_model {
     sam_lin cvf0, cvf1, cvf3;               /* compress_vit_feat: ConvT(embed,dim), LN2d, ConvT(dim,dim/8) */
     sam_lin ee0, ee1, ee3;                  /* embedding_encoder: ConvT(dim,dim/4), LN2d, ConvT(dim/4,dim/8) */
     sam_conv3 mf0;                          /* embedding_maskfeature.0: (dim/8 -> dim/4) */
+    float *mf0_wino;                        /* its Winograd weights (sam_conv3_wino_pack) or NULL */
     sam_lin mf1;
     const float *mf3_w, *mf3_b;             /* embedding_maskfeature.3 as stored (dim/8, dim/4, 3, 3) */
     size_t params;
@@ -105,6 +106,14 @@ void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, f
 /* Its product alone, without bias: pad the zero-padded input (((H+2)*(W+2)+2) pixels of Cin),
  * acc (H*(W+2), Cout): pixel (y, x) at row y*(W+2) + x; rows x = W, W+1 are junk. */
 void sam_conv3x3_padded(float *acc, const float *pad, const sam_conv3 *c, int H, int W);
+/* sam_conv3x3_padded's product by Winograd F(2x2, 3x3) (H, W even): upk the 16 transformed,
+ * packed weight matrices of sam_conv3_wino_pack (torch weights (Cout, Cin, 3, 3); NULL without
+ * AVX2/FMA), work sam_conv3_wino_work(Cin, Cout) floats; serial. -1 (nothing done) when it cannot
+ * run: the caller takes sam_conv3x3_padded. Within ~1e-6 relative of the direct sum, not its bits. */
+float *sam_conv3_wino_pack(const float *w, int cout, int cin);
+size_t sam_conv3_wino_work(int cin, int cout);
+int sam_conv3x3_wino(float *acc, const float *pad, const float *upk, int cin, int cout, int H,
+                     int W, float *work);
 /* Reorders torch conv weights (Cout, Cin, 3, 3) to (Cout, 9 * Cin): k = tap * Cin + ci. */
 float *sam_conv3_reorder(const float *w, int cout, int cin);
 /* out (H, W) = for each pixel (y, x): sum over k < noff, c < C of

@@ -320,6 +320,7 @@ static carseg_status bind(sam_model *m, loader *L) {
     if (!m->neck2.w || !m->up0r || !m->up3r) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
     if (c->hq) {
         m->mf0.w = sam_conv3_reorder(mf0, D / 4, D / 8);
+        m->mf0_wino = sam_conv3_wino_pack(mf0, D / 4, D / 8);   /* NULL: the direct product */
         m->mf0.cin = D / 8, m->mf0.cout = D / 4;
         if (!m->mf0.w) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
     }
@@ -378,7 +379,7 @@ void sam_free(sam_model *m) {
     free(m->iou_head);
     cs_free(m->neck2.w);
     cs_free(m->mf0.w);
-    cs_free(m->up0r), cs_free(m->up3r);
+    cs_free(m->up0r), cs_free(m->up3r), cs_free(m->mf0_wino);
     cs_free(m->dense_pe);
     free(m);
 }
