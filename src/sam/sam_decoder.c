@@ -15,9 +15,16 @@
 #include "sam_impl.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_in_parallel(void) { return 1; }
+#endif
 
+#include "carseg.h"
 #include "nn.h"
 #include "util.h"
 
@@ -264,7 +271,10 @@ static void i2t(const sam_dattn *a, scratch *s, const float *XP, const float *Q0
     nn_sgemm(0, 0, N, D, R, 1.0f, s->S, R, s->Qt, D, 0.0f, A, D);
 }
 
-static void transformer(const sam_model *m, const sam_image *im, scratch *s, const float *tok, int T) {
+/* keep: the nkeep tokens whose outputs are read after the transformer (the last attention runs for
+ * them alone: each query token's attention is its own) */
+static void transformer(const sam_model *m, const sam_image *im, scratch *s, const float *tok, int T,
+                        const int *keep, int nkeep) {
     const int N = SAM_GRID * SAM_GRID, D = m->c.dim, NH = m->c.dec_heads;
     const float *pe = tok;   /* query_pe = the initial tokens */
     float *q = s->tq;
@@ -305,11 +315,15 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
         sam_resid_layernorm(s->keys, s->kp, X, s->A, l->i2t.o.b, l->norm4.w, l->norm4.b, m->dense_pe, N, D,
                             LN_DEC);
     }
-    /* final attention tokens to image */
-    add_mat(s->tp, q, pe, (size_t)T * D);
-    t2i(&m->fin, s, s->keys, s->kp, s->tp, T, D, NH, s->tA);
-    add_inplace(q, s->tA, (size_t)T * D);
-    sam_layernorm(q, q, m->norm_fin.w, m->norm_fin.b, T, D, LN_DEC);
+    /* final attention tokens to image, for the kept tokens */
+    for (int r = 0; r < nkeep; r++)
+        add_mat(s->tp + (size_t)r * D, q + (size_t)keep[r] * D, pe + (size_t)keep[r] * D, (size_t)D);
+    t2i(&m->fin, s, s->keys, s->kp, s->tp, nkeep, D, NH, s->tA);
+    for (int r = 0; r < nkeep; r++) {
+        float *qr = q + (size_t)keep[r] * D;
+        add_inplace(qr, s->tA + (size_t)r * D, (size_t)D);
+        sam_layernorm(qr, qr, m->norm_fin.w, m->norm_fin.b, 1, D, LN_DEC);
+    }
 }
 
 /* MLP with ReLU between layers: x (in) -> out; tmp: 2 * max width */
@@ -333,7 +347,12 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
     memcpy(tok + D, m->mask_tokens, sizeof(float) * nmt * D);
     if (hq) memcpy(tok + (size_t)(1 + nmt) * D, m->hf_token, sizeof(float) * D);
     embed_prompt(m, im, p, tok + (size_t)(1 + nmt + hq) * D);
-    transformer(m, im, s, tok, T);
+    /* the tokens read below: the IoU token, the mask tokens returned or chosen from, the HQ token */
+    int keep[20], nkeep = 0;
+    keep[nkeep++] = 0;
+    for (int j = multimask ? 1 : 0; j < (multimask ? nmt : 1); j++) keep[nkeep++] = 1 + j;
+    if (hq) keep[nkeep++] = 1 + nmt;
+    transformer(m, im, s, tok, T, keep, nkeep);
     const float *hs = s->tq;
 
     /* IoU head */
@@ -497,15 +516,33 @@ carseg_status sam_predict(const sam_model *m, sam_image *im, const sam_prompt *p
     TRY(ensure_cache(m, im));
     const int k = sam_masks_per_prompt(m, multimask);
     const size_t NP = SAM_LOWRES * SAM_LOWRES, HW = (size_t)im->ow * im->oh;
-    scratch s;
-    TRY(scratch_alloc(m, &s, Tmax, k));
+    /* several prompts: one prompt per thread at a time (each decoded serially, in the same
+     * operations as alone, so the bits do not depend on the thread count); one prompt: the
+     * threads share its products */
+    int nt = n > 1 && !omp_in_parallel() ? carseg_get_threads() : 1;
+    nt = nt < n ? nt : n;
     carseg_status st = CARSEG_OK;
-    for (int i = 0; i < n && st == CARSEG_OK; i++) {
-        float *lr = lowres ? lowres + (size_t)i * k * NP : s.lr;
-        st = decode_one(m, im, &s, &prompts[i], multimask, hq_only, iou + (size_t)i * k, lr);
-        for (int j = 0; j < k && st == CARSEG_OK && logits; j++)
-            st = postprocess(im, lr + j * NP, s.full, logits + ((size_t)i * k + j) * HW);
+    char msg[512] = "";
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        scratch s;
+        carseg_status ts = scratch_alloc(m, &s, Tmax, k);
+        const int have = ts == CARSEG_OK;
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n; i++) {
+            if (ts != CARSEG_OK) continue;
+            float *lr = lowres ? lowres + (size_t)i * k * NP : s.lr;
+            ts = decode_one(m, im, &s, &prompts[i], multimask, hq_only, iou + (size_t)i * k, lr);
+            for (int j = 0; j < k && ts == CARSEG_OK && logits; j++)
+                ts = postprocess(im, lr + j * NP, s.full, logits + ((size_t)i * k + j) * HW);
+        }
+        if (have) scratch_free(&s);
+#pragma omp critical(sam_predict_err)
+        if (ts != CARSEG_OK && st == CARSEG_OK) {
+            st = ts;
+            snprintf(msg, sizeof msg, "%s", carseg_last_error());
+        }
     }
-    scratch_free(&s);
-    return st;
+    if (st != CARSEG_OK) return set_err(st, "%s", msg);   /* a worker's message, here */
+    return CARSEG_OK;
 }
