@@ -10,7 +10,7 @@ Writes the random checkpoint (torch.save state dict, as released) to $TMPDIR, ti
 set_image (encoder) and generate() and carseg's `sam --auto` (wall, both at the same thread count,
 OMP_NUM_THREADS / torch.set_num_threads), and prints the ratio. The thresholds are 0 so that the
 selection keeps work comparable; the CPU is printed from /proc/cpuinfo."""
-import os, subprocess, sys, tempfile, time
+import os, resource, subprocess, sys, tempfile, time
 
 root = os.environ.get("SAMHQ_ROOT")
 if not root or not os.path.isdir(os.path.join(root, "segment_anything")):
@@ -79,3 +79,6 @@ print("CPU: %s, %d threads; %s HQ-SAM (random weights), %s %dx%d, %d x %d points
 print("upstream: encoder (set_image) %.1f s, generate() %.1f s, %d masks" % (t_enc, t_gen, len(recs)))
 print("carseg sam --auto (load + encoder + generator + outputs): %.1f s" % t_car)
 print("generate() / carseg: x%.2f" % (t_gen / t_car))
+print("peak resident memory: upstream (this process) %.0f MB, carseg %.0f MB"
+      % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0))

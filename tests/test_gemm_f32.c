@@ -8,6 +8,7 @@
 #include "check.h"
 #include "gemm_f32.h"
 #include "nn.h"
+#include "util.h"
 
 static float *rnd(size_t n, unsigned *s, float scale) {
     float *p = malloc(n * sizeof(float));
@@ -164,4 +165,39 @@ TEST(nn_sgemm_equal_rows_equal_bits) {
                memcmp(&C[(size_t)i * N + 5], &C[(size_t)i * N + 281], sizeof(float)) != 0;
     CHECK_MSG(!bad, "equal columns of B, %d rows where the columns of C differ", bad);
     free(A), free(B), free(C);
+}
+
+/* gemm_f32_segs (the 3x3 convolutions' product): the bits of gemm_f32 on the gathered A; and
+ * gemm_f32_prepacked: the bits of gemm_f32 with the same B */
+TEST(gemm_f32_segments_and_prepacked) {
+    NEED_KERNEL();
+    unsigned s = 11;
+    static const int ms[] = {1, 6, 7, 40}, ns[] = {1, 8, 16, 33}, kl[] = {1, 5, 32};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++)
+            for (int c = 0; c < 3; c++) {
+                int m = ms[a], n = ns[b], klen = kl[c], nseg = 9, K = nseg * klen, ars = klen + 2;
+                size_t off[9];
+                for (int g = 0; g < nseg; g++) off[g] = (size_t)((g * 7) % 11) * ars + (g % 3);
+                size_t na = (size_t)(m + 12) * ars + 64;
+                float *x = rnd(na, &s, 1), *w = rnd((size_t)n * K, &s, 1);
+                float *ga = malloc(sizeof(float) * m * K), *c1 = malloc(sizeof(float) * m * n),
+                      *c2 = malloc(sizeof(float) * m * n);
+                for (int i = 0; i < m; i++)
+                    for (int g = 0; g < nseg; g++)
+                        memcpy(ga + (size_t)i * K + g * klen, x + (size_t)i * ars + off[g], sizeof(float) * klen);
+                CHECK(gemm_f32_segs(m, n, nseg, off, klen, x, ars, w, c1, n) == 0);
+                CHECK(gemm_f32(0, 1, m, n, K, 1.0f, ga, K, w, K, 0, c2, n) == 0);
+                CHECK_MSG(!memcmp(c1, c2, sizeof(float) * m * n), "segs m %d n %d klen %d: other bits", m, n, klen);
+                float *pb = cs_malloc(sizeof(float) * gemm_f32_packed_size(n, K));
+                CHECK(gemm_f32_pack_b(pb, 1, w, K, n, K) == 0);
+                CHECK(gemm_f32_prepacked(m, n, K, ga, K, pb, c1, n) == 0);
+                CHECK_MSG(!memcmp(c1, c2, sizeof(float) * m * n), "prepacked m %d n %d K %d: other bits", m, n, K);
+                cs_free(pb);
+                free(x), free(w), free(ga), free(c1), free(c2);
+            }
+    gemm_f32_set_enabled(0);
+    float pb[16];
+    CHECK(gemm_f32_pack_b(pb, 0, pb, 1, 1, 1) == -1);   /* without the kernel: refused */
+    gemm_f32_set_enabled(1);
 }

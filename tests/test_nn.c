@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "gemm_f32.h"
 #include "nn.h"
 #include "util.h"
 
@@ -293,4 +294,46 @@ TEST(nn_products_thread_invariant) {
     CHECK_MSG(!memcmp(out[0], C2 + 5, nmn * sizeof(float)), "sgemm bits follow the alignment");
     for (int c = 0; c < nc; c++) free(out[c]);
     free(A), free(B), free(bias), free(res), free(qkv), free(A2), free(C2);
+}
+
+/* nn_gelu_rows: the AVX2 and the scalar code give the same bits, within 6e-7 of the exact GELU;
+ * nn_softmax_cols and nn_softmax_short_rows against double-precision softmaxes */
+TEST(nn_gelu_rows_paths_and_softmaxes) {
+    unsigned s = 5;
+    size_t n = 100003;
+    float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) a[i] = b[i] = -9.0f + 18.0f * (float)i / (float)n;
+    a[0] = b[0] = 0.0f, a[1] = b[1] = -0.0f;
+    nn_gelu_rows(a, n);
+    gemm_f32_set_enabled(0);
+    nn_gelu_rows(b, n);
+    gemm_f32_set_enabled(1);
+    CHECK_MSG(!memcmp(a, b, sizeof(float) * n), "nn_gelu_rows: the vector and scalar code differ");
+    double me = 0;
+    for (size_t i = 2; i < n; i++) {
+        double x = -9.0f + 18.0f * (float)i / (float)n, g = 0.5 * x * (1 + erf(x / sqrt(2.0)));
+        me = fmax(me, fabs(a[i] - g));
+    }
+    CHECK_MSG(me < 6e-7, "nn_gelu_rows: max error %.3g", me);
+    const int R = 300, C = 70, T = 5;
+    float *x = rand_buf((size_t)R * C, &s, 4), *y = malloc(sizeof(float) * R * C);
+    memcpy(y, x, sizeof(float) * R * C);
+    nn_softmax_cols(y, R, C, C, 0.5f);
+    double e1 = 0, e2 = 0;
+    for (int j = 0; j < C; j++) {
+        double mx = -1e30, sum = 0;
+        for (int i = 0; i < R; i++) mx = fmax(mx, 0.5 * x[i * C + j]);
+        for (int i = 0; i < R; i++) sum += exp(0.5 * x[i * C + j] - mx);
+        for (int i = 0; i < R; i++) e1 = fmax(e1, fabs(y[i * C + j] - exp(0.5 * x[i * C + j] - mx) / sum));
+    }
+    memcpy(y, x, sizeof(float) * R * C);
+    nn_softmax_short_rows(y, R * C / T, T, 0.25f);
+    for (int r = 0; r < R * C / T; r++) {
+        double mx = -1e30, sum = 0;
+        for (int j = 0; j < T; j++) mx = fmax(mx, 0.25 * x[r * T + j]);
+        for (int j = 0; j < T; j++) sum += exp(0.25 * x[r * T + j] - mx);
+        for (int j = 0; j < T; j++) e2 = fmax(e2, fabs(y[r * T + j] - exp(0.25 * x[r * T + j] - mx) / sum));
+    }
+    CHECK_MSG(e1 < 1e-6 && e2 < 1e-6, "softmax errors: columns %.3g, short rows %.3g", e1, e2);
+    free(a), free(b), free(x), free(y);
 }

@@ -9,7 +9,8 @@
 #include <unistd.h>
 
 #include "image.h"
-#include "sam.h"
+#include "gemm_f32.h"
+#include "sam_impl.h"
 #include "util.h"
 #include "weights.h"
 
@@ -205,6 +206,11 @@ TEST(sam_thread_invariance) {
         REQUIRE(si);
         memcpy(cur, sam_image_embedding(si), sizeof(float) * NE);
         CHECK_OK(sam_predict(m, si, pr, 2, 1, 0, cur + NE + 2 * HW, NULL, cur + NE));
+        float *alone = malloc(sizeof(float) * HW), iou1;   /* the second prompt alone: the same bits */
+        CHECK_OK(sam_predict(m, si, pr + 1, 1, 1, 0, &iou1, NULL, alone));
+        CHECK_MSG(!memcmp(alone, cur + NE + HW, sizeof(float) * HW) && iou1 == cur[NE + 2 * HW + 1],
+                  "%d threads: a prompt decoded with another differs from it alone", t);
+        free(alone);
         sam_image_free(si);
         if (!first) {
             first = malloc(sizeof(float) * (NE + 2 * HW + 2));
@@ -295,4 +301,52 @@ TEST(sam_hostile_checkpoints) {
     CHECK(sam_predict(m, si, &nanp, 1, 1, 0, iou, NULL, NULL) == CARSEG_EINVAL);
     sam_image_free(si);
     sam_free(m);
+}
+
+/* the decoder's convolution kernels: Winograd F(2x2, 3x3) within 1e-5 of the direct product (the
+ * nine taps as segments, its scalar twin written out here), and sam_dot_pixels's vector and
+ * scalar code giving the same bits */
+TEST(sam_conv_kernels) {
+    if (!gemm_f32_available()) SKIP("needs AVX2 and FMA (x86-64): this CPU or build lacks them");
+    unsigned s = 3;
+    const int H = 10, W = 14, cin = 8, cout = 16, Wp = W + 2;
+    const size_t np = (size_t)(H + 2) * Wp + 2;
+    float *w = malloc(sizeof(float) * cout * cin * 9), *pad = calloc(np * cin, sizeof(float));
+    for (int i = 0; i < cout * cin * 9; i++) w[i] = test_randf(&s);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int c = 0; c < cin; c++) pad[((size_t)(y + 1) * Wp + x + 1) * cin + c] = test_randf(&s);
+    sam_conv3 cv = {sam_conv3_reorder(w, cout, cin), NULL, cin, cout};
+    float *upk = sam_conv3_wino_pack(w, cout, cin);
+    float *work = malloc(sizeof(float) * sam_conv3_wino_work(cin, cout));
+    float *a1 = calloc((size_t)H * Wp * cout, sizeof(float)), *a2 = calloc((size_t)H * Wp * cout, sizeof(float));
+    REQUIRE(cv.w && upk);
+    sam_conv3x3_padded(a1, pad, &cv, H, W);
+    CHECK(sam_conv3x3_wino(a2, pad, upk, cin, cout, H, W, work) == 0);
+    CHECK(sam_conv3x3_wino(a2, pad, upk, cin, cout, H - 1, W, work) == -1);   /* odd: refused */
+    double me = 0, mx = 0;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int o = 0; o < cout; o++) {
+                double ref = 0;
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++)
+                        for (int c = 0; c < cin; c++)
+                            ref += (double)pad[((size_t)(y + ky) * Wp + x + kx) * cin + c] *
+                                   w[((size_t)o * cin + c) * 9 + ky * 3 + kx];
+                size_t q = ((size_t)y * Wp + x) * cout + o;
+                me = fmax(me, fmax(fabs(a1[q] - ref), fabs(a2[q] - ref)));
+                mx = fmax(mx, fabs(ref));
+            }
+    CHECK_MSG(me < 1e-5 * mx, "conv3x3: error %.3g of %.3g", me, mx);
+    size_t off[9];
+    for (int k = 0; k < 9; k++) off[k] = ((size_t)(k / 3) * Wp + k % 3) * cin;
+    float *d1 = malloc(sizeof(float) * H * W), *d2 = malloc(sizeof(float) * H * W);
+    sam_dot_pixels(d1, pad, Wp, off, 9, w, cin, H, W);
+    gemm_f32_set_enabled(0);
+    sam_dot_pixels(d2, pad, Wp, off, 9, w, cin, H, W);
+    gemm_f32_set_enabled(1);
+    CHECK_MSG(!memcmp(d1, d2, sizeof(float) * H * W), "sam_dot_pixels: vector and scalar code differ");
+    free(w), free(pad), free(work), free(a1), free(a2), free(d1), free(d2);
+    cs_free(cv.w), cs_free(upk);
 }

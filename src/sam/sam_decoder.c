@@ -8,10 +8,14 @@
  * on the image alone. Here the image-only parts are computed once per image and kept in the
  * sam_image (embedding + no-mask embedding, + dense PE, the first layer's image-side projections,
  * HQ-SAM's hq_features); each prompt then runs only its own part, in the same float operations
- * whatever else is decoded with it. Two exact algebraic shortcuts: only the mask tokens whose
- * masks are returned get their hypernetwork product, and HQ-SAM's last embedding_maskfeature
- * convolution is folded into the HQ token's hypernetwork vector (hyper . (W z + b + f) =
- * (hyper W) z + hyper . (b + f)), one output channel instead of dim/8. */
+ * whatever else is decoded with it. Exact algebraic shortcuts: the attention between the tokens
+ * and the image is contracted through its projections (t2i, i2t below: products of N x D x 8T
+ * instead of projections of the whole image), the last attention runs for the tokens read after
+ * it, only the mask tokens whose masks are returned get their hypernetwork product, and HQ-SAM's
+ * last embedding_maskfeature convolution is folded into the HQ token's hypernetwork vector
+ * (hyper . (W z + b + f) = (hyper W) z + hyper . (b + f)), one output channel instead of dim/8.
+ * Its first convolution runs as Winograd F(2x2, 3x3) (sam_ops.c). Each prompt is decoded by one
+ * thread, in a scratch block kept per thread (cs_spare). */
 #include "sam_impl.h"
 
 #include <math.h>
@@ -452,7 +456,7 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
         {&s->keys, N * D}, {&s->kp, N * D}, {&s->A, N * D}, {&s->S, N * (R > T ? R : T) + T * T},
         {&s->tq, T * D}, {&s->tp, T * D}, {&s->tQ, T * I}, {&s->tK, T * I}, {&s->tV, T * I},
         {&s->tO, T * I}, {&s->tA, T * D}, {&s->th, T * W}, {&s->Qt, R * D}, {&s->U, R * D},
-        {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, N * C4 * 4 * 4}, {&s->up_mid, 4 * N * C4},
+        {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, 2 * N * D}, {&s->up_mid, 4 * N * C4},
         {&s->ups, PADN(SAM_LOWRES, SAM_LOWRES) * C8},
         {&s->zb, m->c.hq ? ((Lp + 1) + SAM_LOWRES * Lp + Lp) * C4 : 0}, {&s->hqm, m->c.hq ? NP : 0},
         {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0},

@@ -1,8 +1,10 @@
 /* sam_ops.c — the layer operations SAM needs beyond nn.c: LayerNorm with SAM's eps (1e-6 in the
- * encoder and LayerNorm2d, 1e-5 in the two-way transformer), exact GELU (nn.GELU), ReLU, the
- * 2x2 stride-2 transposed convolutions and 3x3 convolutions as products on nn_sgemm (shape-only
- * tiles: the same bits at any thread count), and torch's bilinear interpolation.
- * Every row-wise reduction is done by one thread, so results never depend on the thread count. */
+ * encoder and LayerNorm2d, 1e-5 in the two-way transformer), GELU (nn.GELU, nn_gelu_rows), ReLU,
+ * the 2x2 stride-2 transposed convolutions (with their LayerNorm2d / GELU fused), 3x3
+ * convolutions as one product with the taps as segments of k (gemm_f32_segs) or by Winograd
+ * F(2x2, 3x3), per-pixel dot products, and torch's bilinear interpolation.
+ * Every row-wise reduction is done by one thread in a fixed order of lanes, so results never
+ * depend on the thread count or the vector width. */
 #include "sam_impl.h"
 
 #include <math.h>
