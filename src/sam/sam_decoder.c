@@ -541,7 +541,7 @@ carseg_status sam_predict(const sam_model *m, sam_image *im, const sam_prompt *p
                 ts = postprocess(im, lr + j * NP, s.full, logits + ((size_t)i * k + j) * HW);
         }
         if (have) scratch_free(&s);
-#pragma omp critical(sam_predict_err)
+#pragma omp critical
         if (ts != CARSEG_OK && st == CARSEG_OK) {
             st = ts;
             snprintf(msg, sizeof msg, "%s", carseg_last_error());
