@@ -10,10 +10,11 @@
  * deleted afterwards. Random weights make the masks meaningless; the work per prompt is that of
  * a real checkpoint. The thresholds are 0 so that the selection keeps every mask.
  *
- *   bench_sam [--points N] [--vitb-points N] [--no-vitb] [--image FILE]
+ *   bench_sam [--points N] [--vitb-points N] [--arch vit_b|vit_l|vit_h] [--no-vitb] [--image FILE]
  *     --points N       the generator's points per side on the fixture model (default 16)
- *     --vitb-points N  the same on ViT-B (default 8: 64 prompts; CaR's setting is 64, 4 096
- *                      prompts, about 100x longer)
+ *     --vitb-points N  the same on the large model (default 8: 64 prompts; CaR's setting is 64,
+ *                      4 096 prompts, about 100x longer)
+ *     --arch A         the large model's architecture (default vit_b; vit_h's file is 2.5 GB)
  *     --no-vitb        the fixture model only
  *     --image FILE     default ../shared/fixtures/sam/coffee_360x240/input.png
  * Threads: carseg_set_threads / OMP_NUM_THREADS (default all cores). Prints the CPU (model name,
@@ -292,7 +293,7 @@ static int run_model(const char *label, const char *path, const char *image, int
     /* the encoder: the best of 3 by wall time (1 for a large model: it takes seconds) */
     carseg_sam_image *im = NULL;
     stamp t_enc = {1e30, 1e30};
-    int reps = strstr(label, "ViT-B") ? 1 : 3;
+    int reps = strstr(label, "ViT-") ? 1 : 3;
     for (int r = 0; r < reps; r++) {
         carseg_sam_image_free(im);
         im = NULL;
@@ -372,16 +373,31 @@ static int in_child(const char *label, const char *path, const char *image, int 
 
 int main(int argc, char **argv) {
     int pps = 16, vitb_pps = 8, vitb = 1;
-    const char *image = NULL;
+    const char *image = NULL, *arch = "vit_b";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--points") && i + 1 < argc) pps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--vitb-points") && i + 1 < argc) vitb_pps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-vitb")) vitb = 0;
+        else if (!strcmp(argv[i], "--arch") && i + 1 < argc) arch = argv[++i];
         else if (!strcmp(argv[i], "--image") && i + 1 < argc) image = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_sam [--points N] [--vitb-points N] [--no-vitb] [--image FILE]\n");
+            fprintf(stderr, "usage: bench_sam [--points N] [--vitb-points N] [--arch vit_b|vit_l|vit_h] "
+                            "[--no-vitb] [--image FILE]\n");
             return 2;
         }
+    }
+    /* segment_anything's build_sam_vit_{b,l,h}: embed, depth, heads, global blocks */
+    static const struct { const char *name, *label; hq_shape s; } archs[] = {
+        {"vit_b", "HQ-SAM ViT-B, RANDOM WEIGHTS of the real shapes", {768, 12, 12, {2, 5, 8, 11}, 4, 14, 256, 2048, 256}},
+        {"vit_l", "HQ-SAM ViT-L, RANDOM WEIGHTS of the real shapes", {1024, 24, 16, {5, 11, 17, 23}, 4, 14, 256, 2048, 256}},
+        {"vit_h", "HQ-SAM ViT-H, RANDOM WEIGHTS of the real shapes", {1280, 32, 16, {7, 15, 23, 31}, 4, 14, 256, 2048, 256}},
+    };
+    int ai = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(arch, archs[i].name)) ai = i;
+    if (ai < 0) {
+        fprintf(stderr, "bench_sam: --arch: unknown architecture '%s' (vit_b, vit_l or vit_h)\n", arch);
+        return 2;
     }
     if (pps < 1 || pps > 1024 || vitb_pps < 1 || vitb_pps > 1024) {
         fprintf(stderr, "bench_sam: points per side must be in [1, 1024]\n");
@@ -400,19 +416,18 @@ int main(int argc, char **argv) {
     if (rc || !vitb) return rc;
     const char *tmp = getenv("TMPDIR");
     char path[1024];
-    snprintf(path, sizeof path, "%s/carseg_bench_sam_vit_b_%ld.safetensors", tmp && *tmp ? tmp : "/tmp",
-             (long)getpid());
-    const hq_shape vit_b = {768, 12, 12, {2, 5, 8, 11}, 4, 14, 256, 2048, 256};
+    snprintf(path, sizeof path, "%s/carseg_bench_sam_%s_%ld.safetensors", tmp && *tmp ? tmp : "/tmp",
+             arch, (long)getpid());
     uint64_t bytes = 0;
     double t0 = now_s();
-    if (write_hq(path, &vit_b, &bytes) != 0) {
+    if (write_hq(path, &archs[ai].s, &bytes) != 0) {
         fprintf(stderr, "bench_sam: cannot write %s (disk space?)\n", path);
         remove(path);
         return 1;
     }
-    printf("bench_sam: wrote a random-weight HQ-SAM ViT-B (real shapes, float32) to %s: %.1f MB, %.1f s\n",
-           path, bytes / 1048576.0, now_s() - t0);
-    rc = in_child("HQ-SAM ViT-B, RANDOM WEIGHTS of the real shapes", path, image, vitb_pps);
+    printf("bench_sam: wrote a random-weight HQ-SAM %s (real shapes, float32) to %s: %.1f MB, %.1f s\n",
+           arch, path, bytes / 1048576.0, now_s() - t0);
+    rc = in_child(archs[ai].label, path, image, vitb_pps);
     remove(path);
     return rc;
 }

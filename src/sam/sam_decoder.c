@@ -168,12 +168,14 @@ typedef struct {
     float *Qt, *U, *Kbd, *cb;                       /* contracted attention: (NH*T, D) x 2, ... */
     float *up_t, *up_mid, *ups;                     /* upscaling; ups on the zero-padded grid */
     float *zb, *hqm, *w1, *dot, *wino;              /* HQ branch */
+    float *hyp;                                     /* the hypernetwork vectors used */
     float *tok, *lr, *full;
     void *block;
     size_t cap;
 } scratch;
 
 #define PADN(h, w) ((size_t)((h) + 2) * ((w) + 2) + 2)   /* a zero-padded map's pixels */
+#define SAM_BAND 4   /* rows of the upscaling's 128 x 128 map per band (even) */
 
 /* out (Nq, I) = softmax(Q K^T / sqrt(hd)) V per head; P: Nq*Nk (the first layer's token-to-image
  * attention on the cached k0, v0) */
@@ -367,50 +369,28 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
     wi[c->iou_depth] = nmt;
     mlp_vec(m->iou_head, c->iou_depth, wi, hs, iou, tmp);
 
-    /* upscaling: ConvT, LayerNorm2d, GELU, ConvT, GELU -> (256*256, D/8) on the zero-padded grid
-     * (the HQ branch's 3x3 convolution reads it there) */
-    const int G = SAM_GRID, L = SAM_LOWRES, Lp = L + 2, C8 = D / 8, C4 = D / 4;
-    sam_convt2_fused(s->up_mid, 0, 2 * G, s->keys, m->up0r, m->up0.b, G, G, D, C4, &m->up1, LN_2D, 1,
-                     s->up_t);
-    memset(s->ups, 0, sizeof(float) * C8 * (Lp + 1));
-    memset(s->ups + (size_t)(PADN(L, L) - Lp - 1) * C8, 0, sizeof(float) * C8 * (Lp + 1));
-    for (int y = 1; y <= L; y++) {
-        memset(s->ups + ((size_t)y * Lp + L + 1) * C8, 0, sizeof(float) * 2 * C8);
-    }
-    sam_convt2_fused(s->ups, (size_t)Lp + 1, Lp, s->up_mid, m->up3r, m->up3.b, 2 * G, 2 * G, C4, C8,
-                     NULL, 0, 1, s->up_t);
-
-    const int NP = L * L;
+    /* The upscaling and the masks, in bands of BAND rows of the 128 x 128 map, each band's rows
+     * used while they are in cache (the whole maps are 4-8 MB per prompt, and two prompts at a
+     * time overflow the caches): ConvT, LayerNorm2d, GELU (up_mid, one band), ConvT, GELU (ups,
+     * 256 x 256 x D/8 on the zero-padded grid), then what those rows allow: for HQ-SAM a row of
+     * z = GELU(LN2d(conv3x3(ups))) needs the rows of ups either side and a row of the HQ mask
+     * the rows of z either side. Every value is computed once, by the same operations as on the
+     * whole maps. */
+    const int G = SAM_GRID, L = SAM_LOWRES, Lp = L + 2, C8 = D / 8, C4 = D / 4, NP = L * L;
     int hw[4] = {D, D, D, C8};
-    float hyper[1024];
-    const float *ups0 = s->ups + (size_t)(Lp + 1) * C8;   /* pixel (0, 0); rows Lp apart */
+    int j0 = multimask ? 1 : 0, j1 = multimask ? nmt : 1;   /* the SAM masks returned */
+    float hf[1024], cb = 0;
+    size_t off0 = 0, off9[9];
     if (hq) {
         /* multimask: the best of the multimask tokens by predicted IoU (torch.max, first max) */
-        int j = multimask ? 1 : 0;
+        int j = j0;
         for (int t = 2; multimask && t < nmt; t++)
             if (iou[t] > iou[j]) j = t;
         iou_out[0] = iou[j];
-        float *lr = lowres_out;
-        /* the HQ mask: hf_mlp(token), folded into embedding_maskfeature.3 */
-        float hf[1024];
+        j0 = j, j1 = hq_only ? j : j + 1;   /* its hypernetwork vector unless hq_only */
+        /* the HQ mask: hf_mlp(token), folded into embedding_maskfeature.3: w1 (9 x (1, C4)) =
+         * sum_co hf[co] W3[co, ci, k], the constant hf . b3 */
         mlp_vec(m->hf_mlp, 3, hw, hs + (size_t)(1 + nmt) * D, hf, tmp);
-        /* z = GELU(LN2d(conv3x3(ups))) on the padded grid, itself zero-padded for the next one */
-        float *zacc = s->zb + (size_t)(Lp + 1) * C4;
-        if (sam_conv3x3_wino(zacc, s->ups, m->mf0_wino, C8, C4, L, L, s->wino))
-            sam_conv3x3_padded(zacc, s->ups, &m->mf0, L, L);
-        memset(s->zb, 0, sizeof(float) * C4 * (Lp + 1));
-        memset(zacc + (size_t)L * Lp * C4, 0, sizeof(float) * C4 * Lp);
-#pragma omp parallel for schedule(static)
-        for (int y = 0; y < L; y++) {
-            float *r = zacc + (size_t)y * Lp * C4;
-            for (int x = 0; x < L; x++)
-                for (int ch = 0; ch < C4; ch++) r[(size_t)x * C4 + ch] += m->mf0.b[ch];
-            sam_layernorm(r, r, m->mf1.w, m->mf1.b, L, C4, LN_2D);
-            nn_gelu_rows(r, (size_t)L * C4);
-            memset(r + (size_t)L * C4, 0, sizeof(float) * 2 * C4);
-        }
-        /* w1 (9 x (1, C4)): sum_co hf[co] W3[co, ci, k]; the constant hf . b3 */
-        float cb = 0;
         for (int co = 0; co < C8; co++) cb += hf[co] * m->mf3_b[co];
         for (int k = 0; k < 9; k++)
             for (int ci = 0; ci < C4; ci++) {
@@ -418,28 +398,70 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
                 for (int co = 0; co < C8; co++) a += hf[co] * m->mf3_w[((size_t)co * C4 + ci) * 9 + k];
                 s->w1[k * C4 + ci] = a;
             }
-        /* hqm = conv(z; w1) + hf . hq_features + cb */
-        size_t off9[9];
         for (int k = 0; k < 9; k++) off9[k] = ((size_t)(k / 3) * Lp + k % 3) * C4;
-        sam_dot_pixels(s->hqm, s->zb, Lp, off9, 9, s->w1, C4, L, L);
-        size_t off0 = 0;
-        sam_dot_pixels(s->dot, im->hq_feat, L, &off0, 1, hf, C8, L, L);
-        for (int q = 0; q < NP; q++) s->hqm[q] += cb + s->dot[q];
-        if (hq_only) {
-            memcpy(lr, s->hqm, sizeof(float) * NP);
-        } else {
-            mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, hyper, tmp);
-            sam_dot_pixels(lr, ups0, Lp, &off0, 1, hyper, C8, L, L);
-            for (int q = 0; q < NP; q++) lr[q] += s->hqm[q];
-        }
     } else {
-        int j0 = multimask ? 1 : 0, j1 = multimask ? nmt : 1;
-        size_t off0 = 0;
-        for (int j = j0; j < j1; j++) {
-            iou_out[j - j0] = iou[j];
-            mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, hyper, tmp);
-            sam_dot_pixels(lowres_out + (size_t)(j - j0) * NP, ups0, Lp, &off0, 1, hyper, C8, L, L);
+        for (int j = j0; j < j1; j++) iou_out[j - j0] = iou[j];
+    }
+    for (int j = j0; j < j1; j++)
+        mlp_vec(m->hyper + 3 * j, 3, hw, hs + (size_t)(1 + j) * D, s->hyp + (size_t)(j - j0) * C8, tmp);
+
+    memset(s->ups, 0, sizeof(float) * C8 * (Lp + 1));   /* the borders of the padded grids */
+    memset(s->ups + (size_t)(PADN(L, L) - Lp - 1) * C8, 0, sizeof(float) * C8 * (Lp + 1));
+    for (int y = 1; y <= L; y++) memset(s->ups + ((size_t)y * Lp + L + 1) * C8, 0, sizeof(float) * 2 * C8);
+    float *zacc = s->zb + (size_t)(Lp + 1) * C4;   /* z pixel (0, 0); rows Lp apart */
+    if (hq) {
+        memset(s->zb, 0, sizeof(float) * C4 * (Lp + 1));
+        memset(zacc + (size_t)L * Lp * C4, 0, sizeof(float) * C4 * Lp);
+    }
+    const float *ups0 = s->ups + (size_t)(Lp + 1) * C8;   /* ups pixel (0, 0); rows Lp apart */
+    int zdone = 0, done = 0;   /* rows of z, of the masks, done */
+    for (int b0 = 0; b0 < 2 * G; b0 += SAM_BAND) {
+        const int b1 = b0 + SAM_BAND < 2 * G ? b0 + SAM_BAND : 2 * G, last = b1 == 2 * G;
+        sam_convt2_fused(s->up_mid, 0, 2 * G, s->keys + (size_t)(b0 / 2) * G * D, m->up0r, m->up0pk,
+                         m->up0.b, (b1 - b0) / 2, G, D, C4, &m->up1, LN_2D, 1, s->up_t);
+        sam_convt2_fused(s->ups, (size_t)Lp + 1 + (size_t)2 * b0 * Lp, Lp, s->up_mid, m->up3r, m->up3pk,
+                         m->up3.b, b1 - b0, 2 * G, C4, C8, NULL, 0, 1, s->up_t);
+        int r1 = last ? L : 2 * b1;   /* the rows of ups done */
+        if (hq) {
+            const int z1 = last ? L : r1 - 2;   /* whole 2-row tiles of z with their rows of ups */
+            float *za = zacc + (size_t)zdone * Lp * C4;
+            const float *ua = s->ups + (size_t)zdone * Lp * C8;
+            if (sam_conv3x3_wino(za, ua, m->mf0_wino, C8, C4, z1 - zdone, L, s->wino))
+                sam_conv3x3_padded(za, ua, &m->mf0, z1 - zdone, L);
+#pragma omp parallel for schedule(static)
+            for (int y = zdone; y < z1; y++) {
+                float *r = zacc + (size_t)y * Lp * C4;
+                for (int x = 0; x < L; x++)
+                    for (int ch = 0; ch < C4; ch++) r[(size_t)x * C4 + ch] += m->mf0.b[ch];
+                sam_layernorm(r, r, m->mf1.w, m->mf1.b, L, C4, LN_2D);
+                nn_gelu_rows(r, (size_t)L * C4);
+                memset(r + (size_t)L * C4, 0, sizeof(float) * 2 * C4);
+            }
+            zdone = z1;
+            r1 = last ? L : z1 - 1;   /* the rows of the masks that z allows */
         }
+        const int nr = r1 - done;
+        if (nr <= 0) continue;
+        const float *ur = ups0 + (size_t)done * Lp * C8;
+        if (hq) {
+            /* hqm = conv(z; w1) + hf . hq_features + cb; the mask: hyper . ups + hqm */
+            float *hm = s->hqm + (size_t)done * L, *dt = s->dot + (size_t)done * L;
+            float *lr = lowres_out + (size_t)done * L;
+            sam_dot_pixels(hm, s->zb + (size_t)done * Lp * C4, Lp, off9, 9, s->w1, C4, nr, L);
+            sam_dot_pixels(dt, im->hq_feat + (size_t)done * L * C8, L, &off0, 1, hf, C8, nr, L);
+            for (int q = 0; q < nr * L; q++) hm[q] += cb + dt[q];
+            if (hq_only) {
+                memcpy(lr, hm, sizeof(float) * nr * L);
+            } else {
+                sam_dot_pixels(lr, ur, Lp, &off0, 1, s->hyp, C8, nr, L);
+                for (int q = 0; q < nr * L; q++) lr[q] += hm[q];
+            }
+        } else {
+            for (int j = j0; j < j1; j++)
+                sam_dot_pixels(lowres_out + (size_t)(j - j0) * NP + (size_t)done * L, ur, Lp, &off0, 1,
+                               s->hyp + (size_t)(j - j0) * C8, C8, nr, L);
+        }
+        done = r1;
     }
     return CARSEG_OK;
 }
@@ -456,7 +478,8 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
         {&s->keys, N * D}, {&s->kp, N * D}, {&s->A, N * D}, {&s->S, N * (R > T ? R : T) + T * T},
         {&s->tq, T * D}, {&s->tp, T * D}, {&s->tQ, T * I}, {&s->tK, T * I}, {&s->tV, T * I},
         {&s->tO, T * I}, {&s->tA, T * D}, {&s->th, T * W}, {&s->Qt, R * D}, {&s->U, R * D},
-        {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, 2 * N * D}, {&s->up_mid, 4 * N * C4},
+        {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, (size_t)SAM_BAND * SAM_GRID * D},
+        {&s->up_mid, (size_t)SAM_BAND * 2 * SAM_GRID * C4}, {&s->hyp, (size_t)m->c.n_mask_tokens * C8},
         {&s->ups, PADN(SAM_LOWRES, SAM_LOWRES) * C8},
         {&s->zb, m->c.hq ? ((Lp + 1) + SAM_LOWRES * Lp + Lp) * C4 : 0}, {&s->hqm, m->c.hq ? NP : 0},
         {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0},

@@ -50,6 +50,7 @@ struct sam_model {
     const float *iou_token, *mask_tokens, *hf_token;
     sam_lin up0, up1, up3;                  /* ConvT (dim, dim/4, 2, 2); LN2d; ConvT (dim/4, dim/8) */
     float *up0r, *up3r;                     /* their weights by sam_convt2_reorder */
+    float *up0pk, *up3pk;                   /* those packed (sam_convt2_pack) or NULL */
     sam_lin *hyper;                         /* n_mask_tokens x 3 layers */
     sam_lin hf_mlp[3];
     sam_lin *iou_head;                      /* iou_depth layers */
@@ -93,11 +94,15 @@ void sam_convt2(float *out, const float *x, const float *w, const float *b, int 
  * (2 dy + dx) * Cout + co, and the rest fused: output pixel (2y+dy, 2x+dx) at
  * out + (o0 + (2y+dy) * ow + 2x+dx) * Cout (ow: the output's row stride in pixels, o0 its origin:
  * a zero-padded map's interior), + bias, then LayerNorm2d (ln, eps) when ln is not NULL, GELU when
- * gelu. tmp: H*W*4*Cout floats. */
-void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4, const float *b,
-                      int H, int W, int cin, int cout, const sam_lin *ln, float eps, int gelu,
-                      float *tmp);
+ * gelu. tmp: H*W*4*Cout floats. w4pk: w4 packed by sam_convt2_pack, or NULL; taken (serially, no
+ * packing per call) inside a parallel region; the same bits either way. */
+void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4,
+                      const float *w4pk, const float *b, int H, int W, int cin, int cout,
+                      const sam_lin *ln, float eps, int gelu, float *tmp);
 float *sam_convt2_reorder(const float *w, int cin, int cout);
+/* w4 (Cin, 4 * Cout) packed for gemm_f32_prepacked, the w4pk of sam_convt2_fused (NULL without
+ * the AVX2 kernel or memory: sam_convt2_fused then takes nn_sgemm on w4) */
+float *sam_convt2_pack(const float *w4, int cin, int cout);
 /* Conv2d 3x3 padding 1 as one product over the zero-padded input (the nine taps as segments of
  * the inner sum): x (H*W, Cin) -> out (H*W, Cout). pad: ((H+2)*(W+2)+2)*Cin floats, acc:
  * H*(W+2)*Cout floats. */

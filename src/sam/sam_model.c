@@ -318,6 +318,8 @@ static carseg_status bind(sam_model *m, loader *L) {
     m->up0r = sam_convt2_reorder(m->up0.w, D, D / 4);
     m->up3r = sam_convt2_reorder(m->up3.w, D / 4, D / 8);
     if (!m->neck2.w || !m->up0r || !m->up3r) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
+    m->up0pk = sam_convt2_pack(m->up0r, D, D / 4);   /* NULL: nn_sgemm on up0r / up3r */
+    m->up3pk = sam_convt2_pack(m->up3r, D / 4, D / 8);
     if (c->hq) {
         m->mf0.w = sam_conv3_reorder(mf0, D / 4, D / 8);
         m->mf0_wino = sam_conv3_wino_pack(mf0, D / 4, D / 8);   /* NULL: the direct product */
@@ -379,7 +381,7 @@ void sam_free(sam_model *m) {
     free(m->iou_head);
     cs_free(m->neck2.w);
     cs_free(m->mf0.w);
-    cs_free(m->up0r), cs_free(m->up3r), cs_free(m->mf0_wino);
+    cs_free(m->up0r), cs_free(m->up3r), cs_free(m->mf0_wino), cs_free(m->up0pk), cs_free(m->up3pk);
     cs_free(m->dense_pe);
     free(m);
 }

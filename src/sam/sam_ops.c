@@ -118,6 +118,13 @@ void sam_convt2(float *out, const float *x, const float *w, const float *b, int 
         }
 }
 
+float *sam_convt2_pack(const float *w4, int cin, int cout) {
+    const size_t n = gemm_f32_packed_size(4 * cout, cin);
+    float *pk = gemm_f32_available() ? cs_malloc(sizeof(float) * n) : NULL;
+    if (pk && gemm_f32_pack_b(pk, 0, w4, 4 * cout, 4 * cout, cin)) cs_free(pk), pk = NULL;
+    return pk;
+}
+
 float *sam_convt2_reorder(const float *w, int cin, int cout) {
     float *r = cs_malloc(sizeof(float) * 4 * (size_t)cout * cin);
     if (!r) return NULL;
@@ -128,11 +135,12 @@ float *sam_convt2_reorder(const float *w, int cin, int cout) {
     return r;
 }
 
-void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4, const float *b,
-                      int H, int W, int cin, int cout, const sam_lin *ln, float eps, int gelu,
-                      float *tmp) {
+void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4,
+                      const float *w4pk, const float *b, int H, int W, int cin, int cout,
+                      const sam_lin *ln, float eps, int gelu, float *tmp) {
     const int n4 = 4 * cout;
-    nn_sgemm(0, 0, H * W, n4, cin, 1.0f, x, cin, w4, n4, 0.0f, tmp, n4);
+    if (!w4pk || free_threads() > 1 || gemm_f32_prepacked(H * W, n4, cin, x, cin, w4pk, tmp, n4))
+        nn_sgemm(0, 0, H * W, n4, cin, 1.0f, x, cin, w4, n4, 0.0f, tmp, n4);
 #pragma omp parallel for schedule(static) if ((size_t)H * W * cout > 65536)
     for (int y = 0; y < H; y++) {
         for (int xx = 0; xx < W; xx++) {
