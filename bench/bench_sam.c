@@ -16,6 +16,7 @@
  *                      4 096 prompts, about 100x longer)
  *     --arch A         the large model's architecture (default vit_b; vit_h's file is 2.5 GB)
  *     --no-vitb        the fixture model only
+ *     --reps N         the 64-prompt decoder call N times, the best wall time reported (default 1)
  *     --image FILE     default ../shared/fixtures/sam/coffee_360x240/input.png
  * Threads: carseg_set_threads / OMP_NUM_THREADS (default all cores). Prints the CPU (model name,
  * whether avx512f and amx_tile are present) and the load average: figures taken while the machine
@@ -282,6 +283,8 @@ static int fail(const char *what) {
     return 1;
 }
 
+static int g_reps = 1;
+
 static int run_model(const char *label, const char *path, const char *image, int pps) {
     uint8_t *rgb = NULL;
     int w = 0, h = 0;
@@ -320,9 +323,13 @@ static int run_model(const char *label, const char *path, const char *image, int
     t0 = stamp_now();
     if (carseg_sam_predict(m, im, pr, 1, 1, 0, iou, logits) != CARSEG_OK) return fail("carseg_sam_predict");
     stamp t_first = since(t0);
-    t0 = stamp_now();
-    if (carseg_sam_predict(m, im, pr, NB, 1, 0, iou, logits) != CARSEG_OK) return fail("carseg_sam_predict");
-    stamp t_batch = since(t0);
+    stamp t_batch = {1e30, 1e30};
+    for (int r = 0; r < g_reps; r++) {
+        t0 = stamp_now();
+        if (carseg_sam_predict(m, im, pr, NB, 1, 0, iou, logits) != CARSEG_OK) return fail("carseg_sam_predict");
+        stamp t = since(t0);
+        if (t.wall < t_batch.wall) t_batch = t;
+    }
     free(logits);
     /* the generator on the encoded image (thresholds 0: every mask goes through the selection) */
     carseg_sam_amg_params ap;
@@ -344,8 +351,8 @@ static int run_model(const char *label, const char *path, const char *image, int
     printf("  encoder (set_image)         %8.3f  %8.3f%s\n", t_enc.wall, t_enc.cpu, reps > 1 ? "  (best of 3)" : "");
     printf("  decoder, first prompt       %8.3f  %8.3f  (fills the image's decoder cache)\n", t_first.wall, t_first.cpu);
     printf("  decoder, 64 prompts / call  %8.3f  %8.3f  = %.2f ms wall, %.2f ms CPU per prompt "
-           "(carseg_sam_predict, multimask)\n", t_batch.wall, t_batch.cpu, t_batch.wall * 1e3 / NB,
-           t_batch.cpu * 1e3 / NB);
+           "(carseg_sam_predict, multimask%s)\n", t_batch.wall, t_batch.cpu, t_batch.wall * 1e3 / NB,
+           t_batch.cpu * 1e3 / NB, g_reps > 1 ? "; best of --reps" : "");
     printf("  generator %4d x %-4d points %8.3f  %8.3f  = %.2f ms wall, %.2f ms CPU per prompt, %d records "
            "(encoder excluded)\n", pps, pps, t_gen.wall, t_gen.cpu, t_gen.wall * 1e3 / np, t_gen.cpu * 1e3 / np, n_rec);
     printf("  encoder + generator         %8.3f  %8.3f\n", t_enc.wall + t_gen.wall, t_enc.cpu + t_gen.cpu);
@@ -379,10 +386,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--vitb-points") && i + 1 < argc) vitb_pps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-vitb")) vitb = 0;
         else if (!strcmp(argv[i], "--arch") && i + 1 < argc) arch = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--image") && i + 1 < argc) image = argv[++i];
         else {
             fprintf(stderr, "usage: bench_sam [--points N] [--vitb-points N] [--arch vit_b|vit_l|vit_h] "
-                            "[--no-vitb] [--image FILE]\n");
+                            "[--no-vitb] [--reps N] [--image FILE]\n");
             return 2;
         }
     }
@@ -397,6 +405,10 @@ int main(int argc, char **argv) {
         if (!strcmp(arch, archs[i].name)) ai = i;
     if (ai < 0) {
         fprintf(stderr, "bench_sam: --arch: unknown architecture '%s' (vit_b, vit_l or vit_h)\n", arch);
+        return 2;
+    }
+    if (g_reps < 1 || g_reps > 1000) {
+        fprintf(stderr, "bench_sam: --reps must be in [1, 1000]\n");
         return 2;
     }
     if (pps < 1 || pps > 1024 || vitb_pps < 1 || vitb_pps > 1024) {

@@ -29,6 +29,7 @@ static int omp_in_parallel(void) { return 1; }
 #endif
 
 #include "carseg.h"
+#include "gemm_f32.h"
 #include "nn.h"
 #include "util.h"
 
@@ -67,18 +68,60 @@ static carseg_status up2x2(float *out, const float *x, int H, int W, int cin, sa
     return CARSEG_OK;
 }
 
+/* The first upscaling ConvT read through the last two norm4 of the two-way transformer (exact
+ * algebra). With r, m a row's 1/sqrt(var + eps) and mean in a norm, G = diag(its weight):
+ *   y1 = src0 + S1 Vt1 + bo1,  k1 = LN(y1) = r1 (y1 - m1) G1 + b1   (layer 1's i2t + norm4)
+ *   y2 = k1 + S2 Vt2 + bo2,    k2 = LN(y2) = r2 (y2 - m2) G2 + b2   (layer 2's)
+ * (S: an i2t's attention, N x NH*T; Vt: its values through out_proj, NH*T x D), and the ConvT's
+ * product with its bias is
+ *   k2 W + bias = r2 (r1 (P0 + S1 V1' + u1 - m1 c12) + S2 V2' + u2 - m2 c2) + e
+ * with W12 = G1 G2 W, W2 = G2 W, P0 = src0 W12 (once per image), V1' = Vt1 W12, V2' = Vt2 W2
+ * (NH*T rows each, per prompt), c12, c2 the column sums of W12, W2, u1 = bo1 W12,
+ * u2 = (b1 + bo2) W2, e = b2 W + bias. Per prompt, one product of N x 2 NH*T x D
+ * ([r1 S1 | S2] [V1'; V2']) instead of N x D x D. */
+carseg_status sam_decoder_prepare(sam_model *m) {
+    if (m->c.dec_depth != 2 || m->c.dim % 4) return CARSEG_OK;
+    const int D = m->c.dim, C4 = D / 4, n4 = 4 * C4;
+    float *w12 = alloc_f((size_t)D * n4), *w2 = alloc_f((size_t)D * n4), *v = alloc_f(5 * (size_t)n4);
+    if (!w12 || !w2 || !v) {
+        cs_free(w12), cs_free(w2), cs_free(v);
+        return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder weights)");
+    }
+    const float *W = m->up0r, *g1 = m->dl[0].norm4.w, *g2 = m->dl[1].norm4.w;
+    const float *b1 = m->dl[0].norm4.b, *b2 = m->dl[1].norm4.b;
+    const float *bo1 = m->dl[0].i2t.o.b, *bo2 = m->dl[1].i2t.o.b;
+    for (int c = 0; c < D; c++)
+        for (int n = 0; n < n4; n++) {
+            w2[(size_t)c * n4 + n] = g2[c] * W[(size_t)c * n4 + n];
+            w12[(size_t)c * n4 + n] = g1[c] * w2[(size_t)c * n4 + n];
+        }
+    for (int n = 0; n < n4; n++) {
+        double c12 = 0, c2 = 0, u1 = 0, u2 = 0, e = m->up0.b[n % C4];
+        for (int c = 0; c < D; c++) {
+            double a12 = w12[(size_t)c * n4 + n], a2 = w2[(size_t)c * n4 + n];
+            c12 += a12, c2 += a2, u1 += (double)bo1[c] * a12, u2 += ((double)b1[c] + bo2[c]) * a2;
+            e += (double)b2[c] * W[(size_t)c * n4 + n];
+        }
+        v[n] = (float)c12, v[n4 + n] = (float)c2, v[2 * n4 + n] = (float)u1;
+        v[3 * n4 + n] = (float)u2, v[4 * n4 + n] = (float)e;
+    }
+    m->cz_w12 = w12, m->cz_w2 = w2, m->cz_vec = v;
+    m->cz_w12pk = sam_convt2_pack(w12, D, C4), m->cz_w2pk = sam_convt2_pack(w2, D, C4);
+    return CARSEG_OK;
+}
+
 static carseg_status ensure_cache(const sam_model *m, sam_image *im) {
     if (im->src0) return CARSEG_OK;
     const int N = SAM_GRID * SAM_GRID, D = m->c.dim, I = m->dl[0].t2i.internal;
     float *src0 = alloc_f((size_t)N * D), *kpe0 = alloc_f((size_t)N * D);
     float *k0 = alloc_f((size_t)N * I), *v0 = alloc_f((size_t)N * I), *q0 = alloc_f((size_t)N * I);
-    float *hq = NULL, *hq2 = NULL;
+    float *hq = NULL, *hq2 = NULL, *p0 = m->cz_w12 ? alloc_f((size_t)N * D) : NULL;
     if (m->c.hq) {
         hq = alloc_f((size_t)SAM_LOWRES * SAM_LOWRES * (D / 8));
         hq2 = alloc_f((size_t)SAM_LOWRES * SAM_LOWRES * (D / 8));
     }
     carseg_status st = CARSEG_OK;
-    if (!src0 || !kpe0 || !k0 || !v0 || !q0 || (m->c.hq && (!hq || !hq2))) {
+    if (!src0 || !kpe0 || !k0 || !v0 || !q0 || (m->c.hq && (!hq || !hq2)) || (m->cz_w12 && !p0)) {
         st = set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder)");
         goto fail;
     }
@@ -88,6 +131,7 @@ static carseg_status ensure_cache(const sam_model *m, sam_image *im) {
     nn_linear(k0, kpe0, l->t2i.k.w, l->t2i.k.b, N, D, I);
     nn_linear(v0, src0, l->t2i.v.w, l->t2i.v.b, N, D, I);
     nn_linear(q0, kpe0, l->i2t.q.w, l->i2t.q.b, N, D, l->i2t.internal);
+    if (p0) nn_sgemm(0, 0, N, D, D, 1.0f, src0, D, m->cz_w12, D, 0.0f, p0, D);
     if (m->c.hq) {
         /* hq_features = embedding_encoder(image_embeddings) + compress_vit_feat(interm[0]) */
         if ((st = up2x2(hq, im->emb, SAM_GRID, SAM_GRID, D, m->ee0, D / 4, m->ee1, m->ee3, D / 8)))
@@ -99,10 +143,11 @@ static carseg_status ensure_cache(const sam_model *m, sam_image *im) {
         cs_free(hq2);
         im->hq_feat = hq;
     }
-    im->src0 = src0, im->kpe0 = kpe0, im->k0 = k0, im->v0 = v0, im->q0 = q0;
+    im->src0 = src0, im->kpe0 = kpe0, im->k0 = k0, im->v0 = v0, im->q0 = q0, im->cz_p0 = p0;
     return CARSEG_OK;
 fail:
     cs_free(src0), cs_free(kpe0), cs_free(k0), cs_free(v0), cs_free(q0), cs_free(hq), cs_free(hq2);
+    cs_free(p0);
     return st;
 }
 
@@ -169,6 +214,7 @@ typedef struct {
     float *up_t, *up_mid, *ups;                     /* upscaling; ups on the zero-padded grid */
     float *zb, *hqm, *w1, *dot, *wino;              /* HQ branch */
     float *hyp;                                     /* the hypernetwork vectors used */
+    float *czS, *czV, *czVpk, *czst;                /* czt: [r1 S1 | S2], [V1'; V2'], stats */
     float *tok, *lr, *full;
     void *block;
     size_t cap;
@@ -318,8 +364,22 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
         /* (4) image to tokens: q = keys + key_pe, k = queries + query_pe, v = queries */
         add_mat(s->tp, q, pe, (size_t)T * D);
         i2t(&l->i2t, s, XP, li == 0 ? im->q0 : NULL, s->tp, q, T, D, NH, s->A);
+        const int cz = m->cz_w12 != NULL, R = NH * T;
         sam_resid_layernorm(s->keys, s->kp, X, s->A, l->i2t.o.b, l->norm4.w, l->norm4.b, m->dense_pe, N, D,
-                            LN_DEC);
+                            LN_DEC, cz ? s->czst + (size_t)li * 2 * N : NULL);
+        if (cz) {   /* czt: V' = Vt W12 (layer 1) or Vt W2 (layer 2); [r1 S1 | S2] */
+            float *vp = s->czV + (size_t)li * R * D;
+            const float *w = li == 0 ? m->cz_w12 : m->cz_w2, *wpk = li == 0 ? m->cz_w12pk : m->cz_w2pk;
+            if (!wpk || gemm_f32_prepacked(R, D, D, s->Qt, D, wpk, vp, D))
+                nn_sgemm(0, 0, R, D, D, 1.0f, s->Qt, D, w, D, 0.0f, vp, D);
+            const float *st = s->czst;
+#pragma omp parallel for schedule(static) if ((size_t)N * R > 65536)
+            for (int i = 0; i < N; i++) {
+                float *o = s->czS + (size_t)i * 2 * R + (size_t)li * R;
+                const float *si = s->S + (size_t)i * R, r1 = li == 0 ? st[2 * (size_t)i + 1] : 1.0f;
+                for (int r = 0; r < R; r++) o[r] = r1 * si[r];
+            }
+        }
     }
     /* final attention tokens to image, for the kept tokens */
     for (int r = 0; r < nkeep; r++)
@@ -341,6 +401,29 @@ static void mlp_vec(const sam_lin *L, int nl, const int *widths, const float *x,
         if (j < nl - 1) sam_relu(o, (size_t)widths[j + 1]);
         in = o;
     }
+}
+
+/* czt: the first ConvT of the upscaling for the rows [y0, y1) of the 64 x 64 map, through
+ * sam_decoder_prepare's algebra: tmp = [r1 S1 | S2] [V1'; V2'] (K = k), then per row
+ * r2 (r1 (P0 + u1 - m1 c12) + tmp + u2 - m2 c2) + e, and LayerNorm2d + GELU into up_mid */
+static void czt_band(const sam_model *m, const sam_image *im, scratch *s, int k, int y0, int y1) {
+    const int G = SAM_GRID, D = m->c.dim, n4 = D, rows = (y1 - y0) * G;
+    const size_t i0 = (size_t)y0 * G;
+    float *t = s->up_t;
+    if (isnan(s->czVpk[0]) || gemm_f32_prepacked(rows, n4, k, s->czS + i0 * k, k, s->czVpk, t, n4))
+        nn_sgemm(0, 0, rows, n4, k, 1.0f, s->czS + i0 * k, k, s->czV, n4, 0.0f, t, n4);
+    const float *c12 = m->cz_vec, *c2 = c12 + n4, *u1 = c2 + n4, *u2 = u1 + n4, *e = u2 + n4;
+    const float *st1 = s->czst, *st2 = s->czst + 2 * (size_t)G * G;
+#pragma omp parallel for schedule(static) if ((size_t)rows * n4 > 65536)
+    for (int i = 0; i < rows; i++) {
+        const size_t g = i0 + i;
+        const float m1 = st1[2 * g], r1 = st1[2 * g + 1], m2 = st2[2 * g], r2 = st2[2 * g + 1];
+        const float *p0 = im->cz_p0 + g * n4;
+        float *ti = t + (size_t)i * n4;
+        for (int n = 0; n < n4; n++)
+            ti[n] = r2 * (r1 * (p0[n] + u1[n] - m1 * c12[n]) + ti[n] + u2[n] - m2 * c2[n]) + e[n];
+    }
+    sam_convt2_epilogue(s->up_mid, 0, 2 * G, t, NULL, y1 - y0, G, D / 4, &m->up1, LN_2D, 1);
 }
 
 static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, const sam_prompt *p,
@@ -415,10 +498,14 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
     }
     const float *ups0 = s->ups + (size_t)(Lp + 1) * C8;   /* ups pixel (0, 0); rows Lp apart */
     int zdone = 0, done = 0;   /* rows of z, of the masks, done */
+    const int czk = m->cz_w12 ? 2 * c->dec_heads * T : 0;   /* czt: the product's inner size */
+    if (czk && gemm_f32_pack_b(s->czVpk, 0, s->czV, D, D, czk)) s->czVpk[0] = NAN;
     for (int b0 = 0; b0 < 2 * G; b0 += SAM_BAND) {
         const int b1 = b0 + SAM_BAND < 2 * G ? b0 + SAM_BAND : 2 * G, last = b1 == 2 * G;
-        sam_convt2_fused(s->up_mid, 0, 2 * G, s->keys + (size_t)(b0 / 2) * G * D, m->up0r, m->up0pk,
-                         m->up0.b, (b1 - b0) / 2, G, D, C4, &m->up1, LN_2D, 1, s->up_t);
+        if (czk) czt_band(m, im, s, czk, b0 / 2, b1 / 2);
+        else
+            sam_convt2_fused(s->up_mid, 0, 2 * G, s->keys + (size_t)(b0 / 2) * G * D, m->up0r, m->up0pk,
+                             m->up0.b, (b1 - b0) / 2, G, D, C4, &m->up1, LN_2D, 1, s->up_t);
         sam_convt2_fused(s->ups, (size_t)Lp + 1 + (size_t)2 * b0 * Lp, Lp, s->up_mid, m->up3r, m->up3pk,
                          m->up3.b, b1 - b0, 2 * G, C4, C8, NULL, 0, 1, s->up_t);
         int r1 = last ? L : 2 * b1;   /* the rows of ups done */
@@ -480,6 +567,9 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
         {&s->tO, T * I}, {&s->tA, T * D}, {&s->th, T * W}, {&s->Qt, R * D}, {&s->U, R * D},
         {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, (size_t)SAM_BAND * SAM_GRID * D},
         {&s->up_mid, (size_t)SAM_BAND * 2 * SAM_GRID * C4}, {&s->hyp, (size_t)m->c.n_mask_tokens * C8},
+        {&s->czS, m->cz_w12 ? N * 2 * R : 0}, {&s->czV, m->cz_w12 ? 2 * R * D : 0},
+        {&s->czVpk, m->cz_w12 ? gemm_f32_packed_size((int)D, (int)(2 * R)) : 0},
+        {&s->czst, m->cz_w12 ? 4 * N : 0},
         {&s->ups, PADN(SAM_LOWRES, SAM_LOWRES) * C8},
         {&s->zb, m->c.hq ? ((Lp + 1) + SAM_LOWRES * Lp + Lp) * C4 : 0}, {&s->hqm, m->c.hq ? NP : 0},
         {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0},

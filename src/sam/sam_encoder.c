@@ -239,6 +239,7 @@ void sam_image_free(sam_image *im) {
     cs_free(im->k0);
     cs_free(im->v0);
     cs_free(im->q0);
+    cs_free(im->cz_p0);
     free(im);
 }
 

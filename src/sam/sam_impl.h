@@ -51,6 +51,10 @@ struct sam_model {
     sam_lin up0, up1, up3;                  /* ConvT (dim, dim/4, 2, 2); LN2d; ConvT (dim/4, dim/8) */
     float *up0r, *up3r;                     /* their weights by sam_convt2_reorder */
     float *up0pk, *up3pk;                   /* those packed (sam_convt2_pack) or NULL */
+    /* the first ConvT through the two norm4 of a 2-layer two-way transformer (sam_decoder.c,
+     * czt_*): W12 = diag(g1 g2) W, W2 = diag(g2) W (D, 4 * D/4) with W = up0r, their packings
+     * (or NULL), and the vectors c12, c2 (column sums), u1, u2, e; NULL: not used */
+    float *cz_w12, *cz_w2, *cz_w12pk, *cz_w2pk, *cz_vec;
     sam_lin *hyper;                         /* n_mask_tokens x 3 layers */
     sam_lin hf_mlp[3];
     sam_lin *iou_head;                      /* iou_depth layers */
@@ -74,16 +78,22 @@ struct sam_image {
     float *src0;           /* (4096, dim) emb + no_mask_embed */
     float *kpe0;           /* (4096, dim) src0 + dense pe */
     float *k0, *v0, *q0;   /* layer 0: t2i k_proj(kpe0), t2i v_proj(src0), i2t q_proj(kpe0) */
+    float *cz_p0;          /* (4096, D) src0 W12 when the model has cz_w12 */
 };
+
+/* the decoder's weights derived at load (sam_decoder.c): cz_* */
+carseg_status sam_decoder_prepare(sam_model *m);
 
 /* ops (sam_ops.c) */
 /* out (N, C) = LayerNorm(x) * w + b with eps; out may be x. */
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
                    float eps);
 /* out (N, C) = LayerNorm(x + (a + bo)) (a: an attention's output before its bias, overwritten
- * with the sum), and sum = out + pe when sum is not NULL: the decoder's residual + norm4 */
+ * with the sum), and sum = out + pe when sum is not NULL: the decoder's residual + norm4. stats
+ * (NULL or 2N floats): each row's mean and 1/sqrt(var + eps), as the norm used them. */
 void sam_resid_layernorm(float *out, float *sum, const float *x, float *a, const float *bo,
-                         const float *w, const float *b, const float *pe, int N, int C, float eps);
+                         const float *w, const float *b, const float *pe, int N, int C, float eps,
+                         float *stats);
 void sam_gelu(float *x, size_t n);        /* GELU x/2 (1 + erf(x/sqrt 2)) (nn_gelu_rows) */
 void sam_relu(float *x, size_t n);
 /* ConvTranspose2d kernel 2 stride 2 (weights (Cin, Cout, 2, 2), bias): x (H*W, Cin) channels-last
@@ -99,6 +109,9 @@ void sam_convt2(float *out, const float *x, const float *w, const float *b, int 
 void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float *w4,
                       const float *w4pk, const float *b, int H, int W, int cin, int cout,
                       const sam_lin *ln, float eps, int gelu, float *tmp);
+/* sam_convt2_fused after its product: tmp (H*W, 4 * Cout) the product, b NULL: no bias */
+void sam_convt2_epilogue(float *out, size_t o0, int ow, const float *tmp, const float *b, int H,
+                         int W, int cout, const sam_lin *ln, float eps, int gelu);
 float *sam_convt2_reorder(const float *w, int cin, int cout);
 /* w4 (Cin, 4 * Cout) packed for gemm_f32_prepacked, the w4pk of sam_convt2_fused (NULL without
  * the AVX2 kernel or memory: sam_convt2_fused then takes nn_sgemm on w4) */

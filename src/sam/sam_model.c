@@ -320,6 +320,8 @@ static carseg_status bind(sam_model *m, loader *L) {
     if (!m->neck2.w || !m->up0r || !m->up3r) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
     m->up0pk = sam_convt2_pack(m->up0r, D, D / 4);   /* NULL: nn_sgemm on up0r / up3r */
     m->up3pk = sam_convt2_pack(m->up3r, D / 4, D / 8);
+    carseg_status zs = sam_decoder_prepare(m);
+    if (zs != CARSEG_OK) return zs;
     if (c->hq) {
         m->mf0.w = sam_conv3_reorder(mf0, D / 4, D / 8);
         m->mf0_wino = sam_conv3_wino_pack(mf0, D / 4, D / 8);   /* NULL: the direct product */
@@ -382,6 +384,7 @@ void sam_free(sam_model *m) {
     cs_free(m->neck2.w);
     cs_free(m->mf0.w);
     cs_free(m->up0r), cs_free(m->up3r), cs_free(m->mf0_wino), cs_free(m->up0pk), cs_free(m->up3pk);
+    cs_free(m->cz_w12), cs_free(m->cz_w2), cs_free(m->cz_w12pk), cs_free(m->cz_w2pk), cs_free(m->cz_vec);
     cs_free(m->dense_pe);
     free(m);
 }

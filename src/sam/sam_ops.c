@@ -43,7 +43,7 @@ static float lanes_sum(const float *t) {
 }
 static float lanes16_sum(const float *t) { return lanes_sum(t) + lanes_sum(t + 8); }
 SAM_HOT static void ln_row(float *o, const float *x, const float *restrict w,
-                           const float *restrict b, int C, float eps) {
+                           const float *restrict b, int C, float eps, float *st) {
     float acc[16] = {0}, acc2[16] = {0};
     int c16 = C & ~15;
     for (int c = 0; c < c16; c += 16)
@@ -59,6 +59,7 @@ SAM_HOT static void ln_row(float *o, const float *x, const float *restrict w,
         }
     for (int c = c16; c < C; c++) acc2[c - c16] += (x[c] - m) * (x[c] - m);
     float rstd = 1.0f / sqrtf(lanes16_sum(acc2) / C + eps);
+    if (st) st[0] = m, st[1] = rstd;
 #pragma omp simd
     for (int c = 0; c < C; c++) o[c] = (x[c] - m) * rstd * w[c] + b[c];
 }
@@ -75,20 +76,21 @@ SAM_HOT static void add_row(float *o, const float *a, const float *b, int C) {
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
                    float eps) {
     if ((size_t)N * C <= 32768) {
-        for (int i = 0; i < N; i++) ln_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C, eps);
+        for (int i = 0; i < N; i++) ln_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C, eps, NULL);
         return;
     }
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) ln_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C, eps);
+    for (int i = 0; i < N; i++) ln_row(out + (size_t)i * C, x + (size_t)i * C, w, b, C, eps, NULL);
 }
 
 void sam_resid_layernorm(float *out, float *sum, const float *x, float *a, const float *bo,
-                         const float *w, const float *b, const float *pe, int N, int C, float eps) {
+                         const float *w, const float *b, const float *pe, int N, int C, float eps,
+                         float *stats) {
 #pragma omp parallel for schedule(static) if ((size_t)N * C > 65536)
     for (int i = 0; i < N; i++) {
         float *ai = a + (size_t)i * C, *oi = out + (size_t)i * C;
         resid_row(ai, x + (size_t)i * C, bo, C);
-        ln_row(oi, ai, w, b, C, eps);
+        ln_row(oi, ai, w, b, C, eps, stats ? stats + 2 * (size_t)i : NULL);
         if (sum) add_row(sum + (size_t)i * C, oi, pe + (size_t)i * C, C);
     }
 }
@@ -141,6 +143,12 @@ void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float
     const int n4 = 4 * cout;
     if (!w4pk || free_threads() > 1 || gemm_f32_prepacked(H * W, n4, cin, x, cin, w4pk, tmp, n4))
         nn_sgemm(0, 0, H * W, n4, cin, 1.0f, x, cin, w4, n4, 0.0f, tmp, n4);
+    sam_convt2_epilogue(out, o0, ow, tmp, b, H, W, cout, ln, eps, gelu);
+}
+
+void sam_convt2_epilogue(float *out, size_t o0, int ow, const float *tmp, const float *b, int H,
+                         int W, int cout, const sam_lin *ln, float eps, int gelu) {
+    const int n4 = 4 * cout;
 #pragma omp parallel for schedule(static) if ((size_t)H * W * cout > 65536)
     for (int y = 0; y < H; y++) {
         for (int xx = 0; xx < W; xx++) {
@@ -148,8 +156,11 @@ void sam_convt2_fused(float *out, size_t o0, int ow, const float *x, const float
             for (int d = 0; d < 4; d++) {
                 float *o = out + (o0 + (size_t)(2 * y + d / 2) * ow + 2 * xx + d % 2) * cout;
                 const float *td = t + d * cout;
-                for (int co = 0; co < cout; co++) o[co] = td[co] + b[co];
-                if (ln) ln_row(o, o, ln->w, ln->b, cout, eps);
+                if (b)
+                    for (int co = 0; co < cout; co++) o[co] = td[co] + b[co];
+                else
+                    memcpy(o, td, sizeof(float) * cout);
+                if (ln) ln_row(o, o, ln->w, ln->b, cout, eps, NULL);
             }
         }
         for (int dy = 0; gelu && dy < 2; dy++)
