@@ -323,10 +323,8 @@ static void i2t(const sam_dattn *a, scratch *s, const float *XP, const float *Q0
     nn_sgemm(0, 0, N, D, R, 1.0f, s->S, R, s->Qt, D, 0.0f, A, D);
 }
 
-/* keep: the nkeep tokens whose outputs are read after the transformer (the last attention runs for
- * them alone: each query token's attention is its own) */
-static void transformer(const sam_model *m, const sam_image *im, scratch *s, const float *tok, int T,
-                        const int *keep, int nkeep) {
+/* the two-way transformer's layers; its last attention is final_attn */
+static void transformer(const sam_model *m, const sam_image *im, scratch *s, const float *tok, int T) {
     const int N = SAM_GRID * SAM_GRID, D = m->c.dim, NH = m->c.dec_heads;
     const float *pe = tok;   /* query_pe = the initial tokens */
     float *q = s->tq;
@@ -381,7 +379,14 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
             }
         }
     }
-    /* final attention tokens to image, for the kept tokens */
+}
+
+/* the last attention, tokens to image, for the nkeep tokens keep[] alone (each query token's
+ * attention is its own; the tokens read after the transformer) */
+static void final_attn(const sam_model *m, scratch *s, const float *tok, const int *keep, int nkeep) {
+    const int D = m->c.dim, NH = m->c.dec_heads;
+    const float *pe = tok;
+    float *q = s->tq;
     for (int r = 0; r < nkeep; r++)
         add_mat(s->tp + (size_t)r * D, q + (size_t)keep[r] * D, pe + (size_t)keep[r] * D, (size_t)D);
     t2i(&m->fin, s, s->keys, s->kp, s->tp, nkeep, D, NH, s->tA);
@@ -436,13 +441,15 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
     memcpy(tok + D, m->mask_tokens, sizeof(float) * nmt * D);
     if (hq) memcpy(tok + (size_t)(1 + nmt) * D, m->hf_token, sizeof(float) * D);
     embed_prompt(m, im, p, tok + (size_t)(1 + nmt + hq) * D);
-    /* the tokens read below: the IoU token, the mask tokens returned or chosen from, the HQ token */
+    transformer(m, im, s, tok, T);
+    const float *hs = s->tq;
+    /* the tokens read below: the IoU token and the SAM masks' tokens; for HQ-SAM, once the IoU
+     * has chosen (multimask), the one mask token used and the HQ token */
+    int j0 = multimask ? 1 : 0, j1 = multimask ? nmt : 1;   /* the SAM masks returned */
     int keep[20], nkeep = 0;
     keep[nkeep++] = 0;
-    for (int j = multimask ? 1 : 0; j < (multimask ? nmt : 1); j++) keep[nkeep++] = 1 + j;
-    if (hq) keep[nkeep++] = 1 + nmt;
-    transformer(m, im, s, tok, T, keep, nkeep);
-    const float *hs = s->tq;
+    for (int j = j0; !hq && j < j1; j++) keep[nkeep++] = 1 + j;
+    final_attn(m, s, tok, keep, nkeep);
 
     /* IoU head */
     float iou[16], tmp[2 * 4096];
@@ -461,7 +468,6 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
      * whole maps. */
     const int G = SAM_GRID, L = SAM_LOWRES, Lp = L + 2, C8 = D / 8, C4 = D / 4, NP = L * L;
     int hw[4] = {D, D, D, C8};
-    int j0 = multimask ? 1 : 0, j1 = multimask ? nmt : 1;   /* the SAM masks returned */
     float hf[1024], cb = 0;
     size_t off0 = 0, off9[9];
     if (hq) {
@@ -471,6 +477,10 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
             if (iou[t] > iou[j]) j = t;
         iou_out[0] = iou[j];
         j0 = j, j1 = hq_only ? j : j + 1;   /* its hypernetwork vector unless hq_only */
+        nkeep = 0;
+        if (!hq_only) keep[nkeep++] = 1 + j;
+        keep[nkeep++] = 1 + nmt;
+        final_attn(m, s, tok, keep, nkeep);
         /* the HQ mask: hf_mlp(token), folded into embedding_maskfeature.3: w1 (9 x (1, C4)) =
          * sum_co hf[co] W3[co, ci, k], the constant hf . b3 */
         mlp_vec(m->hf_mlp, 3, hw, hs + (size_t)(1 + nmt) * D, hf, tmp);
