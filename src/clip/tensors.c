@@ -3,8 +3,11 @@
  * fill it; weights.c opens files and maps names. */
 #include "tensors.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -47,6 +50,17 @@ float f16_to_f32(uint16_t h) {
     return f;
 }
 
+static _Thread_local int g_src_mapped;
+void wdt_source_mapped(int on) { g_src_mapped = on; }
+
+/* the whole pages inside [p, p + n) back to the kernel (a file mapping: see wdt_source_mapped) */
+static void release_source(const uint8_t *p, size_t n) {
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    if (n < (1u << 20) || pg == 0 || pg & (pg - 1)) return;
+    uintptr_t a = ((uintptr_t)p + pg - 1) & ~(pg - 1), e = ((uintptr_t)p + n) & ~(pg - 1);
+    if (e > a) (void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out) {
     const int par = count >= (1u << 20);   /* big tensors only: threads cost more than small copies */
     switch (src) {
@@ -70,6 +84,7 @@ void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out) {
         }
         break;
     }
+    if (g_src_mapped) release_source(p, count * (src == WDT_F32 ? 4 : 2));
 }
 
 carseg_status wfile_add(wfile *f, char *name, int ndim, const int64_t *shape, wdtype src,

@@ -40,6 +40,11 @@ carseg_status wfile_add(wfile *f, char *name, int ndim, const int64_t *shape, wd
                         float *data);
 /* Converts count little-endian elements of dtype src at p to float32. */
 void wdt_to_f32(wdtype src, const uint8_t *p, size_t count, float *out);
+/* wfile_open: on (1) while this thread converts from wfile_open's read-only file mapping, so that
+ * wdt_to_f32 gives back the source pages it has read (madvise MADV_DONTNEED: they stay in the page
+ * cache, and a read would map them again). The file's bytes and the converted copy are then not
+ * both resident: peak memory about the model once, not twice. */
+void wdt_source_mapped(int on);
 size_t wdt_size(wdtype d);
 float f16_to_f32(uint16_t h);
 

@@ -256,7 +256,9 @@ carseg_status wfile_open(const char *path, wfile **out) {
     void *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) return set_err(CARSEG_EIO, "%s: cannot map: %s", path, strerror(errno));
+    wdt_source_mapped(1);
     carseg_status st = wfile_open_mem(path, m, len, out);
+    wdt_source_mapped(0);
     munmap(m, len);
     return st;
 }
