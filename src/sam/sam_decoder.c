@@ -132,6 +132,18 @@ static carseg_status ensure_cache(const sam_model *m, sam_image *im) {
     nn_linear(v0, src0, l->t2i.v.w, l->t2i.v.b, N, D, I);
     nn_linear(q0, kpe0, l->i2t.q.w, l->i2t.q.b, N, D, l->i2t.internal);
     if (p0) nn_sgemm(0, 0, N, D, D, 1.0f, src0, D, m->cz_w12, D, 0.0f, p0, D);
+    /* k0 (as B^T) and v0 (as B) per head, packed once for every prompt's first attention */
+    const int NH = m->c.dec_heads, hd = I / NH;
+    const size_t pks = gemm_f32_packed_size(N, hd), pvs = gemm_f32_packed_size(hd, N);
+    float *k0pk = gemm_f32_available() ? alloc_f(NH * pks) : NULL, *v0pk = k0pk ? alloc_f(NH * pvs) : NULL;
+    for (int h = 0; v0pk && h < NH; h++)
+        if (gemm_f32_pack_b(k0pk + h * pks, 1, k0 + h * hd, I, N, hd) ||
+            gemm_f32_pack_b(v0pk + h * pvs, 0, v0 + h * hd, I, hd, N)) {
+            cs_free(k0pk), cs_free(v0pk);
+            k0pk = v0pk = NULL;
+        }
+    if (!v0pk) cs_free(k0pk), k0pk = NULL;
+    im->k0pk = k0pk, im->v0pk = v0pk;
     if (m->c.hq) {
         /* hq_features = embedding_encoder(image_embeddings) + compress_vit_feat(interm[0]) */
         if ((st = up2x2(hq, im->emb, SAM_GRID, SAM_GRID, D, m->ee0, D / 4, m->ee1, m->ee3, D / 8)))
@@ -226,16 +238,19 @@ typedef struct {
 /* out (Nq, I) = softmax(Q K^T / sqrt(hd)) V per head; P: Nq*Nk (the first layer's token-to-image
  * attention on the cached k0, v0) */
 static void mha(float *out, const float *Q, const float *K, const float *V, int Nq, int Nk, int I,
-                int NH, float *P) {
+                int NH, float *P, const float *Kpk, const float *Vpk) {
     const int hd = I / NH;
     const float sq = sqrtf((float)hd);
+    const size_t pks = gemm_f32_packed_size(Nk, hd), pvs = gemm_f32_packed_size(hd, Nk);
     for (int h = 0; h < NH; h++) {
-        nn_sgemm(0, 1, Nq, Nk, hd, 1.0f, Q + h * hd, I, K + h * hd, I, 0.0f, P, Nk);
+        if (!Kpk || gemm_f32_prepacked(Nq, Nk, hd, Q + h * hd, I, Kpk + h * pks, P, Nk))
+            nn_sgemm(0, 1, Nq, Nk, hd, 1.0f, Q + h * hd, I, K + h * hd, I, 0.0f, P, Nk);
         size_t n = (size_t)Nq * Nk;
 #pragma omp parallel for schedule(static) if (n > 65536)
         for (size_t i = 0; i < n; i++) P[i] = P[i] / sq;
         nn_softmax(P, Nq, Nk);
-        nn_sgemm(0, 0, Nq, hd, Nk, 1.0f, P, Nk, V + h * hd, I, 0.0f, out + h * hd, I);
+        if (!Vpk || gemm_f32_prepacked(Nq, hd, Nk, P, Nk, Vpk + h * pvs, out + h * hd, I))
+            nn_sgemm(0, 0, Nq, hd, Nk, 1.0f, P, Nk, V + h * hd, I, 0.0f, out + h * hd, I);
     }
 }
 
@@ -245,7 +260,7 @@ static void token_self(const sam_dattn *a, scratch *s, const float *qin, const f
     nn_linear(s->tQ, qin, a->q.w, a->q.b, T, D, a->internal);
     nn_linear(s->tK, qin, a->k.w, a->k.b, T, D, a->internal);
     nn_linear(s->tV, vin, a->v.w, a->v.b, T, D, a->internal);
-    mha(s->tO, s->tQ, s->tK, s->tV, T, T, a->internal, NH, s->S);
+    mha(s->tO, s->tQ, s->tK, s->tV, T, T, a->internal, NH, s->S, NULL, NULL);
     nn_linear(out, s->tO, a->o.w, a->o.b, T, a->internal, D);
 }
 
@@ -278,9 +293,11 @@ static void t2i(const sam_dattn *a, scratch *s, const float *X, const float *XP,
     per_head(s->Qt, (size_t)T * D, D, s->tQ, I, a->k.w, D, 0, T, D, NH, hd);
     nn_sgemm(0, 1, N, R, D, 1.0f, XP, D, s->Qt, D, 0.0f, s->S, R);
     nn_softmax_cols(s->S, N, R, R, 1.0f / sqrtf((float)hd));
-    nn_sgemm(1, 0, R, D, N, 1.0f, s->S, R, X, D, 0.0f, s->U, D);
+    /* U^T (D, R) = X^T S: the same sums as S^T X (each over the image tokens in order), with the
+     * smaller S packed instead of X */
+    nn_sgemm(1, 0, D, R, N, 1.0f, X, D, s->S, R, 0.0f, s->U, R);
     for (int h = 0; h < NH; h++)   /* U_h (T, D) times Wv_h^T (D, hd) */
-        nn_sgemm(0, 1, T, hd, D, 1.0f, s->U + (size_t)h * T * D, D, a->v.w + (size_t)h * hd * D, D,
+        nn_sgemm(1, 1, T, hd, D, 1.0f, s->U + (size_t)h * T, R, a->v.w + (size_t)h * hd * D, D,
                  0.0f, s->tO + h * hd, I);
     for (int t = 0; t < T; t++)
         for (int c = 0; c < I; c++) s->tO[(size_t)t * I + c] += a->v.b[c];
@@ -347,7 +364,7 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
         if (li == 0) {
             const int I = l->t2i.internal;
             nn_linear(s->tQ, s->tp, l->t2i.q.w, l->t2i.q.b, T, D, I);
-            mha(s->tO, s->tQ, im->k0, im->v0, T, N, I, NH, s->S);
+            mha(s->tO, s->tQ, im->k0, im->v0, T, N, I, NH, s->S, im->k0pk, im->v0pk);
             nn_linear(s->tA, s->tO, l->t2i.o.w, l->t2i.o.b, T, I, D);
         } else {
             t2i(&l->t2i, s, X, XP, s->tp, T, D, NH, s->tA);
@@ -528,9 +545,7 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
 #pragma omp parallel for schedule(static)
             for (int y = zdone; y < z1; y++) {
                 float *r = zacc + (size_t)y * Lp * C4;
-                for (int x = 0; x < L; x++)
-                    for (int ch = 0; ch < C4; ch++) r[(size_t)x * C4 + ch] += m->mf0.b[ch];
-                sam_layernorm(r, r, m->mf1.w, m->mf1.b, L, C4, LN_2D);
+                sam_bias_layernorm(r, m->mf0.b, m->mf1.w, m->mf1.b, L, C4, LN_2D);
                 nn_gelu_rows(r, (size_t)L * C4);
                 memset(r + (size_t)L * C4, 0, sizeof(float) * 2 * C4);
             }

@@ -240,6 +240,8 @@ void sam_image_free(sam_image *im) {
     cs_free(im->v0);
     cs_free(im->q0);
     cs_free(im->cz_p0);
+    cs_free(im->k0pk);
+    cs_free(im->v0pk);
     free(im);
 }
 

@@ -79,6 +79,7 @@ struct sam_image {
     float *kpe0;           /* (4096, dim) src0 + dense pe */
     float *k0, *v0, *q0;   /* layer 0: t2i k_proj(kpe0), t2i v_proj(src0), i2t q_proj(kpe0) */
     float *cz_p0;          /* (4096, D) src0 W12 when the model has cz_w12 */
+    float *k0pk, *v0pk;    /* k0, v0 per head packed for gemm_f32_prepacked (NULL: not packed) */
 };
 
 /* the decoder's weights derived at load (sam_decoder.c): cz_* */
@@ -88,6 +89,9 @@ carseg_status sam_decoder_prepare(sam_model *m);
 /* out (N, C) = LayerNorm(x) * w + b with eps; out may be x. */
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
                    float eps);
+/* x (N, C) = LayerNorm(x + bias) * w + b, in place, serially (rows a thread's own) */
+void sam_bias_layernorm(float *x, const float *bias, const float *w, const float *b, int N, int C,
+                        float eps);
 /* out (N, C) = LayerNorm(x + (a + bo)) (a: an attention's output before its bias, overwritten
  * with the sum), and sum = out + pe when sum is not NULL: the decoder's residual + norm4. stats
  * (NULL or 2N floats): each row's mean and 1/sqrt(var + eps), as the norm used them. */

@@ -73,6 +73,19 @@ SAM_HOT static void add_row(float *o, const float *a, const float *b, int C) {
     for (int c = 0; c < C; c++) o[c] = a[c] + b[c];
 }
 
+SAM_HOT static void bias_row(float *x, const float *b, int C) {
+#pragma omp simd
+    for (int c = 0; c < C; c++) x[c] += b[c];
+}
+
+void sam_bias_layernorm(float *x, const float *bias, const float *w, const float *b, int N, int C,
+                        float eps) {
+    for (int i = 0; i < N; i++) {
+        bias_row(x + (size_t)i * C, bias, C);
+        ln_row(x + (size_t)i * C, x + (size_t)i * C, w, b, C, eps, NULL);
+    }
+}
+
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
                    float eps) {
     if ((size_t)N * C <= 32768) {
