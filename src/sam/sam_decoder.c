@@ -537,7 +537,9 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
                          m->up3.b, b1 - b0, 2 * G, C4, C8, NULL, 0, 1, s->up_t);
         int r1 = last ? L : 2 * b1;   /* the rows of ups done */
         if (hq) {
-            const int z1 = last ? L : r1 - 2;   /* whole 2-row tiles of z with their rows of ups */
+            /* whole tiles of z (SAM_WINO_ROWS rows) whose rows of ups are done: z row y reads
+             * ups rows y - 1 .. y + 1 */
+            const int z1 = last ? L : (r1 - 1) / SAM_WINO_ROWS * SAM_WINO_ROWS;
             float *za = zacc + (size_t)zdone * Lp * C4;
             const float *ua = s->ups + (size_t)zdone * Lp * C8;
             if (sam_conv3x3_wino(za, ua, m->mf0_wino, C8, C4, z1 - zdone, L, s->wino))

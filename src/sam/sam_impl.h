@@ -128,10 +128,13 @@ void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, f
 /* Its product alone, without bias: pad the zero-padded input (((H+2)*(W+2)+2) pixels of Cin),
  * acc (H*(W+2), Cout): pixel (y, x) at row y*(W+2) + x; rows x = W, W+1 are junk. */
 void sam_conv3x3_padded(float *acc, const float *pad, const sam_conv3 *c, int H, int W);
-/* sam_conv3x3_padded's product by Winograd F(2x2, 3x3) (H, W even): upk the 16 transformed,
- * packed weight matrices of sam_conv3_wino_pack (torch weights (Cout, Cin, 3, 3); NULL without
- * AVX2/FMA), work sam_conv3_wino_work(Cin, Cout) floats; serial. -1 (nothing done) when it cannot
- * run: the caller takes sam_conv3x3_padded. Within ~1e-6 relative of the direct sum, not its bits. */
+/* sam_conv3x3_padded's product by Winograd F(4x4, 3x3) (H, W multiples of SAM_WINO_ROWS): upk
+ * the 36 transformed, packed weight matrices of sam_conv3_wino_pack (torch weights
+ * (Cout, Cin, 3, 3); NULL without AVX2/FMA), work sam_conv3_wino_work(Cin, Cout) floats; serial.
+ * -1 (nothing done) when it cannot run: the caller takes sam_conv3x3_padded. 36 products per
+ * 4 x 4 outputs instead of 144; within ~5e-6 of the largest output (F(2x2, 3x3): ~3e-7, at 64
+ * products per 4 x 4), not the direct sum's bits. */
+#define SAM_WINO_ROWS 4
 float *sam_conv3_wino_pack(const float *w, int cout, int cin);
 size_t sam_conv3_wino_work(int cin, int cout);
 int sam_conv3x3_wino(float *acc, const float *pad, const float *upk, int cin, int cout, int H,

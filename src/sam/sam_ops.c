@@ -249,35 +249,34 @@ void sam_conv3x3(float *out, const float *x, const sam_conv3 *c, int H, int W, f
  * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
  * A^T = [1 1 1 0; 0 1 -1 -1]. The transforms are adds (and the halves of G), the same operations
  * at any vector width. */
-enum { WINO_BT = 96 };   /* tiles per block: V (16, BT, Cin) and M (16, BT, Cout) stay in L2 */
+enum { WINO_BT = 48 };   /* tiles per block: V (36, BT, Cin) and M (36, BT, Cout) stay in L2 */
 
+/* Winograd F(4x4, 3x3) (Lavin & Gray): a 4 x 4 output tile from a 6 x 6 input patch by 36
+ * products instead of 144, with B^T, G, A^T of the interpolation points 0, 1, -1, 2, -2, inf */
 float *sam_conv3_wino_pack(const float *w, int cout, int cin) {
     if (!gemm_f32_available()) return NULL;
     const size_t ps = gemm_f32_packed_size(cout, cin);
-    float *u = cs_malloc(sizeof(float) * 16 * (size_t)cin * cout), *pk = cs_malloc(sizeof(float) * 16 * ps);
+    float *u = cs_malloc(sizeof(float) * 36 * (size_t)cin * cout), *pk = cs_malloc(sizeof(float) * 36 * ps);
     if (!u || !pk) {
         cs_free(u), cs_free(pk);
         return NULL;
     }
+    static const double Gm[6][3] = {{1 / 4.0, 0, 0},           {-1 / 6.0, -1 / 6.0, -1 / 6.0},
+                                    {-1 / 6.0, 1 / 6.0, -1 / 6.0}, {1 / 24.0, 1 / 12.0, 1 / 6.0},
+                                    {1 / 24.0, -1 / 12.0, 1 / 6.0}, {0, 0, 1}};
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++) {
             const float *g = w + ((size_t)co * cin + ci) * 9;
-            float t[4][3], r[4][4];
-            for (int j = 0; j < 3; j++) {   /* G g: rows */
-                t[0][j] = g[j];
-                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-                t[3][j] = g[6 + j];
-            }
-            for (int i = 0; i < 4; i++) {   /* (G g) G^T: columns */
-                r[i][0] = t[i][0];
-                r[i][1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-                r[i][2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-                r[i][3] = t[i][2];
-            }
-            for (int x = 0; x < 16; x++) u[((size_t)x * cin + ci) * cout + co] = r[x / 4][x % 4];
+            double t[6][3];
+            for (int i = 0; i < 6; i++)   /* G g */
+                for (int j = 0; j < 3; j++)
+                    t[i][j] = Gm[i][0] * g[j] + Gm[i][1] * g[3 + j] + Gm[i][2] * g[6 + j];
+            for (int i = 0; i < 6; i++)   /* (G g) G^T */
+                for (int j = 0; j < 6; j++)
+                    u[((size_t)(6 * i + j) * cin + ci) * cout + co] =
+                        (float)(t[i][0] * Gm[j][0] + t[i][1] * Gm[j][1] + t[i][2] * Gm[j][2]);
         }
-    for (int x = 0; x < 16; x++)
+    for (int x = 0; x < 36; x++)
         if (gemm_f32_pack_b(pk + x * ps, 0, u + (size_t)x * cin * cout, cout, cout, cin)) {
             cs_free(u), cs_free(pk);
             return NULL;
@@ -287,88 +286,102 @@ float *sam_conv3_wino_pack(const float *w, int cout, int cin) {
 }
 
 size_t sam_conv3_wino_work(int cin, int cout) {
-    return (size_t)16 * (WINO_BT * (cin + cout) + 32) + 8 * (size_t)cout;
+    return (size_t)36 * (WINO_BT * (cin + cout) + 32) + 24 * (size_t)cout;
 }
 
-/* V[x][i] (x = 4a + b) of one tile: the patch rows p0..p3 (pixels of C channels, 4 columns) */
-SAM_HOT static void wino_in(float *restrict v, size_t vs, const float *p0, const float *p1,
-                            const float *p2, const float *p3, int C) {
-    const float *p[4] = {p0, p1, p2, p3};
-    for (int b = 0; b < 4; b++) {
-        const float *d0 = p[0] + b * C, *d1 = p[1] + b * C, *d2 = p[2] + b * C, *d3 = p[3] + b * C;
-        float *v0 = v + (size_t)b * vs, *v1 = v + (size_t)(4 + b) * vs, *v2 = v + (size_t)(8 + b) * vs,
-              *v3 = v + (size_t)(12 + b) * vs;
-#pragma omp simd
-        for (int c = 0; c < C; c++) {   /* rows: B^T d */
-            v0[c] = d0[c] - d2[c];
-            v1[c] = d1[c] + d2[c];
-            v2[c] = d2[c] - d1[c];
-            v3[c] = d1[c] - d3[c];
-        }
-    }
-    for (int a = 0; a < 4; a++) {   /* columns: (B^T d) B, in place */
-        float *t0 = v + (size_t)(4 * a) * vs, *t1 = t0 + vs, *t2 = t1 + vs, *t3 = t2 + vs;
+/* V[x] (x = 6a + b) of one tile: B^T d B of the patch rows p[0..5] (6 pixels of C channels) */
+SAM_HOT static void wino_in(float *restrict v, size_t vs, const float *const p[6], int C) {
+    for (int b = 0; b < 6; b++) {   /* rows: B^T d */
+        const float *d0 = p[0] + b * C, *d1 = p[1] + b * C, *d2 = p[2] + b * C, *d3 = p[3] + b * C,
+                    *d4 = p[4] + b * C, *d5 = p[5] + b * C;
+        float *v0 = v + (size_t)b * vs, *v1 = v0 + 6 * vs, *v2 = v1 + 6 * vs, *v3 = v2 + 6 * vs,
+              *v4 = v3 + 6 * vs, *v5 = v4 + 6 * vs;
 #pragma omp simd
         for (int c = 0; c < C; c++) {
-            float e0 = t0[c], e1 = t1[c], e2 = t2[c], e3 = t3[c];
-            t0[c] = e0 - e2;
-            t1[c] = e1 + e2;
-            t2[c] = e2 - e1;
-            t3[c] = e1 - e3;
+            float a1 = d1[c], a2 = d2[c], a3 = d3[c], a4 = d4[c];
+            v0[c] = (4.0f * (d0[c]) + ((-5.0f * (a2) + (a4))));
+            v1[c] = (-4.0f * (a1 + a2) + (a3 + a4));
+            v2[c] = (4.0f * (a1 - a2) + (a4 - a3));
+            v3[c] = (2.0f * (a3 - a1) + (a4 - a2));
+            v4[c] = (-2.0f * (a3 - a1) + (a4 - a2));
+            v5[c] = (4.0f * (a1) + ((-5.0f * (a3) + (d5[c]))));
+        }
+    }
+    for (int a = 0; a < 6; a++) {   /* columns: (B^T d) B, in place */
+        float *t0 = v + (size_t)(6 * a) * vs, *t1 = t0 + vs, *t2 = t1 + vs, *t3 = t2 + vs, *t4 = t3 + vs,
+              *t5 = t4 + vs;
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            float e0 = t0[c], e1 = t1[c], e2 = t2[c], e3 = t3[c], e4 = t4[c], e5 = t5[c];
+            t0[c] = (4.0f * (e0) + ((-5.0f * (e2) + (e4))));
+            t1[c] = (-4.0f * (e1 + e2) + (e3 + e4));
+            t2[c] = (4.0f * (e1 - e2) + (e4 - e3));
+            t3[c] = (2.0f * (e3 - e1) + (e4 - e2));
+            t4[c] = (-2.0f * (e3 - e1) + (e4 - e2));
+            t5[c] = (4.0f * (e1) + ((-5.0f * (e3) + (e5))));
         }
     }
 }
 
-/* the 2x2 outputs of one tile from M[x] (x = 4a + b, C channels each, ms apart); s: 8 C scratch */
-SAM_HOT static void wino_out(float *restrict o00, float *restrict o01, float *restrict o10,
-                             float *restrict o11, const float *restrict m, size_t ms, int C,
+/* the 4 x 4 outputs of one tile (o[i]: output row i, 4 pixels of C channels) from M[x]
+ * (x = 6a + b, C channels each, ms apart): A^T M A; s: 24 C scratch */
+SAM_HOT static void wino_out(float *const o[4], const float *restrict m, size_t ms, int C,
                              float *restrict s) {
-    for (int b = 0; b < 4; b++) {   /* rows: A^T M */
-        const float *m0 = m + (size_t)b * ms, *m1 = m + (size_t)(4 + b) * ms,
-                    *m2 = m + (size_t)(8 + b) * ms, *m3 = m + (size_t)(12 + b) * ms;
-        float *s0 = s + (size_t)b * C, *s1 = s + (size_t)(4 + b) * C;
+    for (int b = 0; b < 6; b++) {   /* rows: A^T M */
+        const float *m0 = m + (size_t)b * ms, *m1 = m0 + 6 * ms, *m2 = m1 + 6 * ms, *m3 = m2 + 6 * ms,
+                    *m4 = m3 + 6 * ms, *m5 = m4 + 6 * ms;
+        float *s0 = s + (size_t)b * C, *s1 = s0 + 6 * (size_t)C, *s2 = s1 + 6 * (size_t)C,
+              *s3 = s2 + 6 * (size_t)C;
 #pragma omp simd
         for (int c = 0; c < C; c++) {
-            s0[c] = m0[c] + m1[c] + m2[c];
-            s1[c] = m1[c] - m2[c] - m3[c];
+            float p = m1[c] + m2[c], q = m1[c] - m2[c], r = m3[c] + m4[c], t = m3[c] - m4[c];
+            s0[c] = m0[c] + p + r;
+            s1[c] = (2.0f * (t) + (q));
+            s2[c] = (4.0f * (r) + (p));
+            s3[c] = (8.0f * (t) + (q)) + m5[c];
         }
     }
-    for (int i = 0; i < 2; i++) {   /* columns: (A^T M) A */
-        const float *r0 = s + (size_t)(4 * i) * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
-        float *oa = i ? o10 : o00, *ob = i ? o11 : o01;
+    for (int i = 0; i < 4; i++) {   /* columns: (A^T M) A */
+        const float *r0 = s + (size_t)(6 * i) * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C, *r4 = r3 + C,
+                    *r5 = r4 + C;
+        float *oi = o[i];
 #pragma omp simd
         for (int c = 0; c < C; c++) {
-            oa[c] = r0[c] + r1[c] + r2[c];
-            ob[c] = r1[c] - r2[c] - r3[c];
+            float p = r1[c] + r2[c], q = r1[c] - r2[c], r = r3[c] + r4[c], t = r3[c] - r4[c];
+            oi[c] = r0[c] + p + r;
+            oi[C + c] = (2.0f * (t) + (q));
+            oi[2 * C + c] = (4.0f * (r) + (p));
+            oi[3 * C + c] = (8.0f * (t) + (q)) + r5[c];
         }
     }
 }
 
 int sam_conv3x3_wino(float *acc, const float *pad, const float *upk, int cin, int cout, int H,
                      int W, float *work) {
-    if (!upk || (H | W) & 1 || !gemm_f32_available()) return -1;
-    const int Wp = W + 2, tw = W / 2, nt = (H / 2) * tw;
+    if (!upk || (H | W) & 3 || !gemm_f32_available()) return -1;
+    const int Wp = W + 2, tw = W / 4, nt = (H / 4) * tw;
     const size_t ps = gemm_f32_packed_size(cout, cin);
-    /* the 16 matrices of a block one cache line more than their size apart: the 16 streams of
-     * the transforms on different L1 sets */
+    /* the 36 matrices of a block one cache line more than their size apart: the streams of the
+     * transforms on different L1 sets */
     const size_t vs = (size_t)WINO_BT * cin + 16, msz = (size_t)WINO_BT * cout + 16;
-    float *V = work, *M = work + 16 * vs, *S = M + 16 * msz;
+    float *V = work, *M = work + 36 * vs, *S = M + 36 * msz;
     for (int t0 = 0; t0 < nt; t0 += WINO_BT) {
         const int bt = nt - t0 < WINO_BT ? nt - t0 : WINO_BT;
         for (int i = 0; i < bt; i++) {
             int ty = (t0 + i) / tw, tx = (t0 + i) % tw;
-            const float *p = pad + ((size_t)(2 * ty) * Wp + 2 * tx) * cin;
-            wino_in(V + (size_t)i * cin, vs, p, p + (size_t)Wp * cin,
-                    p + (size_t)2 * Wp * cin, p + (size_t)3 * Wp * cin, cin);
+            const float *p = pad + ((size_t)(4 * ty) * Wp + 4 * tx) * cin;
+            const float *rows[6];
+            for (int k = 0; k < 6; k++) rows[k] = p + (size_t)k * Wp * cin;
+            wino_in(V + (size_t)i * cin, vs, rows, cin);
         }
-        for (int x = 0; x < 16; x++)
+        for (int x = 0; x < 36; x++)
             if (gemm_f32_prepacked(bt, cout, cin, V + x * vs, cin, upk + x * ps, M + x * msz, cout))
                 return -1;
         for (int i = 0; i < bt; i++) {
             int ty = (t0 + i) / tw, tx = (t0 + i) % tw;
-            float *o = acc + ((size_t)(2 * ty) * Wp + 2 * tx) * cout;
-            wino_out(o, o + cout, o + (size_t)Wp * cout, o + (size_t)(Wp + 1) * cout,
-                     M + (size_t)i * cout, msz, cout, S);
+            float *o = acc + ((size_t)(4 * ty) * Wp + 4 * tx) * cout, *rows[4];
+            for (int k = 0; k < 4; k++) rows[k] = o + (size_t)k * Wp * cout;
+            wino_out(rows, M + (size_t)i * cout, msz, cout, S);
         }
     }
     return 0;
