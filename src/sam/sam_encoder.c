@@ -112,7 +112,9 @@ carseg_status sam_encode(const sam_model *m, const float *x, int orig_w, int ori
     float *h = cs_malloc(sizeof(float) * (size_t)Nmax * E);          /* normed / windowed tokens */
     float *qkv = cs_malloc(sizeof(float) * (size_t)Nmax * 3 * E);
     float *ao = cs_malloc(sizeof(float) * (size_t)Nmax * E);
-    size_t big = (size_t)N * (c->mlp > 3 * P * P ? c->mlp : 3 * P * P);
+    /* mlp: the MLP's hidden rows, the patches, a block's qkv before partition, its proj */
+    size_t wide = (size_t)(c->mlp > 3 * E ? c->mlp : 3 * E);
+    size_t big = (size_t)N * (wide > (size_t)3 * P * P ? wide : (size_t)3 * P * P);
     float *mlp = cs_malloc(sizeof(float) * big);
     carseg_status st = CARSEG_OK;
     if (!im || !xt || !h || !qkv || !ao || !mlp) {
@@ -140,35 +142,44 @@ carseg_status sam_encode(const sam_model *m, const float *x, int orig_w, int ori
         const sam_vblock *b = &m->blk[bi];
         const int S = b->window ? b->window : G;
         const int nw = b->window ? (G + S - 1) / S : 1, ntok = nw * nw * S * S;
+        sam_layernorm(h, xt, b->norm1.w, b->norm1.b, N, E, 1e-6f);
         if (b->window) {
-            /* norm1, then window_partition with zero padding (padded tokens stay zero) */
-            float *nrm = ao;
-            sam_layernorm(nrm, xt, b->norm1.w, b->norm1.b, N, E, 1e-6f);
-            memset(h, 0, sizeof(float) * (size_t)ntok * E);
+            /* window_partition pads the normed tokens with zeros, whose qkv is the bias: the
+             * product for the real tokens only (in mlp, free here), then partitioned, the padded
+             * tokens' rows the bias (also the product's bits, 0 + bias) */
+            float *q4 = mlp;
+            nn_linear(q4, h, b->qkv.w, b->qkv.b, N, E, 3 * E);
 #pragma omp parallel for schedule(static)
-            for (int y = 0; y < G; y++)
-                for (int xx = 0; xx < G; xx++) {
-                    int win = (y / S) * nw + xx / S, li = (y % S) * S + xx % S;
-                    memcpy(h + ((size_t)win * S * S + li) * E, nrm + ((size_t)y * G + xx) * E,
-                           sizeof(float) * E);
-                }
+            for (int t = 0; t < ntok; t++) {
+                int win = t / (S * S), li = t % (S * S);
+                int y = (win / nw) * S + li / S, xx = (win % nw) * S + li % S;
+                memcpy(qkv + (size_t)t * 3 * E,
+                       y < G && xx < G ? q4 + ((size_t)y * G + xx) * 3 * E : b->qkv.b,
+                       sizeof(float) * 3 * E);
+            }
         } else {
-            sam_layernorm(h, xt, b->norm1.w, b->norm1.b, N, E, 1e-6f);
+            nn_linear(qkv, h, b->qkv.w, b->qkv.b, N, E, 3 * E);
         }
-        nn_linear(qkv, h, b->qkv.w, b->qkv.b, ntok, E, 3 * E);
         st = vit_attention(ao, qkv, nw * nw, S, E, NH, b->rel_h, b->rel_w);
         if (st != CARSEG_OK) goto done;
-        nn_linear(h, ao, b->proj.w, b->proj.b, ntok, E, E);
-        /* x = shortcut + window_unpartition(attn) */
+        const float *att = ao;
+        if (b->window) {   /* window_unpartition first: proj for the real tokens only */
 #pragma omp parallel for schedule(static)
-        for (int y = 0; y < G; y++)
-            for (int xx = 0; xx < G; xx++) {
-                size_t src = b->window ? (size_t)((y / S) * nw + xx / S) * S * S + (y % S) * S + xx % S
-                                       : (size_t)y * G + xx;
-                float *o = xt + ((size_t)y * G + xx) * E;
-                const float *a = h + src * E;
-                for (int e = 0; e < E; e++) o[e] += a[e];
-            }
+            for (int y = 0; y < G; y++)
+                for (int xx = 0; xx < G; xx++)
+                    memcpy(h + ((size_t)y * G + xx) * E,
+                           ao + ((size_t)((y / S) * nw + xx / S) * S * S + (y % S) * S + xx % S) * E,
+                           sizeof(float) * E);
+            att = h;
+        }
+        nn_linear(mlp, att, b->proj.w, b->proj.b, N, E, E);
+        /* x = shortcut + attn */
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < N; t++) {
+            float *o = xt + (size_t)t * E;
+            const float *a = mlp + (size_t)t * E;
+            for (int e = 0; e < E; e++) o[e] += a[e];
+        }
         /* x = x + mlp(norm2(x)) */
         sam_layernorm(h, xt, b->norm2.w, b->norm2.b, N, E, 1e-6f);
         nn_linear(mlp, h, b->lin1.w, b->lin1.b, N, E, c->mlp);
