@@ -109,10 +109,12 @@ int gemm_f32_available(void) {
 
 /* t (MR x NR, row stride NR) = the sums over nseg segments of K steps of MR rows of A (row r,
  * segment s, step k at pa + off[s] + r * ars + k * aks; off NULL: one segment at 0) and one B
- * panel (nseg K x NR): 12 accumulators, each element's fma chain in (segment, k) order from zero */
+ * panel (nseg K x NR): 12 accumulators, each element's fma chain in (segment, k) order from zero.
+ * wide 0 (a constant at every call): the panel's first 8 columns only, 6 accumulators, half the
+ * work (the last panel when it has at most 8 columns; still NR wide in memory). */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
-kernel_segs_body(int nseg, const size_t *off, int K, const float *pa, size_t ars, size_t aks,
-                 const float *pb, float *t, size_t ldt) {
+kernel_segs_body(const int wide, int nseg, const size_t *off, int K, const float *pa, size_t ars,
+                 size_t aks, const float *pb, float *t, size_t ldt) {
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
     __m256 d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0;
     for (int sg = 0; sg < nseg; sg++) {
@@ -121,57 +123,21 @@ kernel_segs_body(int nseg, const size_t *off, int K, const float *pa, size_t ars
                     *a4 = s0 + 4 * ars, *a5 = s0 + 5 * ars;
 #pragma GCC unroll 4
         for (int k = 0; k < K; k++) {
-            __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8), x;
+            __m256 b0 = _mm256_load_ps(pb), b1 = wide ? _mm256_load_ps(pb + 8) : b0, x;
             size_t o = (size_t)k * aks;
-            x = _mm256_broadcast_ss(a0 + o), c0 = _mm256_fmadd_ps(x, b0, c0), d0 = _mm256_fmadd_ps(x, b1, d0);
-            x = _mm256_broadcast_ss(a1 + o), c1 = _mm256_fmadd_ps(x, b0, c1), d1 = _mm256_fmadd_ps(x, b1, d1);
-            x = _mm256_broadcast_ss(a2 + o), c2 = _mm256_fmadd_ps(x, b0, c2), d2 = _mm256_fmadd_ps(x, b1, d2);
-            x = _mm256_broadcast_ss(a3 + o), c3 = _mm256_fmadd_ps(x, b0, c3), d3 = _mm256_fmadd_ps(x, b1, d3);
-            x = _mm256_broadcast_ss(a4 + o), c4 = _mm256_fmadd_ps(x, b0, c4), d4 = _mm256_fmadd_ps(x, b1, d4);
-            x = _mm256_broadcast_ss(a5 + o), c5 = _mm256_fmadd_ps(x, b0, c5), d5 = _mm256_fmadd_ps(x, b1, d5);
+#define KROW(i)                                                            \
+    x = _mm256_broadcast_ss(a##i + o), c##i = _mm256_fmadd_ps(x, b0, c##i); \
+    if (wide) d##i = _mm256_fmadd_ps(x, b1, d##i);
+            KROW(0) KROW(1) KROW(2) KROW(3) KROW(4) KROW(5)
+#undef KROW
             pb += NR;
         }
     }
-    _mm256_storeu_ps(t + 0 * ldt, c0), _mm256_storeu_ps(t + 0 * ldt + 8, d0);
-    _mm256_storeu_ps(t + 1 * ldt, c1), _mm256_storeu_ps(t + 1 * ldt + 8, d1);
-    _mm256_storeu_ps(t + 2 * ldt, c2), _mm256_storeu_ps(t + 2 * ldt + 8, d2);
-    _mm256_storeu_ps(t + 3 * ldt, c3), _mm256_storeu_ps(t + 3 * ldt + 8, d3);
-    _mm256_storeu_ps(t + 4 * ldt, c4), _mm256_storeu_ps(t + 4 * ldt + 8, d4);
-    _mm256_storeu_ps(t + 5 * ldt, c5), _mm256_storeu_ps(t + 5 * ldt + 8, d5);
-}
-__attribute__((target("avx2,fma"), always_inline)) static inline void
-kernel_body(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t, size_t ldt) {
-    kernel_segs_body(1, NULL, K, pa, ars, aks, pb, t, ldt);
-}
-/* The same for the last panel when it has at most 8 columns: 6 accumulators, half the work of the
- * full tile (the panel is still NR wide in memory; its columns past 8 are not read). */
-__attribute__((target("avx2,fma"), always_inline)) static inline void
-kernel_segs_body8(int nseg, const size_t *off, int K, const float *pa, size_t ars, size_t aks,
-                   const float *pb, float *t, size_t ldt) {
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
-    for (int sg = 0; sg < nseg; sg++) {
-        const float *s0 = pa + (off ? off[sg] : 0);
-        const float *a0 = s0, *a1 = s0 + ars, *a2 = s0 + 2 * ars, *a3 = s0 + 3 * ars,
-                    *a4 = s0 + 4 * ars, *a5 = s0 + 5 * ars;
-#pragma GCC unroll 4
-        for (int k = 0; k < K; k++) {
-            __m256 b0 = _mm256_load_ps(pb);
-            size_t o = (size_t)k * aks;
-            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + o), b0, c0);
-            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + o), b0, c1);
-            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + o), b0, c2);
-            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + o), b0, c3);
-            c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a4 + o), b0, c4);
-            c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a5 + o), b0, c5);
-            pb += NR;
-        }
-    }
-    _mm256_storeu_ps(t + 0 * ldt, c0), _mm256_storeu_ps(t + 1 * ldt, c1), _mm256_storeu_ps(t + 2 * ldt, c2);
-    _mm256_storeu_ps(t + 3 * ldt, c3), _mm256_storeu_ps(t + 4 * ldt, c4), _mm256_storeu_ps(t + 5 * ldt, c5);
-}
-__attribute__((target("avx2,fma"), always_inline)) static inline void
-kernel_body8(int K, const float *pa, size_t ars, size_t aks, const float *pb, float *t, size_t ldt) {
-    kernel_segs_body8(1, NULL, K, pa, ars, aks, pb, t, ldt);
+#define KSTORE(i)                                               \
+    _mm256_storeu_ps(t + i * ldt, c##i);                        \
+    if (wide) _mm256_storeu_ps(t + i * ldt + 8, d##i);
+    KSTORE(0) KSTORE(1) KSTORE(2) KSTORE(3) KSTORE(4) KSTORE(5)
+#undef KSTORE
 }
 
 /* A's rows contiguous in k (op(a) = a), A stored transposed (op(a) = a^T: k strides lda), and A
@@ -180,21 +146,21 @@ kernel_body8(int K, const float *pa, size_t ars, size_t aks, const float *pb, fl
 __attribute__((target("avx2,fma"))) static void kernel_rows(int K, const float *pa, size_t ars,
                                                            const float *pb, float *t, size_t ldt,
                                                            int narrow) {
-    if (narrow) kernel_body8(K, pa, ars, 1, pb, t, ldt);
-    else kernel_body(K, pa, ars, 1, pb, t, ldt);
+    if (narrow) kernel_segs_body(0, 1, NULL, K, pa, ars, 1, pb, t, ldt);
+    else kernel_segs_body(1, 1, NULL, K, pa, ars, 1, pb, t, ldt);
 }
 __attribute__((target("avx2,fma"))) static void kernel_cols(int K, const float *pa, size_t aks,
                                                            const float *pb, float *t, size_t ldt,
                                                            int narrow) {
-    if (narrow) kernel_body8(K, pa, 1, aks, pb, t, ldt);
-    else kernel_body(K, pa, 1, aks, pb, t, ldt);
+    if (narrow) kernel_segs_body(0, 1, NULL, K, pa, 1, aks, pb, t, ldt);
+    else kernel_segs_body(1, 1, NULL, K, pa, 1, aks, pb, t, ldt);
 }
 __attribute__((target("avx2,fma"))) static void kernel_segs(int nseg, const size_t *off, int klen,
                                                            const float *pa, size_t ars,
                                                            const float *pb, float *t, size_t ldt,
                                                            int narrow) {
-    if (narrow) kernel_segs_body8(nseg, off, klen, pa, ars, 1, pb, t, ldt);
-    else kernel_segs_body(nseg, off, klen, pa, ars, 1, pb, t, ldt);
+    if (narrow) kernel_segs_body(0, nseg, off, klen, pa, ars, 1, pb, t, ldt);
+    else kernel_segs_body(1, nseg, off, klen, pa, ars, 1, pb, t, ldt);
 }
 
 /* op(b) = b^T (b holds the panel's columns as rows: nn.Linear's w): rows [0, r_n) of w (row

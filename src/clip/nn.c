@@ -167,20 +167,33 @@ void nn_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
 // elementwise
 
 /* Cephes-style expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n from the exponent
- * bits. Branch-free so that `omp simd` loops vectorise it. Max error ~2 ulp on [-87, 88]. */
+ * bits. Branch-free so that `omp simd` loops vectorise it. Max error ~2 ulp on [-87, 88]. Its
+ * constants are shared with exp_fma and exp8 below (the same steps as fused multiply-adds). */
+#define EXP_HI 88.3762626647949f
+#define EXP_LO -87.3365447504f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_ROUND 12582912.0f   /* round to nearest via the 1.5*2^23 trick */
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO 2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
 NN_INLINE float expf_fast(float x) {
-    x = x < 88.3762626647949f ? x : 88.3762626647949f;
-    x = x > -87.3365447504f ? x : -87.3365447504f;
-    float t = x * 1.44269504088896341f + 12582912.0f;   /* round to nearest via the 1.5*2^23 trick */
-    float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    x = x < EXP_HI ? x : EXP_HI;
+    x = x > EXP_LO ? x : EXP_LO;
+    float t = x * EXP_LOG2E + EXP_ROUND;
+    float n = t - EXP_ROUND;
+    float r = x - n * EXP_LN2_HI;
+    r = r - n * -EXP_LN2_LO;
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
     p = p * r * r + r + 1.0f;
     int32_t e = ((int32_t)n + 127) << 23;
     float s;
@@ -296,16 +309,16 @@ void nn_softmax_short_rows(float *x, int rows, int n, float scale) {
  * fits: gelu1 in scalar fmaf, gelu8 the same operations on 8 lanes (AVX2 + FMA), so the bits do not
  * depend on which of the two ran */
 static inline float exp_fma(float x) {
-    x = x < 88.3762626647949f ? x : 88.3762626647949f;
-    x = x > -87.3365447504f ? x : -87.3365447504f;
-    float n = fmaf(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
-    float r = fmaf(n, -0.693359375f, x);
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = fmaf(1.9875691500e-4f, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
+    x = x < EXP_HI ? x : EXP_HI;
+    x = x > EXP_LO ? x : EXP_LO;
+    float n = fmaf(x, EXP_LOG2E, EXP_ROUND) - EXP_ROUND;
+    float r = fmaf(n, -EXP_LN2_HI, x);
+    r = fmaf(n, EXP_LN2_LO, r);
+    float p = fmaf(EXP_P0, r, EXP_P1);
+    p = fmaf(p, r, EXP_P2);
+    p = fmaf(p, r, EXP_P3);
+    p = fmaf(p, r, EXP_P4);
+    p = fmaf(p, r, EXP_P5);
     p = fmaf(p, r * r, r) + 1.0f;
     int32_t e = ((int32_t)n + 127) << 23;
     float sc;
@@ -325,17 +338,17 @@ static inline float gelu1(float v) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 __attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447504f));
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
-    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
+    x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));
+    const __m256 magic = _mm256_set1_ps(EXP_ROUND);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), magic), magic);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_HI), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(EXP_P0), r, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
     p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));

@@ -75,7 +75,9 @@ void nn_softmax_rows(float *x, int rows, int cols);
 void nn_softmax_cols(float *x, int rows, int cols, int ld, float scale);
 void nn_softmax_short_rows(float *x, int rows, int n, float scale);
 /* Exact-form GELU x/2 (1 + erf(x / sqrt 2)) in place, serial, with a vectorised erf of |error| <=
- * 1.5e-7 (Abramowitz & Stegun 7.1.26; torch's CPU GELU uses an approximation of the same size). */
+ * 1.5e-7 (Abramowitz & Stegun 7.1.26; torch's CPU GELU uses an approximation of the same size).
+ * Its AVX2 path runs where gemm_f32_available() (so CARSEG_NO_GEMM_F32=1 turns it off too); the
+ * scalar path does the same fused operations: the same bits either way, only slower. */
 void nn_gelu_rows(float *x, size_t n);
 
 /* Row-wise L2 normalisation in place: x (rows, cols) <- x / ||x|| (rows of zeros stay zero). */

@@ -582,7 +582,9 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
 
 static void scratch_free(scratch *s) { cs_spare_give(CS_SPARE_SAM_DEC, s->block, s->cap); }
 
-static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int k) {
+/* k_lr: low-res masks kept in the scratch (0: the caller's buffer); full: the 1024 x 1024 map of
+ * postprocess */
+static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int k_lr, int full) {
     memset(s, 0, sizeof *s);
     const size_t N = SAM_GRID * SAM_GRID, D = m->c.dim, NP = SAM_LOWRES * SAM_LOWRES;
     const size_t T = (size_t)Tmax, W = D > (size_t)m->c.dec_mlp ? D : (size_t)m->c.dec_mlp;
@@ -601,7 +603,7 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
         {&s->zb, m->c.hq ? ((Lp + 1) + SAM_LOWRES * Lp + Lp) * C4 : 0}, {&s->hqm, m->c.hq ? NP : 0},
         {&s->w1, m->c.hq ? 9 * C4 : 0}, {&s->dot, m->c.hq ? NP : 0},
         {&s->wino, m->c.hq ? sam_conv3_wino_work((int)C8, (int)C4) : 0}, {&s->tok, T * D},
-        {&s->lr, NP * k}, {&s->full, (size_t)SAM_IMG * SAM_IMG},
+        {&s->lr, NP * (size_t)k_lr}, {&s->full, full ? (size_t)SAM_IMG * SAM_IMG : 0},
     };
     const int np = (int)(sizeof parts / sizeof parts[0]);
     size_t total = 0;
@@ -670,7 +672,7 @@ carseg_status sam_predict(const sam_model *m, sam_image *im, const sam_prompt *p
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         scratch s;
-        carseg_status ts = scratch_alloc(m, &s, Tmax, k);
+        carseg_status ts = scratch_alloc(m, &s, Tmax, lowres ? 0 : k, logits != NULL);
         const int have = ts == CARSEG_OK;
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < n; i++) {

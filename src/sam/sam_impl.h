@@ -143,7 +143,8 @@ int sam_conv3x3_wino(float *acc, const float *pad, const float *upk, int cin, in
 float *sam_conv3_reorder(const float *w, int cout, int cin);
 /* out (H, W) = for each pixel (y, x): sum over k < noff, c < C of
  * base[(y * rs + x) * C + off[k] + c] * w[k * C + c] (rs: the row stride in pixels): a 3x3
- * convolution to one channel (nine offsets) or a per-pixel dot product (one). */
+ * convolution to one channel (nine offsets) or a per-pixel dot product (one). AVX2 where
+ * gemm_f32_available(), else scalar code doing the same operations (the same bits). */
 void sam_dot_pixels(float *out, const float *base, int rs, const size_t *off, int noff,
                     const float *w, int C, int H, int W);
 /* F.interpolate(mode="bilinear", align_corners=False) of a single-channel map src (sh, sw), row
