@@ -10,12 +10,15 @@
  * HQ-SAM's hq_features); each prompt then runs only its own part, in the same float operations
  * whatever else is decoded with it. Exact algebraic shortcuts: the attention between the tokens
  * and the image is contracted through its projections (t2i, i2t below: products of N x D x 8T
- * instead of projections of the whole image), the last attention runs for the tokens read after
- * it, only the mask tokens whose masks are returned get their hypernetwork product, and HQ-SAM's
- * last embedding_maskfeature convolution is folded into the HQ token's hypernetwork vector
- * (hyper . (W z + b + f) = (hyper W) z + hyper . (b + f)), one output channel instead of dim/8.
- * Its first convolution runs as Winograd F(2x2, 3x3) (sam_ops.c). Each prompt is decoded by one
- * thread, in a scratch block kept per thread (cs_spare). */
+ * instead of projections of the whole image), the upscaling's first ConvT is read through the
+ * last two norm4 (czt: N x 2*8T x D per prompt instead of N x D x D, see sam_decoder_prepare),
+ * the last attention runs for the tokens read after it (HQ-SAM: the IoU token first, then only the
+ * mask token it chose and the HQ token), only the mask tokens whose masks are returned get their
+ * hypernetwork product, and HQ-SAM's last embedding_maskfeature convolution is folded into the
+ * HQ token's hypernetwork vector (hyper . (W z + b + f) = (hyper W) z + hyper . (b + f)), one
+ * output channel instead of dim/8. Its first convolution runs as Winograd F(4x4, 3x3)
+ * (sam_ops.c). The upscaling and the masks run in bands of rows that stay in cache. Each prompt
+ * is decoded by one thread, in a scratch block kept per thread (cs_spare). */
 #include "sam_impl.h"
 
 #include <math.h>
@@ -426,13 +429,15 @@ static void mlp_vec(const sam_lin *L, int nl, const int *widths, const float *x,
 }
 
 /* czt: the first ConvT of the upscaling for the rows [y0, y1) of the 64 x 64 map, through
- * sam_decoder_prepare's algebra: tmp = [r1 S1 | S2] [V1'; V2'] (K = k), then per row
+ * sam_decoder_prepare's algebra: tmp = [r1 S1 | S2] [V1'; V2'] (K = k; [V1'; V2'] packed in vpk,
+ * or NULL), then per row
  * r2 (r1 (P0 + u1 - m1 c12) + tmp + u2 - m2 c2) + e, and LayerNorm2d + GELU into up_mid */
-static void czt_band(const sam_model *m, const sam_image *im, scratch *s, int k, int y0, int y1) {
+static void czt_band(const sam_model *m, const sam_image *im, scratch *s, int k, const float *vpk,
+                     int y0, int y1) {
     const int G = SAM_GRID, D = m->c.dim, n4 = D, rows = (y1 - y0) * G;
     const size_t i0 = (size_t)y0 * G;
     float *t = s->up_t;
-    if (isnan(s->czVpk[0]) || gemm_f32_prepacked(rows, n4, k, s->czS + i0 * k, k, s->czVpk, t, n4))
+    if (!vpk || gemm_f32_prepacked(rows, n4, k, s->czS + i0 * k, k, vpk, t, n4))
         nn_sgemm(0, 0, rows, n4, k, 1.0f, s->czS + i0 * k, k, s->czV, n4, 0.0f, t, n4);
     const float *c12 = m->cz_vec, *c2 = c12 + n4, *u1 = c2 + n4, *u2 = u1 + n4, *e = u2 + n4;
     const float *st1 = s->czst, *st2 = s->czst + 2 * (size_t)G * G;
@@ -526,10 +531,10 @@ static carseg_status decode_one(const sam_model *m, sam_image *im, scratch *s, c
     const float *ups0 = s->ups + (size_t)(Lp + 1) * C8;   /* ups pixel (0, 0); rows Lp apart */
     int zdone = 0, done = 0;   /* rows of z, of the masks, done */
     const int czk = m->cz_w12 ? 2 * c->dec_heads * T : 0;   /* czt: the product's inner size */
-    if (czk && gemm_f32_pack_b(s->czVpk, 0, s->czV, D, D, czk)) s->czVpk[0] = NAN;
+    const float *vpk = czk && !gemm_f32_pack_b(s->czVpk, 0, s->czV, D, D, czk) ? s->czVpk : NULL;
     for (int b0 = 0; b0 < 2 * G; b0 += SAM_BAND) {
         const int b1 = b0 + SAM_BAND < 2 * G ? b0 + SAM_BAND : 2 * G, last = b1 == 2 * G;
-        if (czk) czt_band(m, im, s, czk, b0 / 2, b1 / 2);
+        if (czk) czt_band(m, im, s, czk, vpk, b0 / 2, b1 / 2);
         else
             sam_convt2_fused(s->up_mid, 0, 2 * G, s->keys + (size_t)(b0 / 2) * G * D, m->up0r, m->up0pk,
                              m->up0.b, (b1 - b0) / 2, G, D, C4, &m->up1, LN_2D, 1, s->up_t);
