@@ -11,11 +11,11 @@
  * whatever else is decoded with it. Exact algebraic shortcuts: the attention between the tokens
  * and the image is contracted through its projections (t2i, i2t below: products of N x D x 8T
  * instead of projections of the whole image), the upscaling's first ConvT is read through the
- * last two norm4 (czt: N x 2*8T x D per prompt instead of N x D x D, see sam_decoder_prepare),
- * the last attention runs for the tokens read after it (HQ-SAM: the IoU token first, then only the
- * mask token it chose and the HQ token), only the mask tokens whose masks are returned get their
- * hypernetwork product, and HQ-SAM's last embedding_maskfeature convolution is folded into the
- * HQ token's hypernetwork vector (hyper . (W z + b + f) = (hyper W) z + hyper . (b + f)), one
+ * last two norm4 (czt: N x 2*8T x D per prompt instead of N x D x D; decoder_prepare in
+ * sam_model.c), the last attention runs for the tokens read after it (HQ-SAM: the IoU token
+ * first, then only the mask token it chose and the HQ token), only the mask tokens whose masks
+ * are returned get their hypernetwork product, and HQ-SAM's last embedding_maskfeature
+ * convolution is folded into the HQ token's hypernetwork vector (hyper . (W z + b + f) = (hyper W) z + hyper . (b + f)), one
  * output channel instead of dim/8. Its first convolution runs as Winograd F(4x4, 3x3)
  * (sam_ops.c). The upscaling and the masks run in bands of rows that stay in cache. Each prompt
  * is decoded by one thread, in a scratch block kept per thread (cs_spare). */
@@ -68,48 +68,6 @@ static carseg_status up2x2(float *out, const float *x, int H, int W, int cin, sa
     sam_gelu(mid, (size_t)4 * H * W * cmid);
     sam_convt2(out, mid, b.w, b.b, 2 * H, 2 * W, cmid, cout, t2);
     cs_free(t), cs_free(mid), cs_free(t2);
-    return CARSEG_OK;
-}
-
-/* The first upscaling ConvT read through the last two norm4 of the two-way transformer (exact
- * algebra). With r, m a row's 1/sqrt(var + eps) and mean in a norm, G = diag(its weight):
- *   y1 = src0 + S1 Vt1 + bo1,  k1 = LN(y1) = r1 (y1 - m1) G1 + b1   (layer 1's i2t + norm4)
- *   y2 = k1 + S2 Vt2 + bo2,    k2 = LN(y2) = r2 (y2 - m2) G2 + b2   (layer 2's)
- * (S: an i2t's attention, N x NH*T; Vt: its values through out_proj, NH*T x D), and the ConvT's
- * product with its bias is
- *   k2 W + bias = r2 (r1 (P0 + S1 V1' + u1 - m1 c12) + S2 V2' + u2 - m2 c2) + e
- * with W12 = G1 G2 W, W2 = G2 W, P0 = src0 W12 (once per image), V1' = Vt1 W12, V2' = Vt2 W2
- * (NH*T rows each, per prompt), c12, c2 the column sums of W12, W2, u1 = bo1 W12,
- * u2 = (b1 + bo2) W2, e = b2 W + bias. Per prompt, one product of N x 2 NH*T x D
- * ([r1 S1 | S2] [V1'; V2']) instead of N x D x D. */
-carseg_status sam_decoder_prepare(sam_model *m) {
-    if (m->c.dec_depth != 2 || m->c.dim % 4) return CARSEG_OK;
-    const int D = m->c.dim, C4 = D / 4, n4 = 4 * C4;
-    float *w12 = alloc_f((size_t)D * n4), *w2 = alloc_f((size_t)D * n4), *v = alloc_f(5 * (size_t)n4);
-    if (!w12 || !w2 || !v) {
-        cs_free(w12), cs_free(w2), cs_free(v);
-        return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder weights)");
-    }
-    const float *W = m->up0r, *g1 = m->dl[0].norm4.w, *g2 = m->dl[1].norm4.w;
-    const float *b1 = m->dl[0].norm4.b, *b2 = m->dl[1].norm4.b;
-    const float *bo1 = m->dl[0].i2t.o.b, *bo2 = m->dl[1].i2t.o.b;
-    for (int c = 0; c < D; c++)
-        for (int n = 0; n < n4; n++) {
-            w2[(size_t)c * n4 + n] = g2[c] * W[(size_t)c * n4 + n];
-            w12[(size_t)c * n4 + n] = g1[c] * w2[(size_t)c * n4 + n];
-        }
-    for (int n = 0; n < n4; n++) {
-        double c12 = 0, c2 = 0, u1 = 0, u2 = 0, e = m->up0.b[n % C4];
-        for (int c = 0; c < D; c++) {
-            double a12 = w12[(size_t)c * n4 + n], a2 = w2[(size_t)c * n4 + n];
-            c12 += a12, c2 += a2, u1 += (double)bo1[c] * a12, u2 += ((double)b1[c] + bo2[c]) * a2;
-            e += (double)b2[c] * W[(size_t)c * n4 + n];
-        }
-        v[n] = (float)c12, v[n4 + n] = (float)c2, v[2 * n4 + n] = (float)u1;
-        v[3 * n4 + n] = (float)u2, v[4 * n4 + n] = (float)e;
-    }
-    m->cz_w12 = w12, m->cz_w2 = w2, m->cz_vec = v;
-    m->cz_w12pk = sam_convt2_pack(w12, D, C4), m->cz_w2pk = sam_convt2_pack(w2, D, C4);
     return CARSEG_OK;
 }
 
@@ -429,8 +387,8 @@ static void mlp_vec(const sam_lin *L, int nl, const int *widths, const float *x,
 }
 
 /* czt: the first ConvT of the upscaling for the rows [y0, y1) of the 64 x 64 map, through
- * sam_decoder_prepare's algebra: tmp = [r1 S1 | S2] [V1'; V2'] (K = k; [V1'; V2'] packed in vpk,
- * or NULL), then per row
+ * decoder_prepare's algebra (sam_model.c): tmp = [r1 S1 | S2] [V1'; V2'] (K = k; [V1'; V2']
+ * packed in vpk, or NULL), then per row
  * r2 (r1 (P0 + u1 - m1 c12) + tmp + u2 - m2 c2) + e, and LayerNorm2d + GELU into up_mid */
 static void czt_band(const sam_model *m, const sam_image *im, scratch *s, int k, const float *vpk,
                      int y0, int y1) {

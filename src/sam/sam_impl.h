@@ -82,9 +82,6 @@ struct sam_image {
     float *k0pk, *v0pk;    /* k0, v0 per head packed for gemm_f32_prepacked (NULL: not packed) */
 };
 
-/* the decoder's weights derived at load (sam_decoder.c): cz_* */
-carseg_status sam_decoder_prepare(sam_model *m);
-
 /* ops (sam_ops.c) */
 /* out (N, C) = LayerNorm(x) * w + b with eps; out may be x. */
 void sam_layernorm(float *out, const float *x, const float *w, const float *b, int N, int C,
