@@ -3,7 +3,13 @@
  * files must fail cleanly with "PATH: what" messages. */
 #include "check.h"
 
+#include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "clip.h"
 #include "util.h"
@@ -578,4 +584,76 @@ TEST(weights_name_errors) {
     CHECK_OK(open_hdr("m.safetensors", "{\"module.logit_scale\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}", 4, &f));
     CHECK(f && wfile_get(f, "logit_scale"));
     wfile_close(f);
+}
+
+/* the resident pages of the mapping that holds p, from /proc/self/smaps (kB; -1: not found) */
+static long mapping_rss_kb(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    long rss = -1;
+    int in = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)p >= a && (uintptr_t)p < b;
+            continue;
+        }
+        if (in && sscanf(line, "Rss: %ld kB", &rss) == 1) break;
+    }
+    fclose(f);
+    return in ? rss : -1;
+}
+
+/* wfile_open gives back the file's pages as it converts each tensor (wdt_source_mapped): a big
+ * tensor's values are intact, and wdt_to_f32 on a mapping with the flag on leaves its pages
+ * unmapped from the process (smaps Rss drops), with the flag off keeps them. */
+TEST(weights_mapped_source_pages_given_back) {
+    const size_t n = 1 << 20;   /* 4 MB of float32 */
+    char hdr[256];
+    int hl = snprintf(hdr, sizeof hdr, "{\"big\": {\"dtype\": \"F32\", \"shape\": [%zu], \"data_offsets\": [0, %zu]}}", n, 4 * n);
+    while (hl % 8) hdr[hl++] = ' ';
+    char path[1024];
+    snprintf(path, sizeof path, "%s/big.safetensors", test_tmpdir());
+    FILE *fp = fopen(path, "wb");
+    REQUIRE(fp);
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++) le[i] = (uint8_t)((uint64_t)hl >> (8 * i));
+    fwrite(le, 1, 8, fp), fwrite(hdr, 1, (size_t)hl, fp);
+    for (size_t i = 0; i < n; i++) {
+        float v = (float)i * 0.25f - 7.0f;
+        fwrite(&v, 4, 1, fp);
+    }
+    REQUIRE(fclose(fp) == 0);
+    wfile *f = NULL;
+    CHECK_OK(wfile_open(path, &f));
+    REQUIRE(f);
+    const wtensor *t = wfile_get(f, "big");
+    REQUIRE(t && t->count == n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += t->data[i] != (float)i * 0.25f - 7.0f;
+    CHECK_MSG(bad == 0, "%zu of %zu values differ", bad, n);
+    wfile_close(f);
+    /* the release itself, on a mapping of the file */
+    int fd = open(path, O_RDONLY);
+    REQUIRE(fd >= 0);
+    size_t len = 8 + (size_t)hl + 4 * n;
+    uint8_t *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    REQUIRE(m != MAP_FAILED);
+    float *out = malloc(4 * n);
+    REQUIRE(out);
+    wdt_to_f32(WDT_F32, m + 8 + hl, n, out);   /* flag off: the pages stay */
+    long kept = mapping_rss_kb(m);
+    wdt_source_mapped(1);
+    wdt_to_f32(WDT_F32, m + 8 + hl, n, out);
+    wdt_source_mapped(0);
+    long after = mapping_rss_kb(m);
+    CHECK_MSG(kept >= 3000 && after >= 0 && after < kept / 4, "mapping Rss %ld kB, then %ld kB", kept, after);
+    CHECK(out[n - 1] == (float)(n - 1) * 0.25f - 7.0f);
+    /* read again: the file's bytes come back */
+    wdt_to_f32(WDT_F32, m + 8 + hl, n, out);
+    CHECK(out[12345] == 12345 * 0.25f - 7.0f);
+    munmap(m, len);
+    free(out);
 }
