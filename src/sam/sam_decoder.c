@@ -183,7 +183,7 @@ static void embed_prompt(const sam_model *m, const sam_image *im, const sam_prom
 typedef struct {
     float *keys, *kp, *A, *S;                       /* image side: (N, D) x 3, (N, NH*T) */
     float *tq, *tp, *tQ, *tK, *tV, *tO, *tA, *th;   /* token side (T rows) */
-    float *Qt, *U, *Kbd, *cb;                       /* contracted attention: (NH*T, D) x 2, ... */
+    float *Qt, *U, *cb;                             /* contracted attention: (NH*T, D) x 2, ... */
     float *up_t, *up_mid, *ups;                     /* upscaling; ups on the zero-padded grid */
     float *zb, *hqm, *w1, *dot, *wino;              /* HQ branch */
     float *hyp;                                     /* the hypernetwork vectors used */
@@ -268,7 +268,7 @@ static void t2i(const sam_dattn *a, scratch *s, const float *X, const float *XP,
 /* Image to tokens, contracted: q = (XP) Wq^T + bq (or the cached Q0 (N, I) of the first layer),
  * k = kin Wk^T + bk, v = vin Wv^T + bv over the T tokens. Scores q_h . k_h = XP . (k_h Wq_h) +
  * bq_h . k_h (per token: a column constant), and out_proj(sum_j p_j v_j) = sum_h P_h (v_h Wo_h^T)
- * + bo. So S (N, NH*T) = XP Kt^T + c (Q0: Q0 times the block-diagonal heads of k), softmax over
+ * + bo. So S (N, NH*T) = XP Kt^T + c (Q0: per head Q0_h k_h^T), softmax over
  * each head's T tokens, A (N, D) = S Vt with Vt_h = v_h Wo_h^T (T, D); A gets out_proj's bias in
  * the caller. */
 static void i2t(const sam_dattn *a, scratch *s, const float *XP, const float *Q0, const float *kin,
@@ -276,13 +276,9 @@ static void i2t(const sam_dattn *a, scratch *s, const float *XP, const float *Q0
     const int N = SAM_GRID * SAM_GRID, I = a->internal, hd = I / NH, R = NH * T;
     nn_linear(s->tK, kin, a->k.w, a->k.b, T, D, I);
     nn_linear(s->tV, vin, a->v.w, a->v.b, T, D, I);
-    if (Q0) {
-        memset(s->Kbd, 0, sizeof(float) * R * I);
+    if (Q0) {   /* per head: S_h (N, T) = Q0_h k_h^T */
         for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++)
-                memcpy(s->Kbd + (size_t)(h * T + t) * I + h * hd, s->tK + (size_t)t * I + h * hd,
-                       sizeof(float) * hd);
-        nn_sgemm(0, 1, N, R, I, 1.0f, Q0, I, s->Kbd, I, 0.0f, s->S, R);
+            nn_sgemm(0, 1, N, T, hd, 1.0f, Q0 + h * hd, I, s->tK + h * hd, I, 0.0f, s->S + h * T, R);
     } else {
         per_head(s->Qt, (size_t)T * D, D, s->tK, I, a->q.w, D, 0, T, D, NH, hd);
         for (int h = 0; h < NH; h++)
@@ -353,6 +349,7 @@ static void transformer(const sam_model *m, const sam_image *im, scratch *s, con
             for (int i = 0; i < N; i++) {
                 float *o = s->czS + (size_t)i * 2 * R + (size_t)li * R;
                 const float *si = s->S + (size_t)i * R, r1 = li == 0 ? st[2 * (size_t)i + 1] : 1.0f;
+#pragma omp simd
                 for (int r = 0; r < R; r++) o[r] = r1 * si[r];
             }
         }
@@ -405,6 +402,7 @@ static void czt_band(const sam_model *m, const sam_image *im, scratch *s, int k,
         const float m1 = st1[2 * g], r1 = st1[2 * g + 1], m2 = st2[2 * g], r2 = st2[2 * g + 1];
         const float *p0 = im->cz_p0 + g * n4;
         float *ti = t + (size_t)i * n4;
+#pragma omp simd
         for (int n = 0; n < n4; n++)
             ti[n] = r2 * (r1 * (p0[n] + u1[n] - m1 * c12[n]) + ti[n] + u2[n] - m2 * c2[n]) + e[n];
     }
@@ -557,7 +555,7 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
         {&s->keys, N * D}, {&s->kp, N * D}, {&s->A, N * D}, {&s->S, N * (R > T ? R : T) + T * T},
         {&s->tq, T * D}, {&s->tp, T * D}, {&s->tQ, T * I}, {&s->tK, T * I}, {&s->tV, T * I},
         {&s->tO, T * I}, {&s->tA, T * D}, {&s->th, T * W}, {&s->Qt, R * D}, {&s->U, R * D},
-        {&s->Kbd, R * I}, {&s->cb, R}, {&s->up_t, (size_t)SAM_BAND * SAM_GRID * D},
+        {&s->cb, R}, {&s->up_t, (size_t)SAM_BAND * SAM_GRID * D},
         {&s->up_mid, (size_t)SAM_BAND * 2 * SAM_GRID * C4}, {&s->hyp, (size_t)m->c.n_mask_tokens * C8},
         {&s->czS, m->cz_w12 ? N * 2 * R : 0}, {&s->czV, m->cz_w12 ? 2 * R * D : 0},
         {&s->czVpk, m->cz_w12 ? gemm_f32_packed_size((int)D, (int)(2 * R)) : 0},

@@ -170,6 +170,7 @@ void sam_convt2_epilogue(float *out, size_t o0, int ow, const float *tmp, const 
                 float *o = out + (o0 + (size_t)(2 * y + d / 2) * ow + 2 * xx + d % 2) * cout;
                 const float *td = t + d * cout;
                 if (b)
+#pragma omp simd
                     for (int co = 0; co < cout; co++) o[co] = td[co] + b[co];
                 else
                     memcpy(o, td, sizeof(float) * cout);
