@@ -580,7 +580,9 @@ static carseg_status scratch_alloc(const sam_model *m, scratch *s, int Tmax, int
 }
 
 static carseg_status postprocess(const sam_image *im, const float *lowres, float *full, float *out) {
-    if (sam_bilinear(full, SAM_IMG, SAM_IMG, lowres, SAM_LOWRES, SAM_LOWRES, SAM_LOWRES) ||
+    /* the 1024 x 1024 upscale only where the crop [:ih, :iw] reads it */
+    if (sam_bilinear_part(full, SAM_IMG, SAM_IMG, im->iw, im->ih, lowres, SAM_LOWRES, SAM_LOWRES,
+                          SAM_LOWRES) ||
         sam_bilinear(out, im->ow, im->oh, full, SAM_IMG, im->iw, im->ih))
         return set_err(CARSEG_ENOMEM, "sam: out of memory (postprocess)");
     return CARSEG_OK;

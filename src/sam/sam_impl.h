@@ -148,5 +148,8 @@ void sam_dot_pixels(float *out, const float *base, int rs, const size_t *off, in
  * stride ld (a crop of a larger map), to dst (dh, dw); torch 1.13's CPU kernel arithmetic.
  * -1 when out of memory. */
 int sam_bilinear(float *dst, int dw, int dh, const float *src, int ld, int sw, int sh);
+/* The same, only the output's top-left cw x ch (rows dw apart): the part a crop reads */
+int sam_bilinear_part(float *dst, int dw, int dh, int cw, int ch, const float *src, int ld, int sw,
+                      int sh);
 
 #endif

@@ -465,6 +465,11 @@ static void lin_idx(int out, int in, int *i0, int *i1, float *l0, float *l1) {
 }
 
 int sam_bilinear(float *dst, int dw, int dh, const float *src, int ld, int sw, int sh) {
+    return sam_bilinear_part(dst, dw, dh, dw, dh, src, ld, sw, sh);
+}
+
+int sam_bilinear_part(float *dst, int dw, int dh, int cw, int ch, const float *src, int ld, int sw,
+                      int sh) {
     int *xi = malloc(sizeof(int) * 2 * (size_t)(dw + dh));
     float *xl = malloc(sizeof(float) * 2 * (size_t)(dw + dh));
     if (!xi || !xl) {
@@ -475,12 +480,13 @@ int sam_bilinear(float *dst, int dw, int dh, const float *src, int ld, int sw, i
     float *wx0 = xl, *wx1 = xl + dw, *wy0 = xl + 2 * dw, *wy1 = wy0 + dh;
     lin_idx(dw, sw, x0, x1, wx0, wx1);
     lin_idx(dh, sh, y0, y1, wy0, wy1);
-#pragma omp parallel for schedule(static) if ((size_t)dw * dh > 65536)
-    for (int y = 0; y < dh; y++) {
+    cw = cw < dw ? cw : dw, ch = ch < dh ? ch : dh;
+#pragma omp parallel for schedule(static) if ((size_t)cw * ch > 65536)
+    for (int y = 0; y < ch; y++) {
         const float *r0 = src + (size_t)y0[y] * ld, *r1 = src + (size_t)y1[y] * ld;
         float h0 = wy0[y], h1 = wy1[y];
         float *o = dst + (size_t)y * dw;
-        for (int x = 0; x < dw; x++) {
+        for (int x = 0; x < cw; x++) {
             float t0 = r0[x0[x]] * wx0[x];
             t0 += r0[x1[x]] * wx1[x];
             float t1 = r1[x0[x]] * wx0[x];
