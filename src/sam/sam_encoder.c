@@ -109,7 +109,7 @@ carseg_status sam_encode(const sam_model *m, const float *x, int orig_w, int ori
     const int Nmax = Np > N ? Np : N;
     sam_image *im = calloc(1, sizeof *im);
     float *xt = cs_malloc(sizeof(float) * N * E);                   /* the residual stream */
-    float *h = cs_malloc(sizeof(float) * (size_t)Nmax * E);          /* normed / windowed tokens */
+    float *h = cs_malloc(sizeof(float) * (size_t)N * E);   /* normed tokens; the unpartitioned attention */
     float *qkv = cs_malloc(sizeof(float) * (size_t)Nmax * 3 * E);
     float *ao = cs_malloc(sizeof(float) * (size_t)Nmax * E);
     /* mlp: the MLP's hidden rows, the patches, a block's qkv before partition, its proj */

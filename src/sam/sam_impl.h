@@ -51,8 +51,8 @@ struct sam_model {
     sam_lin up0, up1, up3;                  /* ConvT (dim, dim/4, 2, 2); LN2d; ConvT (dim/4, dim/8) */
     float *up0r, *up3r;                     /* their weights by sam_convt2_reorder */
     float *up0pk, *up3pk;                   /* those packed (sam_convt2_pack) or NULL */
-    /* the first ConvT through the two norm4 of a 2-layer two-way transformer (sam_decoder.c,
-     * czt_*): W12 = diag(g1 g2) W, W2 = diag(g2) W (D, 4 * D/4) with W = up0r, their packings
+    /* the first ConvT through the two norm4 of a 2-layer two-way transformer (decoder_prepare in
+     * sam_model.c, czt_band in sam_decoder.c): W12 = diag(g1 g2) W, W2 = diag(g2) W (D, 4 * D/4) with W = up0r, their packings
      * (or NULL), and the vectors c12, c2 (column sums), u1, u2, e; NULL: not used */
     float *cz_w12, *cz_w2, *cz_w12pk, *cz_w2pk, *cz_vec;
     sam_lin *hyper;                         /* n_mask_tokens x 3 layers */

@@ -142,7 +142,8 @@ static int meta_dheads(const char *path) {
 static carseg_status decoder_prepare(sam_model *m) {
     if (m->c.dec_depth != 2 || m->c.dim % 4) return CARSEG_OK;
     const int D = m->c.dim, C4 = D / 4, n4 = 4 * C4;
-    float *w12 = cs_malloc(sizeof(float) * (size_t)D * n4), *w2 = cs_malloc(sizeof(float) * (size_t)D * n4), *v = cs_malloc(sizeof(float) * 5 * (size_t)n4);
+    const size_t nw = sizeof(float) * (size_t)D * n4;
+    float *w12 = cs_malloc(nw), *w2 = cs_malloc(nw), *v = cs_malloc(sizeof(float) * 5 * (size_t)n4);
     if (!w12 || !w2 || !v) {
         cs_free(w12), cs_free(w2), cs_free(v);
         return set_err(CARSEG_ENOMEM, "sam: out of memory (mask decoder weights)");
@@ -360,10 +361,11 @@ static carseg_status bind(sam_model *m, loader *L) {
     m->up0r = sam_convt2_reorder(m->up0.w, D, D / 4);
     m->up3r = sam_convt2_reorder(m->up3.w, D / 4, D / 8);
     if (!m->neck2.w || !m->up0r || !m->up3r) return set_err(CARSEG_ENOMEM, "%s: out of memory", path);
-    m->up0pk = sam_convt2_pack(m->up0r, D, D / 4);   /* NULL: nn_sgemm on up0r / up3r */
-    m->up3pk = sam_convt2_pack(m->up3r, D / 4, D / 8);
     carseg_status zs = decoder_prepare(m);
     if (zs != CARSEG_OK) return zs;
+    /* packed (NULL: nn_sgemm on up0r / up3r); up0 only where czt does not replace it */
+    if (!m->cz_w12) m->up0pk = sam_convt2_pack(m->up0r, D, D / 4);
+    m->up3pk = sam_convt2_pack(m->up3r, D / 4, D / 8);
     if (c->hq) {
         m->mf0.w = sam_conv3_reorder(mf0, D / 4, D / 8);
         m->mf0_wino = sam_conv3_wino_pack(mf0, D / 4, D / 8);   /* NULL: the direct product */
